@@ -1,0 +1,99 @@
+"""Thin HTTP controllers: parse, call the service, shape the response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath
+from litestar.response import Stream
+
+from mlxhost.api.responses import completion_body, sse_stream
+from mlxhost.api.schemas import parse_chat_request
+from mlxhost.errors import InvalidRequest
+from mlxhost.runtime.slot import resolve_context_window
+from mlxhost.types import ModelSpec
+
+
+class ChatController(Controller):
+    path = "/v1/chat/completions"
+
+    # Litestar gives the handler's media type precedence over a Stream's own, but
+    # not over a plain Response's: so the handler says SSE, the JSON reply says JSON.
+    @post(status_code=200, media_type="text/event-stream")
+    async def create(self, request: Request, state: State) -> Any:
+        try:
+            body = await request.json()
+        except Exception:
+            raise InvalidRequest("The request body is not valid JSON.") from None
+        chat = parse_chat_request(body)
+        generation = await state.service.start(chat)
+        if chat.stream:
+            include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+            return Stream(
+                sse_stream(generation, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **generation.headers},
+            )
+        return Response(
+            content=await completion_body(generation),
+            headers=generation.headers,
+            media_type="application/json",
+        )
+
+
+def _model_entry(state: State, spec: ModelSpec, alias: str | None = None) -> dict[str, Any]:
+    info = state.registry.info(spec)
+    loaded = state.slot.current
+    entry: dict[str, Any] = {
+        "id": alias or spec.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": spec.source or "mlxhost",
+        "context_window": resolve_context_window(state.pm, state.settings, info),
+        "family": spec.family,
+        "capabilities": sorted(spec.capabilities),
+        "downloaded": spec.path is not None or bool(info.config),
+        "loaded": loaded is not None and loaded.spec.id == spec.id,
+    }
+    if alias:
+        entry["alias_for"] = spec.id
+    else:
+        entry["aliases"] = list(spec.aliases)
+    return entry
+
+
+class ModelsController(Controller):
+    path = "/v1/models"
+
+    @get()
+    async def list_models(self, state: State) -> dict[str, Any]:
+        data = []
+        for spec in state.registry.all_specs():
+            data.append(_model_entry(state, spec))
+            data.extend(_model_entry(state, spec, alias) for alias in spec.aliases)
+        return {"object": "list", "data": data}
+
+    @get("/{model_id:path}")
+    async def get_model(self, state: State, model_id: FromPath[str]) -> dict[str, Any]:
+        name = model_id.lstrip("/")
+        spec = state.registry.resolve(name)
+        return _model_entry(state, spec, name if name in spec.aliases else None)
+
+
+@get("/health")
+async def health(state: State) -> dict[str, Any]:
+    slot = state.slot
+    status = "ok"
+    if not state.worker.alive:
+        status = "error"
+    elif slot.loading:
+        status = "loading"
+    return {
+        "status": status,
+        "model": slot.current.spec.id if slot.current else None,
+        "loading": slot.loading,
+        "last_error": slot.last_error,
+        "swaps": slot.swaps,
+    }

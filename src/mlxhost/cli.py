@@ -1,0 +1,122 @@
+"""The ``mlxhost`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mlxhost.blas import reexec_with_openblas
+
+    if not args.no_openblas:
+        reexec_with_openblas()
+    import uvicorn
+
+    from mlxhost.app import create_app
+    from mlxhost.settings import Settings
+
+    settings = Settings.from_env(
+        host=args.host,
+        port=args.port,
+        model=args.model,
+        context_window=args.context_window,
+        default_max_tokens=args.default_max_tokens,
+        log_level=args.log_level,
+    )
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from mlxhost.plugins import describe_plugins, make_plugin_manager
+
+    rows = describe_plugins(make_plugin_manager())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        kind = " (built-in)" if row["builtin"] else ""
+        print(f"{row['name']} {row['version']}{kind}  [{row['module']}]")
+        for hook in row["hooks"]:
+            print(f"    {hook}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from mlxhost.default_plugins.config_context import context_window_from_config
+    from mlxhost.plugins import make_plugin_manager
+    from mlxhost.registry import ModelRegistry
+
+    registry = ModelRegistry(make_plugin_manager())
+    for spec in registry.all_specs():
+        config = registry.config_of(spec)
+        window = context_window_from_config(config) or spec.context_window
+        aliases = f" (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""
+        state = "cached" if config else "not downloaded"
+        print(f"{spec.id}{aliases}  family={spec.family} context={window} [{state}]")
+    return 0
+
+
+def _convert_gguf(args: argparse.Namespace) -> int:
+    from mlxhost.gguf_convert import convert_gguf
+
+    out = convert_gguf(
+        args.gguf,
+        args.out_dir,
+        dtype=args.dtype,
+        quantize_bits=args.quantize,
+        chat_template=args.chat_template,
+    )
+    print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlxhost", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the OpenAI-compatible server")
+    serve.add_argument("--model", help="model to load at start-up (id, alias or folder)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=1234)
+    serve.add_argument("--context-window", type=int, help="override every model's context window")
+    serve.add_argument("--default-max-tokens", type=int,
+                       help="completion tokens reserved when a request gives no max_tokens")
+    serve.add_argument("--log-level", default="info",
+                       choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--no-openblas", action="store_true",
+                       help="on Linux CPU, do not preload OpenBLAS (slower fp32 matmuls)")
+    serve.set_defaults(func=_serve)
+
+    plugins = sub.add_parser("plugins", help="list installed plugins and their hooks")
+    plugins.add_argument("--json", action="store_true")
+    plugins.set_defaults(func=_plugins)
+
+    models = sub.add_parser("models", help="list registered and cached models")
+    models.set_defaults(func=_models)
+
+    convert = sub.add_parser("convert-gguf", help="convert a GGUF file into an MLX model folder")
+    convert.add_argument("gguf")
+    convert.add_argument("out_dir")
+    convert.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    convert.add_argument("--quantize", type=int, choices=[4, 8])
+    convert.add_argument("--chat-template", help="a Jinja chat template file to include")
+    convert.set_defaults(func=_convert_gguf)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Built-in fallbacks. Each is an ordinary plugin marked ``trylast``."""

@@ -1,0 +1,13 @@
+"""Fallback engine: MLX (imported lazily, on the worker thread)."""
+
+from __future__ import annotations
+
+from mlxhost.hookspecs import hookimpl
+from mlxhost.settings import Settings
+
+
+@hookimpl(trylast=True)
+def mlxhost_make_engine(settings: Settings):
+    from mlxhost.runtime.mlx_engine import MLXEngine
+
+    return MLXEngine()

@@ -1,0 +1,83 @@
+"""Domain errors. Each maps to an OpenAI-shaped error body in `api.errors`."""
+
+from __future__ import annotations
+
+
+class MlxhostError(Exception):
+    """Base error: carries the HTTP status and OpenAI error fields."""
+
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_body(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(MlxhostError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ModelNotFound(MlxhostError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+    def __init__(self, model: str):
+        super().__init__(
+            f"The model '{model}' does not exist or is not available. "
+            "GET /v1/models lists the models this server can load.",
+            param="model",
+        )
+
+
+class ModelLoadFailed(MlxhostError):
+    """The model was found but could not be loaded (missing files, bad weights, no memory)."""
+
+    status_code = 500
+    error_type = "server_error"
+    code = "model_load_failed"
+
+
+class ContextLengthExceeded(MlxhostError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "context_length_exceeded"
+
+    def __init__(self, limit: int, tokens: int):
+        super().__init__(
+            f"This model's maximum context length is {limit} tokens. However, your messages "
+            f"resulted in {tokens} tokens. Please reduce the length of the messages.",
+            param="messages",
+        )
+        self.limit = limit
+        self.tokens = tokens
+
+
+class EngineError(MlxhostError):
+    """Generation failed inside the MLX worker."""
+
+    status_code = 500
+    error_type = "server_error"
+    code = "engine_error"
+
+
+class Busy(MlxhostError):
+    status_code = 503
+    error_type = "server_error"
+    code = "server_busy"

@@ -1,0 +1,49 @@
+"""The engine interface: what the core needs from a model backend.
+
+Every method runs on the MLX worker thread (see ``runtime.worker``): MLX models
+are not safe for concurrent use, so one thread owns all of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+
+from mlxhost.types import RenderedPrompt, SamplingParams, TokenStep
+
+
+@attrs.frozen
+class PreparedPrompt:
+    """A prompt ready for generation: token ids plus backend inputs (pixel values...)."""
+
+    tokens: tuple[int, ...]
+    extras: Any = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+
+class Engine(Protocol):
+    name: str
+
+    def load(self, model_id: str, path: Path, config: dict[str, Any]) -> Any:
+        """Load the model, replacing any loaded one; return its HF tokenizer."""
+
+    def unload(self) -> None:
+        """Drop the loaded model and return its memory."""
+
+    def prepare(self, prompt: RenderedPrompt) -> PreparedPrompt:
+        """Tokenize a rendered prompt (expanding image tokens, if any)."""
+
+    def generate(
+        self,
+        prompt: PreparedPrompt,
+        params: SamplingParams,
+        should_stop: Callable[[], bool],
+    ) -> Iterator[TokenStep]:
+        """Generate tokens; the last step carries ``finish``. Stops early, between
+        tokens, once ``should_stop()`` is true."""

@@ -1,0 +1,115 @@
+"""The MLX worker: one thread owns all MLX work; callers await its results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_DONE = object()
+_STOP = object()
+
+
+class MLXWorker:
+    """Runs submitted callables, one at a time, on a dedicated thread."""
+
+    def __init__(self, name: str = "mlx-worker") -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._thread.is_alive():
+            self._jobs.put(_STOP)
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is _STOP:
+                return
+            try:
+                job()
+            except BaseException:  # a job reports its own errors; never kill the thread
+                log.exception("MLX worker job failed")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the worker thread and return its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+
+        def job() -> None:
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_set_exception, future, exc)
+            else:
+                loop.call_soon_threadsafe(_set_result, future, result)
+
+        self._jobs.put(job)
+        return await future
+
+    async def stream(
+        self, make_items: Callable[[Callable[[], bool]], Iterator[T]]
+    ) -> AsyncIterator[T]:
+        """Iterate ``make_items(should_stop)`` on the worker, yielding items here.
+
+        Leaving the ``async for`` early (client gone, error) sets the stop flag,
+        so the worker stops between two items and the next job can start.
+        """
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+        finished = threading.Event()
+
+        def job() -> None:
+            try:
+                if stop.is_set():  # cancelled while queued
+                    return
+                for item in make_items(stop.is_set):
+                    loop.call_soon_threadsafe(items.put_nowait, (item, None))
+                    if stop.is_set():
+                        break
+            except BaseException as exc:
+                loop.call_soon_threadsafe(items.put_nowait, (_DONE, exc))
+            else:
+                loop.call_soon_threadsafe(items.put_nowait, (_DONE, None))
+            finally:
+                finished.set()
+
+        self._jobs.put(job)
+        try:
+            while True:
+                item, error = await items.get()
+                if error is not None:
+                    raise error
+                if item is _DONE:
+                    return
+                yield item
+        finally:
+            stop.set()
+            # Hold the caller (and so the generation lock) until the worker has
+            # really stopped: the next job must not overlap this one.
+            await asyncio.shield(loop.run_in_executor(None, finished.wait))
+
+
+def _set_result(future: asyncio.Future, result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

@@ -1,0 +1,181 @@
+"""The chat service: everything between a parsed request and generated events.
+
+No HTTP here: it renders the prompt, checks the context budget, holds the
+generation lock, drives the engine and reports usage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import attrs
+import pluggy
+
+from mlxhost.api.schemas import ChatCompletionRequest, message_dicts, tool_dicts
+from mlxhost.errors import ContextLengthExceeded, InvalidRequest
+from mlxhost.registry import ModelRegistry
+from mlxhost.runtime.engine import Engine, PreparedPrompt
+from mlxhost.runtime.slot import LoadedModel, ModelSlot
+from mlxhost.runtime.stop import StopStringMatcher
+from mlxhost.runtime.worker import MLXWorker
+from mlxhost.settings import Settings
+from mlxhost.templating import TemplateError
+from mlxhost.types import ParserEvent, SamplingParams, ToolCallEvent
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define
+class Generation:
+    """One admitted request: holds the generation lock until its events are consumed."""
+
+    id: str
+    model_id: str
+    created: int
+    prompt_tokens: int
+    _events: AsyncIterator[ParserEvent]
+    _stack: AsyncExitStack
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    headers: dict[str, str] = attrs.Factory(dict)
+
+    async def events(self) -> AsyncIterator[ParserEvent]:
+        try:
+            async for event in self._events:
+                yield event
+        finally:
+            await self._stack.aclose()
+
+    async def abandon(self) -> None:
+        await self._stack.aclose()
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+class ChatService:
+    def __init__(
+        self,
+        *,
+        registry: ModelRegistry,
+        slot: ModelSlot,
+        worker: MLXWorker,
+        engine: Engine,
+        pm: pluggy.PluginManager,
+        settings: Settings,
+    ) -> None:
+        self.registry = registry
+        self.slot = slot
+        self.worker = worker
+        self.engine = engine
+        self.pm = pm
+        self.settings = settings
+
+    async def start(self, request: ChatCompletionRequest) -> Generation:
+        """Admit a request: everything that can fail before the first byte happens here."""
+        spec = self.registry.resolve(request.model)
+        messages = message_dicts(request)
+        tools = tool_dicts(request)
+        stack = AsyncExitStack()
+        try:
+            loaded = await stack.enter_async_context(self.slot.use(spec))
+            try:
+                rendered = self.pm.hook.mlxhost_render_prompt(
+                    model=loaded.info, messages=messages, tools=tools
+                )
+            except TemplateError as exc:
+                raise InvalidRequest(f"The chat template rejected the messages: {exc}") from exc
+            prepared: PreparedPrompt = await self.worker.run(self.engine.prepare, rendered)
+            params = self._sampling(request, loaded, prepared.num_tokens)
+        except BaseException:
+            await stack.aclose()
+            raise
+        generation = Generation(
+            id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            model_id=spec.id,
+            created=int(time.time()),
+            prompt_tokens=prepared.num_tokens,
+            events=None,  # type: ignore[arg-type]
+            stack=stack,
+        )
+        generation._events = self._run(generation, loaded, prepared, params, request, tools)
+        return generation
+
+    def _sampling(
+        self, request: ChatCompletionRequest, loaded: LoadedModel, prompt_tokens: int
+    ) -> SamplingParams:
+        window = loaded.context_window
+        requested = request.completion_limit
+        reserve = requested if requested is not None else min(
+            self.settings.default_max_tokens, max(window - prompt_tokens, 1)
+        )
+        if prompt_tokens + reserve > window:
+            raise ContextLengthExceeded(window, prompt_tokens + (requested or 0))
+        defaults = getattr(self.engine, "defaults", {})
+        temperature = request.temperature
+        if temperature is None:
+            temperature = defaults.get("temperature", 1.0)
+        top_p = request.top_p if request.top_p is not None else defaults.get("top_p", 1.0)
+        return SamplingParams(
+            # Without max_tokens, generate until the context window is full.
+            max_tokens=requested if requested is not None else window - prompt_tokens,
+            temperature=float(temperature),
+            top_p=float(top_p),
+            seed=request.seed,
+        )
+
+    async def _run(
+        self,
+        generation: Generation,
+        loaded: LoadedModel,
+        prepared: PreparedPrompt,
+        params: SamplingParams,
+        request: ChatCompletionRequest,
+        tools: list[dict[str, Any]] | None,
+    ) -> AsyncIterator[ParserEvent]:
+        parser = loaded.tool_parser(tools or [])
+        stops = StopStringMatcher(request.stop_strings)
+        saw_tool_call = False
+        finish = "stop"
+        steps = self.worker.stream(
+            lambda should_stop: self.engine.generate(prepared, params, should_stop)
+        )
+        started = time.perf_counter()
+        try:
+            async for step in steps:
+                generation.completion_tokens += 1
+                for event in parser.feed(stops.feed(step.text)):
+                    saw_tool_call |= isinstance(event, ToolCallEvent)
+                    yield event
+                if stops.stopped:
+                    finish = "stop"
+                    break
+                if step.finish:
+                    finish = step.finish
+        finally:
+            await steps.aclose()
+        for event in [*parser.feed(stops.flush()), *parser.finish()]:
+            saw_tool_call |= isinstance(event, ToolCallEvent)
+            yield event
+        generation.finish_reason = "tool_calls" if saw_tool_call and finish != "length" else finish
+        elapsed = time.perf_counter() - started
+        log.info(
+            "%s: %d prompt + %d completion tokens in %.2fs (%.1f tok/s), finish=%s",
+            generation.model_id,
+            generation.prompt_tokens,
+            generation.completion_tokens,
+            elapsed,
+            generation.completion_tokens / elapsed if elapsed else 0.0,
+            generation.finish_reason,
+        )
+

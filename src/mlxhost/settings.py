@@ -1,0 +1,43 @@
+"""Server settings: the one place that reads mlxhost's environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import attrs
+
+
+def _env_int(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+@attrs.define
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 1234
+    # Model loaded at start-up (id, alias or local folder); None loads on first request.
+    model: str | None = None
+    # Overrides the context window of every model (tests use a small one).
+    context_window: int | None = None
+    # Per-model context window overrides, by id.
+    context_windows: dict[str, int] = attrs.Factory(dict)
+    # Completion tokens assumed when a request does not give max_tokens.
+    default_max_tokens: int = 512
+    # Folders served as models in addition to registered and cached ones.
+    extra_models: list[str] = attrs.Factory(list)
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
+        env = os.environ if env is None else env
+        values: dict = {}
+        if env.get("MLXHOST_MODEL"):
+            values["model"] = env["MLXHOST_MODEL"]
+        if (window := _env_int(env, "MLXHOST_CONTEXT_WINDOW")) is not None:
+            values["context_window"] = window
+        if (max_tokens := _env_int(env, "MLXHOST_DEFAULT_MAX_TOKENS")) is not None:
+            values["default_max_tokens"] = max_tokens
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

@@ -1,0 +1,13 @@
+"""Shared fixtures. The environment is pinned before anything imports huggingface_hub:
+no test may reach the hub, and the Hugging Face cache is a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_HF_HOME = tempfile.mkdtemp(prefix="mlxhost-test-hf-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_CACHE"] = os.path.join(_HF_HOME, "hub")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
