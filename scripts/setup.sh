@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Create .venv with mlxhost, both family plugins and the test/GGUF extras.
+# Idempotent: a second run only checks that everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+VENV_PY=.venv/bin/python
+
+extras="test,gguf"
+if [ "$(uname -s)" = "Linux" ]; then
+  extras="cpu,$extras"
+  # MLX on Linux CPU: Debian's OpenBLAS, preloaded by `mlxhost serve`, makes fp32 ~10x faster.
+  if [ ! -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ] && command -v apt-get >/dev/null \
+     && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq libopenblas0-pthread) >/dev/null || \
+      echo "warning: could not install libopenblas0-pthread; MLX on CPU will be slower" >&2
+  fi
+  # transformers' GGUF reader needs torch: the CPU build, never the multi-GB CUDA one.
+  if ! "$VENV_PY" -c "import torch" 2>/dev/null; then
+    "$VENV_PY" -m pip install -q "torch==2.13.0"
+  fi
+fi
+"$VENV_PY" -m pip install -q --disable-pip-version-check \
+  -e ".[$extras]" -e plugins/mlxhost_gemma -e plugins/mlxhost_qwen

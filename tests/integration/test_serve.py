@@ -1,0 +1,131 @@
+"""`mlxhost serve` with the real Qwen 0.5B model (and Gemma 270M for swaps), over HTTP."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import httpx
+import openai
+import pytest
+
+from .conftest import GEMMA, QWEN
+
+ASK = [{"role": "user", "content": "What is 2+2? Answer with a number."}]
+
+
+def test_non_streaming_answer_is_coherent(client):
+    response = client.chat.completions.create(model=QWEN, messages=ASK, max_tokens=10, temperature=0)
+    choice = response.choices[0]
+    assert "4" in choice.message.content
+    assert choice.finish_reason == "stop"
+    assert response.model == QWEN
+    assert response.usage.prompt_tokens > 10
+    assert 0 < response.usage.completion_tokens <= 10
+
+
+def test_streaming_yields_deltas_finish_and_done(qwen_server):
+    body = {
+        "model": QWEN,
+        "messages": [{"role": "user", "content": "Name three colors, comma separated."}],
+        "max_tokens": 12,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    lines = []
+    with httpx.stream("POST", f"{qwen_server.url}/v1/chat/completions", json=body, timeout=300) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+
+
+def test_streaming_with_openai_client(client):
+    stream = client.chat.completions.create(
+        model=QWEN,
+        messages=[{"role": "user", "content": "Count from 1 to 5."}],
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    deltas, finishes, usage = [], [], None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                deltas.append(choice.delta.content)
+            if choice.finish_reason:
+                finishes.append(choice.finish_reason)
+    assert len(deltas) >= 3
+    assert finishes == ["length"] or finishes == ["stop"]
+    assert usage is not None and usage.completion_tokens >= len(deltas)
+    assert "1" in "".join(deltas)
+
+
+def test_max_tokens_finish_length(client):
+    response = client.chat.completions.create(
+        model=QWEN,
+        messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+        max_completion_tokens=3,
+        temperature=0,
+    )
+    assert response.choices[0].finish_reason == "length"
+    assert response.usage.completion_tokens == 3
+
+
+def test_seed_makes_sampling_repeatable(client):
+    def sample():
+        return client.chat.completions.create(
+            model=QWEN,
+            messages=[{"role": "user", "content": "Say a random word."}],
+            max_tokens=5,
+            temperature=1.0,
+            seed=1234,
+        ).choices[0].message.content
+
+    assert sample() == sample()
+
+
+def test_models_lists_both_families_with_context_window(client):
+    models = {m.id: m for m in client.models.list().data}
+    for name in ("gemma", "qwen", "mlx-community/gemma-3-4b-it-4bit",
+                 "mlx-community/Qwen3-VL-4B-Instruct-4bit", QWEN, GEMMA):
+        assert name in models, name
+    extra = models[QWEN].model_extra
+    assert extra["context_window"] == 32768  # Qwen2.5-Coder config
+    assert extra["loaded"] is True
+    assert models[GEMMA].model_extra["context_window"] == 32768  # Gemma 3 270M config
+    assert models["gemma"].model_extra["context_window"] == 131072
+
+
+def test_unknown_model_gets_404_body(client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="nobody/nothing", messages=ASK, max_tokens=2)
+    error = caught.value.body
+    assert caught.value.status_code == 404
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+
+
+def test_swap_to_gemma_and_back(client, qwen_server):
+    response = client.chat.completions.create(model=GEMMA, messages=ASK, max_tokens=4, temperature=0)
+    assert response.model == GEMMA and response.choices[0].message.content is not None
+    health = qwen_server.health()
+    assert health["model"] == GEMMA and health["status"] == "ok"
+    response = client.chat.completions.create(model=QWEN, messages=ASK, max_tokens=5, temperature=0)
+    assert "4" in response.choices[0].message.content
+    assert qwen_server.health()["model"] == QWEN
+
+
+def test_concurrent_requests_for_different_models_both_complete(client, qwen_server):
+    swaps_before = qwen_server.health()["swaps"]
+
+    def ask(model):
+        return client.chat.completions.create(model=model, messages=ASK, max_tokens=4, temperature=0)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(ask, [GEMMA, QWEN]))
+    assert [r.model for r in results] == [GEMMA, QWEN]
+    assert all(r.choices[0].finish_reason in ("stop", "length") for r in results)
+    assert qwen_server.health()["swaps"] >= swaps_before + 1
