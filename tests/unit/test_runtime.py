@@ -1,0 +1,109 @@
+"""Model-free runtime pieces: stop strings, the worker thread, default hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mlxhost.default_plugins.chat_template import mlxhost_render_prompt
+from mlxhost.default_plugins.plain_text_tools import mlxhost_tool_call_parser
+from mlxhost.errors import InvalidRequest
+from mlxhost.runtime.stop import StopStringMatcher
+from mlxhost.runtime.worker import MLXWorker
+from mlxhost.types import ContentDelta, ModelInfo, ModelSpec
+
+
+def run_matcher(pieces, stops):
+    matcher = StopStringMatcher(stops)
+    out = "".join(matcher.feed(p) for p in pieces)
+    return out + matcher.flush(), matcher.stopped
+
+
+def test_stop_string_split_across_pieces():
+    assert run_matcher(["Hello wo", "rl", "d! more"], ["world"]) == ("Hello ", True)
+
+
+def test_partial_stop_prefix_is_released_when_it_diverges():
+    assert run_matcher(["abc<e", "nd", "x"], ["<end>"]) == ("abc<endx", False)
+
+
+@given(st.text(max_size=40), st.lists(st.integers(0, 40), max_size=6))
+def test_any_split_gives_the_same_text(text, cuts):
+    stops = ["STOP", "\n\n"]
+    points = sorted({c for c in cuts if c <= len(text)})
+    pieces = [text[a:b] for a, b in zip([0, *points], [*points, len(text)])]
+    whole, _ = run_matcher([text], stops)
+    assert run_matcher(pieces, stops)[0] == whole
+    first = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    assert whole == text[:first]
+
+
+async def test_worker_runs_jobs_on_one_thread_and_reraises():
+    worker = MLXWorker()
+    worker.start()
+    try:
+        names = await asyncio.gather(*(worker.run(lambda: threading.current_thread().name) for _ in range(3)))
+        assert set(names) == {"mlx-worker"}
+        with pytest.raises(ZeroDivisionError):
+            await worker.run(lambda: 1 / 0)
+        assert await worker.run(lambda: "still alive") == "still alive"
+    finally:
+        worker.stop()
+
+
+async def test_worker_stream_stops_between_items_when_consumer_leaves():
+    worker = MLXWorker()
+    worker.start()
+    produced = []
+
+    def numbers(should_stop):
+        for i in range(1000):
+            if should_stop():
+                return
+            produced.append(i)
+            time.sleep(0.002)
+            yield i
+
+    try:
+        async for item in worker.stream(numbers):
+            if item == 3:
+                break
+        # The finally of stream() waited for the producer: nothing runs on after.
+        count = len(produced)
+        assert count < 10
+        await asyncio.sleep(0.05)
+        assert len(produced) == count
+        assert await worker.run(lambda: "next job") == "next job"
+    finally:
+        worker.stop()
+
+
+class TemplateTokenizer:
+    chat_template = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}<gen>"
+
+    def apply_chat_template(self, messages, tools=None, add_generation_prompt=True, tokenize=False):
+        return "".join(f"[{m['role']}]{m['content']}" for m in messages) + "<gen>"
+
+
+def test_fallback_renders_with_the_models_template():
+    info = ModelInfo(spec=ModelSpec(id="m"), config={}, tokenizer=TemplateTokenizer())
+    messages = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+    rendered = mlxhost_render_prompt(model=info, messages=messages, tools=None)
+    assert rendered.text == "[user]ab<gen>"
+
+
+def test_fallback_without_template_is_a_clear_error():
+    info = ModelInfo(spec=ModelSpec(id="m"), config={}, tokenizer=None)
+    with pytest.raises(InvalidRequest, match="no chat template"):
+        mlxhost_render_prompt(model=info, messages=[], tools=None)
+
+
+def test_fallback_parser_passes_text_through():
+    parser = mlxhost_tool_call_parser(model=None)([])
+    assert parser.feed("<tool_call>x") == [ContentDelta("<tool_call>x")]
+    assert parser.finish() == []
