@@ -168,3 +168,49 @@ def test_concurrent_processes_build_once(tmp_path):
     lines = log_path.read_text().split()
     assert lines.count("start") == 1 and lines.count("end") == 1
     assert is_finished(cache / "m")
+
+
+# --- gguf_convert's pure steps (no torch, no conversion) ----------------------
+
+
+def test_convert_gguf_checks_paths_before_heavy_work(tmp_path):
+    from mlxhost.gguf_convert import convert_gguf
+
+    with pytest.raises(FileNotFoundError):
+        convert_gguf(tmp_path / "missing.gguf", tmp_path / "out", log=lambda _: None)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FileExistsError):
+        convert_gguf(gguf, tmp_path / "out", log=lambda _: None)
+
+
+def test_chat_template_from_file_or_text(tmp_path):
+    from mlxhost.gguf_convert import _read_template
+
+    text = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    path = tmp_path / "t.jinja"
+    path.write_text(text)
+    assert _read_template(path) == text
+    assert _read_template(str(path)) == text
+    assert _read_template(text) == text
+    with pytest.raises(FileNotFoundError):
+        _read_template(str(tmp_path / "typo.jinja"))
+
+
+def test_template_and_eos_written_into_model_folder(tmp_path):
+    from mlxhost.gguf_convert import _set_eos_token_ids, _write_chat_template
+
+    (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": 1, "model_type": "x"}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>"}))
+
+    _write_chat_template(tmp_path, "TEMPLATE {{ x }}")
+    _set_eos_token_ids(tmp_path, (1, 106))
+
+    assert (tmp_path / "chat_template.jinja").read_text() == "TEMPLATE {{ x }}"
+    tok = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert tok == {"eos_token": "<eos>", "chat_template": "TEMPLATE {{ x }}"}
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config == {"eos_token_id": [1, 106], "model_type": "x"}
+    generation = json.loads((tmp_path / "generation_config.json").read_text())
+    assert generation == {"eos_token_id": [1, 106]}
