@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # In-process MLX tests get OpenBLAS too (served processes preload it themselves).
-eval "$(.venv/bin/python -c 'import os, shlex; from mlxhost.blas import preload_env
-env = preload_env(os.environ)
-print(f"export LD_PRELOAD={shlex.quote(env.get(\"LD_PRELOAD\", \"\"))}")')"
+LD_PRELOAD="$(.venv/bin/python -c 'import os; from mlxhost.blas import preload_env
+print(preload_env(os.environ).get("LD_PRELOAD", ""))')"
+export LD_PRELOAD
 exec .venv/bin/python -m pytest "$@"

@@ -52,4 +52,6 @@ def reexec_with_openblas() -> None:
     if wanted(os.environ) is None:
         return
     env = preload_env(os.environ)
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    # Re-run as a module: running cli.py as a script would put the package folder
+    # on sys.path, where mlxhost/types.py shadows the standard library's types.
+    os.execve(sys.executable, [sys.executable, "-m", "mlxhost.cli", *sys.argv[1:]], env)

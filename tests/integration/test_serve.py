@@ -129,3 +129,14 @@ def test_concurrent_requests_for_different_models_both_complete(client, qwen_ser
     assert [r.model for r in results] == [GEMMA, QWEN]
     assert all(r.choices[0].finish_reason in ("stop", "length") for r in results)
     assert qwen_server.health()["swaps"] >= swaps_before + 1
+
+
+def test_server_preloads_openblas_by_itself(start_server):
+    """Started without LD_PRELOAD, `mlxhost serve` re-executes itself with OpenBLAS."""
+    from mlxhost.blas import find_openblas
+
+    if find_openblas() is None:
+        pytest.fail("libopenblas0-pthread is not installed (scripts/setup.sh installs it)")
+    with start_server(env={"LD_PRELOAD": ""}, wait_for_model=False) as server:
+        maps = open(f"/proc/{server.process.pid}/maps").read()
+    assert "openblas" in maps

@@ -107,3 +107,14 @@ def test_fallback_parser_passes_text_through():
     parser = mlxhost_tool_call_parser(model=None)([])
     assert parser.feed("<tool_call>x") == [ContentDelta("<tool_call>x")]
     assert parser.finish() == []
+
+
+def test_openblas_preload_decision(tmp_path):
+    from mlxhost import blas
+
+    library = tmp_path / "libblas.so.3"
+    library.write_text("")
+    env = {"MLXHOST_OPENBLAS_PATH": str(library)}
+    assert blas.preload_env(env)["LD_PRELOAD"] == str(library)
+    assert blas.wanted({**env, "MLXHOST_OPENBLAS": "0"}) is None
+    assert blas.wanted({**env, "LD_PRELOAD": f"/x.so:{library}"}) is None
