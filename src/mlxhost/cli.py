@@ -33,6 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
         context_window=args.context_window,
         default_max_tokens=args.default_max_tokens,
         log_level=args.log_level,
+        summarize=False if args.no_summarize else None,
     )
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
@@ -100,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="completion tokens reserved when a request gives no max_tokens")
     serve.add_argument("--log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--no-summarize", action="store_true",
+                       help="reject over-long conversations instead of summarizing older turns")
     serve.add_argument("--no-openblas", action="store_true",
                        help="on Linux CPU, do not preload OpenBLAS (slower fp32 matmuls)")
     serve.set_defaults(func=_serve)

@@ -59,7 +59,7 @@ class ContextLengthExceeded(MlxhostError):
     error_type = "invalid_request_error"
     code = "context_length_exceeded"
 
-    def __init__(self, limit: int, tokens: int):
+    def __init__(self, limit: int, tokens: int, *, prompt_tokens: int | None = None):
         super().__init__(
             f"This model's maximum context length is {limit} tokens. However, your messages "
             f"resulted in {tokens} tokens. Please reduce the length of the messages.",
@@ -67,6 +67,7 @@ class ContextLengthExceeded(MlxhostError):
         )
         self.limit = limit
         self.tokens = tokens
+        self.prompt_tokens = tokens if prompt_tokens is None else prompt_tokens
 
 
 class EngineError(MlxhostError):

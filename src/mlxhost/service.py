@@ -17,6 +17,7 @@ import attrs
 import pluggy
 
 from mlxhost.api.schemas import ChatCompletionRequest, message_dicts, tool_dicts
+from mlxhost.conversation.summarize import Summarizer, split_conversation, with_summary
 from mlxhost.errors import ContextLengthExceeded, InvalidRequest
 from mlxhost.registry import ModelRegistry
 from mlxhost.runtime.engine import Engine, PreparedPrompt
@@ -86,20 +87,24 @@ class ChatService:
         spec = self.registry.resolve(request.model)
         messages = message_dicts(request)
         tools = tool_dicts(request)
+        tool_choice = request.tool_choice if tools else None
+        headers: dict[str, str] = {}
         stack = AsyncExitStack()
         try:
             loaded = await stack.enter_async_context(self.slot.use(spec))
+            prepared = await self._prepare(loaded, messages, tools, tool_choice)
             try:
-                rendered = self.pm.hook.mlxhost_render_prompt(
-                    model=loaded.info,
-                    messages=messages,
-                    tools=tools,
-                    tool_choice=request.tool_choice if tools else None,
-                )
-            except TemplateError as exc:
-                raise InvalidRequest(f"The chat template rejected the messages: {exc}") from exc
-            prepared: PreparedPrompt = await self.worker.run(self.engine.prepare, rendered)
-            params = self._sampling(request, loaded, prepared.num_tokens)
+                params = self._sampling(request, loaded, prepared.num_tokens)
+            except ContextLengthExceeded as too_long:
+                if not (self.settings.summarize and request.truncation != "disabled"):
+                    raise
+                compressed = await self._summarize(loaded, messages, too_long)
+                prepared = await self._prepare(loaded, compressed, tools, tool_choice)
+                try:
+                    params = self._sampling(request, loaded, prepared.num_tokens)
+                except ContextLengthExceeded:
+                    raise too_long from None
+                headers["x-mlxhost-context"] = "summarized"
         except BaseException:
             await stack.aclose()
             raise
@@ -110,20 +115,85 @@ class ChatService:
             prompt_tokens=prepared.num_tokens,
             events=None,  # type: ignore[arg-type]
             stack=stack,
+            headers=headers,
         )
         generation._events = self._run(generation, loaded, prepared, params, request, tools)
         return generation
+
+    async def _prepare(
+        self,
+        loaded: LoadedModel,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+    ) -> PreparedPrompt:
+        try:
+            rendered = self.pm.hook.mlxhost_render_prompt(
+                model=loaded.info, messages=messages, tools=tools, tool_choice=tool_choice
+            )
+        except TemplateError as exc:
+            raise InvalidRequest(f"The chat template rejected the messages: {exc}") from exc
+        return await self.worker.run(self.engine.prepare, rendered)
+
+    async def _summarize(
+        self, loaded: LoadedModel, messages: list[dict[str, Any]], too_long: ContextLengthExceeded
+    ) -> list[dict[str, Any]]:
+        """Messages with the older turns replaced by a summary (the lock is held)."""
+        split = split_conversation(messages)
+        if not split.older:
+            raise too_long
+        started = time.perf_counter()
+
+        async def count(prompt: list[dict[str, Any]]) -> int:
+            return (await self._prepare(loaded, prompt)).num_tokens
+
+        async def generate(prompt: list[dict[str, Any]], max_tokens: int) -> str:
+            prepared = await self._prepare(loaded, prompt)
+            params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+            steps = self.worker.stream(
+                lambda should_stop: self.engine.generate(prepared, params, should_stop)
+            )
+            return "".join([step.text async for step in steps])
+
+        async def truncate(text: str, max_tokens: int) -> str:
+            tokenizer = loaded.info.tokenizer
+            if tokenizer is None:  # engines without a tokenizer: a rough cut by characters
+                return text[: max_tokens * 3]
+            ids = tokenizer.encode(text, add_special_tokens=False)[:max_tokens]
+            return tokenizer.decode(ids)
+
+        summarizer = Summarizer(
+            count_tokens=count,
+            generate=generate,
+            truncate=truncate,
+            context_window=loaded.context_window,
+        )
+        summary = await summarizer.summarize(split.older)
+        compressed = with_summary(split.system, summary, split.kept)
+        after = await count(compressed)
+        log.info(
+            "Context: summarized %d older messages of %s: %d -> %d prompt tokens in %.1fs",
+            len(split.older),
+            loaded.spec.id,
+            too_long.prompt_tokens,
+            after,
+            time.perf_counter() - started,
+        )
+        return compressed
 
     def _sampling(
         self, request: ChatCompletionRequest, loaded: LoadedModel, prompt_tokens: int
     ) -> SamplingParams:
         window = loaded.context_window
         requested = request.completion_limit
+        # Without max_tokens, room for a reply of a reasonable size must remain.
         reserve = requested if requested is not None else min(
-            self.settings.default_max_tokens, max(window - prompt_tokens, 1)
+            self.settings.default_max_tokens, max(window // 4, 1)
         )
         if prompt_tokens + reserve > window:
-            raise ContextLengthExceeded(window, prompt_tokens + (requested or 0))
+            raise ContextLengthExceeded(
+                window, prompt_tokens + (requested or 0), prompt_tokens=prompt_tokens
+            )
         defaults = getattr(self.engine, "defaults", {})
         temperature = request.temperature
         if temperature is None:

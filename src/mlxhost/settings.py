@@ -25,6 +25,9 @@ class Settings:
     context_windows: dict[str, int] = attrs.Factory(dict)
     # Completion tokens assumed when a request does not give max_tokens.
     default_max_tokens: int = 512
+    # Summarize older turns when a conversation does not fit (per request:
+    # "truncation": "disabled" opts out).
+    summarize: bool = True
     # Folders served as models in addition to registered and cached ones.
     extra_models: list[str] = attrs.Factory(list)
     log_level: str = "info"
@@ -39,5 +42,7 @@ class Settings:
             values["context_window"] = window
         if (max_tokens := _env_int(env, "MLXHOST_DEFAULT_MAX_TOKENS")) is not None:
             values["default_max_tokens"] = max_tokens
+        if env.get("MLXHOST_SUMMARIZE", "").lower() in ("0", "false", "no", "off"):
+            values["summarize"] = False
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -91,6 +91,8 @@ class ChatCompletionRequest:
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     user: str | None = None
+    # "disabled": fail with context_length_exceeded instead of summarizing older turns.
+    truncation: Literal["auto", "disabled"] | None = None
 
     @property
     def completion_limit(self) -> int | None:

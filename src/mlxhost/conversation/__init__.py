@@ -1,0 +1,1 @@
+"""Conversation-level policies: context budget and summarization of older turns."""
