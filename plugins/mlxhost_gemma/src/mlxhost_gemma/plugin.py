@@ -6,9 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 from mlxhost.hookspecs import hookimpl
-from mlxhost.types import TOOLS, VISION, ModelInfo, RenderedPrompt
+from mlxhost.types import TOOLS, VISION, ModelInfo, RenderedPrompt, ToolParserFactory
 
 from mlxhost_gemma.template import render
+from mlxhost_gemma.tools import make_parser
 
 FAMILY = "gemma"
 MODEL_TYPES = {"gemma3", "gemma3_text"}
@@ -32,8 +33,16 @@ def mlxhost_model_family(config: dict[str, Any]) -> str | None:
 
 @hookimpl
 def mlxhost_render_prompt(
-    model: ModelInfo, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    model: ModelInfo,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    tool_choice: str | dict[str, Any] | None,
 ) -> RenderedPrompt | None:
     if model.family != FAMILY:
         return None
-    return RenderedPrompt(text=render(messages, model.tokenizer))
+    return RenderedPrompt(text=render(messages, model.tokenizer, tools, tool_choice))
+
+
+@hookimpl
+def mlxhost_tool_call_parser(model: ModelInfo) -> ToolParserFactory | None:
+    return make_parser if model.family == FAMILY else None

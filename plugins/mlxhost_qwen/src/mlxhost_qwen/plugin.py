@@ -6,9 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 from mlxhost.hookspecs import hookimpl
-from mlxhost.types import TOOLS, VISION, ModelInfo, RenderedPrompt
+from mlxhost.types import TOOLS, VISION, ModelInfo, RenderedPrompt, ToolParserFactory
 
 from mlxhost_qwen.template import render
+from mlxhost_qwen.tools import make_parser
 
 FAMILY = "qwen"
 MODEL_TYPES = {"qwen2", "qwen2_vl", "qwen2_5_vl", "qwen3", "qwen3_moe", "qwen3_vl", "qwen3_vl_moe"}
@@ -32,8 +33,16 @@ def mlxhost_model_family(config: dict[str, Any]) -> str | None:
 
 @hookimpl
 def mlxhost_render_prompt(
-    model: ModelInfo, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    model: ModelInfo,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    tool_choice: str | dict[str, Any] | None,
 ) -> RenderedPrompt | None:
     if model.family != FAMILY:
         return None
-    return RenderedPrompt(text=render(messages, tools, model.tokenizer))
+    return RenderedPrompt(text=render(messages, tools, model.tokenizer, tool_choice))
+
+
+@hookimpl
+def mlxhost_tool_call_parser(model: ModelInfo) -> ToolParserFactory | None:
+    return make_parser if model.family == FAMILY else None

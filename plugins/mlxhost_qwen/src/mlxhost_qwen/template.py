@@ -8,6 +8,7 @@ from importlib.resources import files
 from typing import Any
 
 from mlxhost.templating import render_chat_template, special_tokens
+from mlxhost.toolcalls import tool_choice_instruction
 
 CHAT_TEMPLATE = files("mlxhost_qwen").joinpath("chat_template.jinja").read_text()
 
@@ -51,10 +52,32 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def with_instruction(messages: list[dict[str, Any]], line: str) -> list[dict[str, Any]]:
+    """Add one instruction line to the system message (made if there is none):
+    the template prints the system text just before its tool section."""
+    if messages and messages[0]["role"] == "system":
+        first = dict(messages[0])
+        content = first["content"]
+        if isinstance(content, str):
+            first["content"] = f"{content}\n\n{line}" if content else line
+        else:
+            first["content"] = [*content, {"type": "text", "text": f"\n\n{line}"}]
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": line}, *messages]
+
+
 def render(
-    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, tokenizer: Any = None
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    tokenizer: Any = None,
+    tool_choice: str | dict[str, Any] | None = None,
 ) -> str:
+    """The prompt text. The template renders ``tools`` itself; ``tool_choice``
+    "required" or a named function adds one instruction line (only when tools
+    are offered)."""
     template = getattr(tokenizer, "chat_template", None) or CHAT_TEMPLATE
-    return render_chat_template(
-        template, normalize_messages(messages), tools=tools, **special_tokens(tokenizer)
-    )
+    normalized = normalize_messages(messages)
+    line = tool_choice_instruction(tool_choice) if tools else None
+    if line:
+        normalized = with_instruction(normalized, line)
+    return render_chat_template(template, normalized, tools=tools, **special_tokens(tokenizer))
