@@ -115,7 +115,7 @@ class Summarizer:
         self._generate = generate
         self._truncate = truncate
         self._window = context_window
-        self._summary_tokens = min(summary_tokens, max(context_window // 4, 16))
+        self._summary_tokens = min(summary_tokens, max(context_window // 8, 16))
 
     def _prompt(self, transcript: str) -> list[dict[str, Any]]:
         return [
