@@ -24,5 +24,7 @@ if [ "$(uname -s)" = "Linux" ]; then
     "$VENV_PY" -m pip install -q "torch==2.13.0"
   fi
 fi
+# (grep hides pip's warnings about this machine's unused local index folders)
 "$VENV_PY" -m pip install -q --disable-pip-version-check \
-  -e ".[$extras]" -e plugins/mlxhost_gemma -e plugins/mlxhost_qwen
+  -e ".[$extras]" -e plugins/mlxhost_gemma -e plugins/mlxhost_qwen \
+  2> >(grep -v "^WARNING: Location 'file:" >&2)
