@@ -34,6 +34,8 @@ def _serve(args: argparse.Namespace) -> int:
         default_max_tokens=args.default_max_tokens,
         log_level=args.log_level,
         summarize=False if args.no_summarize else None,
+        image_allow_networks=args.allow_image_network or None,
+        image_max_bytes=args.max_image_bytes,
     )
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
@@ -103,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--no-summarize", action="store_true",
                        help="reject over-long conversations instead of summarizing older turns")
+    serve.add_argument("--allow-image-network", action="append", metavar="CIDR",
+                       help="let image URLs resolve into this non-public network (repeatable), "
+                       "e.g. 127.0.0.1/32 for local files served over HTTP")
+    serve.add_argument("--max-image-bytes", type=int, help="byte cap per image (default 20 MB)")
     serve.add_argument("--no-openblas", action="store_true",
                        help="on Linux CPU, do not preload OpenBLAS (slower fp32 matmuls)")
     serve.set_defaults(func=_serve)

@@ -6,6 +6,7 @@ generation lock, drives the engine and reports usage.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -17,16 +18,29 @@ import attrs
 import pluggy
 
 from mlxhost.api.schemas import ChatCompletionRequest, message_dicts, tool_dicts
-from mlxhost.conversation.summarize import Summarizer, split_conversation, with_summary
+from mlxhost.conversation.summarize import (
+    Summarizer,
+    count_images,
+    split_conversation,
+    with_summary,
+)
 from mlxhost.errors import ContextLengthExceeded, InvalidRequest
 from mlxhost.registry import ModelRegistry
 from mlxhost.runtime.engine import Engine, PreparedPrompt
+from mlxhost.runtime.images import ImagePolicy, load_image
 from mlxhost.runtime.slot import LoadedModel, ModelSlot
 from mlxhost.runtime.stop import StopStringMatcher
 from mlxhost.runtime.worker import MLXWorker
 from mlxhost.settings import Settings
 from mlxhost.templating import TemplateError
-from mlxhost.types import ParserEvent, SamplingParams, ToolCallEvent
+from mlxhost.types import (
+    VISION,
+    ImageInput,
+    ModelSpec,
+    ParserEvent,
+    SamplingParams,
+    ToolCallEvent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +100,23 @@ class ChatService:
         """Admit a request: everything that can fail before the first byte happens here."""
         spec = self.registry.resolve(request.model)
         messages = message_dicts(request)
+        # Images are fetched and decoded before the lock: a bad one never holds it.
+        images = await self._load_images(spec, messages)
         tools = tool_dicts(request)
         tool_choice = request.tool_choice if tools else None
         headers: dict[str, str] = {}
         stack = AsyncExitStack()
         try:
             loaded = await stack.enter_async_context(self.slot.use(spec))
-            prepared = await self._prepare(loaded, messages, tools, tool_choice)
+            prepared = await self._prepare(loaded, messages, tools, tool_choice, images)
             try:
                 params = self._sampling(request, loaded, prepared.num_tokens)
             except ContextLengthExceeded as too_long:
                 if not (self.settings.summarize and request.truncation != "disabled"):
                     raise
                 compressed = await self._summarize(loaded, messages, too_long)
-                prepared = await self._prepare(loaded, compressed, tools, tool_choice)
+                kept_images = images[len(images) - count_images(compressed) :] if images else ()
+                prepared = await self._prepare(loaded, compressed, tools, tool_choice, kept_images)
                 try:
                     params = self._sampling(request, loaded, prepared.num_tokens)
                 except ContextLengthExceeded:
@@ -126,6 +143,7 @@ class ChatService:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None = None,
         tool_choice: Any = None,
+        images: tuple[ImageInput, ...] = (),
     ) -> PreparedPrompt:
         try:
             rendered = self.pm.hook.mlxhost_render_prompt(
@@ -133,7 +151,34 @@ class ChatService:
             )
         except TemplateError as exc:
             raise InvalidRequest(f"The chat template rejected the messages: {exc}") from exc
+        if images:
+            rendered = attrs.evolve(rendered, images=tuple(images))
         return await self.worker.run(self.engine.prepare, rendered)
+
+    async def _load_images(
+        self, spec: ModelSpec, messages: list[dict[str, Any]]
+    ) -> tuple[ImageInput, ...]:
+        parts = [
+            (f"messages[{i}].content[{j}]", part["image_url"]["url"])
+            for i, message in enumerate(messages)
+            if isinstance(message.get("content"), list)
+            for j, part in enumerate(message["content"])
+            if part.get("type") == "image_url"
+        ]
+        if not parts:
+            return ()
+        if VISION not in spec.capabilities:
+            raise InvalidRequest(
+                f"Model '{spec.id}' does not accept images (it has no vision tower); "
+                "send text only or pick a vision model (see /v1/models capabilities).",
+                param=parts[0][0],
+            )
+        policy = ImagePolicy(
+            max_bytes=self.settings.image_max_bytes,
+            allow_networks=tuple(self.settings.image_allow_networks),
+        )
+        decoded = await asyncio.gather(*(load_image(url, policy, where) for where, url in parts))
+        return tuple(ImageInput(image=d.image, digest=d.digest) for d in decoded)
 
     async def _summarize(
         self, loaded: LoadedModel, messages: list[dict[str, Any]], too_long: ContextLengthExceeded

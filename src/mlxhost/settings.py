@@ -28,6 +28,10 @@ class Settings:
     # Summarize older turns when a conversation does not fit (per request:
     # "truncation": "disabled" opts out).
     summarize: bool = True
+    # Image inputs: byte cap per image, and networks that may be fetched from
+    # although they are not public (loopback/private are refused by default).
+    image_max_bytes: int = 20 * 1024 * 1024
+    image_allow_networks: list[str] = attrs.Factory(list)
     # Folders served as models in addition to registered and cached ones.
     extra_models: list[str] = attrs.Factory(list)
     log_level: str = "info"
@@ -44,5 +48,9 @@ class Settings:
             values["default_max_tokens"] = max_tokens
         if env.get("MLXHOST_SUMMARIZE", "").lower() in ("0", "false", "no", "off"):
             values["summarize"] = False
+        if env.get("MLXHOST_ALLOW_IMAGE_NETWORKS"):
+            values["image_allow_networks"] = env["MLXHOST_ALLOW_IMAGE_NETWORKS"].split(",")
+        if (image_bytes := _env_int(env, "MLXHOST_IMAGE_MAX_BYTES")) is not None:
+            values["image_max_bytes"] = image_bytes
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

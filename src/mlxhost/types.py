@@ -53,10 +53,11 @@ class ModelInfo:
 
 @attrs.frozen
 class ImageInput:
-    """One decoded image, in prompt order."""
+    """One decoded image (a PIL image, RGB), in prompt order."""
 
-    data: bytes
-    media_type: str = "image/png"
+    image: Any
+    # sha256 of the source bytes: identifies the image in prefix-cache keys.
+    digest: str
 
 
 @attrs.frozen

@@ -164,6 +164,17 @@ class Summarizer:
         return chunks
 
 
+def count_images(messages: list[dict[str, Any]]) -> int:
+    """Image parts left in a conversation (summarized turns mention theirs as text)."""
+    return sum(
+        1
+        for m in messages
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if part.get("type") in ("image_url", "image")
+    )
+
+
 def describe(messages: list[dict[str, Any]]) -> str:
     """Short description for logs."""
     return json.dumps([m["role"] for m in messages])
