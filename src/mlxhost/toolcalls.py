@@ -271,7 +271,9 @@ class ToolCallStreamParser:
     """Content and tool calls from text fed in arbitrary pieces.
 
     ``markers`` are ``(open, close)`` pairs (``("<tool_call>", "</tool_call>")``).
-    Between them, ``parse_block`` turns the body into calls. Whitespace that only
+    Between them, ``parse_block`` turns the body into calls. ``find_close(body,
+    close)`` finds where a block ends (default ``str.find``; a family whose close
+    marker may appear inside a string argument passes a string-aware search). Whitespace that only
     separates a call block from the text before it (or ends the reply after a
     call) is layout, not content; all other text is content, emitted as soon as
     it cannot be the start of a marker. A block that is not a valid call goes
@@ -287,6 +289,7 @@ class ToolCallStreamParser:
         parse_block: BlockParser,
         *,
         whole: WholeReplyMatcher | None = None,
+        find_close: Callable[[str, str], int] | None = None,
         name: str = "tool calls",
     ) -> None:
         if not markers or any(not open_ or not close for open_, close in markers):
@@ -294,6 +297,7 @@ class ToolCallStreamParser:
         self._markers = list(markers)
         self._longest = max(len(open_) for open_, _ in markers)
         self._parse_block = parse_block
+        self._find_close = find_close or str.find
         self._whole = whole
         self._name = name
         self._mode = _Mode.WHOLE if whole is not None else _Mode.TEXT
@@ -344,7 +348,7 @@ class ToolCallStreamParser:
         events: list[ParserEvent] = []
         while True:
             if self._mode is _Mode.BLOCK:
-                end = self._pending.find(self._close)
+                end = self._find_close(self._pending, self._close)
                 if end < 0:
                     return events
                 body = self._pending[:end]

@@ -163,7 +163,7 @@ def python_signature(function: Mapping[str, Any]) -> str:
         else:
             seen_optional = True
             default = schema.get("default") if isinstance(schema, Mapping) else None
-            text += f" = {python_literal(default)}"
+            text += f" = {python_literal(default)}" if annotation else f"={python_literal(default)}"
         params.append(text)
     if keyword_only:
         params.insert(0, "*")
@@ -466,6 +466,41 @@ class BareCallMatcher:
         return True
 
 
+def find_closing_fence(body: str, fence: str = FENCE) -> int:
+    """Where the ```tool_code block's closing fence starts, -1 if not yet.
+
+    A fence inside a Python string (``write(text="```x```")``) or a comment does
+    not close the block. A one-quote string also ends at a newline (it is a syntax
+    error anyway), so a stray apostrophe cannot swallow the rest of the reply.
+    """
+    if fence not in body:
+        return -1
+    index, quote, size = 0, "", len(body)
+    while index < size:
+        char = body[index]
+        if quote:
+            if char == "\\":
+                index += 2
+            elif body.startswith(quote, index):
+                index += len(quote)
+                quote = ""
+            else:
+                if char == "\n" and len(quote) == 1:
+                    quote = ""
+                index += 1
+        elif body.startswith(fence, index):
+            return index
+        elif char == "#":
+            end = body.find("\n", index)
+            index = size if end < 0 else end
+        elif char in "'\"":
+            quote = char * 3 if body.startswith(char * 3, index) else char
+            index += len(quote)
+        else:
+            index += 1
+    return -1
+
+
 def make_parser(tools: list[dict[str, Any]]) -> StreamParser:
     """The ToolParserFactory of the Gemma family: a fresh parser for one reply."""
     functions = offered_functions(tools)
@@ -475,5 +510,6 @@ def make_parser(tools: list[dict[str, Any]]) -> StreamParser:
         MARKERS,
         lambda body, closed: parse_python_calls(body, functions),
         whole=BareCallMatcher(functions),
+        find_close=find_closing_fence,
         name="gemma tool calls",
     )
