@@ -185,9 +185,11 @@ def schema_errors(value: Any, schema: Any, path: str = "arguments") -> list[str]
         errors.append(f"{path}: must be {schema['const']!r}")
     for keyword in ("anyOf", "oneOf"):
         options = schema.get(keyword)
-        if isinstance(options, list) and options:
-            if not any(not schema_errors(value, option, path) for option in options):
-                errors.append(f"{path}: matches none of {keyword}")
+        fits_one = isinstance(options, list) and any(
+            not schema_errors(value, option, path) for option in options
+        )
+        if isinstance(options, list) and options and not fits_one:
+            errors.append(f"{path}: matches none of {keyword}")
     for option in schema.get("allOf") or ():
         errors.extend(schema_errors(value, option, path))
     if isinstance(value, dict):
@@ -359,7 +361,10 @@ class ToolCallStreamParser:
             found = self._find_opening(self._pending)
             if found is None:
                 keep = self._partial_marker(self._pending)
-                head, tail = self._pending[: len(self._pending) - keep], self._pending[len(self._pending) - keep :]
+                head, tail = (
+                    self._pending[: len(self._pending) - keep],
+                    self._pending[len(self._pending) - keep :],
+                )
                 text, space = _split_trailing_space(head)
                 self._content(events, text)
                 self._pending = space + tail
@@ -377,7 +382,9 @@ class ToolCallStreamParser:
         for opening, close in self._markers:
             index = text.find(opening)
             if index >= 0 and (
-                best is None or index < best[0] or (index == best[0] and len(opening) > len(best[1]))
+                best is None
+                or index < best[0]
+                or (index == best[0] and len(opening) > len(best[1]))
             ):
                 best = (index, opening, close)
         return best
@@ -414,7 +421,9 @@ class ToolCallStreamParser:
         try:
             return parse()
         except InvalidToolCall as exc:
-            log.warning("%s: returning text as content, not a valid call (%s): %.200r", self._name, exc, raw)
+            log.warning(
+                "%s: returning text as content, not a valid call (%s): %.200r", self._name, exc, raw
+            )
             return None
 
 

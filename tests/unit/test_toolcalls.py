@@ -138,12 +138,20 @@ def test_tool_choice_instruction():
     assert tool_choice_instruction("none") is None
     assert "at least one" in tool_choice_instruction("required")
     named = {"type": "function", "function": {"name": "get_weather"}}
-    assert tool_choice_instruction(named) == "You must call the function `get_weather` in your reply."
+    assert (
+        tool_choice_instruction(named) == "You must call the function `get_weather` in your reply."
+    )
 
 
 def test_merge_events_joins_neighbouring_content():
     call = make_tool_call("f", {})
-    events = [ContentDelta("a"), ContentDelta("b"), ContentDelta(""), ToolCallEvent(call), ContentDelta("c")]
+    events = [
+        ContentDelta("a"),
+        ContentDelta("b"),
+        ContentDelta(""),
+        ToolCallEvent(call),
+        ContentDelta("c"),
+    ]
     assert merge_events(events) == [ContentDelta("ab"), ToolCallEvent(call), ContentDelta("c")]
     assert content_events("") == [] and content_events("x") == [ContentDelta("x")]
 
@@ -245,7 +253,11 @@ def test_several_calls_in_order_and_trailing_whitespace_after_a_call_dropped():
 
 
 def test_a_second_marker_pair_is_recognized():
-    assert run('x <<{"name": "ping"}>> y') == [("content", "x"), ("call", "ping", {}), ("content", " y")]
+    assert run('x <<{"name": "ping"}>> y') == [
+        ("content", "x"),
+        ("call", "ping", {}),
+        ("content", " y"),
+    ]
 
 
 def test_a_marker_prefix_is_held_then_released_when_it_is_not_a_marker():
@@ -332,7 +344,7 @@ def test_content_only_parser():
 # --- split invariance --------------------------------------------------------------
 
 SEGMENTS = st.one_of(
-    st.text(alphabet="ab <>/{}!\n\"", max_size=12),
+    st.text(alphabet='ab <>/{}!\n"', max_size=12),
     st.sampled_from(
         [
             '<call>{"name": "ping"}</call>',

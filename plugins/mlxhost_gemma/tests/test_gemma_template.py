@@ -37,7 +37,10 @@ CONVERSATION = [
             {
                 "id": "call_1",
                 "type": "function",
-                "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'},
+                "function": {
+                    "name": "get_weather",
+                    "arguments": '{"city": "Paris", "unit": "celsius"}',
+                },
             }
         ],
     },
@@ -83,14 +86,19 @@ def test_required_and_named_tool_choice_add_one_line():
     required = render(CONVERSATION, None, [WEATHER], "required")
     line = "You must call at least one of the provided functions in your reply."
     assert required == EXPECTED.replace(TOOL_SECTION, TOOL_SECTION + "\n\n" + line)
-    named = render(CONVERSATION, None, [WEATHER], {"type": "function", "function": {"name": "get_weather"}})
+    named = render(
+        CONVERSATION, None, [WEATHER], {"type": "function", "function": {"name": "get_weather"}}
+    )
     line = "You must call the function `get_weather` in your reply."
     assert named == EXPECTED.replace(TOOL_SECTION, TOOL_SECTION + "\n\n" + line)
 
 
 def test_tools_without_a_system_message_go_into_the_first_user_turn():
     prompt = render(CONVERSATION[1:2], None, [WEATHER])
-    assert prompt == f"<bos><start_of_turn>user\n{TOOL_SECTION}\n\nWeather in Paris?<end_of_turn>\n<start_of_turn>model\n"
+    assert (
+        prompt
+        == f"<bos><start_of_turn>user\n{TOOL_SECTION}\n\nWeather in Paris?<end_of_turn>\n<start_of_turn>model\n"
+    )
 
 
 def test_without_tools_no_tool_section_but_history_keeps_its_form():
@@ -110,8 +118,16 @@ def test_parallel_calls_with_content_and_several_results():
             "role": "assistant",
             "content": "Checking both.",
             "tool_calls": [
-                {"id": "a", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-                {"id": "b", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}},
+                {
+                    "id": "a",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                },
+                {
+                    "id": "b",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
+                },
             ],
         },
         {"role": "tool", "tool_call_id": "a", "content": "sunny"},
@@ -129,7 +145,12 @@ def test_parallel_calls_with_content_and_several_results():
 def test_invalid_arguments_in_history_are_rejected():
     messages = [
         {"role": "user", "content": "x"},
-        {"role": "assistant", "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{oops"}}
+            ],
+        },
     ]
     with pytest.raises(TemplateError, match="arguments must be a JSON object"):
         render(messages)
@@ -141,9 +162,15 @@ def test_consecutive_user_messages_keep_a_blank_line_between_them():
 
 
 def test_images_are_kept_in_place():
-    content = [{"type": "text", "text": "What is"}, {"type": "image_url", "image_url": {"url": "x"}}]
+    content = [
+        {"type": "text", "text": "What is"},
+        {"type": "image_url", "image_url": {"url": "x"}},
+    ]
     prompt = render([{"role": "user", "content": content}])
-    assert prompt == "<bos><start_of_turn>user\nWhat is<start_of_image><end_of_turn>\n<start_of_turn>model\n"
+    assert (
+        prompt
+        == "<bos><start_of_turn>user\nWhat is<start_of_image><end_of_turn>\n<start_of_turn>model\n"
+    )
 
 
 def test_the_call_the_prompt_shows_is_the_call_the_parser_reads():
@@ -161,24 +188,42 @@ def test_the_call_the_prompt_shows_is_the_call_the_parser_reads():
     [
         ({"name": "ping"}, "def ping():\n    ..."),
         (
-            {"name": "f", "parameters": {"type": "object", "properties": {
-                "a": {"type": "array", "items": {"type": "integer"}},
-                "b": {"type": ["string", "null"], "default": "x"},
-                "c": {"anyOf": [{"type": "number"}, {"type": "boolean"}]},
-                "d": {},
-            }, "required": ["a"]}},
+            {
+                "name": "f",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "a": {"type": "array", "items": {"type": "integer"}},
+                        "b": {"type": ["string", "null"], "default": "x"},
+                        "c": {"anyOf": [{"type": "number"}, {"type": "boolean"}]},
+                        "d": {},
+                    },
+                    "required": ["a"],
+                },
+            },
             'def f(a: list[int], b: str | None = "x", c: float | bool = None, d=None):\n    ...',
         ),
         (
-            {"name": "g", "description": 'Say """hi"""', "parameters": {"type": "object", "properties": {
-                "opt": {"type": "boolean"}, "req": {"type": "object", "description": "Line one\nline two"},
-            }, "required": ["req"]}},
-            'def g(*, opt: bool = None, req: dict):\n'
-            '    """Say \\"\\"\\"hi\\"\\"\\"\n\n'
-            "    Args:\n"
-            "        req: Line one\n"
-            "            line two\n"
-            '    """',
+            {
+                "name": "g",
+                "description": 'Say """hi"""',
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "opt": {"type": "boolean"},
+                        "req": {"type": "object", "description": "Line one\nline two"},
+                    },
+                    "required": ["req"],
+                },
+            },
+            (
+                "def g(*, opt: bool = None, req: dict):\n"
+                '    """Say \\"\\"\\"hi\\"\\"\\"\n\n'
+                "    Args:\n"
+                "        req: Line one\n"
+                "            line two\n"
+                '    """'
+            ),
         ),
     ],
 )

@@ -126,7 +126,9 @@ def test_several_calls_in_one_block_and_in_two_blocks():
         call("get_weather", {"city": "Rome"}),
     ]
     assert run(text) == expected
-    text = code('get_weather(city="Paris")', "get_time()") + "\n\n" + code('get_weather(city="Rome")')
+    text = (
+        code('get_weather(city="Paris")', "get_time()") + "\n\n" + code('get_weather(city="Rome")')
+    )
     assert run(text) == expected
 
 
@@ -137,18 +139,28 @@ def test_a_list_of_calls_and_print_wrapped_calls():
 
 
 def test_tool_call_fence_variant():
-    assert run('```tool_call\nget_time()\n```') == [call("get_time", {})]
+    assert run("```tool_call\nget_time()\n```") == [call("get_time", {})]
 
 
 @pytest.mark.parametrize(
     ("source", "arguments"),
     [
-        ('search(query="x", options={"a": True, "b": False, "c": None})', {"a": True, "b": False, "c": None}),
-        ('search(query="x", options={"a": true, "b": false, "c": null})', {"a": True, "b": False, "c": None}),
-        ('search(query="x", options={"n": -3, "f": 2.5e3, "p": +1, "big": 12345678901234567890})',
-         {"n": -3, "f": 2500.0, "p": 1, "big": 12345678901234567890}),
-        ('search(query="x", options={"list": [1, [2, {"deep": ("t", "u")}]], "empty": {}})',
-         {"list": [1, [2, {"deep": ["t", "u"]}]], "empty": {}}),
+        (
+            'search(query="x", options={"a": True, "b": False, "c": None})',
+            {"a": True, "b": False, "c": None},
+        ),
+        (
+            'search(query="x", options={"a": true, "b": false, "c": null})',
+            {"a": True, "b": False, "c": None},
+        ),
+        (
+            'search(query="x", options={"n": -3, "f": 2.5e3, "p": +1, "big": 12345678901234567890})',
+            {"n": -3, "f": 2500.0, "p": 1, "big": 12345678901234567890},
+        ),
+        (
+            'search(query="x", options={"list": [1, [2, {"deep": ("t", "u")}]], "empty": {}})',
+            {"list": [1, [2, {"deep": ["t", "u"]}]], "empty": {}},
+        ),
         ("search(query='x', options={'single': 'quotes'})", {"single": "quotes"}),
     ],
 )
@@ -213,7 +225,7 @@ def test_malformed_calls_stay_content(source, caplog):
 
 
 def test_a_call_to_a_function_not_offered_stays_content(caplog):
-    text = code('delete_everything(really=True)')
+    text = code("delete_everything(really=True)")
     with caplog.at_level(logging.WARNING):
         assert run(text) == [("content", text)]
     assert "'delete_everything' was not offered" in caplog.text
@@ -228,15 +240,15 @@ def test_a_python_block_is_not_a_tool_call():
 
 
 def test_unclosed_block_at_max_tokens_with_a_complete_call_is_extracted():
-    text = "Checking.\n```tool_code\nget_weather(city=\"Paris\")\n"
+    text = 'Checking.\n```tool_code\nget_weather(city="Paris")\n'
     assert run(text) == [("content", "Checking."), call("get_weather", {"city": "Paris"})]
     assert run(text + "``") == [("content", "Checking."), call("get_weather", {"city": "Paris"})]
 
 
 def test_unclosed_incomplete_block_at_max_tokens_is_content():
-    text = "Checking.\n```tool_code\nget_weather(city=\"Par"
+    text = 'Checking.\n```tool_code\nget_weather(city="Par'
     assert run(text) == [("content", text)]
-    text = "```tool_code\nget_weather(city=\"Paris\")\nget_ti"
+    text = '```tool_code\nget_weather(city="Paris")\nget_ti'
     assert run(text) == [("content", text)]
 
 
@@ -257,10 +269,16 @@ def test_hallucinated_tool_output_after_a_call_is_content():
     ("text", "expected"),
     [
         ('get_weather(city="Paris")', [call("get_weather", {"city": "Paris"})]),
-        ('\n  get_weather(city="Paris", unit="celsius")\n', [call("get_weather", {"city": "Paris", "unit": "celsius"})]),
+        (
+            '\n  get_weather(city="Paris", unit="celsius")\n',
+            [call("get_weather", {"city": "Paris", "unit": "celsius"})],
+        ),
         ('get_weather("Paris")', [call("get_weather", {"city": "Paris"})]),
         ('get_weather(\n    city="Paris",\n)', [call("get_weather", {"city": "Paris"})]),
-        ('get_weather(city="Paris")\nget_time()', [call("get_weather", {"city": "Paris"}), call("get_time", {})]),
+        (
+            'get_weather(city="Paris")\nget_time()',
+            [call("get_weather", {"city": "Paris"}), call("get_time", {})],
+        ),
         ('get_weather(city=")(")', [call("get_weather", {"city": ")("})]),
     ],
 )
@@ -352,7 +370,10 @@ def test_a_fence_that_is_not_tool_code_is_released():
 
 REPLY = (
     "Sure — checking “both”.\n\n"
-    + code('get_weather(city="São Paulo", unit="celsius")', 'search("say \\"hi\\" ```", options={"n": [1, None]})')
+    + code(
+        'get_weather(city="São Paulo", unit="celsius")',
+        'search("say \\"hi\\" ```", options={"n": [1, None]})',
+    )
     + "\nThen: "
     + code("nope()")
     + "\n```tool_c"
@@ -387,14 +408,20 @@ JSON_VALUES = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(alphabet=st.characters(codec="utf-8")),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(alphabet=st.characters(codec="utf-8"), max_size=6), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.text(alphabet=st.characters(codec="utf-8"), max_size=6), inner, max_size=4
+        )
+    ),
     max_leaves=10,
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(["query", "options", "extra", "from"]), JSON_VALUES, max_size=4))
+@given(
+    st.dictionaries(st.sampled_from(["query", "options", "extra", "from"]), JSON_VALUES, max_size=4)
+)
 def test_format_call_and_parse_round_trip(arguments):
     source = format_call("search", arguments)
     (parsed,) = parse_python_calls(source, FUNCTIONS)
@@ -403,17 +430,20 @@ def test_format_call_and_parse_round_trip(arguments):
 
 
 def test_python_literal():
-    assert python_literal({"a": [True, None, 1.5, "x\"y"]}) == '{"a": [True, None, 1.5, "x\\"y"]}'
+    assert python_literal({"a": [True, None, 1.5, 'x"y']}) == '{"a": [True, None, 1.5, "x\\"y"]}'
     with pytest.raises(TypeError):
         python_literal(object())
 
 
-PROSE = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="`"), min_size=1, max_size=20).filter(
-    lambda s: s.strip() and not s.lstrip()[0].isalpha() and s.lstrip()[0] != "_"
-)
+PROSE = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="`"), min_size=1, max_size=20
+).filter(lambda s: s.strip() and not s.lstrip()[0].isalpha() and s.lstrip()[0] != "_")
 CALLS = st.lists(
-    st.builds(lambda q, o: ("search", {"query": q, "options": o}), st.text(max_size=10),
-              st.dictionaries(st.text(max_size=4), JSON_VALUES, max_size=3)),
+    st.builds(
+        lambda q, o: ("search", {"query": q, "options": o}),
+        st.text(max_size=10),
+        st.dictionaries(st.text(max_size=4), JSON_VALUES, max_size=3),
+    ),
     min_size=1,
     max_size=3,
 )
@@ -454,7 +484,19 @@ def test_random_replies_split_anywhere(case):
     assert run(text, pieces=pieces) == expected
 
 
-TOKENS = ["```tool_code", "```", "```tool_c", "`", "get_weather", "get_time", "(", ")", '"', "'", "\n"]
+TOKENS = [
+    "```tool_code",
+    "```",
+    "```tool_c",
+    "`",
+    "get_weather",
+    "get_time",
+    "(",
+    ")",
+    '"',
+    "'",
+    "\n",
+]
 TOKENS += [" ", "city=", '"Paris"', "x", "[", "]", ",", "\\", "tool_output"]
 
 
@@ -470,7 +512,9 @@ def test_arbitrary_text_split_anywhere_loses_nothing(text, data):
 
 
 def test_a_fence_inside_a_string_or_comment_does_not_close_the_block():
-    text = code('search(query="```python\\nprint(1)\\n```", options={"md": """\n```\n"""})  # ``` here')
+    text = code(
+        'search(query="```python\\nprint(1)\\n```", options={"md": """\n```\n"""})  # ``` here'
+    )
     assert run(text) == [
         call("search", {"query": "```python\nprint(1)\n```", "options": {"md": "\n```\n"}})
     ]

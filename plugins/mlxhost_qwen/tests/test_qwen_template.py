@@ -31,7 +31,10 @@ WEATHER = {
 }
 TIME = {
     "type": "function",
-    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}}},
+    "function": {
+        "name": "get_time",
+        "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}},
+    },
 }
 
 TOOLS_SECTION_1 = (
@@ -85,8 +88,16 @@ PARALLEL = [
         "role": "assistant",
         "content": "Let me check.",
         "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Tōkyō"}'}},
-            {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": '{"tz": "Asia/Tokyo"}'}},
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city":"Tōkyō"}'},
+            },
+            {
+                "id": "call_2",
+                "type": "function",
+                "function": {"name": "get_time", "arguments": '{"tz": "Asia/Tokyo"}'},
+            },
         ],
     },
     {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
@@ -114,7 +125,10 @@ EXPECTED_PARALLEL_REQUIRED = (
 
 
 def test_parallel_calls_and_results_with_tool_choice_required():
-    weather = {**WEATHER, "function": {k: v for k, v in WEATHER["function"].items() if k != "description"}}
+    weather = {
+        **WEATHER,
+        "function": {k: v for k, v in WEATHER["function"].items() if k != "description"},
+    }
     assert render(PARALLEL, [weather, TIME], None, "required") == EXPECTED_PARALLEL_REQUIRED
 
 
@@ -125,7 +139,10 @@ def test_named_tool_choice_adds_one_line_to_the_system_message():
         "<|im_start|>system\nYou are terse.\n\nYou must call the function `get_weather` in your reply."
         "\n\n# Tools\n"
     )
-    assert prompt.replace("\n\nYou must call the function `get_weather` in your reply.", "") == EXPECTED
+    assert (
+        prompt.replace("\n\nYou must call the function `get_weather` in your reply.", "")
+        == EXPECTED
+    )
 
 
 @pytest.mark.parametrize("choice", ["auto", None])
@@ -138,7 +155,10 @@ def test_without_tools_there_is_no_tool_section_nor_instruction():
     assert "# Tools" not in prompt and "You must call" not in prompt
     assert prompt.startswith("<|im_start|>system\nYou are terse.<|im_end|>\n")
     # earlier calls and results are still in Qwen's own format
-    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
+    assert (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+        in prompt
+    )
     assert "<tool_response>\n" in prompt
 
 

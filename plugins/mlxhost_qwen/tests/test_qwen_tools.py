@@ -101,7 +101,11 @@ def test_a_call_inside_prose():
 
 def test_several_calls_in_order():
     text = "\n".join(
-        [block("get_weather", {"city": "Paris"}), block("get_time"), block("get_weather", {"city": "Rome"})]
+        [
+            block("get_weather", {"city": "Paris"}),
+            block("get_time"),
+            block("get_weather", {"city": "Rome"}),
+        ]
     )
     assert run(text) == [
         calls("get_weather", {"city": "Paris"}),
@@ -185,7 +189,10 @@ def test_a_python_block_is_not_a_call():
 def test_unclosed_block_at_max_tokens_with_a_complete_call_is_extracted():
     text = 'Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
     assert run(text) == [("content", "Checking."), calls("get_weather", {"city": "Paris"})]
-    assert run(text + "</tool_") == [("content", "Checking."), calls("get_weather", {"city": "Paris"})]
+    assert run(text + "</tool_") == [
+        ("content", "Checking."),
+        calls("get_weather", {"city": "Paris"}),
+    ]
 
 
 def test_unclosed_incomplete_block_at_max_tokens_is_content():
@@ -353,12 +360,16 @@ ARGUMENTS = st.dictionaries(
     st.text(max_size=5),
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+        ),
         max_leaves=6,
     ),
     max_size=3,
 )
-CALL = st.builds(lambda q, f: ("search", {"query": q, "filters": f}), st.text(max_size=15), ARGUMENTS)
+CALL = st.builds(
+    lambda q, f: ("search", {"query": q, "filters": f}), st.text(max_size=15), ARGUMENTS
+)
 
 
 @st.composite
@@ -379,7 +390,12 @@ def replies(draw):
                     expected.pop()
             text += block(*part)
             expected.append(("call", *part))
-    if expected and expected[-1][0] == "content" and len(expected) > 1 and not expected[-1][1].strip():
+    if (
+        expected
+        and expected[-1][0] == "content"
+        and len(expected) > 1
+        and not expected[-1][1].strip()
+    ):
         expected.pop()
     merged = []
     for item in expected:

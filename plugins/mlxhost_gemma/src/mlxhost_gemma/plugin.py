@@ -7,7 +7,6 @@ from typing import Any
 
 from mlxhost.hookspecs import hookimpl
 from mlxhost.types import TOOLS, VISION, ModelInfo, RenderedPrompt, ToolParserFactory
-
 from mlxhost_gemma.template import render
 from mlxhost_gemma.tools import make_parser
 

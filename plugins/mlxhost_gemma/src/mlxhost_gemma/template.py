@@ -7,7 +7,6 @@ from importlib.resources import files
 from typing import Any
 
 from mlxhost.templating import render_chat_template, special_tokens
-
 from mlxhost_gemma.tools import tool_code_block, tool_output_block, tool_prompt
 
 CHAT_TEMPLATE = files("mlxhost_gemma").joinpath("chat_template.jinja").read_text()

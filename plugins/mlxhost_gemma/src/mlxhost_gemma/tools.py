@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import io
+import itertools
 import json
 import keyword
 import re
@@ -216,7 +217,14 @@ def tool_output_block(text: str) -> str:
 # Parameters whose names are Python keywords (``from``, ``class``) cannot be
 # written as keyword arguments; they are renamed for parsing and named back after.
 _ESCAPE = "_mlxhost_kw"
-_CONSTANTS = {"True": True, "False": False, "None": None, "true": True, "false": False, "null": None}
+_CONSTANTS = {
+    "True": True,
+    "False": False,
+    "None": None,
+    "true": True,
+    "false": False,
+    "null": None,
+}
 
 
 def _escape_keywords(source: str) -> str | None:
@@ -231,7 +239,7 @@ def _escape_keywords(source: str) -> str | None:
     for line in lines:
         starts.append(starts[-1] + len(line))
     spots = []
-    for token, following in zip(tokens, tokens[1:]):
+    for token, following in itertools.pairwise(tokens):
         if (
             token.type == tokenize.NAME
             and keyword.iskeyword(token.string)
@@ -276,8 +284,9 @@ def python_value(node: ast.AST) -> Any:
         and isinstance(node.operand, ast.Constant)
         and type(node.operand.value) in (int, float)
     ):
-        value = node.operand.value
-        return check_finite(-value if isinstance(node.op, ast.USub) else value)
+        number = node.operand.value
+        assert isinstance(number, (int, float))
+        return check_finite(-number if isinstance(node.op, ast.USub) else number)
     elif isinstance(node, (ast.List, ast.Tuple)):
         return [python_value(item) for item in node.elts]
     elif isinstance(node, ast.Dict):
@@ -308,7 +317,9 @@ def _call_nodes(node: ast.expr, functions: Mapping[str, Any]) -> list[ast.Call]:
     return [node]
 
 
-def _tool_call(node: ast.Call, functions: Mapping[str, dict[str, Any]], *, strict: bool) -> ToolCall:
+def _tool_call(
+    node: ast.Call, functions: Mapping[str, dict[str, Any]], *, strict: bool
+) -> ToolCall:
     if not isinstance(node.func, ast.Name):
         raise InvalidToolCall(f"cannot call {ast.unparse(node.func)[:60]!r}")
     name = node.func.id

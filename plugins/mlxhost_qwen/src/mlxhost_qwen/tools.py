@@ -47,8 +47,7 @@ def _unfence(text: str) -> str | None:
     if text[3:newline].strip().lower() not in ("", "json"):
         return None
     body = text[newline + 1 :].rstrip()
-    if body.endswith("```"):
-        body = body[:-3]
+    body = body.removesuffix("```")
     return body.strip()
 
 
