@@ -275,11 +275,14 @@ class ToolCallStreamParser:
     ``markers`` are ``(open, close)`` pairs (``("<tool_call>", "</tool_call>")``).
     Between them, ``parse_block`` turns the body into calls. ``find_close(body,
     close)`` finds where a block ends (default ``str.find``; a family whose close
-    marker may appear inside a string argument passes a string-aware search). Whitespace that only
-    separates a call block from the text before it (or ends the reply after a
-    call) is layout, not content; all other text is content, emitted as soon as
-    it cannot be the start of a marker. A block that is not a valid call goes
-    out as content, markers included, and a warning is logged.
+    marker may appear inside a string argument passes a string-aware search).
+
+    Whitespace that only separates a call block from the text before it (or
+    ends the reply after a call) is layout, not content; all other text is
+    content, emitted as soon as it cannot be the start of a marker. A block that
+    is not a valid call goes out as content, markers included, and a warning is
+    logged. At ``finish()`` an unclosed block that nevertheless holds a complete
+    valid call is a call (the reply was cut at max_tokens); otherwise it is content.
 
     The events (with neighbouring content joined) and the concatenated content
     do not depend on where the text was split.
@@ -328,8 +331,9 @@ class ToolCallStreamParser:
         self._finished = True
         events: list[ParserEvent] = []
         if self._mode is _Mode.WHOLE:
-            assert self._whole is not None
-            calls = self._try(lambda: self._whole.parse(self._pending), self._pending)  # type: ignore[union-attr]
+            whole = self._whole
+            assert whole is not None
+            calls = self._try(lambda: whole.parse(self._pending), self._pending)
             if calls:
                 self._pending = ""
                 return [ToolCallEvent(call) for call in calls]
