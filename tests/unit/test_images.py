@@ -12,7 +12,13 @@ from PIL import Image
 
 from mlxhost.errors import InvalidRequest
 from mlxhost.runtime import images
-from mlxhost.runtime.images import ImagePolicy, check_address, decode_image, load_image, parse_data_uri
+from mlxhost.runtime.images import (
+    ImagePolicy,
+    check_address,
+    decode_image,
+    load_image,
+    parse_data_uri,
+)
 
 
 def png_bytes(color=(255, 0, 0), size=(8, 8), fmt="PNG") -> bytes:

@@ -35,7 +35,7 @@ def test_disabled_plugins_are_skipped():
 def test_misspelled_hook_fails_loudly():
     class Typo:
         @hookimpl
-        def mlxhost_render_promt(self, model):  # noqa: ARG002
+        def mlxhost_render_promt(self, model):
             return None
 
     with pytest.raises(pluggy.PluginValidationError):

@@ -41,7 +41,7 @@ class ServerProcess:
 
     def __enter__(self) -> ServerProcess:
         command = [sys.executable, "-m", "mlxhost.cli", "serve", "--port", str(self.port), *self.args]
-        log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self._wait_ready()
         return self
