@@ -1,0 +1,89 @@
+"""Tool calls end to end with the real Qwen 0.5B model and the official client."""
+
+from __future__ import annotations
+
+import json
+
+from .conftest import QWEN
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "City name"}},
+            "required": ["city"],
+        },
+    },
+}
+QUESTION = [{"role": "user", "content": "What's the weather in Paris?"}]
+
+
+def test_tool_call_non_streaming(client):
+    response = client.chat.completions.create(
+        model=QWEN, messages=QUESTION, tools=[WEATHER_TOOL], temperature=0, max_tokens=60
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls", choice.message.content
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.id
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments)["city"].lower() == "paris"
+    assert "<tool_call>" not in (choice.message.content or "")
+    assert "get_weather" not in (choice.message.content or "")
+
+
+def test_tool_call_streaming(client):
+    stream = client.chat.completions.create(
+        model=QWEN, messages=QUESTION, tools=[WEATHER_TOOL], temperature=0, max_tokens=60, stream=True
+    )
+    calls: dict[int, dict] = {}
+    content, finish = "", None
+    for chunk in stream:
+        for choice in chunk.choices:
+            delta = choice.delta
+            content += delta.content or ""
+            for part in delta.tool_calls or []:
+                entry = calls.setdefault(part.index, {"id": None, "name": "", "arguments": ""})
+                entry["id"] = part.id or entry["id"]
+                if part.function and part.function.name:
+                    entry["name"] += part.function.name
+                if part.function and part.function.arguments:
+                    entry["arguments"] += part.function.arguments
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls"
+    assert list(calls) == [0]
+    assert calls[0]["id"] and calls[0]["name"] == "get_weather"
+    assert json.loads(calls[0]["arguments"])["city"].lower() == "paris"
+    assert "{" not in content and "tool_call" not in content
+
+
+def test_tool_result_gives_a_text_answer(client):
+    first = client.chat.completions.create(
+        model=QWEN, messages=QUESTION, tools=[WEATHER_TOOL], temperature=0, max_tokens=60
+    )
+    call = first.choices[0].message.tool_calls[0]
+    messages = [
+        *QUESTION,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature_c": 18, "sky": "sunny"})},
+    ]
+    second = client.chat.completions.create(
+        model=QWEN, messages=messages, tools=[WEATHER_TOOL], temperature=0, max_tokens=40
+    )
+    choice = second.choices[0]
+    assert choice.finish_reason in ("stop", "length")
+    assert not choice.message.tool_calls
+    text = choice.message.content.lower()
+    assert "18" in text or "sunny" in text
+
+
+def test_tool_choice_none_hides_tools(client):
+    response = client.chat.completions.create(
+        model=QWEN, messages=QUESTION, tools=[WEATHER_TOOL], tool_choice="none",
+        temperature=0, max_tokens=30,
+    )
+    assert not response.choices[0].message.tool_calls
+    assert response.choices[0].finish_reason in ("stop", "length")
