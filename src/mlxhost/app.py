@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pluggy
-from litestar import Litestar
+from litestar import Litestar, Request
+from litestar.config.cors import CORSConfig
+from litestar.exceptions import NotAuthorizedException
 from litestar.datastructures import State
 
 from mlxhost.api.controllers import ChatController, ModelsController, health
@@ -55,6 +58,9 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
         route_handlers=[ChatController, ModelsController, health],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
+        before_request=require_api_key(settings.api_key) if settings.api_key else None,
+        cors_config=CORSConfig(allow_origins=settings.cors_origins) if settings.cors_origins else None,
+        request_max_body_size=settings.max_body_bytes,
         state=State({
             "settings": settings,
             "pm": pm,
@@ -66,6 +72,23 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
         }),
         debug=False,
     )
+
+
+def require_api_key(key: str):
+    """A before-request hook: every path but /health needs ``Authorization: Bearer key``."""
+    expected = f"Bearer {key}".encode()
+
+    async def check(request: Request) -> None:
+        if request.url.path == "/health" or request.method == "OPTIONS":
+            return None
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise NotAuthorizedException(
+                "Incorrect or missing API key. Send 'Authorization: Bearer <key>'."
+            )
+        return None
+
+    return check
 
 
 async def _preload(slot: ModelSlot, registry: ModelRegistry, name: str) -> None:

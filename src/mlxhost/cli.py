@@ -36,9 +36,18 @@ def _serve(args: argparse.Namespace) -> int:
         summarize=False if args.no_summarize else None,
         image_allow_networks=args.allow_image_network or None,
         image_max_bytes=args.max_image_bytes,
+        api_key=args.api_key,
+        cors_origins=args.cors_origin or None,
+        max_queue=args.max_queue,
     )
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace),
+    )
     return 0
 
 
@@ -109,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="let image URLs resolve into this non-public network (repeatable), "
                        "e.g. 127.0.0.1/32 for local files served over HTTP")
     serve.add_argument("--max-image-bytes", type=int, help="byte cap per image (default 20 MB)")
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or MLXHOST_API_KEY)")
+    serve.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                       help="allow browser requests from this origin (repeatable; '*' for any)")
+    serve.add_argument("--max-queue", type=int,
+                       help="requests allowed to wait for the model before 503 (default 64)")
     serve.add_argument("--no-openblas", action="store_true",
                        help="on Linux CPU, do not preload OpenBLAS (slower fp32 matmuls)")
     serve.set_defaults(func=_serve)

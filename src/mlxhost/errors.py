@@ -9,6 +9,7 @@ class MlxhostError(Exception):
     status_code = 500
     error_type = "server_error"
     code: str | None = None
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -82,3 +83,11 @@ class Busy(MlxhostError):
     status_code = 503
     error_type = "server_error"
     code = "server_busy"
+
+    def __init__(self, message: str, *, retry_after: int = 1):
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its response was ready; nothing to send."""

@@ -24,7 +24,7 @@ from mlxhost.conversation.summarize import (
     split_conversation,
     with_summary,
 )
-from mlxhost.errors import ContextLengthExceeded, InvalidRequest
+from mlxhost.errors import ContextLengthExceeded, EngineError, InvalidRequest, MlxhostError
 from mlxhost.registry import ModelRegistry
 from mlxhost.runtime.engine import Engine, PreparedPrompt
 from mlxhost.runtime.images import ImagePolicy, load_image
@@ -136,6 +136,18 @@ class ChatService:
         )
         generation._events = self._run(generation, loaded, prepared, params, request, tools)
         return generation
+
+    async def _guarded(self, steps: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Engine failures become a 500 for this request and a reload for the next."""
+        try:
+            async for step in steps:
+                yield step
+        except (MlxhostError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.exception("Generation failed; the model will be reloaded")
+            self.slot.mark_suspect(f"generation failed: {type(exc).__name__}: {exc}")
+            raise EngineError(f"Generation failed: {type(exc).__name__}: {exc}") from exc
 
     async def _prepare(
         self,
@@ -270,7 +282,7 @@ class ChatService:
         )
         started = time.perf_counter()
         try:
-            async for step in steps:
+            async for step in self._guarded(steps):
                 generation.completion_tokens += 1
                 for event in parser.feed(stops.feed(step.text)):
                     saw_tool_call |= isinstance(event, ToolCallEvent)

@@ -32,6 +32,17 @@ class Settings:
     # although they are not public (loopback/private are refused by default).
     image_max_bytes: int = 20 * 1024 * 1024
     image_allow_networks: list[str] = attrs.Factory(list)
+    # Admission: requests waiting for the model beyond this get 503 + Retry-After;
+    # a request waiting longer than queue_timeout seconds too.
+    max_queue: int = 64
+    queue_timeout: float | None = 600.0
+    # Every endpoint but /health requires "Authorization: Bearer <api_key>" when set.
+    api_key: str | None = None
+    # Origins allowed by CORS (off when empty); "*" allows any.
+    cors_origins: list[str] = attrs.Factory(list)
+    max_body_bytes: int = 64 * 1024 * 1024
+    # Seconds in-flight requests get to finish after SIGTERM.
+    shutdown_grace: float = 30.0
     # Folders served as models in addition to registered and cached ones.
     extra_models: list[str] = attrs.Factory(list)
     log_level: str = "info"
@@ -52,5 +63,11 @@ class Settings:
             values["image_allow_networks"] = env["MLXHOST_ALLOW_IMAGE_NETWORKS"].split(",")
         if (image_bytes := _env_int(env, "MLXHOST_IMAGE_MAX_BYTES")) is not None:
             values["image_max_bytes"] = image_bytes
+        if env.get("MLXHOST_API_KEY"):
+            values["api_key"] = env["MLXHOST_API_KEY"]
+        if env.get("MLXHOST_CORS_ORIGINS"):
+            values["cors_origins"] = env["MLXHOST_CORS_ORIGINS"].split(",")
+        if (queue := _env_int(env, "MLXHOST_MAX_QUEUE")) is not None:
+            values["max_queue"] = queue
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.response import Stream
 
 from mlxhost.api.responses import completion_body, sse_stream
 from mlxhost.api.schemas import parse_chat_request
-from mlxhost.errors import InvalidRequest
+from mlxhost.errors import ClientDisconnected, InvalidRequest
 from mlxhost.runtime.slot import resolve_context_window
 from mlxhost.types import ModelSpec
+
+T = TypeVar("T")
 
 
 class ChatController(Controller):
@@ -25,6 +31,8 @@ class ChatController(Controller):
     async def create(self, request: Request, state: State) -> Any:
         try:
             body = await request.json()
+        except HTTPException:  # 413 from the body size cap
+            raise
         except Exception:
             raise InvalidRequest("The request body is not valid JSON.") from None
         chat = parse_chat_request(body)
@@ -36,11 +44,34 @@ class ChatController(Controller):
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **generation.headers},
             )
+        body = await until_disconnect(request, completion_body(generation))
         return Response(
-            content=await completion_body(generation),
+            content=body,
             headers=generation.headers,
             media_type="application/json",
         )
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``; if the client goes away first, cancel it (which stops generation)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled() or not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientDisconnected()
+    return task.result()
 
 
 def _model_entry(state: State, spec: ModelSpec, alias: str | None = None) -> dict[str, Any]:

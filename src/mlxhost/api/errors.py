@@ -7,7 +7,7 @@ import logging
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException
 
-from mlxhost.errors import MlxhostError
+from mlxhost.errors import ClientDisconnected, MlxhostError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def error_response(
 def handle_domain_error(request: Request, exc: MlxhostError) -> Response:
     if exc.status_code >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-    return Response(content=exc.to_body(), status_code=exc.status_code)
+    return Response(content=exc.to_body(), status_code=exc.status_code, headers=exc.headers)
 
 
 def handle_http_error(request: Request, exc: HTTPException) -> Response:
@@ -37,6 +37,11 @@ def handle_http_error(request: Request, exc: HTTPException) -> Response:
     return error_response(status, exc.detail, error_type, headers=exc.headers)
 
 
+def handle_disconnect(request: Request, exc: ClientDisconnected) -> Response:
+    log.info("%s %s: client disconnected, generation stopped", request.method, request.url.path)
+    return Response(content=b"", status_code=499)
+
+
 def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("Unhandled error in %s %s", request.method, request.url.path)
     return error_response(500, f"Internal server error: {type(exc).__name__}: {exc}", "server_error",
@@ -45,6 +50,7 @@ def handle_unexpected(request: Request, exc: Exception) -> Response:
 
 EXCEPTION_HANDLERS = {
     MlxhostError: handle_domain_error,
+    ClientDisconnected: handle_disconnect,
     HTTPException: handle_http_error,
     Exception: handle_unexpected,
 }

@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from mlxhost.errors import MlxhostError
 from mlxhost.service import Generation
 from mlxhost.types import ContentDelta, ToolCall, ToolCallEvent
 
@@ -55,13 +56,31 @@ def _chunk(generation: Generation, delta: dict[str, Any], finish: str | None = N
 
 
 def _sse(data: dict[str, Any] | str) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     return f"data: {payload}\n\n".encode()
 
 
 async def sse_stream(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:
     """``chat.completion.chunk`` events as server-sent events, then ``[DONE]``."""
     yield _sse(_chunk(generation, {"role": "assistant", "content": ""}))
+    try:
+        async for chunk in _event_chunks(generation):
+            yield chunk
+    except MlxhostError as exc:
+        # Headers are gone: the error travels as an event, as OpenAI's API does.
+        yield _sse(exc.to_body())
+        yield _sse("[DONE]")
+        return
+    yield _sse(_chunk(generation, {}, generation.finish_reason))
+    if include_usage:
+        usage_chunk = _chunk(generation, {})
+        usage_chunk["choices"] = []
+        usage_chunk["usage"] = generation.usage
+        yield _sse(usage_chunk)
+    yield _sse("[DONE]")
+
+
+async def _event_chunks(generation: Generation) -> AsyncIterator[bytes]:
     call_index = 0
     async for event in generation.events():
         if isinstance(event, ContentDelta):
@@ -76,10 +95,3 @@ async def sse_stream(generation: Generation, include_usage: bool) -> AsyncIterat
             args = {"index": call_index, "function": {"arguments": call.arguments}}
             yield _sse(_chunk(generation, {"tool_calls": [args]}))
             call_index += 1
-    yield _sse(_chunk(generation, {}, generation.finish_reason))
-    if include_usage:
-        usage_chunk = _chunk(generation, {})
-        usage_chunk["choices"] = []
-        usage_chunk["usage"] = generation.usage
-        yield _sse(usage_chunk)
-    yield _sse("[DONE]")

@@ -194,9 +194,31 @@ def _format_exception(exc: BaseException, type_: Any) -> str:
     return cattrs.v.format_exception(exc, type_)
 
 
+MAX_JSON_DEPTH = 64
+MAX_ARRAY_ITEMS = 10_000
+
+
+def check_shape(value: Any, depth: int = 0, path: str = "") -> None:
+    """Bound nesting depth and array sizes before any deeper work on the body."""
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidRequest(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_shape(item, depth + 1, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        if len(value) > MAX_ARRAY_ITEMS:
+            raise InvalidRequest(
+                f"'{path}' has {len(value)} items; at most {MAX_ARRAY_ITEMS} are accepted.",
+                param=path or None,
+            )
+        for index, item in enumerate(value):
+            check_shape(item, depth + 1, f"{path}[{index}]")
+
+
 def parse_chat_request(body: Any) -> ChatCompletionRequest:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    check_shape(body)
     for field in ("model", "messages"):
         if field not in body:
             raise InvalidRequest(f"Missing required parameter: '{field}'.", param=field)

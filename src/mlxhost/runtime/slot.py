@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ from mlxhost.errors import MlxhostError, ModelLoadFailed
 from mlxhost.registry import ModelRegistry
 from mlxhost.runtime.engine import Engine
 from mlxhost.runtime.locate import locate_model
+from mlxhost.runtime.scheduler import SlotScheduler
 from mlxhost.runtime.worker import MLXWorker
 from mlxhost.settings import Settings
 from mlxhost.types import ModelInfo, ModelSpec, ToolParserFactory
@@ -51,9 +51,9 @@ def resolve_context_window(
 class ModelSlot:
     """Holds at most one loaded model.
 
-    ``use(spec)`` takes the generation lock (FIFO), swapping models if needed:
-    a request for another model waits until in-flight generation finishes, so a
-    swap never kills a request in flight.
+    ``use(spec)`` takes the generation lock (see ``scheduler`` for the order),
+    swapping models if needed: a request for another model waits until
+    in-flight generation finishes, so a swap never kills a request in flight.
     """
 
     def __init__(
@@ -70,16 +70,29 @@ class ModelSlot:
         self._registry = registry
         self._pm = pm
         self._settings = settings
-        self.lock = asyncio.Lock()
         self.current: LoadedModel | None = None
+        self.scheduler = SlotScheduler(
+            lambda: self.current.spec.id if self.current else None,
+            max_waiting=settings.max_queue,
+            wait_timeout=settings.queue_timeout,
+        )
         self.loading: str | None = None
         self.swaps = 0
         self.last_error: str | None = None
 
     @asynccontextmanager
     async def use(self, spec: ModelSpec) -> AsyncIterator[LoadedModel]:
-        async with self.lock:
+        """Hold the slot (the generation lock) with ``spec`` loaded."""
+        await self.scheduler.acquire(spec.id)
+        try:
             yield await self._ensure_loaded(spec)
+        finally:
+            self.scheduler.release()
+
+    def mark_suspect(self, reason: str) -> None:
+        """After an engine failure: reload the model on the next request."""
+        self.last_error = reason
+        self.current = None
 
     async def _ensure_loaded(self, spec: ModelSpec) -> LoadedModel:
         if self.current is not None and self.current.spec.id == spec.id:

@@ -62,20 +62,26 @@ class FakeEngine:
         with self._plugin.active_lock:
             self._plugin.active += 1
             self._plugin.max_active = max(self._plugin.max_active, self._plugin.active)
+        finished = False
         try:
             for index, char in enumerate(reply):
+                if self._plugin.fail_after is not None and index >= self._plugin.fail_after:
+                    raise RuntimeError("injected engine failure")
                 time.sleep(self._plugin.token_delay)
                 if self.loaded != model:  # a swap during generation would show here
                     raise RuntimeError("model swapped during generation")
                 count = index + 1
                 if count >= params.max_tokens and count < len(reply):
+                    finished = True
                     yield TokenStep(ord(char), char, finish="length")
                     return
-                yield TokenStep(ord(char), char, finish="stop" if count == len(reply) else None)
+                finished = count == len(reply)
+                yield TokenStep(ord(char), char, finish="stop" if finished else None)
                 if should_stop():
-                    self._plugin.events.append(("cancelled", model))
                     return
         finally:
+            if not finished:  # stopped early: the consumer went away
+                self._plugin.events.append(("cancelled", model))
             with self._plugin.active_lock:
                 self._plugin.active -= 1
 
@@ -88,6 +94,8 @@ class FakeEnginePlugin:
         self.token_delay = token_delay
         self.load_delay = 0.0
         self.fail_load: str | None = None
+        # Raise inside generation after this many tokens (an engine crash).
+        self.fail_after: int | None = None
         self.events: list[tuple[str, str | None]] = []
         self.active = 0
         self.max_active = 0
