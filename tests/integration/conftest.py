@@ -13,6 +13,7 @@ import pytest
 
 from mlxhost.testing.models import TEST_MODELS, ensure_test_model, install_into_hf_cache
 from mlxhost.testing.server import ServerProcess
+from mlxhost.testing.vlm_models import TINY_VLMS, ensure_tiny_vlm
 
 QWEN = TEST_MODELS["qwen"].repo_id
 GEMMA = TEST_MODELS["gemma"].repo_id
@@ -30,6 +31,8 @@ def hf_hub_cache() -> Path:
     cache = Path(os.environ["HF_HUB_CACHE"])
     for name in ("qwen", "gemma"):
         install_into_hf_cache(ensure_test_model(name), TEST_MODELS[name].repo_id, cache)
+    for name, repo_id in TINY_VLMS.items():
+        install_into_hf_cache(ensure_tiny_vlm(name), repo_id, cache)
     return cache
 
 

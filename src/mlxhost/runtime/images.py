@@ -140,9 +140,9 @@ async def fetch_url(url: str, policy: ImagePolicy, where: str) -> bytes:
 
 
 def _too_big(where: str, policy: ImagePolicy) -> InvalidRequest:
-    return InvalidRequest(
-        f"{where}: image is larger than {policy.max_bytes // (1024 * 1024)} MB.", param=where
-    )
+    limit = policy.max_bytes
+    size = f"{limit / (1024 * 1024):g} MB" if limit >= 1024 * 1024 else f"{limit} bytes"
+    return InvalidRequest(f"{where}: image is larger than {size}.", param=where)
 
 
 def decode_image(data: bytes, policy: ImagePolicy, where: str) -> DecodedImage:
