@@ -119,6 +119,22 @@ def test_a_prompt_that_is_a_prefix_of_a_stored_sequence():
     assert fetched.cache.tokens == r(0, 5) and fetched.remaining == (5,)
 
 
+def test_a_sibling_that_differs_only_at_the_last_token_is_trimmed():
+    pc = make()
+    put(pc, (5, 6, 7), trimmable=False)  # exact match: unusable
+    put(pc, (5, 6, 9))  # shares all but the last prompt token
+    fetched = pc.fetch_nearest("m", (5, 6, 7))
+    assert fetched.cache.tokens == (5, 6) and fetched.remaining == (7,)
+
+
+def test_a_trimmable_branch_above_a_longer_unusable_path():
+    pc = make()
+    put(pc, (0, 0, 0), trimmable=False)  # the deepest match, but unusable for (0, 0, 0)
+    put(pc, (0, 1))  # branches off after one shared token
+    fetched = pc.fetch_nearest("m", (0, 0, 0))
+    assert fetched.cache.tokens == (0,) and fetched.remaining == (0, 0)
+
+
 def test_the_returned_cache_is_a_copy():
     pc = make()
     put(pc, r(0, 5))
@@ -318,7 +334,7 @@ def best_possible(live: list[tuple[tuple[int, ...], bool]], tokens: tuple[int, .
     return best
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.lists(op_st, max_size=30), st.integers(0, 60))
 def test_answers_match_a_brute_force_search(ops, budget):
     pc = make(max_bytes=budget)

@@ -4,6 +4,15 @@ Text-only checkpoints (``gemma3_text``, ``qwen2``...) load with mlx-lm: mlx-vlm
 accepts them too, but it prepends a second BOS to text-only Gemma prompts, which
 changes the output. Both paths take token ids we tokenized ourselves, so the
 prompt the model sees is exactly the rendered template.
+
+Every request goes through the prefix cache (``runtime.prefix_cache``): the
+nearest cached prefix of the prompt is copied out and only the rest is
+prefilled. Two caches are stored per request: a snapshot at the end of the
+prompt (all but its last token, taken before generation) and the cache after
+the reply (prompt + generated tokens, which the next turn repeats). The
+snapshot matters for caches that cannot be cut back (sliding-window layers
+past their window): when the next prompt does not repeat the reply token for
+token, the snapshot is still an exact prefix of it.
 """
 
 from __future__ import annotations
@@ -17,9 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from mlxhost.runtime.engine import PreparedPrompt
+from mlxhost.runtime.prefix_cache import (
+    DEFAULT_PREFIX_CACHE_BYTES,
+    MLXCacheAdapter,
+    PrefixCache,
+)
 from mlxhost.types import RenderedPrompt, SamplingParams, TokenStep
 
 log = logging.getLogger(__name__)
+
+# Tokens per prefill forward pass, as mlx-lm's generate_step: bounds peak memory.
+PREFILL_STEP = 2048
 
 
 def eos_token_ids(path: Path, config: dict[str, Any], tokenizer: Any) -> set[int]:
@@ -52,7 +69,19 @@ def generation_defaults(path: Path) -> dict[str, float]:
 class MLXEngine:
     name = "mlx"
 
-    def __init__(self) -> None:
+    def __init__(self, prefix_cache_bytes: int | None = DEFAULT_PREFIX_CACHE_BYTES) -> None:
+        """``prefix_cache_bytes``: the KV prefix cache's budget (None: the default
+        2 GiB; 0 disables it)."""
+        if prefix_cache_bytes is None:
+            prefix_cache_bytes = DEFAULT_PREFIX_CACHE_BYTES
+        # None when disabled. Only touched on the worker thread (its stats are
+        # safe to read from anywhere); tests and benchmarks may swap it.
+        self.prefix_cache: PrefixCache | None = (
+            PrefixCache(MLXCacheAdapter(), max_bytes=prefix_cache_bytes)
+            if prefix_cache_bytes > 0
+            else None
+        )
+        self._model_id: str | None = None
         self._model: Any = None
         self._processor: Any = None  # mlx-vlm processor (vision checkpoints only)
         self._tokenizer: Any = None  # Hugging Face tokenizer
@@ -80,6 +109,7 @@ class MLXEngine:
             model, wrapper = mlx_lm.load(str(path))
             tokenizer = wrapper._tokenizer
         self._model = model
+        self._model_id = model_id
         self._tokenizer = tokenizer
         self._detokenizer_source = TokenizerWrapper(tokenizer)
         self._eos = eos_token_ids(path, config, tokenizer)
@@ -93,6 +123,10 @@ class MLXEngine:
         return tokenizer
 
     def unload(self) -> None:
+        # Cached KV is only valid for the model that computed it.
+        if self.prefix_cache is not None and self._model_id is not None:
+            self.prefix_cache.clear_model(self._model_id)
+        self._model_id = None
         if self._model is None:
             return
         import mlx.core as mx
@@ -123,29 +157,24 @@ class MLXEngine:
         if params.seed is not None:
             mx.random.seed(params.seed)
         sampler = make_sampler(temp=params.temperature, top_p=params.top_p)
-        input_ids = mx.array(prompt.tokens)
-        if self._is_vlm:
-            from mlx_vlm.generate.ar import generate_step as vlm_generate_step
-
-            steps = vlm_generate_step(
-                input_ids[None],
-                self._model,
-                None,
-                None,
-                max_tokens=params.max_tokens,
-                sampler=sampler,
-            )
-        else:
-            from mlx_lm.generate import generate_step
-
-            steps = generate_step(
-                input_ids, self._model, max_tokens=params.max_tokens, sampler=sampler
-            )
-        detokenizer = self._detokenizer_source.detokenizer
-        detokenizer.reset()
+        key, extra_key = self._cache_key(prompt)
+        cache, reused, vlm_kwargs = self._cached_prefix(prompt.tokens, key, extra_key)
+        snapshots: list[tuple[int, Any]] = []  # (prompt tokens it holds, cache copy)
+        generated: list[int] = []
+        failed = False
+        steps = None
         try:
+            if self._is_vlm:
+                steps = self._vlm_steps(
+                    prompt.tokens, reused, cache, params, sampler, snapshots, vlm_kwargs
+                )
+            else:
+                steps = self._lm_steps(prompt.tokens, reused, cache, params, sampler, snapshots)
+            detokenizer = self._detokenizer_source.detokenizer
+            detokenizer.reset()
             for count, (token, _logprobs) in enumerate(steps, start=1):
                 token = int(token)
+                generated.append(token)
                 if token in self._eos:
                     detokenizer.finalize()
                     yield TokenStep(token, detokenizer.last_segment, finish="stop")
@@ -158,5 +187,190 @@ class MLXEngine:
                 yield TokenStep(token, detokenizer.last_segment)
                 if should_stop():
                     return
+        except Exception:
+            failed = True  # the cache may hold half a step: keep only the snapshots
+            raise
         finally:
-            steps.close()
+            if steps is not None:
+                steps.close()
+            # Also on GeneratorExit (the client left): what was fed is still valid.
+            self._store_prefix(key, extra_key, cache, generated, snapshots, failed)
+
+    # -- prefix cache -----------------------------------------------------------
+    def _cache_key(self, prompt: PreparedPrompt) -> tuple[tuple[int, ...], bytes | None]:
+        """The prefix-cache key of a prompt: one int per prompt token, plus an extra key.
+
+        Text prompts use their token ids. Image prompts (the vision pipeline)
+        must give the image placeholder runs ids derived from the image digests,
+        ``prefix_cache.key_with_images(tokens, placeholder_id, digests)``, so the
+        same text with another image never reuses this one's KV; or, where that
+        does not fit, return ``extra_key`` (e.g. a hash of every image) to keep
+        such prompts apart. The key must be exactly as long as the prompt.
+        """
+        return prompt.tokens, None
+
+    def _cached_prefix(
+        self, tokens: tuple[int, ...], key: tuple[int, ...], extra_key: bytes | None
+    ) -> tuple[list[Any], int, dict[str, Any]]:
+        """(cache to extend, prompt tokens it already holds, extra generate_step kwargs)."""
+        vlm_kwargs: dict[str, Any] = {}
+        cache, reused = None, 0
+        if self.prefix_cache is not None and self._model_id is not None:
+            if len(key) != len(tokens):
+                raise ValueError("the prefix-cache key must have one id per prompt token")
+            fetched = self.prefix_cache.fetch_nearest(self._model_id, key, extra_key=extra_key)
+            cache, reused = fetched.cache, fetched.reused
+            if cache is not None and self._is_vlm and not _prime_vlm_positions(
+                self._model, tokens, vlm_kwargs
+            ):
+                cache, reused = None, 0
+        if cache is None:
+            cache = self._new_cache()
+        if self.prefix_cache is not None:
+            log.info(
+                "Prefix cache: %d of %d prompt tokens reused, %d to prefill",
+                reused,
+                len(tokens),
+                len(tokens) - reused,
+            )
+        return cache, reused, vlm_kwargs
+
+    def _new_cache(self) -> list[Any]:
+        if self._is_vlm:
+            from mlx_vlm.models.cache import make_prompt_cache
+
+            return make_prompt_cache(self._model.language_model)
+        from mlx_lm.models.cache import make_prompt_cache
+
+        return make_prompt_cache(self._model)
+
+    def _snapshot(self, cache: list[Any]) -> list[Any] | None:
+        if self.prefix_cache is None:
+            return None
+        return self.prefix_cache.adapter.copy(cache)
+
+    def _store_prefix(
+        self,
+        key: tuple[int, ...],
+        extra_key: bytes | None,
+        cache: list[Any],
+        generated: list[int],
+        snapshots: list[tuple[int, Any]],
+        failed: bool,
+    ) -> None:
+        pc = self.prefix_cache
+        if pc is None or self._model_id is None:
+            return
+        try:
+            import mlx.core as mx
+
+            adapter = pc.adapter
+            after: tuple[tuple[int, ...], list[Any]] | None = None
+            if not failed:
+                mx.eval([c.state for c in cache])
+                fed = (*key, *generated)
+                held = adapter.length(cache)
+                # The cache holds the prompt and every token generate_step yielded
+                # (each is fed before it is yielded); check rather than assume.
+                if 0 < held <= len(fed):
+                    after = (fed[:held], cache)
+                else:
+                    log.warning("Prefix cache: cache holds %d tokens, %d were fed", held, len(fed))
+            # A trimmable after-reply cache covers the snapshot; otherwise keep both.
+            if after is None or not adapter.can_trim(cache):
+                for length, snapshot in snapshots:
+                    pc.insert(self._model_id, key[:length], snapshot, extra_key=extra_key)
+            if after is not None:
+                pc.insert(self._model_id, after[0], after[1], extra_key=extra_key)
+        except Exception:  # never fail a request over caching
+            log.exception("Prefix cache: storing failed")
+
+    # -- backends ---------------------------------------------------------------
+    def _lm_steps(
+        self,
+        tokens: tuple[int, ...],
+        reused: int,
+        cache: list[Any],
+        params: SamplingParams,
+        sampler: Any,
+        snapshots: list[tuple[int, Any]],
+    ) -> Any:
+        import mlx.core as mx
+        from mlx_lm.generate import generate_step, generation_stream
+
+        todo = tokens[reused:]
+        if len(todo) > 1:
+            # Prefill all but the last token here (generate_step would do the
+            # same) so the cache can be copied at the end of the prompt.
+            with mx.stream(generation_stream):
+                for start in range(0, len(todo) - 1, PREFILL_STEP):
+                    chunk = mx.array(todo[start : min(start + PREFILL_STEP, len(todo) - 1)])
+                    self._model(chunk[None], cache=cache)
+                    mx.eval([c.state for c in cache])
+                    mx.clear_cache()
+            snapshot = self._snapshot(cache)
+            if snapshot is not None:
+                snapshots.append((len(tokens) - 1, snapshot))
+        return generate_step(
+            mx.array(todo[-1:]),
+            self._model,
+            max_tokens=params.max_tokens,
+            sampler=sampler,
+            prompt_cache=cache,
+        )
+
+    def _vlm_steps(
+        self,
+        tokens: tuple[int, ...],
+        reused: int,
+        cache: list[Any],
+        params: SamplingParams,
+        sampler: Any,
+        snapshots: list[tuple[int, Any]],
+        extra: dict[str, Any],
+    ) -> Any:
+        import mlx.core as mx
+        from mlx_vlm.generate.ar import generate_step as vlm_generate_step
+
+        todo = tokens[reused:]
+        checkpoint_len = len(todo) - 1
+
+        def checkpoint(processed: int, prompt_cache: list[Any]) -> None:
+            # mlx-vlm calls this during its chunked prefill; not every model chunks,
+            # and then there is no snapshot (only the after-reply cache).
+            if processed == checkpoint_len:
+                snapshot = self._snapshot(prompt_cache)
+                if snapshot is not None:
+                    snapshots.append((reused + processed, snapshot))
+
+        wants_snapshot = self.prefix_cache is not None and checkpoint_len > 0
+        return vlm_generate_step(
+            mx.array(todo)[None],
+            self._model,
+            None,
+            None,
+            max_tokens=params.max_tokens,
+            sampler=sampler,
+            prompt_cache=cache,
+            prompt_cache_checkpoint=checkpoint if wants_snapshot else None,
+            prompt_cache_checkpoint_len=checkpoint_len if wants_snapshot else None,
+            **extra,
+        )
+
+
+def _prime_vlm_positions(model: Any, tokens: tuple[int, ...], kwargs: dict[str, Any]) -> bool:
+    """Let a Qwen-VL style model (mRoPE) continue from a cached prefix; False: cannot.
+
+    Its language model derives positions from the whole prompt, which the
+    uncached suffix alone does not give: mlx-vlm's own prompt-cache reuse
+    computes them from the full prompt first, and so do we.
+    """
+    language_model = getattr(model, "language_model", None)
+    if not callable(getattr(language_model, "get_rope_index", None)):
+        return True  # plain RoPE: positions come from the cache offset
+    try:
+        import mlx.core as mx
+        from mlx_vlm.generate.dispatch import _prime_cached_prefix_rope_state
+    except ImportError:
+        return False
+    return bool(_prime_cached_prefix_rope_state(model, mx.array(tokens)[None], None, kwargs))

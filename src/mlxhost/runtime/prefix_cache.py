@@ -192,17 +192,17 @@ class PrefixCache(Generic[C]):
             return None
         best: tuple[_Entry, int] | None = None
         matched = 0
-        below = node  # subtree whose entries all share ``matched`` tokens with ``tokens``
+        path: list[_Node] = []  # nodes on the path of ``tokens``, the last one maybe partly
         while matched < len(tokens):
             child = node.children.get(tokens[matched])
             if child is None:
                 break
+            path.append(child)
             common = _common_length(child.edge, tokens[matched : matched + len(child.edge)])
             if common < len(child.edge):  # diverges (or ends) inside the edge
                 matched += common
-                below = child
                 break
-            node = below = child
+            node = child
             matched = child.depth
             entry = child.entry
             if entry is not None:
@@ -210,10 +210,14 @@ class PrefixCache(Generic[C]):
                     best = (entry, child.depth)  # deeper path entries replace shallower ones
                 elif entry.trimmable:  # the whole prompt: trim one token off
                     best = (entry, limit)
-        # A trimmable entry below the divergence point covers ``matched`` tokens.
-        keep = min(matched, limit)
-        if keep >= 1 and below.trimmable_below and (best is None or keep > best[1]):
-            best = (self._shallowest_trimmable(below), keep)
+        # A trimmable entry below path node n shares min(n.depth, matched) tokens with
+        # ``tokens`` and can be cut back to them: the deepest such node wins.
+        for below in reversed(path):
+            if below.trimmable_below:
+                keep = min(below.depth, matched, limit)
+                if keep >= 1 and (best is None or keep > best[1]):
+                    best = (self._shallowest_trimmable(below), keep)
+                break
         return best
 
     @staticmethod
@@ -430,13 +434,15 @@ class PrefixCache(Generic[C]):
 # -- image keys ---------------------------------------------------------------
 
 
-def image_key_id(digest: bytes) -> int:
-    """A key id for an image, from its content hash: negative, never a vocabulary id."""
-    return -1 - int.from_bytes(hashlib.blake2b(digest, digest_size=8).digest(), "big")
+def image_key_id(digest: bytes | str) -> int:
+    """A key id for an image, from its content hash (``ImageInput.digest``): negative,
+    so never a vocabulary id."""
+    raw = digest.encode() if isinstance(digest, str) else digest
+    return -1 - int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
 
 
 def key_with_images(
-    tokens: Sequence[int], placeholder_id: int, image_digests: Iterable[bytes]
+    tokens: Sequence[int], placeholder_id: int, image_digests: Iterable[bytes | str]
 ) -> tuple[int, ...]:
     """``tokens`` with the k-th run of ``placeholder_id`` replaced by image k's key id.
 
