@@ -139,7 +139,14 @@ class MLXEngine:
     # -- prompts --------------------------------------------------------------
     def prepare(self, prompt: RenderedPrompt) -> PreparedPrompt:
         if prompt.images:
-            raise NotImplementedError("image prompts are handled by the vision pipeline")
+            if self._processor is None:
+                raise ValueError("this model has no image processor")
+            from mlxhost.runtime.vision_inputs import prepare_vision_inputs
+
+            tokens, inputs = prepare_vision_inputs(
+                self._processor, self._model, prompt.text, [i.image for i in prompt.images]
+            )
+            return PreparedPrompt(tokens=tuple(tokens), extras=inputs)
         # The template already wrote BOS and every special token it wants.
         tokens = self._tokenizer.encode(prompt.text, add_special_tokens=False)
         return PreparedPrompt(tokens=tuple(tokens))
@@ -158,13 +165,21 @@ class MLXEngine:
             mx.random.seed(params.seed)
         sampler = make_sampler(temp=params.temperature, top_p=params.top_p)
         key, extra_key = self._cache_key(prompt)
-        cache, reused, vlm_kwargs = self._cached_prefix(prompt.tokens, key, extra_key)
+        vision = prompt.extras  # pixel values etc. of an image prompt
+        if vision:
+            # Image prompts bypass the prefix cache: their image embeddings must be
+            # computed together with the image tokens, which a cached prefix splits.
+            cache, reused, vlm_kwargs = self._new_cache(), 0, {}
+        else:
+            cache, reused, vlm_kwargs = self._cached_prefix(prompt.tokens, key, extra_key)
         snapshots: list[tuple[int, Any]] = []  # (prompt tokens it holds, cache copy)
         generated: list[int] = []
         failed = False
         steps = None
         try:
-            if self._is_vlm:
+            if vision:
+                steps = self._vision_steps(prompt, cache, params, sampler)
+            elif self._is_vlm:
                 steps = self._vlm_steps(
                     prompt.tokens, reused, cache, params, sampler, snapshots, vlm_kwargs
                 )
@@ -194,7 +209,8 @@ class MLXEngine:
             if steps is not None:
                 steps.close()
             # Also on GeneratorExit (the client left): what was fed is still valid.
-            self._store_prefix(key, extra_key, cache, generated, snapshots, failed)
+            if not vision:
+                self._store_prefix(key, extra_key, cache, generated, snapshots, failed)
 
     # -- prefix cache -----------------------------------------------------------
     def _cache_key(self, prompt: PreparedPrompt) -> tuple[tuple[int, ...], bytes | None]:
@@ -355,6 +371,25 @@ class MLXEngine:
             prompt_cache_checkpoint=checkpoint if wants_snapshot else None,
             prompt_cache_checkpoint_len=checkpoint_len if wants_snapshot else None,
             **extra,
+        )
+
+
+    def _vision_steps(
+        self, prompt: PreparedPrompt, cache: list[Any], params: SamplingParams, sampler: Any
+    ) -> Any:
+        import mlx.core as mx
+        from mlx_vlm.generate.ar import generate_step as vlm_generate_step
+
+        inputs = prompt.extras
+        return vlm_generate_step(
+            mx.array(prompt.tokens)[None],
+            self._model,
+            inputs["pixel_values"],
+            inputs["mask"],
+            max_tokens=params.max_tokens,
+            sampler=sampler,
+            prompt_cache=cache,
+            **inputs["kwargs"],
         )
 
 
