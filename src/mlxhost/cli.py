@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 
 
@@ -41,6 +42,9 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
     )
     app = create_app(settings)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the
+    # handler that was installed before it; a no-op one makes that a clean exit 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
         app,
         host=settings.host,
