@@ -442,3 +442,19 @@ def test_a_prefix_of_a_stored_trimmable_entry_is_not_stored_again():
     assert put(pc, r(0, 3)) is False
     assert pc.keys("m") == [r(0, 8)] and pc.stats().superseded == 2
     assert pc.fetch_nearest("m", (*r(0, 5), 9)).cache.tokens == r(0, 5)
+
+
+# -- the benchmark's docs section ---------------------------------------------------
+
+
+def test_benchmark_replaces_only_its_own_section(tmp_path):
+    from bench.prefix_cache import SECTION_END, SECTION_START, write_section
+
+    doc = tmp_path / "benchmarks.md"
+    write_section(doc, f"{SECTION_START}\nfirst\n{SECTION_END}")
+    assert doc.read_text().startswith("# Benchmarks\n")
+    doc.write_text(doc.read_text() + "\n## Someone else's\nkeep me\n")
+    write_section(doc, f"{SECTION_START}\nsecond\n{SECTION_END}")
+    text = doc.read_text()
+    assert "second" in text and "first" not in text and "keep me" in text
+    assert text.count(SECTION_START) == 1
