@@ -161,6 +161,28 @@ def test_gemma_edited_last_message_falls_back_to_an_exact_snapshot(gemma):
     assert 0 < with_cache.reused < with_cache.prompt_tokens - 4
 
 
+@pytest.mark.parametrize("name", ["gemma3", "qwen3_vl"])
+def test_text_turns_on_vision_models_reuse_the_prefix(name):
+    """mlx-vlm's path (tiny random VLMs: gibberish, but deterministic). Qwen3-VL's
+    mRoPE positions come from the whole prompt, so they are primed before reuse."""
+    from mlxhost.testing.vlm_models import ensure_tiny_vlm
+
+    path = ensure_tiny_vlm(name)
+    engine = MLXEngine()
+    tokenizer = engine.load(name, path, json.loads((path / "config.json").read_text()))
+    try:
+        user_messages = [f"Part {i + 1}. {STORY * 12}\n{q}" for i, q in enumerate(QUESTIONS[:3])]
+        on, off = on_and_off(engine, tokenizer, user_messages)
+        assert [t.reply_tokens for t in on] == [t.reply_tokens for t in off]
+        assert on[-1].prompt_tokens > 512  # past the tiny Gemma's sliding window
+        # Their gibberish replies rarely re-tokenize as generated: past the window the
+        # snapshot at the end of the previous prompt (all but its last token) serves.
+        for previous, turn in zip(on, on[1:]):
+            assert previous.prompt_tokens - 1 <= turn.reused < turn.prompt_tokens
+    finally:
+        engine.unload()
+
+
 def test_unload_drops_the_models_entries(qwen):
     engine, tokenizer = qwen
     ask(engine, tokenizer, [{"role": "user", "content": "Hi"}], max_tokens=1)
