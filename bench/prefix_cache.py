@@ -136,7 +136,10 @@ def bench_model(name: str, history_tokens: int, repeats: int, cold_repeats: int)
     on: list[Sample] = []
     for question in QUESTIONS[:repeats]:
         turn, _ = first_token(engine, tokenizer, [*messages, {"role": "user", "content": question}])
-        print(f"  on : {turn.prompt_tokens} tokens, {turn.reused} reused, {turn.ttft:.2f}s", flush=True)
+        print(
+            f"  on : {turn.prompt_tokens} tokens, {turn.reused} reused, {turn.ttft:.2f}s",
+            flush=True,
+        )
         on.append(turn)
     engine.prefix_cache = None
     off: list[Sample] = []

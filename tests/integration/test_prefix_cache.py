@@ -8,6 +8,7 @@ long enough to pass its 512-token sliding window, so the rotating caches
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 
@@ -111,14 +112,14 @@ def test_qwen_replies_match_with_the_cache_and_reuse_the_history(qwen):
     on, off = on_and_off(engine, tokenizer, user_messages)
     assert [t.reply_tokens for t in on] == [t.reply_tokens for t in off]
     assert on[0].reused == 0
-    for previous, turn in zip(on, on[1:]):
+    for previous, turn in itertools.pairwise(on):
         # At least the previous prompt came from the cache; usually the reply too,
         # unless re-tokenizing the reply text gives other tokens than were generated
         # (BPE: '"Weather' generated as '"', 'Weather' may come back as one token).
         assert previous.prompt_tokens <= turn.reused < turn.prompt_tokens
     assert any(
         turn.reused >= previous.prompt_tokens + len(previous.reply_tokens) - 1
-        for previous, turn in zip(on, on[1:])
+        for previous, turn in itertools.pairwise(on)
     )
     # Plain KV caches cover their prefixes: a turn's entry replaces the previous
     # turn's, unless the re-tokenized reply made the conversation branch off it.
@@ -177,7 +178,7 @@ def test_text_turns_on_vision_models_reuse_the_prefix(name):
         assert on[-1].prompt_tokens > 512  # past the tiny Gemma's sliding window
         # Their gibberish replies rarely re-tokenize as generated: past the window the
         # snapshot at the end of the previous prompt (all but its last token) serves.
-        for previous, turn in zip(on, on[1:]):
+        for previous, turn in itertools.pairwise(on):
             assert previous.prompt_tokens - 1 <= turn.reused < turn.prompt_tokens
     finally:
         engine.unload()

@@ -236,8 +236,10 @@ class MLXEngine:
                 raise ValueError("the prefix-cache key must have one id per prompt token")
             fetched = self.prefix_cache.fetch_nearest(self._model_id, key, extra_key=extra_key)
             cache, reused = fetched.cache, fetched.reused
-            if cache is not None and self._is_vlm and not _prime_vlm_positions(
-                self._model, tokens, vlm_kwargs
+            if (
+                cache is not None
+                and self._is_vlm
+                and not _prime_vlm_positions(self._model, tokens, vlm_kwargs)
             ):
                 cache, reused = None, 0
         if cache is None:
@@ -372,7 +374,6 @@ class MLXEngine:
             prompt_cache_checkpoint_len=checkpoint_len if wants_snapshot else None,
             **extra,
         )
-
 
     def _vision_steps(
         self, prompt: PreparedPrompt, cache: list[Any], params: SamplingParams, sampler: Any

@@ -414,9 +414,7 @@ class PrefixCache(Generic[C]):
     def keys(self, model_id: str, *, extra_key: bytes | None = None) -> list[tuple[int, ...]]:
         """The stored token sequences of one model, oldest use first (for tests and debugging)."""
         with self._lock:
-            return [
-                self._tokens_of(e.node) for e in self._lru if e.root == (model_id, extra_key)
-            ]
+            return [self._tokens_of(e.node) for e in self._lru if e.root == (model_id, extra_key)]
 
     @staticmethod
     def _tokens_of(node: _Node) -> tuple[int, ...]:
