@@ -261,7 +261,8 @@ class ChatService:
             max_tokens=requested if requested is not None else window - prompt_tokens,
             temperature=float(temperature),
             top_p=float(top_p),
-            seed=request.seed,
+            # MLX seeds are unsigned 64-bit; any JSON integer maps onto one.
+            seed=None if request.seed is None else request.seed % 2**64,
         )
 
     async def _run(

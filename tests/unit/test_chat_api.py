@@ -159,3 +159,8 @@ def test_health(client):
     body = client.get("/health").json()
     assert body["status"] == "ok"
     assert body["model"] is None and body["loading"] is None
+
+
+@pytest.mark.parametrize("seed", [-916433, 0, 2**63 + 5])
+def test_any_integer_seed_is_accepted(client, fake_models, seed):
+    assert chat(client, fake_models[0], seed=seed).status_code == 200

@@ -13,6 +13,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.response import Stream
 
+from mlxhost.api.openapi import ChatCompletionOperation
 from mlxhost.api.responses import completion_body, sse_stream
 from mlxhost.api.schemas import parse_chat_request
 from mlxhost.errors import ClientDisconnected, InvalidRequest
@@ -27,7 +28,7 @@ class ChatController(Controller):
 
     # Litestar gives the handler's media type precedence over a Stream's own, but
     # not over a plain Response's: so the handler says SSE, the JSON reply says JSON.
-    @post(status_code=200, media_type="text/event-stream")
+    @post(status_code=200, media_type="text/event-stream", operation_class=ChatCompletionOperation)
     async def create(self, request: Request, state: State) -> Any:
         try:
             body = await request.json()
