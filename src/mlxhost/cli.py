@@ -40,6 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         cors_origins=args.cors_origin or None,
         max_queue=args.max_queue,
+        prefix_cache_bytes=None if args.prefix_cache_mib is None else args.prefix_cache_mib * 1024 * 1024,
     )
     app = create_app(settings)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow browser requests from this origin (repeatable; '*' for any)")
     serve.add_argument("--max-queue", type=int,
                        help="requests allowed to wait for the model before 503 (default 64)")
+    serve.add_argument("--prefix-cache-mib", type=int,
+                       help="memory for the KV prefix cache across turns (default 2048; 0 turns it off)")
     serve.add_argument("--no-openblas", action="store_true",
                        help="on Linux CPU, do not preload OpenBLAS (slower fp32 matmuls)")
     serve.set_defaults(func=_serve)

@@ -43,6 +43,8 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     # Seconds in-flight requests get to finish after SIGTERM.
     shutdown_grace: float = 30.0
+    # KV prefix cache budget in bytes (None: the engine's default, 2 GiB; 0: off).
+    prefix_cache_bytes: int | None = None
     # Folders served as models in addition to registered and cached ones.
     extra_models: list[str] = attrs.Factory(list)
     log_level: str = "info"
@@ -69,5 +71,7 @@ class Settings:
             values["cors_origins"] = env["MLXHOST_CORS_ORIGINS"].split(",")
         if (queue := _env_int(env, "MLXHOST_MAX_QUEUE")) is not None:
             values["max_queue"] = queue
+        if (cache_bytes := _env_int(env, "MLXHOST_PREFIX_CACHE_BYTES")) is not None:
+            values["prefix_cache_bytes"] = cache_bytes
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -140,3 +140,16 @@ def test_server_preloads_openblas_by_itself(start_server):
     with start_server(env={"LD_PRELOAD": ""}, wait_for_model=False) as server:
         maps = open(f"/proc/{server.process.pid}/maps").read()
     assert "openblas" in maps
+
+
+def test_second_turn_reuses_the_prefix_through_the_server(client, qwen_server):
+    messages = [{"role": "user", "content": "Name a fruit that is yellow."}]
+    first = client.chat.completions.create(model=QWEN, messages=messages, max_tokens=8, temperature=0)
+    before = qwen_server.health()["prefix_cache"]["tokens_reused"]
+    messages += [
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "And one that is red?"},
+    ]
+    client.chat.completions.create(model=QWEN, messages=messages, max_tokens=8, temperature=0)
+    reused = qwen_server.health()["prefix_cache"]["tokens_reused"] - before
+    assert reused >= first.usage.prompt_tokens - 1

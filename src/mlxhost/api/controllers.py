@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+import attrs
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
@@ -122,10 +123,15 @@ async def health(state: State) -> dict[str, Any]:
         status = "error"
     elif slot.loading:
         status = "loading"
-    return {
+    body = {
         "status": status,
         "model": slot.current.spec.id if slot.current else None,
         "loading": slot.loading,
         "last_error": slot.last_error,
         "swaps": slot.swaps,
+        "waiting": slot.scheduler.waiting,
     }
+    prefix_cache = getattr(state.engine, "prefix_cache", None)
+    if prefix_cache is not None:
+        body["prefix_cache"] = attrs.asdict(prefix_cache.stats())
+    return body
