@@ -288,7 +288,9 @@ class ChatService:
                 for event in parser.feed(stops.feed(step.text)):
                     saw_tool_call |= isinstance(event, ToolCallEvent)
                     yield event
-                if stops.stopped:
+                # A stop string, or a parser that saw a complete call and knows the
+                # model would now invent the tool's output.
+                if stops.stopped or getattr(parser, "stop_requested", False):
                     finish = "stop"
                     break
                 if step.finish:

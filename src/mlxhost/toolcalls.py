@@ -296,7 +296,11 @@ class ToolCallStreamParser:
         whole: WholeReplyMatcher | None = None,
         find_close: Callable[[str, str], int] | None = None,
         name: str = "tool calls",
+        stop_after_call: bool = False,
     ) -> None:
+        """``stop_after_call``: ask the server to stop generating once a block
+        with valid calls has closed (for formats where the model would go on to
+        invent the tool's output itself)."""
         if not markers or any(not open_ or not close for open_, close in markers):
             raise ValueError("markers must be non-empty (open, close) pairs")
         self._markers = list(markers)
@@ -311,6 +315,9 @@ class ToolCallStreamParser:
         self._close = ""  # BLOCK mode: the closing marker awaited
         self._after_call = False  # nothing but whitespace emitted since the last call
         self._finished = False
+        self._stop_after_call = stop_after_call
+        # Read by the server after each feed(): generation should end here.
+        self.stop_requested = False
 
     def feed(self, text: str) -> list[ParserEvent]:
         if self._finished:
@@ -418,6 +425,7 @@ class ToolCallStreamParser:
         if calls:
             events.extend(ToolCallEvent(call) for call in calls)
             self._after_call = True
+            self.stop_requested = self._stop_after_call and closed
         else:
             self._content(events, raw)
 

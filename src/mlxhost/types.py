@@ -89,7 +89,11 @@ ParserEvent = ContentDelta | ToolCallEvent
 
 
 class StreamParser(Protocol):
-    """Turns generated text into content and tool calls, fed piece by piece."""
+    """Turns generated text into content and tool calls, fed piece by piece.
+
+    A parser may also set ``stop_requested = True`` after a feed: the server
+    then ends generation there (finish reason ``tool_calls``).
+    """
 
     def feed(self, text: str) -> list[ParserEvent]: ...
 

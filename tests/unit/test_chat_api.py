@@ -164,3 +164,37 @@ def test_health(client):
 @pytest.mark.parametrize("seed", [-916433, 0, 2**63 + 5])
 def test_any_integer_seed_is_accepted(client, fake_models, seed):
     assert chat(client, fake_models[0], seed=seed).status_code == 200
+
+
+def test_generation_stops_when_the_parser_asks(make_client, fake_models, fake_plugin):
+    from mlxhost.hookspecs import hookimpl
+    from mlxhost.types import ContentDelta
+
+    class StopAtBang:
+        def __init__(self):
+            self.stop_requested = False
+
+        def feed(self, text):
+            self.stop_requested = "!" in text
+            return [ContentDelta(text)]
+
+        def finish(self):
+            return []
+
+    class Plugin:
+        @hookimpl
+        def mlxhost_tool_call_parser(self, model):
+            return lambda tools: StopAtBang()
+
+    fake_plugin.reply = "Stop here! not this"
+    from litestar.testing import TestClient
+
+    from mlxhost.app import create_app
+    from mlxhost.plugins import make_plugin_manager
+    from mlxhost.settings import Settings
+
+    app = create_app(Settings(extra_models=fake_models), make_plugin_manager(extra=[fake_plugin, Plugin()]))
+    with TestClient(app) as client:
+        body = chat(client, fake_models[0]).json()
+    assert body["choices"][0]["message"]["content"] == "Stop here!"
+    assert body["usage"]["completion_tokens"] == len("Stop here!")

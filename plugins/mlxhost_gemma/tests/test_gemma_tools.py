@@ -524,3 +524,16 @@ def test_a_stray_apostrophe_does_not_swallow_the_rest_of_the_reply():
     text = code("get_weather(city='Paris)") + "\nThe end."
     assert run(text) == [("content", text)]
     assert find_closing_fence("\nget_time(x='a)\n```\nmore") == 16
+
+
+def test_parser_asks_to_stop_once_a_tool_code_block_closes():
+    from mlxhost_gemma.tools import make_parser
+
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    parser = make_parser([tool])
+    parser.feed("```tool_code\nget_weather(city=\"Paris\")\n")
+    assert not parser.stop_requested
+    events = parser.feed("```")
+    assert parser.stop_requested
+    assert [type(e).__name__ for e in events] == ["ToolCallEvent"]

@@ -523,4 +523,6 @@ def make_parser(tools: list[dict[str, Any]]) -> StreamParser:
         whole=BareCallMatcher(functions),
         find_close=find_closing_fence,
         name="gemma tool calls",
+        # Past the block, Gemma would write a made-up ```tool_output itself.
+        stop_after_call=True,
     )
