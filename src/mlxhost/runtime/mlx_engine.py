@@ -66,6 +66,25 @@ def generation_defaults(path: Path) -> dict[str, float]:
     return {k: data[k] for k in ("temperature", "top_p") if isinstance(data.get(k), (int, float))}
 
 
+def release_free_heap() -> None:
+    """Return freed heap memory to the OS (glibc keeps it otherwise).
+
+    After a few frees of large buffers glibc raises its mmap threshold, so a
+    model's weight buffers land on the heap, and freeing them leaves RSS high
+    until ``malloc_trim``. No-op where glibc is absent.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class MLXEngine:
     name = "mlx"
 
@@ -135,6 +154,7 @@ class MLXEngine:
         gc.collect()
         # Without this the freed buffers stay in MLX's cache and RSS never drops.
         mx.clear_cache()
+        release_free_heap()
 
     # -- prompts --------------------------------------------------------------
     def prepare(self, prompt: RenderedPrompt) -> PreparedPrompt:
