@@ -39,9 +39,10 @@ Messages = list[dict[str, Any]]
 # --- prompts ----------------------------------------------------------------
 
 SHORT_TASK = (
-    "Write a long, detailed story about a lighthouse keeper who finds a message in a "
-    "bottle. Describe the island, the weather and the people in many paragraphs."
+    "Write a Python module that implements a linked list, a stack, a queue and a binary search "
+    "tree. Give every class and method a docstring, then add unit tests for all of them."
 )
+# (Both test models answer it with well over 128 tokens under greedy decoding, whatever the tag.)
 LONG_TASK = "Summarize the notes above in three sentences."
 
 _SUBJECTS = [

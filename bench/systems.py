@@ -130,6 +130,7 @@ class HttpServerSystem:
         self.url = ""
         self.model = ""
         self.log_path: Path | None = None
+        self.extra_env: dict[str, str] = {}  # e.g. MLX_PTX_CACHE_DIR on CUDA
 
     # subclasses -----------------------------------------------------------------
     def command(self, model: Path, port: int) -> list[str]:
@@ -159,7 +160,7 @@ class HttpServerSystem:
             try:
                 self.process = subprocess.Popen(
                     self.command(model, port),
-                    env=self.env(),
+                    env={**self.env(), **self.extra_env},
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -349,6 +350,7 @@ class RawEngineSystem:
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
         self.loads: dict[str, float] = {}
+        self.extra_env: dict[str, str] = {}
 
     def _call(self, request: dict[str, Any]) -> dict[str, Any]:
         assert self.process is not None and self.process.stdin and self.process.stdout
@@ -376,6 +378,7 @@ class RawEngineSystem:
         root = Path(__file__).resolve().parent.parent
         env = blas_env(self.openblas)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+        env.update(self.extra_env)
         self._log = open(self.log_path, "w")  # noqa: SIM115 (lives as long as the worker)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.systems", "raw-worker", self.kind],
@@ -399,6 +402,13 @@ class RawEngineSystem:
 
     def server_load_seconds(self, model: Path) -> float | None:
         return self.loads.get(str(model))
+
+    def warmup(self, lengths: tuple[int, ...] = (32, 512), decode_steps: int = 2) -> float:
+        """Run the proposed post-load warm-up in the worker; returns its seconds."""
+        reply = self._call({"op": "warmup", "lengths": list(lengths), "decode_steps": decode_steps})
+        if reply.get("error"):
+            raise SystemUnavailable(f"warm-up failed: {reply['error']}")
+        return reply["warmup_s"]
 
     def generate(self, messages: Messages, max_tokens: int) -> Sample:
         try:
@@ -450,6 +460,34 @@ class _Worker:
             self.model, self.processor = mlx_vlm.load(path)
             self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         return {"load_s": time.perf_counter() - started}
+
+    def warmup(self, lengths: list[int], decode_steps: int) -> dict[str, Any]:
+        """A candidate post-load warm-up: a few dummy prompts of the given lengths
+        through the same prefill + decode path as a request, on a throw-away cache.
+
+        Any one-time cost (CUDA kernel compilation and module loading, first-touch
+        allocations) is paid here instead of by the first client request.
+        """
+        import mlx.core as mx
+        from mlx_lm.generate import generate_step
+        from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm.sample_utils import make_sampler
+
+        started = time.perf_counter()
+        for length in lengths:
+            cache = make_prompt_cache(self.model)
+            prompt = mx.arange(length, dtype=mx.uint32) % 1000 + 10
+            for _ in generate_step(
+                prompt,
+                self.model,
+                max_tokens=decode_steps,
+                prompt_cache=cache,
+                sampler=make_sampler(temp=0.0),
+            ):
+                pass
+            del cache
+        mx.clear_cache()
+        return {"warmup_s": time.perf_counter() - started}
 
     def generate(self, messages: Messages, max_tokens: int) -> dict[str, Any]:
         sample = Sample()
@@ -512,6 +550,8 @@ def raw_worker(kind: str) -> int:
         try:
             if request["op"] == "load":
                 reply = worker.load(request["path"])
+            elif request["op"] == "warmup":
+                reply = worker.warmup(request["lengths"], request["decode_steps"])
             elif request["op"] == "generate":
                 reply = worker.generate(request["messages"], request["max_tokens"])
             else:
