@@ -73,7 +73,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="prefill runs without OpenBLAS (slow on CPU; default 1)",
     )
     p.add_argument("--swap", default="qwen,gemma", help="two models to swap between ('none': skip)")
-    p.add_argument("--swap-systems", default="mlxhost,raw-mlx-lm,mlx-lm-server,mlx-vlm-server")
+    p.add_argument(
+        "--swap-systems",
+        default="mlxhost,mlxhost-no-warmup,raw-mlx-lm,mlx-lm-server,mlx-vlm-server",
+    )
     p.add_argument(
         "--shaped",
         action="store_true",
@@ -314,7 +317,9 @@ def render(
     out += ["### First request after a load", ""]
     out.append(
         "TTFT of the first request after the model finished loading at start-up (8 tokens, "
-        "same prompt length) against the later runs' TTFT:"
+        "same prompt length) against the later runs' TTFT. The warm-up column is what "
+        "mlxhost's log reports for its post-load warm-up (`Loaded … (+Xs warm-up)`; 'none': "
+        "the code under test ran none)."
     )
     out += ["", harness.first_request_table(pairs), ""]
     if swaps:
@@ -325,7 +330,8 @@ def render(
             "request; for the raw engine it is an in-process `load()` after dropping the "
             "previous model (`gc.collect()` + `mx.clear_cache()`, as mlxhost unloads): that "
             "in-process load is the bare load to compare with. mlxhost's load time is its log's "
-            "`Model … ready in Xs` (unload + locate + load)."
+            "`Model … ready in Xs` (unload + locate + load + its post-load warm-up); "
+            "`mlxhost-no-warmup` is the same server with `MLXHOST_WARMUP=0`."
         )
         out += ["", harness.swap_table(swaps), ""]
     if GPU_RESULTS.is_file():

@@ -443,6 +443,7 @@ class SystemResult:
     model: str
     status: str = "ok"  # "ok" or "n/a: reason"
     startup_s: float | None = None
+    warmup_s: float | None = None  # mlxhost's post-load warm-up, from its log
     first: Sample | None = None  # the first request after the load at start-up
     decode: list[Sample] = field(default_factory=list)
     prefill: list[Sample] = field(default_factory=list)
@@ -466,6 +467,7 @@ class SystemResult:
             "model": self.model,
             "status": self.status,
             "startup_s": self.startup_s,
+            "warmup_s": self.warmup_s,
             "first": self.first.to_dict() if self.first else None,
             "decode": [s.to_dict() for s in self.decode],
             "prefill": [s.to_dict() for s in self.prefill],
@@ -526,6 +528,8 @@ def run_model(
             say(f"{case.key}: {system.name} {result.status}")
             system.stop()
             return False
+        if hasattr(system, "server_warmup_seconds"):
+            result.warmup_s = system.server_warmup_seconds(case.path)
         say(f"{case.key}: {system.name} ready in {result.startup_s:.1f}s")
         return True
 
@@ -608,11 +612,13 @@ def run_swap(
             if not first.ok:
                 raise RuntimeError(first.error)
             logged = system.server_load_seconds(dst.path)
+            warmup_of = getattr(system, "server_warmup_seconds", None)
             step = {
                 "from": src.key,
                 "to": dst.key,
                 "load_s": logged,  # raw: in-process load; mlxhost: 'ready in' of its log
                 "in_request": load is None,
+                "warmup_s": warmup_of(dst.path) if warmup_of else None,
                 "first": first.to_dict(),
                 "later": [s.to_dict() for s in later],
                 # time from asking for the other model to its first token
@@ -640,6 +646,7 @@ def run_swap(
 ENGINE_OF = {
     "mlxhost": "mlx-lm, in `mlxhost serve`",
     "mlxhost-no-openblas": "mlx-lm, in `mlxhost serve --no-openblas`",
+    "mlxhost-no-warmup": "mlx-lm, in `mlxhost serve`, `MLXHOST_WARMUP=0`",
     "raw-mlx-lm": "`mlx_lm.stream_generate`, in-process",
     "raw-mlx-vlm": "`mlx_vlm.stream_generate`, in-process",
     "mlx-lm-server": "`python -m mlx_lm server`",
@@ -754,13 +761,21 @@ def first_request_table(pairs: Sequence[tuple[ModelCase, Sequence[SystemResult]]
                 [
                     case.label,
                     r.system,
+                    _s(r.warmup_s) if r.warmup_s is not None else "none",
                     _s(r.first.ttft),
                     later.fmt(2),
                     ratio(r.first.ttft, later.median),
                 ]
             )
     return md_table(
-        ["model", "system", "1st request TTFT s", "later TTFT s (median, min–max)", "1st ÷ later"],
+        [
+            "model",
+            "system",
+            "post-load warm-up s",
+            "1st request TTFT s",
+            "later TTFT s (median, min–max)",
+            "1st ÷ later",
+        ],
         rows,
     )
 
@@ -769,7 +784,7 @@ def swap_table(swaps: Sequence[SwapResult]) -> str:
     rows = []
     for swap in swaps:
         if swap.status != "ok":
-            rows.append([swap.system, swap.status, "", "", "", "", "", ""])
+            rows.append([swap.system, swap.status, "", "", "", "", "", "", ""])
             continue
         for step in swap.steps:
             if "from" not in step:
@@ -780,6 +795,7 @@ def swap_table(swaps: Sequence[SwapResult]) -> str:
                     f"{step['from']} → {step['to']}",
                     _s(step["swap_to_first_token_s"]),
                     _s(step["load_s"]),
+                    _s(step.get("warmup_s")),
                     _s(step.get("first_ttft_minus_load_s")),
                     _s(step["later_ttft_median"]),
                     _s(
@@ -796,6 +812,7 @@ def swap_table(swaps: Sequence[SwapResult]) -> str:
             "swap",
             "request for the other model → first token, s",
             "load s",
+            "of which warm-up s",
             "first TTFT without the load, s",
             "later TTFT s (median)",
             "swap cost s (first token − later TTFT)",

@@ -223,11 +223,16 @@ class MlxhostSystem(HttpServerSystem):
     name = "mlxhost"
     engine = "mlx-lm (text) / mlx-vlm (vision)"
 
-    def __init__(self, log_dir: Path, *, openblas: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, log_dir: Path, *, openblas: bool = True, warmup: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(log_dir, **kwargs)
         self.openblas = openblas
+        self.warmup = warmup
         if not openblas:
             self.name = "mlxhost-no-openblas"
+        elif not warmup:
+            self.name = "mlxhost-no-warmup"
 
     def command(self, model: Path, port: int) -> list[str]:
         cmd = [
@@ -251,6 +256,8 @@ class MlxhostSystem(HttpServerSystem):
         env = base_env()
         if not self.openblas:
             env["MLXHOST_OPENBLAS"] = "0"
+        # The post-load warm-up (a few tokens through the model) is on by default.
+        env["MLXHOST_WARMUP"] = "1" if self.warmup else "0"
         return env
 
     def ready(self) -> bool:
@@ -270,6 +277,15 @@ class MlxhostSystem(HttpServerSystem):
         """The last 'Model <model> ready in Xs' of the server log (unload + load)."""
         found = None
         for match in re.finditer(r"Model (\S+) ready in ([\d.]+)s", self.log_text()):
+            if Path(match.group(1)) == Path(model):
+                found = float(match.group(2))
+        return found
+
+    def server_warmup_seconds(self, model: Path) -> float | None:
+        """The warm-up part of the last load of ``model`` (None: no warm-up ran)."""
+        found = None
+        pattern = r"Loaded (\S+) with \S+ in [\d.]+s \(\+([\d.]+)s warm-up\)"
+        for match in re.finditer(pattern, self.log_text()):
             if Path(match.group(1)) == Path(model):
                 found = float(match.group(2))
         return found
@@ -573,6 +589,7 @@ SYSTEMS = {
     "mlx-lm-server": lambda log_dir: MlxLmServerSystem(log_dir),
     "mlx-vlm-server": lambda log_dir: MlxVlmServerSystem(log_dir),
     "mlxhost-no-openblas": lambda log_dir: MlxhostSystem(log_dir, openblas=False),
+    "mlxhost-no-warmup": lambda log_dir: MlxhostSystem(log_dir, warmup=False),
 }
 
 

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Prepare the two carried sets for the GPU run (bench/gpu/README.md says how to use them).
+#
+#   .wa/  mlx-cuda-13 part 1, every other wheel, the tokenizer files   (< 60 MiB)
+#   .wb/  mlx-cuda-13 part 2                                           (< 60 MiB)
+#
+# The GPU machine has Python 3.12, the NVIDIA libraries, numpy, transformers,
+# tokenizers, huggingface-hub, httpx, jinja2, pluggy, pillow, pyyaml, rich and
+# click (bench/gpu/README.md), no network and no mlx. So this carries: mlx,
+# mlx-cuda-13 and mlx-lm at the project's pins; what `mlxhost serve` imports and
+# the machine lacks (litestar and its own needs, uvicorn, cattrs, attrs,
+# typing-extensions), at this environment's versions; and wheels of mlxhost and
+# its two plugins built from this checkout (for their entry points; the code
+# itself runs from the carried working tree). mlx-vlm stays behind: text-only
+# models never import it. Model weights stay behind too: run_gpu.py makes
+# random ones there. Run here, from anywhere in the repo; needs PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python
+  elif [ -n "${VIRTUAL_ENV:-}" ]; then PY=$VIRTUAL_ENV/bin/python
+  else PY=python3; fi
+fi
+W=.whl                      # every wheel, whole (git-ignored)
+SPLIT=47000000              # bytes of the mlx-cuda-13 wheel that go in .wa
+LIMIT=$((60 * 1024 * 1024)) # per carried set
+
+rm -rf "$W" .wa .wb
+mkdir -p "$W" .wa/tok .wb
+
+version() { "$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
+pins=(mlx==0.32.4 mlx-cuda-13==0.32.4 mlx-lm==0.32.2)
+for dist in litestar litestar-htmx msgspec multipart polyfactory faker rich-click sniffio \
+            uvicorn cattrs attrs typing-extensions; do
+  pins+=("$dist==$(version "$dist")")
+done
+echo "downloading: ${pins[*]}"
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d "$W" "${pins[@]}" 2> >(grep -v "^WARNING: Location 'file:" >&2)
+"$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$W" \
+  . plugins/mlxhost_gemma plugins/mlxhost_qwen 2> >(grep -v "^WARNING: Location 'file:" >&2)
+
+# Tokenizer files of the small test models (the shaped models borrow them), xz-compressed.
+PYTHONPATH=. "$PY" - <<'PYEOF'
+import lzma
+import shutil
+from pathlib import Path
+
+from bench.shaped_models import TOKENIZER_FILES
+from mlxhost.testing.models import ensure_test_model
+
+for family in ("gemma", "qwen"):
+    src = ensure_test_model(family)
+    dst = Path(".wa/tok") / family
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if not (src / name).is_file():
+            continue
+        if name == "tokenizer.json":
+            (dst / f"{name}.xz").write_bytes(lzma.compress((src / name).read_bytes(), preset=9))
+        else:
+            shutil.copy(src / name, dst / name)
+PYEOF
+
+cuda=$(ls "$W"/mlx_cuda_13-*.whl)
+head -c "$SPLIT" "$cuda" > .wa/cuda.part1
+tail -c +"$((SPLIT + 1))" "$cuda" > .wb/cuda.part2
+basename "$cuda" > .wa/cuda.name
+sha256sum "$cuda" | cut -d' ' -f1 > .wa/cuda.sha256
+for wheel in "$W"/*.whl; do
+  [ "$wheel" = "$cuda" ] || cp "$wheel" .wa/
+done
+
+for set in .wa .wb; do
+  size=$(du -sb "$set" | cut -f1)
+  printf '%s: %d bytes (%.1f MiB)\n' "$set" "$size" "$(echo "$size / 1048576" | bc -l)"
+  if [ "$size" -ge "$LIMIT" ]; then
+    echo "error: $set is over 60 MiB" >&2
+    exit 1
+  fi
+done
+ls .wa .wb
