@@ -65,6 +65,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="report folder (default $OUT, else WORK)")
     p.add_argument("--phases", default=",".join(ALL_PHASES))
     p.add_argument("--models", default=",".join(SHAPES))
+    p.add_argument(
+        "--systems",
+        default="raw-mlx-lm,mlxhost,mlxhost-no-warmup",
+        help="systems of the models phase (default: %(default)s)",
+    )
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--prefill-tokens", type=int, default=1500)
@@ -112,6 +117,7 @@ def result_from(d: dict[str, Any]) -> SystemResult:
         model=d["model"],
         status=d["status"],
         startup_s=d["startup_s"],
+        warmup_s=d.get("warmup_s"),
         first=sample_from(d["first"]),
         decode=[sample_from(s) for s in d["decode"]],
         prefill=[sample_from(s) for s in d["prefill"]],
@@ -201,7 +207,7 @@ def fresh_cache(args: argparse.Namespace, name: str) -> Path:
 def phase_models(args, state, cases, logs) -> None:
     for case in cases:
         systems = []
-        for name in ("raw-mlx-lm", "mlxhost"):
+        for name in [n.strip() for n in args.systems.split(",") if n.strip()]:
             cache = fresh_cache(args, f"{name}-{case.key}")
             systems.append(with_kernel_cache(make_system(name, logs), cache))
             state.setdefault("caches", {})[f"{name}/{case.key}"] = str(cache)
@@ -209,6 +215,7 @@ def phase_models(args, state, cases, logs) -> None:
             case, systems, interleave=True, unavailable=(SystemUnavailable,)
         )
         state["results"][case.key] = [r.to_dict() for r in results]
+        save_state(args.state, state)
 
 
 def phase_warmup(args, state, cases, logs) -> None:
@@ -330,6 +337,7 @@ def render(state: dict[str, Any], args: argparse.Namespace) -> str:
                     r.ttft_spread().fmt(3) if r.ok else "",
                     r.prefill_spread().fmt(0) if r.ok else "",
                     harness._s(r.first.ttft if r.first else None),
+                    "none" if r.warmup_s is None else harness._s(r.warmup_s),
                     harness._s(bound, 0),
                     harness.ratio(dec.median, bound) if r.ok else "",
                 ]
@@ -345,6 +353,7 @@ def render(state: dict[str, Any], args: argparse.Namespace) -> str:
                     "TTFT s (short)",
                     "prefill tok/s",
                     "1st request TTFT s (cold kernel cache)",
+                    "post-load warm-up s (mlxhost log)",
                     "bandwidth bound tok/s",
                     "fraction of bound",
                 ],
