@@ -40,6 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         cors_origins=args.cors_origin or None,
         max_queue=args.max_queue,
+        warmup=False if args.no_warmup else None,
         prefix_cache_bytes=None if args.prefix_cache_mib is None else args.prefix_cache_mib * 1024 * 1024,
     )
     app = create_app(settings)
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="requests allowed to wait for the model before 503 (default 64)")
     serve.add_argument("--prefix-cache-mib", type=int,
                        help="memory for the KV prefix cache across turns (default 2048; 0 turns it off)")
+    serve.add_argument("--no-warmup", action="store_true",
+                       help="skip the 2-token warm-up after each model load")
     serve.add_argument("--no-openblas", action="store_true",
                        help="on Linux CPU, do not preload OpenBLAS (slower fp32 matmuls)")
     serve.set_defaults(func=_serve)

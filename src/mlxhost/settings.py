@@ -45,6 +45,8 @@ class Settings:
     shutdown_grace: float = 30.0
     # KV prefix cache budget in bytes (None: the engine's default, 2 GiB; 0: off).
     prefix_cache_bytes: int | None = None
+    # Run two tokens through a model right after loading it (first request is not slower).
+    warmup: bool = True
     # Folders served as models in addition to registered and cached ones.
     extra_models: list[str] = attrs.Factory(list)
     log_level: str = "info"
@@ -73,5 +75,7 @@ class Settings:
             values["max_queue"] = queue
         if (cache_bytes := _env_int(env, "MLXHOST_PREFIX_CACHE_BYTES")) is not None:
             values["prefix_cache_bytes"] = cache_bytes
+        if env.get("MLXHOST_WARMUP", "").lower() in ("0", "false", "no", "off"):
+            values["warmup"] = False
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

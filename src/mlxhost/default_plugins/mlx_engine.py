@@ -10,4 +10,4 @@ from mlxhost.settings import Settings
 def mlxhost_make_engine(settings: Settings):
     from mlxhost.runtime.mlx_engine import MLXEngine
 
-    return MLXEngine(prefix_cache_bytes=settings.prefix_cache_bytes)
+    return MLXEngine(prefix_cache_bytes=settings.prefix_cache_bytes, warmup=settings.warmup)

@@ -88,7 +88,9 @@ def release_free_heap() -> None:
 class MLXEngine:
     name = "mlx"
 
-    def __init__(self, prefix_cache_bytes: int | None = DEFAULT_PREFIX_CACHE_BYTES) -> None:
+    def __init__(
+        self, prefix_cache_bytes: int | None = DEFAULT_PREFIX_CACHE_BYTES, *, warmup: bool = True
+    ) -> None:
         """``prefix_cache_bytes``: the KV prefix cache's budget (None: the default
         2 GiB; 0 disables it)."""
         if prefix_cache_bytes is None:
@@ -100,6 +102,7 @@ class MLXEngine:
             if prefix_cache_bytes > 0
             else None
         )
+        self.warmup = warmup
         self._model_id: str | None = None
         self._model: Any = None
         self._processor: Any = None  # mlx-vlm processor (vision checkpoints only)
@@ -133,13 +136,32 @@ class MLXEngine:
         self._detokenizer_source = TokenizerWrapper(tokenizer)
         self._eos = eos_token_ids(path, config, tokenizer)
         self.defaults = generation_defaults(path)
+        loaded_in = time.perf_counter() - started
+        warmup = self._warm_up() if self.warmup else 0.0
         log.info(
-            "Loaded %s with %s in %.1fs",
+            "Loaded %s with %s in %.1fs (+%.2fs warm-up)",
             model_id,
             "mlx-vlm" if self._is_vlm else "mlx-lm",
-            time.perf_counter() - started,
+            loaded_in,
+            warmup,
         )
         return tokenizer
+
+    def _warm_up(self) -> float:
+        """Run two tokens through the model so the first request does not pay the
+        one-time costs (kernel compilation on CUDA, paging the weights in)."""
+        started = time.perf_counter()
+        tokens = self._tokenizer.encode("Hello", add_special_tokens=True)[:4] or [0]
+        prompt = PreparedPrompt(tokens=tuple(tokens))
+        cache, self.prefix_cache = self.prefix_cache, None  # keep the warm-up out of it
+        try:
+            for _ in self.generate(prompt, SamplingParams(max_tokens=2, temperature=0.0), lambda: False):
+                pass
+        except Exception:  # a warm-up failure must not fail the load; requests will tell
+            log.exception("Warm-up failed")
+        finally:
+            self.prefix_cache = cache
+        return time.perf_counter() - started
 
     def unload(self) -> None:
         # Cached KV is only valid for the model that computed it.
