@@ -66,7 +66,8 @@ class Generation:
         finally:
             await self._stack.aclose()
 
-    async def abandon(self) -> None:
+    async def close(self) -> None:
+        """Release the generation lock (idempotent); also when events() never ran."""
         await self._stack.aclose()
 
     @property

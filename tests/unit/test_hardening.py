@@ -138,3 +138,32 @@ def test_client_disconnect_stops_generation_and_frees_the_slot(fake_models, fake
             assert quick.status_code == 200 and quick.json()["choices"][0]["message"]["content"] == "ok"
             assert waited < 1.0, f"next request waited {waited:.2f}s"
     assert fake_plugin.events.count(("cancelled", fake_models[0])) == 2
+
+
+async def test_a_stream_never_iterated_still_releases_the_slot(fake_models, fake_plugin):
+    import asyncio
+    import gc
+
+    from mlxhost.api.responses import open_sse
+    from mlxhost.api.schemas import parse_chat_request
+    from mlxhost.app import create_app
+    from mlxhost.plugins import make_plugin_manager
+    from mlxhost.settings import Settings
+
+    app = create_app(Settings(extra_models=fake_models), make_plugin_manager(extra=[fake_plugin]))
+    state = app.state
+    state.worker.start()
+    try:
+        chat = parse_chat_request({"model": fake_models[0], "stream": True,
+                                   "messages": [{"role": "user", "content": "hi"}]})
+        headers, stream = await open_sse(state.service, chat, include_usage=False)
+        assert state.slot.scheduler.busy  # admitted: holds the lock
+        del stream  # the client vanished before the first byte was sent
+        gc.collect()
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            if not state.slot.scheduler.busy:
+                break
+        assert not state.slot.scheduler.busy
+    finally:
+        state.worker.stop()

@@ -15,7 +15,7 @@ from litestar.params import FromPath
 from litestar.response import Stream
 
 from mlxhost.api.openapi import ChatCompletionOperation
-from mlxhost.api.responses import completion_body, sse_stream
+from mlxhost.api.responses import completion_body, open_sse
 from mlxhost.api.schemas import parse_chat_request
 from mlxhost.errors import ClientDisconnected, InvalidRequest
 from mlxhost.runtime.slot import resolve_context_window
@@ -38,15 +38,19 @@ class ChatController(Controller):
         except Exception:
             raise InvalidRequest("The request body is not valid JSON.") from None
         chat = parse_chat_request(body)
-        generation = await state.service.start(chat)
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+            headers, events = await open_sse(state.service, chat, include_usage)
             return Stream(
-                sse_stream(generation, include_usage),
+                events,
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **generation.headers},
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
             )
-        body = await until_disconnect(request, completion_body(generation))
+        generation = await state.service.start(chat)
+        try:
+            body = await until_disconnect(request, completion_body(generation))
+        finally:
+            await generation.close()
         return Response(
             content=body,
             headers=generation.headers,

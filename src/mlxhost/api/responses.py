@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from mlxhost.errors import MlxhostError
-from mlxhost.service import Generation
+from mlxhost.api.schemas import ChatCompletionRequest
+from mlxhost.service import ChatService, Generation
 from mlxhost.types import ContentDelta, ToolCall, ToolCallEvent
 
 
@@ -55,29 +56,50 @@ def _chunk(generation: Generation, delta: dict[str, Any], finish: str | None = N
     }
 
 
-def _sse(data: dict[str, Any] | str) -> bytes:
+def _sse_line(data: dict[str, Any] | str) -> bytes:
     payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     return f"data: {payload}\n\n".encode()
 
 
-async def sse_stream(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:
-    """``chat.completion.chunk`` events as server-sent events, then ``[DONE]``."""
-    yield _sse(_chunk(generation, {"role": "assistant", "content": ""}))
+async def open_sse(
+    service: ChatService, request: ChatCompletionRequest, include_usage: bool
+) -> tuple[dict[str, str], AsyncIterator[bytes]]:
+    """Admit the request (errors raise here, before any byte) and return the
+    response headers and the event stream.
+
+    The stream is an async generator already started (suspended inside its
+    ``try``): if the client vanishes before it is iterated, asyncio's
+    async-generator finalizer still runs its ``finally`` and the lock is released.
+    """
+    stream = _sse(service, request, include_usage)
+    headers = await stream.__anext__()
+    return headers, stream  # type: ignore[return-value]
+
+
+async def _sse(
+    service: ChatService, request: ChatCompletionRequest, include_usage: bool
+) -> AsyncIterator[Any]:
+    generation = await service.start(request)
     try:
-        async for chunk in _event_chunks(generation):
-            yield chunk
-    except MlxhostError as exc:
-        # Headers are gone: the error travels as an event, as OpenAI's API does.
-        yield _sse(exc.to_body())
-        yield _sse("[DONE]")
-        return
-    yield _sse(_chunk(generation, {}, generation.finish_reason))
-    if include_usage:
-        usage_chunk = _chunk(generation, {})
-        usage_chunk["choices"] = []
-        usage_chunk["usage"] = generation.usage
-        yield _sse(usage_chunk)
-    yield _sse("[DONE]")
+        yield generation.headers
+        yield _sse_line(_chunk(generation, {"role": "assistant", "content": ""}))
+        try:
+            async for chunk in _event_chunks(generation):
+                yield chunk
+        except MlxhostError as exc:
+            # Headers are gone: the error travels as an event, as OpenAI's API does.
+            yield _sse_line(exc.to_body())
+            yield _sse_line("[DONE]")
+            return
+        yield _sse_line(_chunk(generation, {}, generation.finish_reason))
+        if include_usage:
+            usage_chunk = _chunk(generation, {})
+            usage_chunk["choices"] = []
+            usage_chunk["usage"] = generation.usage
+            yield _sse_line(usage_chunk)
+        yield _sse_line("[DONE]")
+    finally:
+        await generation.close()
 
 
 async def _event_chunks(generation: Generation) -> AsyncIterator[bytes]:
@@ -85,13 +107,13 @@ async def _event_chunks(generation: Generation) -> AsyncIterator[bytes]:
     async for event in generation.events():
         if isinstance(event, ContentDelta):
             if event.text:
-                yield _sse(_chunk(generation, {"content": event.text}))
+                yield _sse_line(_chunk(generation, {"content": event.text}))
         elif isinstance(event, ToolCallEvent):
             call = event.call
             # Name first, then the arguments, the way OpenAI streams a call.
             head = {"index": call_index, "id": call.id, "type": "function",
                     "function": {"name": call.name, "arguments": ""}}
-            yield _sse(_chunk(generation, {"tool_calls": [head]}))
+            yield _sse_line(_chunk(generation, {"tool_calls": [head]}))
             args = {"index": call_index, "function": {"arguments": call.arguments}}
-            yield _sse(_chunk(generation, {"tool_calls": [args]}))
+            yield _sse_line(_chunk(generation, {"tool_calls": [args]}))
             call_index += 1
