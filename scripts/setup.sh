@@ -21,7 +21,7 @@ if [ "$(uname -s)" = "Linux" ]; then
   fi
   # transformers' GGUF reader needs torch: the CPU build, never the multi-GB CUDA one.
   if ! "$VENV_PY" -c "import torch" 2>/dev/null; then
-    "$VENV_PY" -m pip install -q "torch==2.13.0"
+    "$VENV_PY" -m pip install -q "torch==2.13.0" 2> >(grep -v "^WARNING: Location 'file:" >&2)
   fi
 fi
 # (grep hides pip's warnings about this machine's unused local index folders)
