@@ -478,30 +478,28 @@ class _Worker:
         return {"load_s": time.perf_counter() - started}
 
     def warmup(self, lengths: list[int], decode_steps: int) -> dict[str, Any]:
-        """A candidate post-load warm-up: a few dummy prompts of the given lengths
-        through the same prefill + decode path as a request, on a throw-away cache.
+        """A candidate post-load warm-up: dummy prompts of the given lengths through
+        the same call as a request (token ids as a Python list, so the same int32
+        prompt and uint32 sampled tokens; prefill, then ``decode_steps`` steps).
 
         Any one-time cost (CUDA kernel compilation and module loading, first-touch
         allocations) is paid here instead of by the first client request.
         """
         import mlx.core as mx
-        from mlx_lm.generate import generate_step
-        from mlx_lm.models.cache import make_prompt_cache
+        import mlx_lm
         from mlx_lm.sample_utils import make_sampler
 
         started = time.perf_counter()
         for length in lengths:
-            cache = make_prompt_cache(self.model)
-            prompt = mx.arange(length, dtype=mx.uint32) % 1000 + 10
-            for _ in generate_step(
-                prompt,
+            ids = [(i * 7919) % 1000 + 10 for i in range(length)]
+            for _ in mlx_lm.stream_generate(
                 self.model,
+                self.tokenizer,
+                ids,
                 max_tokens=decode_steps,
-                prompt_cache=cache,
                 sampler=make_sampler(temp=0.0),
             ):
                 pass
-            del cache
         mx.clear_cache()
         return {"warmup_s": time.perf_counter() - started}
 

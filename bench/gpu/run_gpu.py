@@ -70,6 +70,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="raw-mlx-lm,mlxhost,mlxhost-no-warmup",
         help="systems of the models phase (default: %(default)s)",
     )
+    p.add_argument(
+        "--warmup-lengths",
+        default="8,64",
+        help="prompt lengths of the candidate warm-up (default %(default)s)",
+    )
+    p.add_argument("--no-restart", action="store_true", help="warmup phase: skip the restart")
+    p.add_argument(
+        "--render-only", type=Path, metavar="STATE", help="render a state file, run nothing"
+    )
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--prefill-tokens", type=int, default=1500)
@@ -222,10 +231,16 @@ def phase_warmup(args, state, cases, logs) -> None:
     """The candidate warm-up, measured: raw engine with a cold kernel cache, warm-up, requests."""
     for case in cases:
         system = with_kernel_cache(make_system("raw-mlx-lm", logs), fresh_cache(args, "warmup"))
-        entry: dict[str, Any] = {"model": case.key, "lengths": [32, 512], "decode_steps": 2}
+        lengths = tuple(int(x) for x in args.warmup_lengths.split(","))
+        entry: dict[str, Any] = {
+            "model": case.key,
+            "lengths": list(lengths),
+            "decode_steps": 2,
+            "prompt": "token-id list (int32, as a request)",
+        }
         try:
             entry["load_s"] = system.start(case.path)
-            entry["warmup_s"] = system.warmup((32, 512), 2)
+            entry["warmup_s"] = system.warmup(lengths, 2)
             first = system.generate(harness.short_messages(0), min(8, case.max_tokens))
             later = [
                 system.generate(harness.short_messages(i), min(8, case.max_tokens)) for i in (1, 2)
@@ -255,7 +270,7 @@ def phase_warmup(args, state, cases, logs) -> None:
         # mlxhost restarted on the kernel cache its earlier process filled: the
         # first request then pays module loading but no compilation.
         cache = state.get("caches", {}).get(f"mlxhost/{case.key}")
-        if cache:
+        if cache and not args.no_restart:
             server = with_kernel_cache(make_system("mlxhost", logs), Path(cache))
             restart: dict[str, Any] = {"model": case.key}
             try:
@@ -365,11 +380,13 @@ def render(state: dict[str, Any], args: argparse.Namespace) -> str:
         rows = []
         for w in state["warmup"]:
             if "error" in w:
-                rows.append([w["model"], w["error"], "", "", ""])
+                rows.append([w["model"], w["error"], "", "", "", ""])
                 continue
             rows.append(
                 [
                     w["model"],
+                    f"{' + '.join(str(n) for n in w['lengths'])} tokens, "
+                    f"{w.get('prompt', 'mx.arange (uint32)')}",
                     harness._s(w["warmup_s"]),
                     harness._s(w["first"]["ttft"], 3),
                     ", ".join(harness._s(s["ttft"], 3) for s in w["later"]),
@@ -377,14 +394,16 @@ def render(state: dict[str, Any], args: argparse.Namespace) -> str:
                 ]
             )
         out += [
-            "Candidate warm-up (raw engine, cold kernel cache): after the load, dummy prompts "
-            "of 32 and 512 tokens with 2 decode steps each on a throw-away cache:",
+            "Candidate warm-ups (raw engine, each in a fresh process with an empty kernel "
+            "cache): after the load, dummy prompts of the given lengths, 2 decode steps each, "
+            "then the same requests as above:",
             "",
         ]
         out.append(
             harness.md_table(
                 [
                     "model",
+                    "warm-up prompts",
                     "warm-up s",
                     "then 1st request TTFT s",
                     "later TTFT s",
@@ -423,6 +442,9 @@ def render(state: dict[str, Any], args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        print(render(json.loads(args.render_only.read_text()), args))
+        return 0
     started = time.monotonic()
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = set(phases) - set(ALL_PHASES)
