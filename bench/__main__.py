@@ -15,6 +15,7 @@ docs/benchmarks.md (its own section), docs/bench-decode.png and, with
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -94,6 +95,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write every sample here")
     p.add_argument("--no-write", action="store_true", help="print the section, write nothing")
     p.add_argument("--logs", type=Path, help="server logs (default: a temporary folder)")
+    p.add_argument(
+        "--render-only",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: rewrite the section and plot from an earlier run's --json",
+    )
     args = p.parse_args(argv)
     args.prefill_runs = args.prefill_runs if args.prefill_runs is not None else args.runs
     return args
@@ -149,14 +156,52 @@ def _systems(names: str, log_dir: Path) -> list[Any]:
     return [make_system(n.strip(), log_dir) for n in names.split(",") if n.strip()]
 
 
+def rerender(path: Path, render_args: argparse.Namespace) -> int:
+    """Section and plot from a saved run (e.g. after new GPU results), measuring nothing."""
+    data = json.loads(path.read_text())
+    info = data["info"]
+    args = parse_args(shlex.split(info["command"])[3:])  # the run's own options
+    args.doc, args.plot, args.no_write = render_args.doc, render_args.plot, render_args.no_write
+    pairs = []
+    for entry in data["models"]:
+        case = dict(entry["case"])
+        case["path"] = Path(case["path"])
+        results = []
+        for r in entry["results"]:
+            results.append(
+                harness.SystemResult(
+                    system=r["system"],
+                    model=r["model"],
+                    status=r["status"],
+                    startup_s=r["startup_s"],
+                    warmup_s=r.get("warmup_s"),
+                    first=_sample(r["first"]),
+                    decode=[_sample(s) for s in r["decode"]],
+                    prefill=[_sample(s) for s in r["prefill"]],
+                )
+            )
+        pairs.append((ModelCase(**case), results))
+    swaps = [harness.SwapResult(**s) for s in data["swaps"]]
+    return write_outputs(args, info, pairs, swaps)
+
+
+def _sample(d: dict[str, Any] | None) -> harness.Sample | None:
+    if d is None:
+        return None
+    return harness.Sample(**{k: v for k, v in d.items() if k not in ("decode_tps", "prefill_tps")})
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.render_only:
+        return rerender(args.render_only, args)
     command = "python -m bench" + (" " + shlex.join(argv) if argv else "")
     log_dir = args.logs or Path(tempfile.mkdtemp(prefix="mlxhost-bench-"))
     say(f"logs in {log_dir}")
     started = time.time()
     load_before = os.getloadavg()
+    versions = harness.versions()  # the code under test is the code at the start
 
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     cases = [resolve_model(k, args) for k in keys]
@@ -192,12 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
         "minutes": (time.time() - started) / 60,
         "machine": harness.machine_info(),
-        "versions": harness.versions(),
+        "versions": versions,
         "load_before": load_before,
         "load_after": os.getloadavg(),
     }
-    section = render(args, info, pairs, swaps)
-    print(section)
     if args.json:
         harness.dump_json(
             args.json,
@@ -207,6 +250,17 @@ def main(argv: list[str] | None = None) -> int:
                 "swaps": swaps,
             },
         )
+    return write_outputs(args, info, pairs, swaps)
+
+
+def write_outputs(
+    args: argparse.Namespace,
+    info: dict[str, Any],
+    pairs: list[tuple[ModelCase, list[harness.SystemResult]]],
+    swaps: list[harness.SwapResult],
+) -> int:
+    section = render(args, info, pairs, swaps)
+    print(section)
     if not args.no_write:
         plotted = harness.plot_decode(
             pairs,

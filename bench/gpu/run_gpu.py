@@ -437,6 +437,8 @@ def render(state: dict[str, Any], args: argparse.Namespace) -> str:
         ]
         out += ["Swaps between the two shapes (each process with its own empty kernel cache):", ""]
         out += [harness.swap_table(swaps), ""]
+    for note in state.get("notes", []):
+        out += [note, ""]
     return "\n".join(out)
 
 
