@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -14,6 +15,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not args.no_openblas:
         reexec_with_openblas()
+    # MLX's CUDA backend compiles kernels on first use and caches them on disk,
+    # by default under /tmp; a persistent folder pays the compile once per machine.
+    os.environ.setdefault(
+        "MLX_PTX_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "mlxhost", "mlx-ptx")
+    )
     import uvicorn
 
     from mlxhost.app import create_app
