@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import random
-import re
 import statistics
 import subprocess
 import time
@@ -33,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from bench import docs
 
 Messages = list[dict[str, Any]]
 
@@ -391,21 +392,11 @@ def model_weight_bytes(path: Path) -> int:
 
 # --- markdown section -------------------------------------------------------------
 
-START_MARK = "<!-- main-bench:start -->"
-END_MARK = "<!-- main-bench:end -->"
 
 
 def write_section(doc: Path, body: str) -> None:
-    """Replace this benchmark's section of ``doc`` (between the markers), leaving the rest."""
-    section = f"{START_MARK}\n{body.rstrip()}\n{END_MARK}"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(START_MARK) + r".*?" + re.escape(END_MARK), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
+    """Replace this benchmark's section of ``doc``, leaving the rest."""
+    docs.write_section(doc, "main-bench", body)
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -23,14 +23,13 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import attrs
 
-SECTION_START = "<!-- prefix-cache:start -->"
-SECTION_END = "<!-- prefix-cache:end -->"
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+from bench.docs import DOC, write_section
+
+SECTION = "prefix-cache"
 COMMAND = "python -m bench.prefix_cache"
 
 PARAGRAPHS = [
@@ -174,7 +173,6 @@ def section(results: list[Result], argv: list[str]) -> str:
     ]
     return "\n".join(
         [
-            SECTION_START,
             "## KV prefix cache",
             "",
             "Time to first token of turn N of a chat whose history is ~2,000 tokens, with the",
@@ -196,22 +194,8 @@ def section(results: list[Result], argv: list[str]) -> str:
                 if any(r.model == "gemma" and r.prompt_tokens > 512 for r in results)
                 else ""
             ),
-            SECTION_END,
         ]
     )
-
-
-def write_section(doc: Path, text: str) -> None:
-    """Replace this benchmark's section of ``doc`` (between its markers), or append it."""
-    current = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    if SECTION_START in current and SECTION_END in current:
-        head, rest = current.split(SECTION_START, 1)
-        _, tail = rest.split(SECTION_END, 1)
-        updated = head + text + tail
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(updated)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(results, argv)
     print(text)
     if not args.no_write:
-        write_section(DOC, text)
+        write_section(DOC, SECTION, text)
         print(f"updated {DOC}")
     return 0
 

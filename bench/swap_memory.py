@@ -21,11 +21,9 @@ from pathlib import Path
 
 import httpx
 
+from bench.docs import DOC, write_section
 from mlxhost.testing.models import TEST_MODELS, ensure_test_model, install_into_hf_cache
 from mlxhost.testing.server import ServerProcess
-
-DOC = Path(__file__).parents[1] / "docs" / "benchmarks.md"
-START, END = "<!-- swap-memory:start -->", "<!-- swap-memory:end -->"
 
 
 def rss_mib(pid: int) -> float:
@@ -62,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     last = {m: next(r[2] for r in reversed(rows) if r[1] == m) for m in ids}
     drift = {m: (last[m] - first[m]) / first[m] * 100 for m in ids}
     lines = [
-        START,
         "## Memory across swaps",
         "",
         f"`python -m bench.swap_memory --swaps {args.swaps}` on "
@@ -81,16 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         f"RSS before any swap: {baseline:.0f} MiB; highest after any swap: {peak:.0f} MiB. "
         f"Target: drift within ±5% — {'met' if all(abs(d) <= 5 for d in drift.values()) else 'NOT met'}.",
         f"Median swap request time: {sorted(r[3] for r in rows)[len(rows) // 2]:.1f} s.",
-        END,
     ]
     section = "\n".join(lines)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(text)
+    write_section(DOC, "swap-memory", section)
     print(section)
     return 0
 

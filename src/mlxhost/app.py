@@ -11,8 +11,8 @@ from contextlib import asynccontextmanager
 import pluggy
 from litestar import Litestar, Request
 from litestar.config.cors import CORSConfig
-from litestar.exceptions import NotAuthorizedException
 from litestar.datastructures import State
+from litestar.exceptions import NotAuthorizedException
 
 from mlxhost.api.controllers import ChatController, ModelsController, health
 from mlxhost.api.errors import EXCEPTION_HANDLERS

@@ -17,6 +17,7 @@ from hypothesis.errors import Unsatisfiable
 
 from .conftest import QWEN
 
+
 @pytest.fixture(scope="module")
 def fuzz_server(start_server):
     with start_server("--model", QWEN, "--context-window", "512") as server:

@@ -448,13 +448,14 @@ def test_a_prefix_of_a_stored_trimmable_entry_is_not_stored_again():
 
 
 def test_benchmark_replaces_only_its_own_section(tmp_path):
-    from bench.prefix_cache import SECTION_END, SECTION_START, write_section
+    from bench.docs import markers, write_section
+    from bench.prefix_cache import SECTION
 
     doc = tmp_path / "benchmarks.md"
-    write_section(doc, f"{SECTION_START}\nfirst\n{SECTION_END}")
+    write_section(doc, SECTION, "first")
     assert doc.read_text().startswith("# Benchmarks\n")
     doc.write_text(doc.read_text() + "\n## Someone else's\nkeep me\n")
-    write_section(doc, f"{SECTION_START}\nsecond\n{SECTION_END}")
+    write_section(doc, SECTION, "second")
     text = doc.read_text()
     assert "second" in text and "first" not in text and "keep me" in text
-    assert text.count(SECTION_START) == 1
+    assert text.count(markers(SECTION)[0]) == 1

@@ -6,8 +6,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from mlxhost.errors import MlxhostError
 from mlxhost.api.schemas import ChatCompletionRequest
+from mlxhost.errors import MlxhostError
 from mlxhost.service import ChatService, Generation
 from mlxhost.types import ContentDelta, ToolCall, ToolCallEvent
 
