@@ -48,6 +48,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="comma-separated: mlxhost, raw-mlx-lm, raw-mlx-vlm, mlx-lm-server, "
         "mlx-vlm-server (default: %(default)s)",
     )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="then also run the KV prefix-cache and 50-swap memory benchmarks, so one "
+        "command rewrites every CPU section of docs/benchmarks.md",
+    )
     p.add_argument("--runs", type=int, default=3, help="decode runs per system (default 3)")
     p.add_argument(
         "--max-tokens",
@@ -196,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render_only:
         return rerender(args.render_only, args)
+    if args.all:
+        from bench import prefix_cache, swap_memory
+
+        rest = [a for a in argv if a != "--all"]
+        return main(rest) or prefix_cache.main([]) or swap_memory.main([])
     command = "python -m bench" + (" " + shlex.join(argv) if argv else "")
     log_dir = args.logs or Path(tempfile.mkdtemp(prefix="mlxhost-bench-"))
     say(f"logs in {log_dir}")
@@ -396,7 +407,8 @@ def render(
     out += ["### Rerun", ""]
     out.append(
         "On a quiet machine: `nox -s bench -- --runs 5` (or `python -m bench --runs 5`; the "
-        "full defaults are 3 runs of 128 tokens). The GPU procedure is in `bench/gpu/README.md`."
+        "full defaults are 3 runs of 128 tokens). `python -m bench --all` also reruns the KV "
+        "prefix-cache and swap-memory sections. The GPU procedure is in `bench/gpu/README.md`."
     )
     return "\n".join(out)
 
