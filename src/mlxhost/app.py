@@ -71,6 +71,8 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
             "service": service,
         }),
         debug=False,
+        # Logging is the CLI's (one format, no duplicate lines); tests keep pytest's.
+        logging_config=None,
     )
 
 
