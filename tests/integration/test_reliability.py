@@ -72,3 +72,31 @@ def test_sigterm_finishes_in_flight_stream_and_exits_zero(start_server):
     # New connections are refused once it is gone.
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{server.url}/health", timeout=2)
+
+
+def test_disconnect_mid_stream_frees_the_model_for_the_next_request(qwen_server, capsys):
+    """A real socket closed mid-stream: the next request is admitted within 1 s."""
+    import socket
+
+    body = (
+        '{"model": "%s", "stream": true, "max_tokens": 300, "temperature": 0, '
+        '"messages": [{"role": "user", "content": "Write a very long story about the sea."}]}' % QWEN
+    ).encode()
+    sock = socket.create_connection(("127.0.0.1", qwen_server.port))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    )
+    received = b""
+    while received.count(b"data: ") < 4:  # a few tokens are out: generation is under way
+        received += sock.recv(65536)
+    sock.close()
+    closed = time.perf_counter()
+    follow = {"model": QWEN, "stream": True, "max_tokens": 2, "messages": ASK}
+    with httpx.stream("POST", f"{qwen_server.url}/v1/chat/completions", json=follow, timeout=60) as r:
+        admitted = time.perf_counter() - closed  # headers are sent once it holds the model
+        assert r.status_code == 200
+        assert [line for line in r.iter_lines() if line][-1] == "data: [DONE]"
+    with capsys.disabled():
+        print(f"\n[cancel] next request admitted {admitted:.2f}s after the client disconnected")
+    assert admitted < 1.0
