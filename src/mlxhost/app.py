@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginManager | None = None) -> Litestar:
     settings = settings or Settings.from_env()
-    pm = plugin_manager or make_plugin_manager()
+    pm = plugin_manager or make_plugin_manager(disabled=settings.disabled_plugins)
     extra = [*settings.extra_models]
     if settings.model and settings.model not in extra:
         extra.append(settings.model)

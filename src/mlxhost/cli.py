@@ -66,7 +66,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _plugins(args: argparse.Namespace) -> int:
     from mlxhost.plugins import describe_plugins, make_plugin_manager
 
-    rows = describe_plugins(make_plugin_manager())
+    from mlxhost.settings import Settings
+
+    rows = describe_plugins(make_plugin_manager(disabled=Settings.from_env().disabled_plugins))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -83,7 +85,9 @@ def _models(args: argparse.Namespace) -> int:
     from mlxhost.plugins import make_plugin_manager
     from mlxhost.registry import ModelRegistry
 
-    registry = ModelRegistry(make_plugin_manager())
+    from mlxhost.settings import Settings
+
+    registry = ModelRegistry(make_plugin_manager(disabled=Settings.from_env().disabled_plugins))
     for spec in registry.all_specs():
         config = registry.config_of(spec)
         window = context_window_from_config(config) or spec.context_window

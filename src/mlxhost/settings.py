@@ -47,6 +47,8 @@ class Settings:
     prefix_cache_bytes: int | None = None
     # Run two tokens through a model right after loading it (first request is not slower).
     warmup: bool = True
+    # Entry-point plugins not to load, by name (e.g. "gemma").
+    disabled_plugins: list[str] = attrs.Factory(list)
     # Folders served as models in addition to registered and cached ones.
     extra_models: list[str] = attrs.Factory(list)
     log_level: str = "info"
@@ -77,5 +79,9 @@ class Settings:
             values["prefix_cache_bytes"] = cache_bytes
         if env.get("MLXHOST_WARMUP", "").lower() in ("0", "false", "no", "off"):
             values["warmup"] = False
+        if env.get("MLXHOST_DISABLED_PLUGINS"):
+            values["disabled_plugins"] = [
+                name.strip() for name in env["MLXHOST_DISABLED_PLUGINS"].split(",") if name.strip()
+            ]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

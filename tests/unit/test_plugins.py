@@ -115,3 +115,19 @@ def test_plugins_command_lists_versions_and_hooks(capsys):
     assert rows["mlxhost-qwen"]["version"] == "0.1.0"
     assert "mlxhost_register_models" in rows["mlxhost-qwen"]["hooks"]
     assert re.match(r"\d+\.\d+", rows["mlxhost.default_plugins.chat_template"]["version"])
+
+
+def test_disabled_plugins_from_the_environment(monkeypatch, capsys):
+    from mlxhost.app import create_app
+    from mlxhost.settings import Settings
+
+    settings = Settings.from_env({"MLXHOST_DISABLED_PLUGINS": "gemma, nothing"})
+    assert settings.disabled_plugins == ["gemma", "nothing"]
+    registry = create_app(settings).state.registry
+    assert registry.resolve("qwen").family == "qwen"
+    with pytest.raises(Exception, match="gemma"):
+        registry.resolve("gemma")
+    monkeypatch.setenv("MLXHOST_DISABLED_PLUGINS", "qwen")
+    assert main(["plugins", "--json"]) == 0
+    names = {row["name"] for row in json.loads(capsys.readouterr().out)}
+    assert "mlxhost-qwen" not in names and "mlxhost-gemma" in names
