@@ -65,7 +65,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _plugins(args: argparse.Namespace) -> int:
     from mlxhost.plugins import describe_plugins, make_plugin_manager
-
     from mlxhost.settings import Settings
 
     rows = describe_plugins(make_plugin_manager(disabled=Settings.from_env().disabled_plugins))
@@ -84,7 +83,6 @@ def _models(args: argparse.Namespace) -> int:
     from mlxhost.default_plugins.config_context import context_window_from_config
     from mlxhost.plugins import make_plugin_manager
     from mlxhost.registry import ModelRegistry
-
     from mlxhost.settings import Settings
 
     registry = ModelRegistry(make_plugin_manager(disabled=Settings.from_env().disabled_plugins))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import threading
@@ -78,10 +79,10 @@ def test_disconnect_mid_stream_frees_the_model_for_the_next_request(qwen_server,
     """A real socket closed mid-stream: the next request is admitted within 1 s."""
     import socket
 
-    body = (
-        '{"model": "%s", "stream": true, "max_tokens": 300, "temperature": 0, '
-        '"messages": [{"role": "user", "content": "Write a very long story about the sea."}]}' % QWEN
-    ).encode()
+    body = json.dumps({
+        "model": QWEN, "stream": True, "max_tokens": 300, "temperature": 0,
+        "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
+    }).encode()
     sock = socket.create_connection(("127.0.0.1", qwen_server.port))
     sock.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -146,7 +146,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize(("url", "needle"), BAD_INPUTS)
 def test_bad_image_inputs_are_400_and_the_server_carries_on(vlm, image_host, url, needle):
-    _, model, client, server = vlm
+    _, model, client, _ = vlm
     with pytest.raises(openai.BadRequestError) as caught:
         ask(client, model, url.format(host=image_host))
     error = caught.value.body

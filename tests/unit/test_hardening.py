@@ -156,7 +156,7 @@ async def test_a_stream_never_iterated_still_releases_the_slot(fake_models, fake
     try:
         chat = parse_chat_request({"model": fake_models[0], "stream": True,
                                    "messages": [{"role": "user", "content": "hi"}]})
-        headers, stream = await open_sse(state.service, chat, include_usage=False)
+        _headers, stream = await open_sse(state.service, chat, include_usage=False)
         assert state.slot.scheduler.busy  # admitted: holds the lock
         del stream  # the client vanished before the first byte was sent
         gc.collect()
