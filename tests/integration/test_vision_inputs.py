@@ -1,0 +1,28 @@
+"""The engine's image prompt preparation, in-process with the tiny Gemma 3 VLM:
+exactly one BOS (mlx-vlm's Gemma processor adds its own), and the image expanded."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from mlxhost.runtime.mlx_engine import MLXEngine
+from mlxhost.testing.vlm_models import ensure_tiny_vlm, expected_image_tokens
+from mlxhost.types import ImageInput, RenderedPrompt
+
+GEMMA_BOS = 2
+IMAGE_TOKEN = 262144
+
+
+def test_gemma_image_prompt_has_one_bos_and_expanded_image_tokens():
+    path = ensure_tiny_vlm("gemma3")
+    engine = MLXEngine(prefix_cache_bytes=0, warmup=False)
+    engine.load("tiny-gemma3", path, json.loads((path / "config.json").read_text()))
+    text = "<bos><start_of_turn>user\n<start_of_image>Describe.<end_of_turn>\n<start_of_turn>model\n"
+    image = ImageInput(image=Image.new("RGB", (64, 64), "red"), digest="red")
+    prepared = engine.prepare(RenderedPrompt(text=text, images=(image,)))
+    assert prepared.tokens[0] == GEMMA_BOS and prepared.tokens[1] != GEMMA_BOS
+    assert prepared.tokens.count(IMAGE_TOKEN) == expected_image_tokens("gemma3", 64, 64)
+    assert prepared.extras["mask"].shape[-1] == len(prepared.tokens)
+    engine.unload()
