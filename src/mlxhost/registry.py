@@ -33,6 +33,7 @@ class ModelRegistry:
         self._specs: dict[str, ModelSpec] = {}
         self._aliases: dict[str, str] = {}
         self._configs: dict[str, dict[str, Any]] = {}
+        self._discovered: dict[tuple[str, int], ModelSpec] = {}
         for impl in pm.hook.mlxhost_register_models.get_hookimpls():
             impl.function(register=partial(self._register, source=impl.plugin_name))
         for name in extra_models:
@@ -98,19 +99,26 @@ class ModelRegistry:
     def _spec_from_config(
         self, model_id: str, config_path: Path, source: str, path: Path | None
     ) -> ModelSpec:
+        # Requests name discovered models over and over: parse each config once
+        # (again only if the file changes).
+        key = (model_id, config_path.stat().st_mtime_ns)
+        if key in self._discovered:
+            return self._discovered[key]
         config = json.loads(config_path.read_text())
         self._configs[model_id] = config
         family = self._pm.hook.mlxhost_model_family(config=config)
         capabilities = {TOOLS} if family else set()
         if "vision_config" in config:
             capabilities.add(VISION)
-        return ModelSpec(
+        spec = ModelSpec(
             id=model_id,
             family=family,
             capabilities=frozenset(capabilities),
             path=path,
             source=source,
         )
+        self._discovered[key] = spec
+        return spec
 
     def config_of(self, spec: ModelSpec) -> dict[str, Any]:
         """The model's config.json if it is on disk (empty dict otherwise)."""

@@ -131,3 +131,14 @@ def test_disabled_plugins_from_the_environment(monkeypatch, capsys):
     assert main(["plugins", "--json"]) == 0
     names = {row["name"] for row in json.loads(capsys.readouterr().out)}
     assert "mlxhost-qwen" not in names and "mlxhost-gemma" in names
+
+
+def test_discovered_models_parse_their_config_once(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    registry = ModelRegistry(make_plugin_manager())
+    calls = []
+    original = json.loads
+    monkeypatch.setattr("mlxhost.registry.json.loads", lambda text: calls.append(1) or original(text))
+    first = registry.resolve(str(tmp_path))
+    assert registry.resolve(str(tmp_path)) is first
+    assert len(calls) == 1
