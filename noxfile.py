@@ -21,10 +21,11 @@ def unit(session: nox.Session) -> None:
     session.run("pytest", "tests/unit", "plugins", *session.posargs)
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
-    session.run("ruff", "check", "src", "plugins", "tests", "bench")
+    """ruff, and mypy over src/ and plugins/*/src (in the project's .venv, where MLX is)."""
+    session.run(".venv/bin/ruff", "check", "src", "plugins", "tests", "bench", external=True)
+    session.run(".venv/bin/python", "-m", "mypy", external=True)
 
 
 @nox.session(venv_backend="none")

@@ -10,6 +10,10 @@ docs/benchmarks.md (its own section), docs/bench-decode.png and, with
     python -m bench                                   # defaults: 3 runs, 128 tokens
     python -m bench --runs 3 --max-tokens 64          # lighter, for a shared CPU
     python -m bench --models gemma --systems mlxhost,raw-mlx-lm --no-write
+    python -m bench --json bench/results/cpu.json     # also keep every sample
+    python -m bench --render-only bench/results/cpu.json   # re-render, measure nothing
+
+Stored results live in bench/results/ (its README.md lists them).
 """
 
 from __future__ import annotations
@@ -24,15 +28,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import harness
-from bench.harness import ModelCase, say
+from bench import machine, report
+from bench.log import say
+from bench.prompts import chat_token_counter, fit_long_prompt, short_messages
+from bench.runner import ModelCase, SwapResult, SystemResult, run_model, run_swap
 from bench.systems import SystemUnavailable, make_system
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_MODELS = {"qwen": "Qwen2.5-Coder 0.5B fp32", "gemma": "Gemma 3 270M fp32"}
 SHAPED_MODELS = {"gemma3-4b": "Gemma 3 4B shape, 4-bit", "qwen3-4b": "Qwen3 4B shape, 4-bit"}
 DEFAULT_SYSTEMS = "mlxhost,raw-mlx-lm,mlx-lm-server,mlx-vlm-server"
-GPU_RESULTS = ROOT / "bench" / "gpu" / "results.md"
+RESULTS = ROOT / "bench" / "results"  # stored results (README.md there lists them)
+GPU_RESULTS = RESULTS / "gpu-h100.md"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -98,7 +105,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench-decode.png")
-    p.add_argument("--json", type=Path, help="also write every sample here")
+    p.add_argument(
+        "--json",
+        type=Path,
+        help=f"also write every sample here (keep it under {RESULTS.relative_to(ROOT)}/ "
+        "for --render-only later)",
+    )
+    p.add_argument(
+        "--gpu-results",
+        type=Path,
+        default=GPU_RESULTS,
+        help="GPU report (bench/gpu/run_gpu.py --render-only) included as the section's GPU "
+        "part, if the file exists (default: bench/results/gpu-h100.md)",
+    )
     p.add_argument("--no-write", action="store_true", help="print the section, write nothing")
     p.add_argument("--logs", type=Path, help="server logs (default: a temporary folder)")
     p.add_argument(
@@ -124,7 +143,7 @@ def resolve_model(key: str, args: argparse.Namespace) -> ModelCase:
             max_tokens=args.max_tokens,
             runs=args.runs,
             prefill_runs=args.prefill_runs,
-            weight_bytes=harness.model_weight_bytes(path),
+            weight_bytes=machine.model_weight_bytes(path),
         )
     if key in SHAPED_MODELS:
         from bench.shaped_models import ensure_shaped_model
@@ -137,17 +156,17 @@ def resolve_model(key: str, args: argparse.Namespace) -> ModelCase:
             max_tokens=args.shaped_max_tokens,
             runs=1,
             prefill_runs=0,
-            weight_bytes=harness.model_weight_bytes(path),
+            weight_bytes=machine.model_weight_bytes(path),
             note="random weights; short prompt only on CPU",
         )
     raise SystemExit(f"unknown model {key!r}")
 
 
 def size_prompts(case: ModelCase, prefill_tokens: int) -> None:
-    count = harness.chat_token_counter(case.path)
-    case.short_tokens = count(harness.short_messages(1))
+    count = chat_token_counter(case.path)
+    case.short_tokens = count(short_messages(1))
     if prefill_tokens and case.prefill_runs:
-        case.prefill_sentences, case.prefill_tokens = harness.fit_long_prompt(count, prefill_tokens)
+        case.prefill_sentences, case.prefill_tokens = fit_long_prompt(count, prefill_tokens)
     say(
         f"{case.key}: short prompt {case.short_tokens} tokens"
         + (
@@ -168,33 +187,15 @@ def rerender(path: Path, render_args: argparse.Namespace) -> int:
     info = data["info"]
     args = parse_args(shlex.split(info["command"])[3:])  # the run's own options
     args.doc, args.plot, args.no_write = render_args.doc, render_args.plot, render_args.no_write
+    args.gpu_results = render_args.gpu_results
     pairs = []
     for entry in data["models"]:
         case = dict(entry["case"])
         case["path"] = Path(case["path"])
-        results = []
-        for r in entry["results"]:
-            results.append(
-                harness.SystemResult(
-                    system=r["system"],
-                    model=r["model"],
-                    status=r["status"],
-                    startup_s=r["startup_s"],
-                    warmup_s=r.get("warmup_s"),
-                    first=_sample(r["first"]),
-                    decode=[_sample(s) for s in r["decode"]],
-                    prefill=[_sample(s) for s in r["prefill"]],
-                )
-            )
+        results = [SystemResult.from_dict(r) for r in entry["results"]]
         pairs.append((ModelCase(**case), results))
-    swaps = [harness.SwapResult(**s) for s in data["swaps"]]
+    swaps = [SwapResult(**s) for s in data["swaps"]]
     return write_outputs(args, info, pairs, swaps)
-
-
-def _sample(d: dict[str, Any] | None) -> harness.Sample | None:
-    if d is None:
-        return None
-    return harness.Sample(**{k: v for k, v in d.items() if k not in ("decode_tps", "prefill_tps")})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"logs in {log_dir}")
     started = time.time()
     load_before = os.getloadavg()
-    versions = harness.versions()  # the code under test is the code at the start
+    versions = machine.versions()  # the code under test is the code at the start
 
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     cases = [resolve_model(k, args) for k in keys]
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         size_prompts(case, args.prefill_tokens)
 
-    pairs: list[tuple[ModelCase, list[harness.SystemResult]]] = []
+    pairs: list[tuple[ModelCase, list[SystemResult]]] = []
     for case in cases:
         names = args.shaped_systems if case.key in SHAPED_MODELS else args.systems
         systems = _systems(names, log_dir)
@@ -229,31 +230,31 @@ def main(argv: list[str] | None = None) -> int:
             off = make_system("mlxhost-no-openblas", log_dir)
             off.prefill_runs_limit = args.blas_prefill_runs
             systems.append(off)
-        results = harness.run_model(
+        results = run_model(
             case, systems, interleave=not args.sequential, unavailable=(SystemUnavailable,)
         )
         pairs.append((case, results))
 
-    swaps: list[harness.SwapResult] = []
+    swaps: list[SwapResult] = []
     swap_keys = [k.strip() for k in args.swap.split(",")] if args.swap != "none" else []
     if len(swap_keys) == 2:
         by_key = {c.key: c for c in cases}
         a = by_key.get(swap_keys[0]) or resolve_model(swap_keys[0], args)
         b = by_key.get(swap_keys[1]) or resolve_model(swap_keys[1], args)
         for system in _systems(args.swap_systems, log_dir):
-            swaps.append(harness.run_swap(system, a, b, unavailable=(SystemUnavailable,)))
+            swaps.append(run_swap(system, a, b, unavailable=(SystemUnavailable,)))
 
     info = {
         "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
         "minutes": (time.time() - started) / 60,
-        "machine": harness.machine_info(),
+        "machine": machine.machine_info(),
         "versions": versions,
         "load_before": load_before,
         "load_after": os.getloadavg(),
     }
     if args.json:
-        harness.dump_json(
+        report.dump_json(
             args.json,
             {
                 "info": info,
@@ -267,19 +268,19 @@ def main(argv: list[str] | None = None) -> int:
 def write_outputs(
     args: argparse.Namespace,
     info: dict[str, Any],
-    pairs: list[tuple[ModelCase, list[harness.SystemResult]]],
-    swaps: list[harness.SwapResult],
+    pairs: list[tuple[ModelCase, list[SystemResult]]],
+    swaps: list[SwapResult],
 ) -> int:
     section = render(args, info, pairs, swaps)
     print(section)
     if not args.no_write:
-        plotted = harness.plot_decode(
+        plotted = report.plot_decode(
             pairs,
             args.plot,
             f"Decode speed, {info['machine'].get('cpu', '?')} ({info['machine'].get('cores')} cores), "
             f"{args.max_tokens} tokens, greedy",
         )
-        harness.write_section(
+        report.write_section(
             args.doc,
             section
             if plotted
@@ -294,8 +295,8 @@ def write_outputs(
 def render(
     args: argparse.Namespace,
     info: dict[str, Any],
-    pairs: list[tuple[ModelCase, list[harness.SystemResult]]],
-    swaps: list[harness.SwapResult],
+    pairs: list[tuple[ModelCase, list[SystemResult]]],
+    swaps: list[SwapResult],
 ) -> str:
     m, v = info["machine"], info["versions"]
     out = ["## mlxhost vs the raw engine and other MLX servers", ""]
@@ -352,7 +353,7 @@ def render(
     out += ["", "### Results", ""]
     if not args.no_write:
         out += [f"![decode tokens/s per system]({args.plot.name})", ""]
-    out += ["Headline ratios (mlxhost ÷ other, medians):", "", harness.headline_table(pairs), ""]
+    out += ["Headline ratios (mlxhost ÷ other, medians):", "", report.headline_table(pairs), ""]
     for case, results in pairs:
         gb = case.weight_bytes / 1e9
         out.append(
@@ -361,14 +362,14 @@ def render(
             + (f"; {case.note}" if case.note else "")
             + "):"
         )
-        out += ["", harness.model_table(case, results), ""]
+        out += ["", report.model_table(case, results), ""]
         blas = [r for r in results if r.system == "mlxhost-no-openblas"]
         on = [r for r in results if r.system == "mlxhost"]
         if blas and on and blas[0].ok and on[0].ok:
             out.append(
                 f"OpenBLAS on vs off (mlxhost, {case.label}): decode "
-                f"{harness.ratio(on[0].decode_spread().median, blas[0].decode_spread().median)}×, "
-                f"prefill {harness.ratio(on[0].prefill_spread().median, blas[0].prefill_spread().median)}×"
+                f"{report.ratio(on[0].decode_spread().median, blas[0].decode_spread().median)}×, "
+                f"prefill {report.ratio(on[0].prefill_spread().median, blas[0].prefill_spread().median)}×"
                 f" (off: {args.blas_prefill_runs} prefill run)."
             )
             out.append("")
@@ -389,7 +390,7 @@ def render(
         "its first request cannot; that is also why its short-prompt TTFT beats the raw engine "
         "on Qwen and not on Gemma (whose header is 4 tokens)."
     )
-    out += ["", harness.first_request_table(pairs), ""]
+    out += ["", report.first_request_table(pairs), ""]
     if swaps:
         out += ["### Swapping models", ""]
         out.append(
@@ -401,9 +402,9 @@ def render(
             "`Model … ready in Xs` (unload + locate + load + its post-load warm-up); "
             "`mlxhost-no-warmup` is the same server with `MLXHOST_WARMUP=0`."
         )
-        out += ["", harness.swap_table(swaps), ""]
-    if GPU_RESULTS.is_file():
-        out += ["### GPU", "", GPU_RESULTS.read_text().strip(), ""]
+        out += ["", report.swap_table(swaps), ""]
+    if args.gpu_results.is_file():
+        out += ["### GPU", "", args.gpu_results.read_text().strip(), ""]
     out += ["### Rerun", ""]
     out.append(
         "On a quiet machine: `nox -s bench -- --runs 5` (or `python -m bench --runs 5`; the "

@@ -16,7 +16,6 @@ writes its table to docs/benchmarks.md, between the ``prefix-cache`` markers.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -118,12 +117,13 @@ def first_token(engine: Any, tokenizer: Any, messages: list[dict[str, str]], max
 
 
 def bench_model(name: str, history_tokens: int, repeats: int, cold_repeats: int) -> Result:
+    from mlxhost.registry import folder_info
     from mlxhost.runtime.mlx_engine import MLXEngine
-    from mlxhost.testing.models import ensure_test_model
+    from mlxhost.starter.builder import ensure_test_model
 
     path = ensure_test_model(name)
     engine = MLXEngine()
-    tokenizer = engine.load(name, path, json.loads((path / "config.json").read_text()))
+    tokenizer = engine.load(folder_info(path))
     cache = engine.prefix_cache
     messages = history(tokenizer, history_tokens)
     # Turn N-1, with the cache on: its prompt and reply are what turn N reuses.

@@ -50,11 +50,18 @@ def main(argv: list[str] | None = None) -> int:
         for swap in range(1, args.swaps + 1):
             model = ids[swap % 2]
             started = time.perf_counter()
-            body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 1,
+            }
             response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=600)
             response.raise_for_status()
             rows.append((swap, model, rss_mib(pid), time.perf_counter() - started))
-            print(f"swap {swap:2d} -> {model}: RSS {rows[-1][2]:.0f} MiB ({rows[-1][3]:.1f}s)", flush=True)
+            print(
+                f"swap {swap:2d} -> {model}: RSS {rows[-1][2]:.0f} MiB ({rows[-1][3]:.1f}s)",
+                flush=True,
+            )
         swaps = server.health()["swaps"]
     first = {m: next(r[2] for r in rows if r[1] == m) for m in ids}
     last = {m: next(r[2] for r in reversed(rows) if r[1] == m) for m in ids}

@@ -3,17 +3,21 @@
 - ``mlxhost``: ``mlxhost serve`` over HTTP (it preloads OpenBLAS itself on Linux);
 - ``raw-mlx-lm`` / ``raw-mlx-vlm``: the engine called in-process
   (``mlx_lm.stream_generate`` / ``mlx_vlm.stream_generate``), in a worker
-  process of its own so that the harness never holds a model;
+  process of its own so that the benchmark process never holds a model;
 - ``mlx-lm-server`` (``python -m mlx_lm server``) and ``mlx-vlm-server``
-  (``python -m mlx_vlm.server --host 127.0.0.1``) on the same model folder.
+  (``python -m mlx_vlm.server --host 127.0.0.1``) on the same model folder
+  (``PEERS``: one implementation, two entries).
+
+The HTTP servers are started by ``mlxhost.testing.server.ServerProcess``, the
+same class the integration tests use.
 
 Every process gets the same environment: no network (``HF_HUB_OFFLINE=1``) and,
 unless a system is told otherwise, OpenBLAS preloaded exactly as
 ``mlxhost serve`` preloads it, so the comparison is about the serving layer
 and not about which BLAS a process happened to get.
 
-A system that cannot start or serve a model raises ``SystemUnavailable``; the
-harness records the reason as "n/a" and goes on.
+A system that cannot start or serve a model raises ``SystemUnavailable``;
+``bench.runner`` records the reason as "n/a" and goes on.
 
     python -m bench.systems raw-worker {lm,vlm}     # the in-process worker (internal)
 """
@@ -27,10 +31,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Messages, Sample, stream_chat
+from bench.measure import Sample, stream_chat
+from bench.prompts import Messages
+from mlxhost.testing.server import ServerProcess, free_port
 
 
 class SystemUnavailable(Exception):
@@ -67,14 +74,6 @@ def blas_env(openblas: bool) -> dict[str, str]:
     from mlxhost.blas import preload_env
 
     return preload_env(env)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_idle(pid: int, *, timeout: float, busy_below: float = 0.15, window: float = 1.0) -> None:
@@ -117,7 +116,11 @@ def wait_idle(pid: int, *, timeout: float, busy_below: float = 0.15, window: flo
 
 
 class HttpServerSystem:
-    """A server started on a free loopback port; requests name the model folder."""
+    """A server started on a free loopback port; requests name the model folder.
+
+    The process itself is a ``mlxhost.testing.server.ServerProcess`` (the one the
+    integration tests use); subclasses say which one (``server``).
+    """
 
     name = "server"
     engine = "?"
@@ -126,60 +129,56 @@ class HttpServerSystem:
     def __init__(self, log_dir: Path, *, startup_timeout: float = 900.0) -> None:
         self.log_dir = log_dir
         self.startup_timeout = startup_timeout
-        self.process: subprocess.Popen | None = None
+        self.server: ServerProcess | None = None
         self.url = ""
         self.model = ""
         self.log_path: Path | None = None
         self.extra_env: dict[str, str] = {}  # e.g. MLX_PTX_CACHE_DIR on CUDA
 
     # subclasses -----------------------------------------------------------------
-    def command(self, model: Path, port: int) -> list[str]:
+    def server_process(self, model: Path, port: int, **common: Any) -> ServerProcess:
+        """The server for ``model`` on ``port``; ``common`` goes to ``ServerProcess``."""
         raise NotImplementedError
 
     def env(self) -> dict[str, str]:
         return blas_env(self.openblas)
 
-    def ready(self) -> bool:
-        """Poll once: True when the model is loaded. Raise SystemUnavailable when it never will be."""
-        import httpx
-
-        try:
-            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     # interface ------------------------------------------------------------------
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.server.process if self.server else None
+
     def start(self, model: Path) -> float:
         port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
         self.model = str(model)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_dir / f"{self.name}-{port}.log"
+        self.server = self.server_process(
+            model,
+            port,
+            env={**self.env(), **self.extra_env},
+            inherit_env=False,
+            log_path=self.log_path,
+            startup_timeout=self.startup_timeout,
+            name=self.name,
+            stop_timeout=30,
+        )
+        self.url = self.server.url
         started = time.perf_counter()
-        with open(self.log_path, "w") as log:
-            try:
-                self.process = subprocess.Popen(
-                    self.command(model, port),
-                    env={**self.env(), **self.extra_env},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            except OSError as exc:
-                raise SystemUnavailable(f"could not start: {exc}") from exc
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            if self.process.poll() is not None:
+        try:
+            self.server.start()  # stops the server itself when it fails
+        except TimeoutError as exc:  # (before OSError: TimeoutError is one)
+            raise SystemUnavailable(f"not ready after {self.startup_timeout:.0f}s") from exc
+        except OSError as exc:
+            raise SystemUnavailable(f"could not start: {exc}") from exc
+        except RuntimeError as exc:
+            if str(exc).startswith(f"{self.name} exited with"):
+                code = self.server.process.returncode
                 raise SystemUnavailable(
-                    f"exited with {self.process.returncode} at start-up: {self.last_error_line()}"
-                )
-            if self.ready():
-                break
-            if time.monotonic() > deadline:
-                self.stop()
-                raise SystemUnavailable(f"not ready after {self.startup_timeout:.0f}s")
-            time.sleep(0.5)
-        wait_idle(self.process.pid, timeout=self.startup_timeout)
+                    f"exited with {code} at start-up: {self.last_error_line()}"
+                ) from exc
+            raise SystemUnavailable(str(exc)) from exc  # "model failed to load: ..."
+        wait_idle(self.server.process.pid, timeout=self.startup_timeout)
         return time.perf_counter() - started
 
     def generate(self, messages: Messages, max_tokens: int) -> Sample:
@@ -197,14 +196,9 @@ class HttpServerSystem:
         return None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        if self.server is not None:
+            self.server.stop()
+        self.server = None
 
     def log_text(self) -> str:
         if self.log_path and self.log_path.exists():
@@ -220,6 +214,8 @@ class HttpServerSystem:
 
 
 class MlxhostSystem(HttpServerSystem):
+    """``mlxhost serve``, with or without OpenBLAS and its post-load warm-up."""
+
     name = "mlxhost"
     engine = "mlx-lm (text) / mlx-vlm (vision)"
 
@@ -234,22 +230,16 @@ class MlxhostSystem(HttpServerSystem):
         elif not warmup:
             self.name = "mlxhost-no-warmup"
 
-    def command(self, model: Path, port: int) -> list[str]:
-        cmd = [
-            sys.executable,
-            "-m",
-            "mlxhost.cli",
-            "serve",
-            "--model",
-            str(model),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "info",
-        ]
-        return cmd + ([] if self.openblas else ["--no-openblas"])
+    def server_process(self, model: Path, port: int, **common: Any) -> ServerProcess:
+        # ServerProcess runs `python -m mlxhost.cli serve --port PORT` + these, and
+        # waits for /health to report the model loaded (a failed load: RuntimeError).
+        # The swap benchmark names the other model by its folder: a loopback server
+        # of our own, so serving folders by path is safe here.
+        args = ["--model", str(model), "--host", "127.0.0.1", "--log-level", "info",
+                "--allow-model-paths"]
+        if not self.openblas:
+            args.append("--no-openblas")
+        return ServerProcess(args, port=port, **common)
 
     def env(self) -> dict[str, str]:
         # mlxhost preloads OpenBLAS itself (re-exec): give it the bare environment.
@@ -259,19 +249,6 @@ class MlxhostSystem(HttpServerSystem):
         # The post-load warm-up (a few tokens through the model) is on by default.
         env["MLXHOST_WARMUP"] = "1" if self.warmup else "0"
         return env
-
-    def ready(self) -> bool:
-        import httpx
-
-        try:
-            health = httpx.get(f"{self.url}/health", timeout=2).json()
-        except (httpx.HTTPError, ValueError):
-            return False
-        if health.get("model") and not health.get("loading"):
-            return True
-        if health.get("last_error") and not health.get("loading"):
-            raise SystemUnavailable(f"model failed to load: {health['last_error']}")
-        return False
 
     def server_load_seconds(self, model: Path) -> float | None:
         """The last 'Model <model> ready in Xs' of the server log (unload + load)."""
@@ -291,59 +268,57 @@ class MlxhostSystem(HttpServerSystem):
         return found
 
 
-class MlxLmServerSystem(HttpServerSystem):
-    name = "mlx-lm-server"
-    engine = "mlx-lm"
+@dataclass(frozen=True)
+class Peer:
+    """Another MLX server, started as ``python -m MODULE --model M --host 127.0.0.1 --port P``."""
 
-    def command(self, model: Path, port: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "mlx_lm",
-            "server",
-            "--model",
-            str(model),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-
-    def env(self) -> dict[str, str]:
-        env = super().env()
-        # Its /v1/models scans the hub cache and fails when the folder is missing.
-        cache = Path(tempfile.gettempdir()) / "mlxhost-bench-hf-cache"
-        cache.mkdir(exist_ok=True)
-        env.setdefault("HF_HUB_CACHE", str(cache))
-        return env
+    module: tuple[str, ...]  # what follows ``python -m``
+    engine: str
+    # /health answers 200 before the model is loaded; with this key, ready once it is set.
+    loaded_key: str | None = None
+    # Its /v1/models scans the hub cache and fails when the folder is missing.
+    needs_hub_cache: bool = False
 
 
-class MlxVlmServerSystem(HttpServerSystem):
-    name = "mlx-vlm-server"
-    engine = "mlx-vlm"
+PEERS = {
+    "mlx-lm-server": Peer(module=("mlx_lm", "server"), engine="mlx-lm", needs_hub_cache=True),
+    # (mlx_vlm.server listens on 0.0.0.0 unless told otherwise: --host matters.)
+    "mlx-vlm-server": Peer(module=("mlx_vlm.server",), engine="mlx-vlm", loaded_key="loaded_model"),
+}
 
-    def command(self, model: Path, port: int) -> list[str]:
-        # It listens on 0.0.0.0 unless told otherwise.
-        return [
-            sys.executable,
-            "-m",
-            "mlx_vlm.server",
-            "--model",
-            str(model),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
 
-    def ready(self) -> bool:
+class PeerServerSystem(HttpServerSystem):
+    """One of ``PEERS`` on the same model folder, OpenBLAS preloaded as mlxhost does."""
+
+    def __init__(self, log_dir: Path, name: str, **kwargs: Any) -> None:
+        super().__init__(log_dir, **kwargs)
+        self.name = name
+        self.peer = PEERS[name]
+        self.engine = self.peer.engine
+
+    def server_process(self, model: Path, port: int, **common: Any) -> ServerProcess:
+        command = [sys.executable, "-m", *self.peer.module, "--model", str(model)]
+        command += ["--host", "127.0.0.1", "--port", str(port)]
+        return ServerProcess(command=command, port=port, ready=self.ready, **common)
+
+    def ready(self, server: ServerProcess) -> bool:
         import httpx
 
         try:
-            response = httpx.get(f"{self.url}/health", timeout=2)
-            return response.status_code == 200 and bool(response.json().get("loaded_model"))
+            response = httpx.get(f"{server.url}/health", timeout=2)
+            if response.status_code != 200:
+                return False
+            return self.peer.loaded_key is None or bool(response.json().get(self.peer.loaded_key))
         except (httpx.HTTPError, ValueError):
             return False
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        if self.peer.needs_hub_cache:
+            cache = Path(tempfile.gettempdir()) / "mlxhost-bench-hf-cache"
+            cache.mkdir(exist_ok=True)
+            env.setdefault("HF_HUB_CACHE", str(cache))
+        return env
 
 
 # --- the raw engine, in a worker process ---------------------------------------------
@@ -584,8 +559,8 @@ SYSTEMS = {
     "mlxhost": lambda log_dir: MlxhostSystem(log_dir),
     "raw-mlx-lm": lambda log_dir: RawEngineSystem(log_dir, engine="lm"),
     "raw-mlx-vlm": lambda log_dir: RawEngineSystem(log_dir, engine="vlm"),
-    "mlx-lm-server": lambda log_dir: MlxLmServerSystem(log_dir),
-    "mlx-vlm-server": lambda log_dir: MlxVlmServerSystem(log_dir),
+    "mlx-lm-server": lambda log_dir: PeerServerSystem(log_dir, "mlx-lm-server"),
+    "mlx-vlm-server": lambda log_dir: PeerServerSystem(log_dir, "mlx-vlm-server"),
     "mlxhost-no-openblas": lambda log_dir: MlxhostSystem(log_dir, openblas=False),
     "mlxhost-no-warmup": lambda log_dir: MlxhostSystem(log_dir, warmup=False),
 }

@@ -9,4 +9,7 @@ bash scripts/setup.sh
 LD_PRELOAD="$(.venv/bin/python -c 'import os; from mlxhost.blas import preload_env
 print(preload_env(os.environ).get("LD_PRELOAD", ""))')"
 export LD_PRELOAD
+# Types and lint first: a type error fails the run before the slow tests.
+.venv/bin/python -m mypy
+.venv/bin/ruff check src plugins tests bench
 exec .venv/bin/python -m pytest "$@"

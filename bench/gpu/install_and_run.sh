@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# On the GPU machine, from the repo root: install the carried wheels (once per
-# machine) and run bench/gpu/run_gpu.py with the given arguments.
+# On an offline GPU machine, from the repo root: install the wheels carried by
+# prepare.sh (once per machine) and run bench/gpu/run_gpu.py with the given
+# arguments. The call-by-call recipe is at the top of prepare.sh; with network,
+# bench/gpu/README.md needs neither script.
 #
 # Needs /tmp/w filled by an earlier call that carried .wa (cp -r .wa/. /tmp/w/);
 # the call that installs carries .wb. Later calls on the same warm machine need
-# neither: /tmp/site is already there.
+# neither: /tmp/site is already there. The report goes to $OUT (else
+# /tmp/bench-gpu), and phases that would start after 540 s are skipped, unless
+# the arguments say otherwise.
 set -euo pipefail
 W=/tmp/w
 SITE=/tmp/site
@@ -22,6 +26,8 @@ fi
 export PYTHONPATH="$PWD/src:$PWD/plugins/mlxhost_gemma/src:$PWD/plugins/mlxhost_qwen/src:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 python3 -c "import mlx.core as mx; print('mlx', mx.__version__, mx.default_device())"
-mkdir -p "${OUT:-/tmp/bench-gpu}"
+REPORT=${OUT:-/tmp/bench-gpu}
+mkdir -p "$REPORT"
 set -o pipefail
-python3 bench/gpu/run_gpu.py --tokenizers "$W/tok" "$@" 2>&1 | tee -a "${OUT:-/tmp/bench-gpu}/gpu_log.txt"
+python3 bench/gpu/run_gpu.py --tokenizers "$W/tok" --out "$REPORT" --budget-s 540 "$@" 2>&1 \
+  | tee -a "$REPORT/gpu_log.txt"

@@ -1,12 +1,29 @@
 #!/usr/bin/env bash
-# Prepare the two carried sets for the GPU run (bench/gpu/README.md says how to use them).
+# For a GPU machine WITHOUT network that can only receive a checkout plus small
+# folders (at most 64 MiB per command). With network, follow bench/gpu/README.md
+# instead (pip install, then run run_gpu.py); neither this script nor
+# install_and_run.sh is needed there.
+#
+# Here (with PyPI): bash bench/gpu/prepare.sh. Then, on the GPU machine, one
+# command after the other while /tmp survives (the machine is kept warm):
+#   1. carry .wa:  mkdir -p /tmp/w && cp -r .wa/. /tmp/w/ && nvidia-smi -L
+#   2. carry .wb:  bash bench/gpu/install_and_run.sh --phases bandwidth,build,models --models gemma3-4b --budget-s 420
+#   3.             bash bench/gpu/install_and_run.sh --phases build,models --models qwen3-4b --budget-s 420
+#   4.             bash bench/gpu/install_and_run.sh --phases build,warmup --models gemma3-4b,qwen3-4b --warmup-lengths 8,64 --budget-s 420
+#   5.             bash bench/gpu/install_and_run.sh --phases build,swap --models gemma3-4b,qwen3-4b --budget-s 420
+# (10-minute limit per command; 4-5.5 min each.) Every command returns the report
+# so far in $OUT/gpu_results.{md,json}; if the machine was lost between commands,
+# start again at 1 with the phases still missing. Store the last gpu_results.json
+# as bench/results/gpu-<gpu>.json (bench/gpu/README.md, "Storing the results").
+#
+# This prepares the two carried sets:
 #
 #   .wa/  mlx-cuda-13 part 1, every other wheel, the tokenizer files   (< 60 MiB)
 #   .wb/  mlx-cuda-13 part 2                                           (< 60 MiB)
 #
 # The GPU machine has Python 3.12, the NVIDIA libraries, numpy, transformers,
-# tokenizers, huggingface-hub, httpx, jinja2, pluggy, pillow, pyyaml, rich and
-# click (bench/gpu/README.md), no network and no mlx. So this carries: mlx,
+# tokenizers, huggingface-hub, httpx, jinja2, pluggy, pillow, pyyaml, rich,
+# click and psutil, no network and no mlx. So this carries: mlx,
 # mlx-cuda-13 and mlx-lm at the project's pins; what `mlxhost serve` imports and
 # the machine lacks (litestar and its own needs, uvicorn, cattrs, attrs,
 # typing-extensions), at this environment's versions; and wheels of mlxhost and

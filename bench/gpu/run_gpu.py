@@ -1,9 +1,9 @@
 """The GPU benchmark: 4B-shaped 4-bit models, raw engine vs mlxhost over HTTP.
 
-Run on the GPU machine after ``install_and_run.sh`` put the carried wheels on
-PYTHONPATH (see README.md beside this file). Builds the two 4B-shaped models
-there from random weights (decode speed does not depend on the values, so no
-weights travel), then measures:
+Run it on a machine with an NVIDIA GPU, mlx[cuda13] and mlxhost installed
+(README.md beside this file says how). Builds the two 4B-shaped models there
+from random weights (decode speed does not depend on the values, so no weights
+are downloaded), then measures:
 
 - copy bandwidth (one large ``a + 1``, bytes read + written) and, per model,
   the bandwidth bound = bandwidth / weight bytes (tokens/s if a decode step
@@ -19,21 +19,24 @@ weights travel), then measures:
   mlxhost restart on a warm kernel cache;
 - swaps between the two shapes (mlxhost and the raw engine).
 
-Phases can be split over several device calls (``--phases``); results
-accumulate in ``--state`` and every call writes the whole report so far to
-``$OUT/gpu_results.md`` (and ``.json``). ``--tiny`` uses small layers: a dry
-run on any machine (CPU included) in a few minutes.
+Phases can be split over several invocations (``--phases``); results
+accumulate in ``--state`` (default WORK/state.json) and every invocation writes
+the whole report so far to ``OUT/gpu_results.md`` and ``OUT/gpu_results.json``
+(``--out``, default WORK). Stored results live in bench/results/ and are
+rendered with ``--render-only``. ``--tiny`` uses small layers: a dry run on any
+machine (CPU included) in a few minutes.
 
-    python3 bench/gpu/run_gpu.py --tokenizers /tmp/w/tok --phases bandwidth,build,models
-    python3 bench/gpu/run_gpu.py --tokenizers /tmp/w/tok --phases warmup,swap
-    python3 bench/gpu/run_gpu.py --tiny --out /tmp/gpu-dry     # CPU dry run
+    python3 bench/gpu/run_gpu.py                                  # every phase
+    python3 bench/gpu/run_gpu.py --phases bandwidth,build,models  # or in parts
+    python3 bench/gpu/run_gpu.py --phases build,warmup,swap
+    python3 bench/gpu/run_gpu.py --render-only bench/results/gpu-h100.json > bench/results/gpu-h100.md
+    python3 bench/gpu/run_gpu.py --tiny --out /tmp/gpu-dry        # CPU dry run
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -43,8 +46,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench import harness  # noqa: E402
-from bench.harness import ModelCase, Sample, SwapResult, SystemResult, say  # noqa: E402
+from bench import machine, prompts  # noqa: E402
+from bench.log import say  # noqa: E402
+from bench.report import fmt_s, headline_table, md_table, ratio, swap_table  # noqa: E402
+from bench.runner import ModelCase, SwapResult, SystemResult, run_model, run_swap  # noqa: E402
 from bench.shaped_models import SHAPES, TOKENIZER_FROM, build_shaped_model, folder_name  # noqa: E402
 from bench.systems import SystemUnavailable, make_system  # noqa: E402
 
@@ -62,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--work", type=Path, help="models, logs, kernel caches (default /tmp/bench-gpu)")
     p.add_argument("--state", type=Path, help="results so far (default WORK/state.json)")
-    p.add_argument("--out", type=Path, help="report folder (default $OUT, else WORK)")
+    p.add_argument("--out", type=Path, help="report folder (default WORK)")
     p.add_argument("--phases", default=",".join(ALL_PHASES))
     p.add_argument("--models", default=",".join(SHAPES))
     p.add_argument(
@@ -86,15 +91,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--budget-s",
         type=float,
-        default=540,
-        help="skip phases that would start after this many seconds",
+        help="skip phases that would start after this many seconds (default: no limit)",
     )
     args = p.parse_args(argv)
     args.work = args.work or Path(tempfile.gettempdir()) / (
         "bench-gpu" + ("-tiny" if args.tiny else "")
     )
     args.state = args.state or args.work / "state.json"
-    args.out = args.out or Path(os.environ.get("OUT") or args.work)
+    args.out = args.out or args.work
     return args
 
 
@@ -112,25 +116,6 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=1, default=str))
     tmp.replace(path)
-
-
-def sample_from(d: dict[str, Any] | None) -> Sample | None:
-    if d is None:
-        return None
-    return Sample(**{k: v for k, v in d.items() if k not in ("decode_tps", "prefill_tps")})
-
-
-def result_from(d: dict[str, Any]) -> SystemResult:
-    return SystemResult(
-        system=d["system"],
-        model=d["model"],
-        status=d["status"],
-        startup_s=d["startup_s"],
-        warmup_s=d.get("warmup_s"),
-        first=sample_from(d["first"]),
-        decode=[sample_from(s) for s in d["decode"]],
-        prefill=[sample_from(s) for s in d["prefill"]],
-    )
 
 
 # --- phases ---------------------------------------------------------------------------
@@ -189,13 +174,13 @@ def case_for(args: argparse.Namespace, kind: str, path: Path) -> ModelCase:
         max_tokens=args.max_tokens,
         runs=args.runs,
         prefill_runs=args.prefill_runs,
-        weight_bytes=harness.model_weight_bytes(path),
+        weight_bytes=machine.model_weight_bytes(path),
         note="random weights",
     )
-    count = harness.chat_token_counter(path)
-    case.short_tokens = count(harness.short_messages(1))
+    count = prompts.chat_token_counter(path)
+    case.short_tokens = count(prompts.short_messages(1))
     if args.prefill_tokens and args.prefill_runs:
-        case.prefill_sentences, case.prefill_tokens = harness.fit_long_prompt(
+        case.prefill_sentences, case.prefill_tokens = prompts.fit_long_prompt(
             count, args.prefill_tokens
         )
     return case
@@ -220,9 +205,7 @@ def phase_models(args, state, cases, logs) -> None:
             cache = fresh_cache(args, f"{name}-{case.key}")
             systems.append(with_kernel_cache(make_system(name, logs), cache))
             state.setdefault("caches", {})[f"{name}/{case.key}"] = str(cache)
-        results = harness.run_model(
-            case, systems, interleave=True, unavailable=(SystemUnavailable,)
-        )
+        results = run_model(case, systems, interleave=True, unavailable=(SystemUnavailable,))
         state["results"][case.key] = [r.to_dict() for r in results]
         save_state(args.state, state)
 
@@ -241,13 +224,13 @@ def phase_warmup(args, state, cases, logs) -> None:
         try:
             entry["load_s"] = system.start(case.path)
             entry["warmup_s"] = system.warmup(lengths, 2)
-            first = system.generate(harness.short_messages(0), min(8, case.max_tokens))
+            first = system.generate(prompts.short_messages(0), min(8, case.max_tokens))
             later = [
-                system.generate(harness.short_messages(i), min(8, case.max_tokens)) for i in (1, 2)
+                system.generate(prompts.short_messages(i), min(8, case.max_tokens)) for i in (1, 2)
             ]
             prefill = (
                 [
-                    system.generate(harness.long_messages(i, case.prefill_sentences), 1)
+                    system.generate(prompts.long_messages(i, case.prefill_sentences), 1)
                     for i in (1, 2)
                 ]
                 if case.prefill_sentences
@@ -275,8 +258,8 @@ def phase_warmup(args, state, cases, logs) -> None:
             restart: dict[str, Any] = {"model": case.key}
             try:
                 restart["startup_s"] = server.start(case.path)
-                first = server.generate(harness.short_messages(0), min(8, case.max_tokens))
-                later = server.generate(harness.short_messages(1), min(8, case.max_tokens))
+                first = server.generate(prompts.short_messages(0), min(8, case.max_tokens))
+                later = server.generate(prompts.short_messages(1), min(8, case.max_tokens))
                 restart.update(first=first.to_dict(), later=[later.to_dict()])
                 say(
                     f"mlxhost restart on a warm kernel cache, {case.key}: first TTFT {first.ttft}, "
@@ -294,7 +277,7 @@ def phase_swap(args, state, cases, logs) -> None:
         return
     for name in ("mlxhost", "raw-mlx-lm"):
         system = with_kernel_cache(make_system(name, logs), fresh_cache(args, f"swap-{name}"))
-        swap = harness.run_swap(system, cases[0], cases[1], unavailable=(SystemUnavailable,))
+        swap = run_swap(system, cases[0], cases[1], unavailable=(SystemUnavailable,))
         state["swaps"].append(swap.to_dict())
 
 
@@ -338,7 +321,7 @@ def render(state: dict[str, Any], args: argparse.Namespace) -> str:
             short_tokens=meta["short_tokens"],
             max_tokens=args.max_tokens,
         )
-        objs = [result_from(r) for r in results]
+        objs = [SystemResult.from_dict(r) for r in results]
         pairs.append((case, objs))
         bound = bw["gb_s"] * 1e9 / meta["weight_bytes"] if bw and meta["weight_bytes"] else None
         for r in objs:
@@ -351,15 +334,15 @@ def render(state: dict[str, Any], args: argparse.Namespace) -> str:
                     dec.fmt(1) if r.ok else r.status,
                     r.ttft_spread().fmt(3) if r.ok else "",
                     r.prefill_spread().fmt(0) if r.ok else "",
-                    harness._s(r.first.ttft if r.first else None),
-                    "none" if r.warmup_s is None else harness._s(r.warmup_s),
-                    harness._s(bound, 0),
-                    harness.ratio(dec.median, bound) if r.ok else "",
+                    fmt_s(r.first.ttft if r.first else None),
+                    "none" if r.warmup_s is None else fmt_s(r.warmup_s),
+                    fmt_s(bound, 0),
+                    ratio(dec.median, bound) if r.ok else "",
                 ]
             )
     if rows:
         out.append(
-            harness.md_table(
+            md_table(
                 [
                     "model",
                     "system",
@@ -375,7 +358,7 @@ def render(state: dict[str, Any], args: argparse.Namespace) -> str:
                 rows,
             )
         )
-        out += ["", "mlxhost ÷ raw engine (medians):", "", harness.headline_table(pairs), ""]
+        out += ["", "mlxhost ÷ raw engine (medians):", "", headline_table(pairs), ""]
     if state["warmup"]:
         rows = []
         for w in state["warmup"]:
@@ -387,10 +370,10 @@ def render(state: dict[str, Any], args: argparse.Namespace) -> str:
                     w["model"],
                     f"{' + '.join(str(n) for n in w['lengths'])} tokens, "
                     f"{w.get('prompt', 'mx.arange (uint32)')}",
-                    harness._s(w["warmup_s"]),
-                    harness._s(w["first"]["ttft"], 3),
-                    ", ".join(harness._s(s["ttft"], 3) for s in w["later"]),
-                    ", ".join(harness._s(s["ttft"], 3) for s in w["prefill"]) or "—",
+                    fmt_s(w["warmup_s"]),
+                    fmt_s(w["first"]["ttft"], 3),
+                    ", ".join(fmt_s(s["ttft"], 3) for s in w["later"]),
+                    ", ".join(fmt_s(s["ttft"], 3) for s in w["prefill"]) or "—",
                 ]
             )
         out += [
@@ -400,7 +383,7 @@ def render(state: dict[str, Any], args: argparse.Namespace) -> str:
             "",
         ]
         out.append(
-            harness.md_table(
+            md_table(
                 [
                     "model",
                     "warm-up prompts",
@@ -417,8 +400,8 @@ def render(state: dict[str, Any], args: argparse.Namespace) -> str:
         rows = [
             [
                 r["model"],
-                harness._s(r.get("first", {}).get("ttft"), 3),
-                ", ".join(harness._s(s["ttft"], 3) for s in r.get("later", [])),
+                fmt_s(r.get("first", {}).get("ttft"), 3),
+                ", ".join(fmt_s(s["ttft"], 3) for s in r.get("later", [])),
                 r.get("error", ""),
             ]
             for r in state["restart"]
@@ -428,7 +411,7 @@ def render(state: dict[str, Any], args: argparse.Namespace) -> str:
             "module loading only):",
             "",
         ]
-        out.append(harness.md_table(["model", "1st request TTFT s", "later TTFT s", "error"], rows))
+        out.append(md_table(["model", "1st request TTFT s", "later TTFT s", "error"], rows))
         out.append("")
     if state["swaps"]:
         swaps = [
@@ -436,7 +419,7 @@ def render(state: dict[str, Any], args: argparse.Namespace) -> str:
             for s in state["swaps"]
         ]
         out += ["Swaps between the two shapes (each process with its own empty kernel cache):", ""]
-        out += [harness.swap_table(swaps), ""]
+        out += [swap_table(swaps), ""]
     for note in state.get("notes", []):
         out += [note, ""]
     return "\n".join(out)
@@ -458,24 +441,24 @@ def main(argv: list[str] | None = None) -> int:
     state.setdefault("commands", []).append(
         "python3 bench/gpu/run_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     )
-    machine, versions = harness.machine_info(), harness.versions()
+    host, versions = machine.machine_info(), machine.versions()
     import mlx.core as mx
 
     state["info"] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "gpu": machine.get("gpu"),
-        "cpu": f"{machine.get('cpu')} ({machine.get('cores')} cores)",
+        "gpu": host.get("gpu"),
+        "cpu": f"{host.get('cpu')} ({host.get('cores')} cores)",
         "device": str(mx.default_device()),
         "versions": versions,
     }
-    say(f"device {mx.default_device()}, mlx {mx.__version__}, {machine.get('gpu', 'no GPU')}")
+    say(f"device {mx.default_device()}, mlx {mx.__version__}, {host.get('gpu', 'no GPU')}")
 
     kinds = [k.strip() for k in args.models.split(",") if k.strip()]
     cases: list[ModelCase] = []
 
     def over_budget(phase: str) -> bool:
         spent = time.monotonic() - started
-        if spent > args.budget_s:
+        if args.budget_s is not None and spent > args.budget_s:
             say(f"skipping {phase}: {spent:.0f}s spent, budget {args.budget_s:.0f}s")
             state.setdefault("skipped", []).append(phase)
             return True

@@ -14,12 +14,12 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
 
+from mlxhost.api import anthropic, completions, ollama, openai_responses
 from mlxhost.api.controllers import ChatController, ModelsController, health
 from mlxhost.api.errors import EXCEPTION_HANDLERS
 from mlxhost.plugins import make_plugin_manager
 from mlxhost.registry import ModelRegistry
-from mlxhost.runtime.slot import ModelSlot
-from mlxhost.runtime.worker import MLXWorker
+from mlxhost.runtime.runtime import Runtime
 from mlxhost.service import ChatService
 from mlxhost.settings import Settings
 
@@ -32,30 +32,40 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
     extra = [*settings.extra_models]
     if settings.model and settings.model not in extra:
         extra.append(settings.model)
-    registry = ModelRegistry(pm, extra_models=extra)
-    engine = pm.hook.mlxhost_make_engine(settings=settings)
-    worker = MLXWorker()
-    slot = ModelSlot(worker=worker, engine=engine, registry=registry, pm=pm, settings=settings)
-    service = ChatService(
-        registry=registry, slot=slot, worker=worker, engine=engine, pm=pm, settings=settings
+    registry = ModelRegistry(pm, settings, extra_models=extra)
+    runtime = Runtime(
+        pm.hook.mlxhost_make_engine(settings=settings),
+        tool_parser_for=lambda info: pm.hook.mlxhost_tool_call_parser(model=info),
+        max_waiting=settings.max_queue,
+        wait_timeout=settings.queue_timeout,
     )
+    service = ChatService(registry=registry, runtime=runtime, pm=pm, settings=settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        worker.start()
+        runtime.start()
         preload = None
         if settings.model:
             # Load in the background: the port opens at once, /health says "loading".
-            preload = asyncio.create_task(_preload(slot, registry, settings.model))
+            preload = asyncio.create_task(_preload(runtime, registry, settings.model))
         try:
             yield
         finally:
             if preload is not None:
                 preload.cancel()
-            worker.stop()
+            runtime.stop()
 
     return Litestar(
-        route_handlers=[ChatController, ModelsController, health],
+        route_handlers=[
+            ChatController,
+            ModelsController,
+            health,
+            # Thin adapters over the same service, one module per wire format.
+            *anthropic.routes(),
+            *openai_responses.routes(),
+            *completions.routes(),
+            *ollama.routes(),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         before_request=require_api_key(settings.api_key) if settings.api_key else None,
@@ -65,9 +75,7 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
             "settings": settings,
             "pm": pm,
             "registry": registry,
-            "engine": engine,
-            "worker": worker,
-            "slot": slot,
+            "runtime": runtime,
             "service": service,
         }),
         debug=False,
@@ -77,14 +85,16 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
 
 
 def require_api_key(key: str):
-    """A before-request hook: every path but /health needs ``Authorization: Bearer key``."""
+    """A before-request hook: every path but /health needs ``Authorization: Bearer key``
+    (or ``x-api-key: key``, as Anthropic clients send it)."""
     expected = f"Bearer {key}".encode()
 
     async def check(request: Request) -> None:
         if request.url.path == "/health" or request.method == "OPTIONS":
             return None
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+        bearer = request.headers.get("authorization", "").encode()
+        header = f"Bearer {request.headers.get('x-api-key', '')}".encode()
+        if not (hmac.compare_digest(bearer, expected) or hmac.compare_digest(header, expected)):
             raise NotAuthorizedException(
                 "Incorrect or missing API key. Send 'Authorization: Bearer <key>'."
             )
@@ -93,8 +103,8 @@ def require_api_key(key: str):
     return check
 
 
-async def _preload(slot: ModelSlot, registry: ModelRegistry, name: str) -> None:
+async def _preload(runtime: Runtime, registry: ModelRegistry, name: str) -> None:
     try:
-        await slot.preload(registry.resolve(name))
+        await runtime.preload(await registry.ensure_local(registry.resolve(name)))
     except Exception as exc:  # the server stays up; requests will retry the load
         log.error("Could not load %s at start-up: %s", name, getattr(exc, "message", exc))

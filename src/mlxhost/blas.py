@@ -3,14 +3,19 @@
 ``mlx-cpu`` ships a reference BLAS (fp32 GEMM 3-4 GFLOP/s); Debian's
 ``libopenblas0-pthread`` exports the same ``cblas_*`` symbols and, preloaded,
 reaches 55-68 GFLOP/s. The dynamic linker reads LD_PRELOAD only at process
-start, so the CLI re-executes itself once with it set.
+start, so the CLI re-executes itself once with it set. ``MLXHOST_OPENBLAS`` and
+``MLXHOST_OPENBLAS_PATH`` are declared with the other settings in settings.py
+(``openblas``, ``openblas_path``) and read here through that table.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+
+from mlxhost.settings import env_value
 
 OPENBLAS_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3",
@@ -27,31 +32,43 @@ def find_openblas() -> str | None:
     return None
 
 
-def wanted(env: dict[str, str] | os._Environ) -> str | None:
-    """The library to preload, or None (not Linux, disabled, absent or already there)."""
-    if not sys.platform.startswith("linux") or env.get("MLXHOST_OPENBLAS", "1") == "0":
+def wanted(
+    env: Mapping[str, str], *, enabled: bool | None = None, path: str | None = None
+) -> str | None:
+    """The library to preload, or None (not Linux, disabled, absent or already there).
+
+    ``enabled`` and ``path`` (the CLI's flags) default to the settings' variables in ``env``.
+    """
+    if not sys.platform.startswith("linux"):
         return None
-    library = env.get("MLXHOST_OPENBLAS_PATH") or find_openblas()
+    if not (env_value("openblas", env) if enabled is None else enabled):
+        return None
+    library = path or env_value("openblas_path", env) or find_openblas()
     if library is None or library in env.get("LD_PRELOAD", "") or env.get(_MARKER):
         return None
     return library
 
 
-def preload_env(env: dict[str, str] | os._Environ) -> dict[str, str]:
+def preload_env(
+    env: Mapping[str, str], *, enabled: bool | None = None, path: str | None = None
+) -> dict[str, str]:
     """A copy of ``env`` with OpenBLAS preloaded when it helps (for subprocesses too)."""
     out = dict(env)
-    library = wanted(env)
+    library = wanted(env, enabled=enabled, path=path)
     if library:
         out["LD_PRELOAD"] = ":".join(p for p in (library, env.get("LD_PRELOAD")) if p)
         out[_MARKER] = "1"
     return out
 
 
-def reexec_with_openblas() -> None:
-    """Re-execute this process with OpenBLAS preloaded, once; no-op when not useful."""
-    if wanted(os.environ) is None:
+def reexec_with_openblas(*, enabled: bool | None = None, path: str | None = None) -> None:
+    """Re-execute this process with OpenBLAS preloaded, once; no-op when not useful.
+
+    The flags stay in argv, so the re-executed process sees the same settings.
+    """
+    if wanted(os.environ, enabled=enabled, path=path) is None:
         return
-    env = preload_env(os.environ)
+    env = preload_env(os.environ, enabled=enabled, path=path)
     # Re-run as a module: running cli.py as a script would put the package folder
     # on sys.path, where mlxhost/types.py shadows the standard library's types.
     os.execve(sys.executable, [sys.executable, "-m", "mlxhost.cli", *sys.argv[1:]], env)

@@ -47,6 +47,38 @@ class ModelNotFound(MlxhostError):
         )
 
 
+class ModelNotDownloaded(MlxhostError):
+    """A known model whose weights are not on this machine and cannot be fetched now."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_downloaded"
+
+    def __init__(self, model: str, reason: str, available: list[str]):
+        listed = ", ".join(available) if available else "none"
+        super().__init__(
+            f"The model '{model}' is not in the local Hugging Face cache and {reason}. "
+            f"Models available offline: {listed}.",
+            param="model",
+        )
+
+
+class ModelDownloadFailed(MlxhostError):
+    """The hub was reachable but the download did not complete."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "model_download_failed"
+
+    def __init__(self, model: str, detail: str):
+        super().__init__(
+            f"The model '{model}' is not in the local cache and downloading it failed: {detail}. "
+            "Retry later.",
+            param="model",
+        )
+        self.headers = {"Retry-After": "30"}
+
+
 class ModelLoadFailed(MlxhostError):
     """The model was found but could not be loaded (missing files, bad weights, no memory)."""
 

@@ -8,15 +8,16 @@ returns ``None`` for models that are not its own, and the built-in fallbacks in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    from mlxhost.domain import ChatRequest, FunctionTool, Message, ToolChoice
     from mlxhost.runtime.engine import Engine
     from mlxhost.settings import Settings
-    from mlxhost.types import ModelInfo, RenderedPrompt, ToolParserFactory
+    from mlxhost.types import LoadedModel, ModelInfo, ModelSpec, RenderedPrompt, ToolParserFactory
 
 hookspec = pluggy.HookspecMarker("mlxhost")
 hookimpl = pluggy.HookimplMarker("mlxhost")
@@ -43,17 +44,20 @@ def mlxhost_model_family(config: dict[str, Any]) -> str | None:
 
 @hookspec(firstresult=True)
 def mlxhost_render_prompt(
-    model: ModelInfo,
-    messages: list[dict[str, Any]],
-    tools: list[dict[str, Any]] | None,
-    tool_choice: str | dict[str, Any] | None,
+    model: LoadedModel,
+    messages: Sequence[Message],
+    tools: Sequence[FunctionTool],
+    tool_choice: ToolChoice,
 ) -> RenderedPrompt | None:
-    """Render OpenAI chat ``messages`` (and ``tools``, when offered) into the
-    model's prompt text, ending with the assistant generation prompt.
+    """Render the conversation (domain ``Message`` objects, content already
+    normalized into ``TextPart``/``ImagePart``) and the offered ``tools`` into
+    the model's prompt text, ending with the assistant generation prompt.
 
-    ``tools`` is None when none are offered (or ``tool_choice`` is ``"none"``);
-    ``tool_choice`` is ``"auto"``, ``"required"``, a named function
-    (``{"type": "function", "function": {"name": ...}}``) or None.
+    ``tools`` is empty when none are offered (or ``tool_choice`` is ``"none"``);
+    ``tool_choice`` is ``"auto"``, ``"none"``, ``"required"`` or a
+    ``NamedToolChoice``. The result lists the images it placed, in prompt order
+    (``RenderedPrompt.images``); the core rejects a request whose images the
+    template did not place.
 
     Called per request on the loaded model. Stops at the first non-None result;
     the fallback renders with the model's own chat template.
@@ -71,12 +75,46 @@ def mlxhost_tool_call_parser(model: ModelInfo) -> ToolParserFactory | None:
 
 
 @hookspec(firstresult=True)
-def mlxhost_context_limit(model: ModelInfo) -> int | None:
-    """Return the model's context window in tokens.
+def mlxhost_tool_call_grammar(
+    model: ModelInfo, tools: Sequence[FunctionTool], tool_choice: ToolChoice
+) -> str | None:
+    """Return an llguidance Lark grammar that a reply calling one of ``tools``
+    must match, in the family's own call format, for ``tool_choice`` ``"required"``
+    or a named function (then ``tools`` holds only that function).
 
-    Called once per model (at listing or load). Stops at the first non-None
-    result; the fallback reads ``max_position_embeddings`` from the config (top
-    level or ``text_config``). A ``--context-window`` setting overrides every answer.
+    Called per request that forces a call. Stops at the first non-None result;
+    without one the choice is an instruction in the prompt only (not enforced).
+    """
+
+
+@hookspec(firstresult=True)
+def mlxhost_context_limit(spec: ModelSpec, config: Mapping[str, Any]) -> int | None:
+    """Return the model's context window in tokens, from its spec and ``config.json``
+    (an empty mapping while the model is not downloaded).
+
+    Called once per model version, when the registry resolves its facts. Stops
+    at the first non-None result; the fallback reads ``max_position_embeddings``
+    from the config (top level or ``text_config``). A ``--context-window``
+    setting overrides every answer.
+    """
+
+
+@hookspec
+def mlxhost_normalize_request(request: ChatRequest) -> ChatRequest | None:
+    """Return a changed copy of the request (``attrs.evolve``), or None to leave it.
+
+    Called first for every request, whatever API it came through; every plugin
+    is called, each seeing the previous one's result. For normalizations that
+    keep meaning but help the prefix cache, e.g. dropping a per-request nonce.
+    """
+
+
+@hookspec(firstresult=True)
+def mlxhost_fim_prompt(model: LoadedModel, prefix: str, suffix: str) -> str | None:
+    """Return the fill-in-the-middle prompt text for ``prefix`` … ``suffix`` in the
+    model's own FIM tokens (legacy completions with ``suffix``), or None when the
+    model has none. Stops at the first non-None result; no fallback (a request
+    with ``suffix`` for such a model is a 400 naming ``suffix``).
     """
 
 

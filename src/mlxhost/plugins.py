@@ -19,6 +19,7 @@ DEFAULT_PLUGINS = (
     "mlxhost.default_plugins.config_context",
     "mlxhost.default_plugins.plain_text_tools",
     "mlxhost.default_plugins.mlx_engine",
+    "mlxhost.default_plugins.claude_code",
 )
 
 

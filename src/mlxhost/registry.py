@@ -1,18 +1,33 @@
-"""The model registry: what plugins registered, plus models found on disk."""
+"""The model registry: what plugins registered, plus models found on disk.
+
+It is also the one place that reads a model's ``config.json`` and
+``generation_config.json`` and resolves its facts (:class:`ModelInfo`): once
+per model version (the config file's mtime), not per request.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
+from collections.abc import Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pluggy
 
-from mlxhost.errors import ModelNotFound
-from mlxhost.runtime.locate import cached_config_path, find_cached_repo_ids
-from mlxhost.types import TOOLS, VISION, ModelInfo, ModelSpec
+from mlxhost.errors import ModelDownloadFailed, ModelNotDownloaded, ModelNotFound
+from mlxhost.runtime.locate import (
+    DownloadFailed,
+    HubUnavailable,
+    cached_config_path,
+    download_model,
+    find_cached_repo_ids,
+)
+from mlxhost.settings import Settings
+from mlxhost.types import DEFAULT_CONTEXT_WINDOW, TOOLS, VISION, ModelInfo, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -21,29 +36,72 @@ class RegistrationError(Exception):
     pass
 
 
-class ModelRegistry:
-    """Registered models and aliases; resolves a request's ``model`` to a spec.
+def read_json(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text())
+    return data if isinstance(data, dict) else {}
 
-    A name resolves, in order, as a registered id, an alias, a local folder, or a
-    repo already in the Hugging Face cache.
+
+def generation_defaults(folder: Path) -> dict[str, float]:
+    """Sampling defaults the checkpoint recommends (generation_config.json)."""
+    gen_config = folder / "generation_config.json"
+    if not gen_config.is_file():
+        return {}
+    data = read_json(gen_config)
+    return {
+        k: float(data[k])
+        for k in ("temperature", "top_p")
+        if isinstance(data.get(k), (int, float)) and not isinstance(data.get(k), bool)
+    }
+
+
+# A hub repo id: "owner/name", no path tricks.
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+# A model under a --models-dir: a plain folder name.
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class ModelRegistry:
+    """Registered models and aliases; resolves a request's ``model`` to its facts.
+
+    A request may name only what the server was told about: a registered id or
+    alias, a repo in the Hugging Face cache that a family plugin recognises, a
+    folder given at start-up (``--model PATH``, by the path as given or its
+    resolved form), or a subfolder of a ``--models-dir`` (by its folder name).
+    Any other string, paths included, is ``ModelNotFound`` without touching the
+    filesystem, unless ``allow_model_paths`` restores serving any folder.
     """
 
-    def __init__(self, pm: pluggy.PluginManager, *, extra_models: list[str] = ()) -> None:
+    def __init__(
+        self,
+        pm: pluggy.PluginManager,
+        settings: Settings | None = None,
+        *,
+        extra_models: Iterable[str] = (),
+    ) -> None:
         self._pm = pm
+        self._settings = settings or Settings()
         self._specs: dict[str, ModelSpec] = {}
         self._aliases: dict[str, str] = {}
-        self._configs: dict[str, dict[str, Any]] = {}
+        # (model id, config mtime) -> facts; a new download is a new key.
+        self._infos: dict[tuple[str, int | None], ModelInfo] = {}
         self._discovered: dict[tuple[str, int], ModelSpec] = {}
+        # Parsed config.json files by (path, mtime): each version is read once.
+        self._configs: dict[tuple[Path, int], dict[str, Any]] = {}
         for impl in pm.hook.mlxhost_register_models.get_hookimpls():
             impl.function(register=partial(self._register, source=impl.plugin_name))
+        # Folders named at start-up, by the spelling given -> model id.
+        self._start_paths: dict[str, str] = {}
+        self._models_dirs = [Path(d).expanduser().resolve() for d in self._settings.models_dirs]
         for name in extra_models:
             if name in self._specs or name in self._aliases:
                 continue
-            spec = self._discover(name)
+            spec = self._discover(name, trusted=True)
             if spec is None:
                 log.warning("%s is not a registered model, a model folder or a cached repo", name)
                 continue
             self._specs.setdefault(spec.id, spec)
+            if spec.path is not None:
+                self._start_paths[name] = spec.id
 
     # -- registration -------------------------------------------------------
     def _register(
@@ -76,25 +134,70 @@ class ModelRegistry:
             self._aliases[alias] = model_id
 
     # -- lookup ---------------------------------------------------------------
-    def resolve(self, name: str) -> ModelSpec:
+    def resolve_spec(self, name: str) -> ModelSpec:
         spec = self._specs.get(name) or self._specs.get(self._aliases.get(name, ""))
+        if spec is None and name in self._start_paths:
+            spec = self._specs.get(self._start_paths[name])
         if spec is None:
-            spec = self._discover(name)
+            spec = self._discover(name, trusted=self._settings.allow_model_paths)
         if spec is None:
             raise ModelNotFound(name)
         return spec
 
-    def _discover(self, name: str) -> ModelSpec | None:
-        """A spec for an unregistered local folder or cached hub repo."""
-        folder = Path(name).expanduser()
-        if (folder / "config.json").is_file():
-            folder = folder.resolve()
-            return self._spec_from_config(str(folder), folder / "config.json", "path", folder)
-        if name.count("/") == 1 and not name.startswith(("/", ".")):
+    def resolve(self, name: str) -> ModelInfo:
+        """The facts of the model a request names (ModelNotFound otherwise)."""
+        return self.info(self.resolve_spec(name))
+
+    def _discover(self, name: str, *, trusted: bool = False) -> ModelSpec | None:
+        """A spec for a model no plugin registered: a subfolder of a models dir, a
+        repo in the Hugging Face cache, or (``trusted``: named by the operator, or
+        ``allow_model_paths``) any model folder."""
+        if trusted:
+            try:
+                folder = Path(name).expanduser()
+                is_folder = (folder / "config.json").is_file()
+            except (RuntimeError, OSError, ValueError):  # ~unknownuser, NUL bytes, too long
+                is_folder = False
+            if is_folder:
+                folder = folder.resolve()
+                return self._spec_from_config(str(folder), folder / "config.json", "path", folder)
+        if _FOLDER_NAME.fullmatch(name) and name not in (".", ".."):
+            spec = self._in_models_dirs(name)
+            if spec is not None:
+                return spec
+        if _REPO_ID.fullmatch(name) and ".." not in name:
             config_path = cached_config_path(name)
             if config_path is not None:
-                return self._spec_from_config(name, config_path, "cache", None)
+                spec = self._spec_from_config(name, config_path, "cache", None)
+                # Only repos a family plugin can serve (or that the operator opened up).
+                return spec if spec.family is not None or trusted else None
         return None
+
+    def _in_models_dirs(self, name: str) -> ModelSpec | None:
+        for root in self._models_dirs:
+            folder = root / name
+            try:
+                real = folder.resolve()
+                inside = real.is_relative_to(root) and real.parent == root
+                has_config = inside and (real / "config.json").is_file()
+            except (OSError, RuntimeError, ValueError):
+                continue
+            if not inside:
+                log.warning("Not serving %s: it leads outside the models dir %s", folder, root)
+                continue
+            if has_config:
+                return self._spec_from_config(name, real / "config.json", "models-dir", real)
+        return None
+
+    def _models_dir_names(self) -> list[str]:
+        names: list[str] = []
+        for root in self._models_dirs:
+            try:
+                entries = sorted(root.iterdir())
+            except OSError:
+                continue
+            names.extend(e.name for e in entries if _FOLDER_NAME.fullmatch(e.name))
+        return names
 
     def _spec_from_config(
         self, model_id: str, config_path: Path, source: str, path: Path | None
@@ -104,8 +207,7 @@ class ModelRegistry:
         key = (model_id, config_path.stat().st_mtime_ns)
         if key in self._discovered:
             return self._discovered[key]
-        config = json.loads(config_path.read_text())
-        self._configs[model_id] = config
+        config = self._read_config(config_path)
         family = self._pm.hook.mlxhost_model_family(config=config)
         capabilities = {TOOLS} if family else set()
         if "vision_config" in config:
@@ -120,30 +222,95 @@ class ModelRegistry:
         self._discovered[key] = spec
         return spec
 
-    def config_of(self, spec: ModelSpec) -> dict[str, Any]:
-        """The model's config.json if it is on disk (empty dict otherwise)."""
-        if spec.id not in self._configs:
-            config_path = (
-                spec.path / "config.json" if spec.path else cached_config_path(spec.id)
-            )
-            if config_path is None or not config_path.is_file():
-                return {}
-            self._configs[spec.id] = json.loads(config_path.read_text())
-        return self._configs[spec.id]
+    # -- facts ----------------------------------------------------------------
+    def _read_config(self, config_path: Path) -> dict[str, Any]:
+        key = (config_path, config_path.stat().st_mtime_ns)
+        if key not in self._configs:
+            self._configs[key] = read_json(config_path)
+        return self._configs[key]
 
-    def forget_config(self, spec: ModelSpec) -> None:
-        self._configs.pop(spec.id, None)
+    def _config_path(self, spec: ModelSpec) -> Path | None:
+        if spec.path is not None:
+            found = spec.path / "config.json"
+            return found if found.is_file() else None
+        return cached_config_path(spec.id)
 
     def info(self, spec: ModelSpec) -> ModelInfo:
-        return ModelInfo(spec=spec, config=self.config_of(spec), path=spec.path)
+        """The model's facts, computed once per version of its files."""
+        config_path = self._config_path(spec)
+        mtime = config_path.stat().st_mtime_ns if config_path is not None else None
+        key = (spec.id, mtime)
+        info = self._infos.get(key)
+        if info is None:
+            config = self._read_config(config_path) if config_path is not None else {}
+            folder = config_path.parent if config_path is not None else None
+            info = ModelInfo(
+                spec=spec,
+                config=config,
+                path=folder,
+                context_window=self._context_window(spec, config),
+                generation_defaults=generation_defaults(folder) if folder else {},
+            )
+            self._infos[key] = info
+        return info
+
+    def _context_window(self, spec: ModelSpec, config: Mapping[str, Any]) -> int:
+        """Settings override > the context-limit hook > the plugin's declared value > 4096."""
+        settings = self._settings
+        if settings.context_window:
+            return settings.context_window
+        if spec.id in settings.context_windows:
+            return settings.context_windows[spec.id]
+        hooked = self._pm.hook.mlxhost_context_limit(spec=spec, config=config)
+        return hooked or spec.context_window or DEFAULT_CONTEXT_WINDOW
+
+    async def ensure_local(self, info: ModelInfo) -> ModelInfo:
+        """The model with its files on disk, downloading it when that is allowed.
+
+        Runs before the model slot is touched: a model that cannot be had leaves
+        the loaded one loaded, and a download never blocks other requests.
+        """
+        if info.downloaded:
+            return info
+        try:
+            await asyncio.to_thread(download_model, info.id)
+        except HubUnavailable as exc:
+            raise ModelNotDownloaded(info.id, str(exc), self.available()) from None
+        except DownloadFailed as exc:
+            raise ModelDownloadFailed(info.id, str(exc)) from None
+        fresh = self.info(info.spec)
+        if not fresh.downloaded:
+            raise ModelDownloadFailed(info.id, "the download brought no config.json")
+        return fresh
 
     def all_specs(self) -> list[ModelSpec]:
         """Registered models, then cached repos that no plugin registered."""
         specs = list(self._specs.values())
         known = set(self._specs)
+        for name in self._models_dir_names():
+            spec = self._in_models_dirs(name) if name not in known else None
+            if spec is not None:
+                specs.append(spec)
+                known.add(name)
         for repo_id in find_cached_repo_ids():
             if repo_id not in known:
                 spec = self._discover(repo_id)
                 if spec is not None:
                     specs.append(spec)
         return specs
+
+    def all_models(self) -> list[ModelInfo]:
+        return [self.info(spec) for spec in self.all_specs()]
+
+    def available(self) -> list[str]:
+        """Models that load without a download (for error messages)."""
+        return [info.id for info in self.all_models() if info.downloaded]
+
+
+def folder_info(path: Path | str, pm: pluggy.PluginManager | None = None) -> ModelInfo:
+    """The facts of a local model folder, as the server would resolve them
+    (benchmarks and tests that drive an engine directly)."""
+    from mlxhost.plugins import make_plugin_manager
+
+    registry = ModelRegistry(pm or make_plugin_manager(), extra_models=[str(path)])
+    return registry.resolve(str(Path(path).resolve()))

@@ -1,7 +1,8 @@
-"""The chat service: everything between a parsed request and generated events.
+"""The chat service: everything between a domain request and generated events.
 
-No HTTP here: it renders the prompt, checks the context budget, holds the
-generation lock, drives the engine and reports usage.
+No HTTP and no wire shapes here: it fetches images, renders the prompt, checks
+the context budget (summarizing when allowed), holds a runtime session and
+turns the token stream into content and tool-call events.
 """
 
 from __future__ import annotations
@@ -9,66 +10,80 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
 
 import attrs
 import pluggy
 
-from mlxhost.api.schemas import ChatCompletionRequest, message_dicts, tool_dicts
-from mlxhost.conversation.summarize import (
-    Summarizer,
-    count_images,
-    split_conversation,
-    with_summary,
-)
-from mlxhost.errors import ContextLengthExceeded, EngineError, InvalidRequest, MlxhostError
+from mlxhost.conversation.summarize import Summarizer, split_conversation, with_summary
+from mlxhost.domain import ChatRequest, ImagePart, Message, TextPart, text_message
+from mlxhost.errors import ContextLengthExceeded, InvalidRequest
 from mlxhost.registry import ModelRegistry
-from mlxhost.runtime.engine import Engine, PreparedPrompt
+from mlxhost.runtime.constrain import json_grammar, lark_grammar
+from mlxhost.runtime.engine import PreparedPrompt
 from mlxhost.runtime.images import ImagePolicy, load_image
-from mlxhost.runtime.slot import LoadedModel, ModelSlot
+from mlxhost.runtime.runtime import ModelSession, Runtime
 from mlxhost.runtime.stop import StopStringMatcher
-from mlxhost.runtime.worker import MLXWorker
 from mlxhost.settings import Settings
 from mlxhost.templating import TemplateError
+from mlxhost.toolcalls import forced_tools
 from mlxhost.types import (
     VISION,
     ImageInput,
-    ModelSpec,
+    LoadedModel,
+    ModelInfo,
     ParserEvent,
+    RenderedPrompt,
     SamplingParams,
+    StreamParser,
+    TokenLogprob,
     ToolCallEvent,
 )
 
 log = logging.getLogger(__name__)
 
 
-@attrs.define
 class Generation:
-    """One admitted request: holds the generation lock until its events are consumed."""
+    """One admitted request: holds its runtime session until its events are consumed
+    (or ``close()`` is called)."""
 
-    id: str
-    model_id: str
-    created: int
-    prompt_tokens: int
-    _events: AsyncIterator[ParserEvent]
-    _stack: AsyncExitStack
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-    headers: dict[str, str] = attrs.Factory(dict)
+    def __init__(
+        self,
+        *,
+        model: LoadedModel,
+        prepared: PreparedPrompt,
+        params: SamplingParams,
+        parser: StreamParser,
+        stops: StopStringMatcher,
+        session: ModelSession,
+        stack: AsyncExitStack,
+        headers: dict[str, str],
+        one_tool_call: bool = False,
+    ) -> None:
+        self.model = model
+        # parallel_tool_calls: false: the reply ends after its first tool call.
+        self._one_tool_call = one_tool_call
+        self.prompt_tokens = prepared.num_tokens
+        self.headers = headers
+        self.completion_tokens = 0
+        # Prompt tokens the engine served from its prefix cache (0 when it cannot say).
+        self.cached_tokens = 0
+        self.finish_reason: str | None = None
+        # The stop string that ended generation, if one did.
+        self.stop_sequence: str | None = None
+        # Per generated token, when the request asked for them (take_logprobs()).
+        self._logprobs: list[TokenLogprob] = []
+        self._prepared = prepared
+        self._params = params
+        self._parser = parser
+        self._stops = stops
+        self._session = session
+        self._stack = stack
 
-    async def events(self) -> AsyncIterator[ParserEvent]:
-        try:
-            async for event in self._events:
-                yield event
-        finally:
-            await self._stack.aclose()
-
-    async def close(self) -> None:
-        """Release the generation lock (idempotent); also when events() never ran."""
-        await self._stack.aclose()
+    @property
+    def model_id(self) -> str:
+        return self.model.id
 
     @property
     def usage(self) -> dict[str, int]:
@@ -78,143 +93,243 @@ class Generation:
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
 
+    @property
+    def wants_logprobs(self) -> bool:
+        return self._params.logprobs is not None
+
+    def take_logprobs(self) -> list[TokenLogprob]:
+        """The log probabilities of the tokens generated since the last call."""
+        taken, self._logprobs = self._logprobs, []
+        return taken
+
+    async def close(self) -> None:
+        """Release the session (idempotent); also when events() never ran."""
+        await self._stack.aclose()
+
+    async def events(self) -> AsyncIterator[ParserEvent]:
+        try:
+            async for event in self._run():
+                yield event
+        finally:
+            await self.close()
+
+    async def _run(self) -> AsyncIterator[ParserEvent]:
+        parser, stops = self._parser, self._stops
+        saw_tool_call = False
+        finish = "stop"
+        steps = self._session.generate(self._prepared, self._params)
+        started = time.perf_counter()
+        try:
+            async for step in steps:
+                self.completion_tokens += 1
+                if step.cached_tokens is not None:
+                    self.cached_tokens = step.cached_tokens
+                if step.logprob is not None:
+                    self._logprobs.append(step.logprob)
+                for event in parser.feed(stops.feed(step.text)):
+                    if isinstance(event, ToolCallEvent) and saw_tool_call and self._one_tool_call:
+                        continue
+                    saw_tool_call |= isinstance(event, ToolCallEvent)
+                    yield event
+                # A stop string, or a parser that saw a complete call and knows the
+                # model would now invent the tool's output (or a second call).
+                if stops.stopped or parser.stop_requested or (saw_tool_call and self._one_tool_call):
+                    finish = "stop"
+                    break
+                if step.finish:
+                    finish = step.finish
+        finally:
+            await steps.aclose()  # type: ignore[attr-defined]
+        for event in [*parser.feed(stops.flush()), *parser.finish()]:
+            if isinstance(event, ToolCallEvent) and saw_tool_call and self._one_tool_call:
+                continue
+            saw_tool_call |= isinstance(event, ToolCallEvent)
+            yield event
+        self.stop_sequence = stops.matched
+        self.finish_reason = "tool_calls" if saw_tool_call and finish != "length" else finish
+        elapsed = time.perf_counter() - started
+        log.info(
+            "%s: %d prompt + %d completion tokens in %.2fs (%.1f tok/s), finish=%s",
+            self.model_id,
+            self.prompt_tokens,
+            self.completion_tokens,
+            elapsed,
+            self.completion_tokens / elapsed if elapsed else 0.0,
+            self.finish_reason,
+        )
+
 
 class ChatService:
     def __init__(
         self,
         *,
         registry: ModelRegistry,
-        slot: ModelSlot,
-        worker: MLXWorker,
-        engine: Engine,
+        runtime: Runtime,
         pm: pluggy.PluginManager,
         settings: Settings,
     ) -> None:
         self.registry = registry
-        self.slot = slot
-        self.worker = worker
-        self.engine = engine
+        self.runtime = runtime
         self.pm = pm
         self.settings = settings
 
-    async def start(self, request: ChatCompletionRequest) -> Generation:
+    async def start(self, request: ChatRequest) -> Generation:
         """Admit a request: everything that can fail before the first byte happens here."""
-        spec = self.registry.resolve(request.model)
-        messages = message_dicts(request)
-        # Images are fetched and decoded before the lock: a bad one never holds it.
-        images = await self._load_images(spec, messages)
-        tools = tool_dicts(request)
-        tool_choice = request.tool_choice if tools else None
+        request = self._normalize(request)
+        info = self.registry.resolve(request.model)
+        if request.images and VISION not in info.capabilities:
+            raise InvalidRequest(
+                f"Model '{info.id}' does not accept images (it has no vision tower); "
+                "send text only or pick a vision model (see /v1/models capabilities).",
+                param=request.images[0].where or "messages",
+            )
+        # Before the model slot: a model that cannot be had leaves the loaded one alone.
+        info = await self.registry.ensure_local(info)
+        # Images are fetched and decoded before the slot too: a bad one never holds it.
+        messages = await self._decode_images(request.messages)
         headers: dict[str, str] = {}
         stack = AsyncExitStack()
         try:
-            loaded = await stack.enter_async_context(self.slot.use(spec))
-            prepared = await self._prepare(loaded, messages, tools, tool_choice, images)
+            session = await stack.enter_async_context(self.runtime.session(info))
+            model = session.model
+            prepared = await self._prepare(session, request, messages)
             try:
-                params = self._sampling(request, loaded, prepared.num_tokens)
+                params = self._sampling(request, model.info, prepared.num_tokens)
             except ContextLengthExceeded as too_long:
-                if not (self.settings.summarize and request.truncation != "disabled"):
+                if not (self.settings.summarize and request.summarize) or request.raw_prompt is not None:
                     raise
-                compressed = await self._summarize(loaded, messages, too_long)
-                kept_images = images[len(images) - count_images(compressed) :] if images else ()
-                prepared = await self._prepare(loaded, compressed, tools, tool_choice, kept_images)
+                compressed = await self._summarize(session, messages, too_long)
+                prepared = await self._prepare(session, request, compressed)
                 try:
-                    params = self._sampling(request, loaded, prepared.num_tokens)
+                    params = self._sampling(request, model.info, prepared.num_tokens)
                 except ContextLengthExceeded:
                     raise too_long from None
                 headers["x-mlxhost-context"] = "summarized"
         except BaseException:
             await stack.aclose()
             raise
-        generation = Generation(
-            id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            model_id=spec.id,
-            created=int(time.time()),
-            prompt_tokens=prepared.num_tokens,
-            events=None,  # type: ignore[arg-type]
+        return Generation(
+            model=model,
+            prepared=prepared,
+            params=params,
+            parser=model.tool_parser(request.offered_tools),
+            stops=StopStringMatcher(request.stop),
+            session=session,
             stack=stack,
             headers=headers,
+            one_tool_call=not request.parallel_tool_calls,
         )
-        generation._events = self._run(generation, loaded, prepared, params, request, tools)
-        return generation
 
-    async def _guarded(self, steps: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        """Engine failures become a 500 for this request and a reload for the next."""
-        try:
-            async for step in steps:
-                yield step
-        except (MlxhostError, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            log.exception("Generation failed; the model will be reloaded")
-            self.slot.mark_suspect(f"generation failed: {type(exc).__name__}: {exc}")
-            raise EngineError(f"Generation failed: {type(exc).__name__}: {exc}") from exc
+    async def count_tokens(self, request: ChatRequest) -> int:
+        """Prompt tokens the request would take (rendered and tokenized by the
+        loaded model, which is loaded if needed); no generation."""
+        request = self._normalize(request)
+        info = self.registry.resolve(request.model)
+        info = await self.registry.ensure_local(info)
+        messages = await self._decode_images(request.messages)
+        async with self.runtime.session(info) as session:
+            return (await self._prepare(session, request, messages)).num_tokens
 
-    async def _prepare(
-        self,
-        loaded: LoadedModel,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None = None,
-        tool_choice: Any = None,
-        images: tuple[ImageInput, ...] = (),
-    ) -> PreparedPrompt:
-        try:
-            rendered = self.pm.hook.mlxhost_render_prompt(
-                model=loaded.info, messages=messages, tools=tools, tool_choice=tool_choice
-            )
-        except TemplateError as exc:
-            raise InvalidRequest(f"The chat template rejected the messages: {exc}") from exc
-        if images:
-            rendered = attrs.evolve(rendered, images=tuple(images))
-        return await self.worker.run(self.engine.prepare, rendered)
+    # -- steps ----------------------------------------------------------------
+    def _normalize(self, request: ChatRequest) -> ChatRequest:
+        """Every plugin's ``mlxhost_normalize_request``, in turn (e.g. dropping a
+        per-request nonce that would defeat the prefix cache)."""
+        for impl in reversed(self.pm.hook.mlxhost_normalize_request.get_hookimpls()):
+            changed = impl.function(request=request)
+            if isinstance(changed, ChatRequest):
+                request = changed
+        return request
 
-    async def _load_images(
-        self, spec: ModelSpec, messages: list[dict[str, Any]]
-    ) -> tuple[ImageInput, ...]:
-        parts = [
-            (f"messages[{i}].content[{j}]", part["image_url"]["url"])
-            for i, message in enumerate(messages)
-            if isinstance(message.get("content"), list)
-            for j, part in enumerate(message["content"])
-            if part.get("type") == "image_url"
-        ]
-        if not parts:
-            return ()
-        if VISION not in spec.capabilities:
-            raise InvalidRequest(
-                f"Model '{spec.id}' does not accept images (it has no vision tower); "
-                "send text only or pick a vision model (see /v1/models capabilities).",
-                param=parts[0][0],
-            )
+    async def _decode_images(self, messages: Sequence[Message]) -> tuple[Message, ...]:
+        """The messages with every image fetched and decoded, each in its place."""
+        todo = [part for message in messages for part in message.images if part.image is None]
+        if not todo:
+            return tuple(messages)
         policy = ImagePolicy(
             max_bytes=self.settings.image_max_bytes,
             allow_networks=tuple(self.settings.image_allow_networks),
         )
-        decoded = await asyncio.gather(*(load_image(url, policy, where) for where, url in parts))
-        return tuple(ImageInput(image=d.image, digest=d.digest) for d in decoded)
+        decoded = await asyncio.gather(
+            *(load_image(part.url, policy, part.where or "image") for part in todo)
+        )
+        by_part = {
+            id(part): ImageInput(image=d.image, digest=d.digest) for part, d in zip(todo, decoded)
+        }
+
+        def fill(message: Message) -> Message:
+            if not message.images:
+                return message
+            content = tuple(
+                attrs.evolve(part, image=by_part[id(part)])
+                if isinstance(part, ImagePart) and id(part) in by_part
+                else part
+                for part in message.content
+            )
+            return attrs.evolve(message, content=content)
+
+        return tuple(fill(message) for message in messages)
+
+    def _render(
+        self, model: LoadedModel, request: ChatRequest, messages: Sequence[Message]
+    ) -> RenderedPrompt:
+        if request.raw_prompt is not None:
+            return self._raw(model, request.raw_prompt, request.suffix)
+        try:
+            rendered = self.pm.hook.mlxhost_render_prompt(
+                model=model,
+                messages=tuple(messages),
+                tools=request.offered_tools,
+                tool_choice=request.tool_choice,
+            )
+        except TemplateError as exc:
+            raise InvalidRequest(f"The chat template rejected the messages: {exc}") from exc
+        sent = sum(len(m.images) for m in messages)
+        if len(rendered.images) != sent:
+            raise InvalidRequest(
+                f"Model '{model.id}': its prompt template placed {len(rendered.images)} of "
+                f"the {sent} images sent.",
+                param="messages",
+            )
+        return rendered
+
+    def _raw(self, model: LoadedModel, prompt: str, suffix: str | None) -> RenderedPrompt:
+        """A legacy completion prompt: the text as is, or the family's fill-in-the-middle form."""
+        if suffix is None:
+            return RenderedPrompt(text=prompt)
+        text = self.pm.hook.mlxhost_fim_prompt(model=model, prefix=prompt, suffix=suffix)
+        if text is None:
+            raise InvalidRequest(
+                f"Model '{model.id}' has no fill-in-the-middle format; send no 'suffix'.",
+                param="suffix",
+            )
+        return RenderedPrompt(text=text)
+
+    async def _prepare(
+        self, session: ModelSession, request: ChatRequest, messages: Sequence[Message]
+    ) -> PreparedPrompt:
+        return await session.prepare(self._render(session.model, request, messages))
 
     async def _summarize(
-        self, loaded: LoadedModel, messages: list[dict[str, Any]], too_long: ContextLengthExceeded
-    ) -> list[dict[str, Any]]:
-        """Messages with the older turns replaced by a summary (the lock is held)."""
+        self, session: ModelSession, messages: Sequence[Message], too_long: ContextLengthExceeded
+    ) -> tuple[Message, ...]:
+        """Messages with the older turns replaced by a summary (the session is held)."""
+        model = session.model
         split = split_conversation(messages)
         if not split.older:
             raise too_long
         started = time.perf_counter()
+        plain = ChatRequest(model=model.id, messages=())
 
-        async def count(prompt: list[dict[str, Any]]) -> int:
-            return (await self._prepare(loaded, prompt)).num_tokens
+        async def count(prompt: Sequence[Message]) -> int:
+            return await session.count_tokens(self._render(model, plain, prompt))
 
-        async def generate(prompt: list[dict[str, Any]], max_tokens: int) -> str:
-            prepared = await self._prepare(loaded, prompt)
+        async def generate(prompt: Sequence[Message], max_tokens: int) -> str:
+            prepared = await session.prepare(self._render(model, plain, prompt))
             params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
-            steps = self.worker.stream(
-                lambda should_stop: self.engine.generate(prepared, params, should_stop)
-            )
-            return "".join([step.text async for step in steps])
+            return "".join([step.text async for step in session.generate(prepared, params)])
 
         async def truncate(text: str, max_tokens: int) -> str:
-            tokenizer = loaded.info.tokenizer
+            tokenizer = model.tokenizer
             if tokenizer is None:  # engines without a tokenizer: a rough cut by characters
                 return text[: max_tokens * 3]
             ids = tokenizer.encode(text, add_special_tokens=False)[:max_tokens]
@@ -224,7 +339,7 @@ class ChatService:
             count_tokens=count,
             generate=generate,
             truncate=truncate,
-            context_window=loaded.context_window,
+            context_window=model.context_window,
         )
         summary = await summarizer.summarize(split.older)
         compressed = with_summary(split.system, summary, split.kept)
@@ -232,27 +347,38 @@ class ChatService:
         log.info(
             "Context: summarized %d older messages of %s: %d -> %d prompt tokens in %.1fs",
             len(split.older),
-            loaded.spec.id,
+            model.id,
             too_long.prompt_tokens,
             after,
             time.perf_counter() - started,
         )
         return compressed
 
-    def _sampling(
-        self, request: ChatCompletionRequest, loaded: LoadedModel, prompt_tokens: int
-    ) -> SamplingParams:
-        window = loaded.context_window
-        requested = request.completion_limit
+    def _sampling(self, request: ChatRequest, info: ModelInfo, prompt_tokens: int) -> SamplingParams:
+        window = info.context_window
+        requested = request.max_tokens
+        if prompt_tokens == 0:
+            # An empty raw prompt: the model has nothing to continue from.
+            raise InvalidRequest("The prompt is empty: send at least one character.", param="prompt")
         # Without max_tokens, room for a reply of a reasonable size must remain.
-        reserve = requested if requested is not None else min(
-            self.settings.default_max_tokens, max(window // 4, 1)
+        reserve = (
+            requested
+            if requested is not None
+            else min(self.settings.default_max_tokens, max(window // 4, 1))
         )
         if prompt_tokens + reserve > window:
             raise ContextLengthExceeded(
                 window, prompt_tokens + (requested or 0), prompt_tokens=prompt_tokens
             )
-        defaults = getattr(self.engine, "defaults", {})
+        vocabulary = _vocab_size(info)
+        unknown = [t for t in request.logit_bias if vocabulary is not None and t >= vocabulary]
+        if unknown:
+            raise InvalidRequest(
+                f"'logit_bias' names token {unknown[0]}, beyond this model's vocabulary "
+                f"of {vocabulary} tokens.",
+                param="logit_bias",
+            )
+        defaults = info.generation_defaults
         temperature = request.temperature
         if temperature is None:
             temperature = defaults.get("temperature", 1.0)
@@ -264,52 +390,45 @@ class ChatService:
             top_p=float(top_p),
             # MLX seeds are unsigned 64-bit; any JSON integer maps onto one.
             seed=None if request.seed is None else request.seed % 2**64,
+            top_k=request.top_k or 0,
+            min_p=request.min_p or 0.0,
+            presence_penalty=request.presence_penalty or 0.0,
+            frequency_penalty=request.frequency_penalty or 0.0,
+            repetition_penalty=request.repetition_penalty,
+            logit_bias=dict(request.logit_bias),
+            logprobs=request.logprobs,
+            grammar=self._grammar(request, info),
         )
 
-    async def _run(
-        self,
-        generation: Generation,
-        loaded: LoadedModel,
-        prepared: PreparedPrompt,
-        params: SamplingParams,
-        request: ChatCompletionRequest,
-        tools: list[dict[str, Any]] | None,
-    ) -> AsyncIterator[ParserEvent]:
-        parser = loaded.tool_parser(tools or [])
-        stops = StopStringMatcher(request.stop_strings)
-        saw_tool_call = False
-        finish = "stop"
-        steps = self.worker.stream(
-            lambda should_stop: self.engine.generate(prepared, params, should_stop)
+    def _grammar(self, request: ChatRequest, info: ModelInfo) -> str | None:
+        """The grammar the reply must match: the JSON format, or a forced tool call."""
+        if request.json_format is not None:
+            return json_grammar(request.json_format.schema, request.json_format.where)
+        tools = forced_tools(request.offered_tools, request.tool_choice)
+        if not tools:
+            return None
+        text = self.pm.hook.mlxhost_tool_call_grammar(
+            model=info, tools=tools, tool_choice=request.tool_choice
         )
-        started = time.perf_counter()
+        if text is None:
+            return None  # the family cannot force calls: the prompt's instruction only
         try:
-            async for step in self._guarded(steps):
-                generation.completion_tokens += 1
-                for event in parser.feed(stops.feed(step.text)):
-                    saw_tool_call |= isinstance(event, ToolCallEvent)
-                    yield event
-                # A stop string, or a parser that saw a complete call and knows the
-                # model would now invent the tool's output.
-                if stops.stopped or getattr(parser, "stop_requested", False):
-                    finish = "stop"
-                    break
-                if step.finish:
-                    finish = step.finish
-        finally:
-            await steps.aclose()
-        for event in [*parser.feed(stops.flush()), *parser.finish()]:
-            saw_tool_call |= isinstance(event, ToolCallEvent)
-            yield event
-        generation.finish_reason = "tool_calls" if saw_tool_call and finish != "length" else finish
-        elapsed = time.perf_counter() - started
-        log.info(
-            "%s: %d prompt + %d completion tokens in %.2fs (%.1f tok/s), finish=%s",
-            generation.model_id,
-            generation.prompt_tokens,
-            generation.completion_tokens,
-            elapsed,
-            generation.completion_tokens / elapsed if elapsed else 0.0,
-            generation.finish_reason,
-        )
+            return lark_grammar(text)
+        except ValueError as exc:
+            raise InvalidRequest(
+                f"'tool_choice' cannot be enforced for these tools' parameter schemas: {exc}",
+                param="tools",
+            ) from None
 
+
+__all__ = ["ChatService", "Generation", "TextPart", "text_message"]
+
+
+def _vocab_size(info: ModelInfo) -> int | None:
+    """The model's vocabulary size from its config (top level or ``text_config``)."""
+    text_config = info.config.get("text_config")
+    for section in (info.config, text_config if isinstance(text_config, dict) else {}):
+        value = section.get("vocab_size")
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

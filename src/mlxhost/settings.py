@@ -1,87 +1,345 @@
-"""Server settings: the one place that reads mlxhost's environment variables."""
+"""Server settings, declared once.
+
+The ``Settings`` class below is the single source of every setting: each field
+is declared with ``setting(...)``, which gives its environment variable,
+``mlxhost serve`` flag, parser, default and help text. Everything else is
+generated from it: ``Settings.from_env`` (the environment), ``add_settings_arguments``
+and ``settings_from_args`` (the CLI flags), ``env_value`` (read before Settings
+exists, by blas.py) and ``settings_markdown`` (docs/settings.md, checked by a test).
+
+Precedence: an explicit override (a CLI flag) > the environment > the default.
+"""
+
+# setting() returns an attrs.field (mutable defaults become attrs.Factory), which ruff
+# cannot see: RUF009 would flag every list and dict field.
+# ruff: noqa: RUF009
 
 from __future__ import annotations
 
+import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 
+MiB = 1024 * 1024
+_KEY = "mlxhost.setting"
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+               "0": False, "false": False, "no": False, "off": False}
 
-def _env_int(env: Mapping[str, str], name: str) -> int | None:
-    value = env.get(name)
-    return int(value) if value not in (None, "") else None
+
+class SettingsError(ValueError):
+    """A malformed environment value; the message names the variable."""
+
+
+# Parsers turn one environment (or flag) string into a value; their ValueError
+# messages end up after the variable's or flag's name.
+def parse_bool(text: str) -> bool:
+    try:
+        return _BOOL_WORDS[text.strip().lower()]
+    except KeyError:
+        raise ValueError(f"expected 1/0, true/false, yes/no or on/off, got {text!r}") from None
+
+
+def parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+
+
+def parse_list(text: str) -> list[str]:
+    """Comma-separated, items stripped, empty items dropped."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_mib(text: str) -> int:
+    """A MiB count, as bytes (``--prefix-cache-mib``; its variable is in bytes)."""
+    return parse_int(text) * MiB
+
+
+@attrs.frozen
+class Setting:
+    """One row of the table: a ``Settings`` field and how to set it."""
+
+    name: str
+    default: Any
+    help: str
+    env: str | None = None
+    flag: str | None = None  # a "--no-x" flag on a bool setting turns it off
+    parse: Callable[[str], Any] = str
+    flag_parse: Callable[[str], Any] | None = None  # when the flag's unit differs
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    shown_default: str | None = None  # the default as docs and --help say it
+
+    def convert(self, text: str) -> Any:
+        value = self.parse(text)
+        if self.choices and value not in self.choices:
+            raise ValueError(f"expected one of {', '.join(self.choices)}, got {text!r}")
+        return value
+
+    def read_env(self, env: Mapping[str, str]) -> Any:
+        """The variable's value, or None when it is absent or empty."""
+        text = env.get(self.env) if self.env else None
+        if text is None or not text.strip():
+            return None
+        try:
+            return self.convert(text)
+        except ValueError as error:
+            raise SettingsError(f"{self.env}={text!r}: {error}") from None
+
+    def describe_default(self) -> str:
+        if self.shown_default is not None:
+            return self.shown_default
+        if isinstance(self.default, bool):
+            return "on" if self.default else "off"
+        if self.default is None or self.default in ([], {}):
+            return "none"
+        return str(self.default)
+
+
+def setting(default: Any, help: str, **declaration: Any) -> Any:
+    """An attrs field carrying its row of the table (see ``Setting``)."""
+    if isinstance(default, (list, dict)):
+        assert not default, "mutable defaults must be empty"
+        default = attrs.Factory(type(default))
+    return attrs.field(default=default, metadata={_KEY: {"help": help, **declaration}})
 
 
 @attrs.define
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 1234
-    # Model loaded at start-up (id, alias or local folder); None loads on first request.
-    model: str | None = None
-    # Overrides the context window of every model (tests use a small one).
-    context_window: int | None = None
-    # Per-model context window overrides, by id.
-    context_windows: dict[str, int] = attrs.Factory(dict)
-    # Completion tokens assumed when a request does not give max_tokens.
-    default_max_tokens: int = 512
-    # Summarize older turns when a conversation does not fit (per request:
-    # "truncation": "disabled" opts out).
-    summarize: bool = True
-    # Image inputs: byte cap per image, and networks that may be fetched from
-    # although they are not public (loopback/private are refused by default).
-    image_max_bytes: int = 20 * 1024 * 1024
-    image_allow_networks: list[str] = attrs.Factory(list)
-    # Admission: requests waiting for the model beyond this get 503 + Retry-After;
-    # a request waiting longer than queue_timeout seconds too.
-    max_queue: int = 64
-    queue_timeout: float | None = 600.0
-    # Every endpoint but /health requires "Authorization: Bearer <api_key>" when set.
-    api_key: str | None = None
-    # Origins allowed by CORS (off when empty); "*" allows any.
-    cors_origins: list[str] = attrs.Factory(list)
-    max_body_bytes: int = 64 * 1024 * 1024
-    # Seconds in-flight requests get to finish after SIGTERM.
-    shutdown_grace: float = 30.0
-    # KV prefix cache budget in bytes (None: the engine's default, 2 GiB; 0: off).
-    prefix_cache_bytes: int | None = None
-    # Run two tokens through a model right after loading it (first request is not slower).
-    warmup: bool = True
-    # Entry-point plugins not to load, by name (e.g. "gemma").
-    disabled_plugins: list[str] = attrs.Factory(list)
-    # Folders served as models in addition to registered and cached ones.
-    extra_models: list[str] = attrs.Factory(list)
-    log_level: str = "info"
+    host: str = setting("127.0.0.1", "address to listen on", flag="--host", metavar="HOST")
+    port: int = setting(1234, "TCP port to listen on", flag="--port", parse=parse_int,
+                        metavar="PORT")
+    model: str | None = setting(
+        None,
+        "model to load at start-up: id, alias or folder; 'auto' picks the seed Qwen model "
+        "if cached or downloadable, else builds a small one offline from PyPI; "
+        "unset: the first request loads its model",
+        env="MLXHOST_MODEL", flag="--model", metavar="MODEL",
+    )
+    context_window: int | None = setting(
+        None, "override every model's context window (tokens)",
+        env="MLXHOST_CONTEXT_WINDOW", flag="--context-window", parse=parse_int, metavar="N",
+        shown_default="the model's",
+    )
+    context_windows: dict[str, int] = setting(
+        {}, "per-model context window overrides, by model id (Python only)"
+    )
+    default_max_tokens: int = setting(
+        512, "completion tokens reserved when a request gives no max_tokens",
+        env="MLXHOST_DEFAULT_MAX_TOKENS", flag="--default-max-tokens", parse=parse_int,
+        metavar="N",
+    )
+    summarize: bool = setting(
+        True, "summarize older turns when a conversation does not fit; off rejects it with "
+        "context_length_exceeded (a request opts out with \"truncation\": \"disabled\")",
+        env="MLXHOST_SUMMARIZE", flag="--no-summarize", parse=parse_bool,
+    )
+    image_max_bytes: int = setting(
+        20 * MiB, "byte cap per image input",
+        env="MLXHOST_IMAGE_MAX_BYTES", flag="--max-image-bytes", parse=parse_int, metavar="N",
+        shown_default="20971520 = 20 MiB",
+    )
+    image_allow_networks: list[str] = setting(
+        [], "non-public networks image URLs may resolve into (loopback and private ones are "
+        "refused otherwise), e.g. 127.0.0.1/32 for local files served over HTTP",
+        env="MLXHOST_ALLOW_IMAGE_NETWORKS", flag="--allow-image-network", parse=parse_list,
+        metavar="CIDR",
+    )
+    max_queue: int = setting(
+        64, "requests allowed to wait for the model; more get 503 + Retry-After",
+        env="MLXHOST_MAX_QUEUE", flag="--max-queue", parse=parse_int, metavar="N",
+    )
+    queue_timeout: float | None = setting(
+        600.0, "seconds a request may wait for the model before 503 (None: no limit; Python only)"
+    )
+    api_key: str | None = setting(
+        None, "require 'Authorization: Bearer KEY' on every endpoint but /health",
+        env="MLXHOST_API_KEY", flag="--api-key", metavar="KEY",
+    )
+    cors_origins: list[str] = setting(
+        [], "origins allowed by CORS ('*' for any; CORS is off when none)",
+        env="MLXHOST_CORS_ORIGINS", flag="--cors-origin", parse=parse_list, metavar="ORIGIN",
+    )
+    max_body_bytes: int = setting(
+        64 * MiB, "largest request body accepted, in bytes (Python only)",
+        shown_default="67108864 = 64 MiB",
+    )
+    shutdown_grace: float = setting(
+        30.0, "seconds in-flight requests get to finish after SIGTERM (Python only)"
+    )
+    # Bytes internally and in the variable; the flag is in MiB.
+    prefix_cache_bytes: int | None = setting(
+        None, "memory for the KV prefix cache reused across turns; 0 turns it off "
+        "(the variable is in bytes, the flag in MiB)",
+        env="MLXHOST_PREFIX_CACHE_BYTES", flag="--prefix-cache-mib", parse=parse_int,
+        flag_parse=parse_mib, metavar="MIB", shown_default="the engine's, 2 GiB",
+    )
+    warmup: bool = setting(
+        True, "run two tokens through each model right after loading it, so that the first "
+        "request is not slower",
+        env="MLXHOST_WARMUP", flag="--no-warmup", parse=parse_bool,
+    )
+    disabled_plugins: list[str] = setting(
+        [], "entry-point plugins not to load, by name, e.g. gemma (also read by "
+        "`mlxhost plugins` and `mlxhost models`)",
+        env="MLXHOST_DISABLED_PLUGINS", parse=parse_list,
+    )
+    extra_models: list[str] = setting(
+        [], "folders served as models besides registered and cached ones (Python only)"
+    )
+    models_dirs: list[str] = setting(
+        [], "a folder whose immediate subfolders holding a config.json are served as models, "
+        "each named by its folder name (symlinks leading outside it are not followed)",
+        env="MLXHOST_MODELS_DIRS", flag="--models-dir", parse=parse_list, metavar="DIR",
+    )
+    allow_model_paths: bool = setting(
+        False, "let a request name any model folder on the server's disk by its path; "
+        "unsafe beyond loopback or on a shared machine (off: only registered, cached, "
+        "--model and --models-dir models)",
+        env="MLXHOST_ALLOW_MODEL_PATHS", flag="--allow-model-paths", parse=parse_bool,
+    )
+    log_level: str = setting(
+        "info", "log level of mlxhost and uvicorn", flag="--log-level",
+        choices=("critical", "error", "warning", "info", "debug"),
+    )
+    # Read by blas.py before Settings exists (the re-exec must come first), via env_value.
+    openblas: bool = setting(
+        True, "on Linux CPU, preload OpenBLAS for fast fp32 matmuls (the server re-executes "
+        "itself once with LD_PRELOAD set)",
+        env="MLXHOST_OPENBLAS", flag="--no-openblas", parse=parse_bool,
+    )
+    openblas_path: str | None = setting(
+        None, "the BLAS library to preload", env="MLXHOST_OPENBLAS_PATH",
+        flag="--openblas-path", metavar="PATH", shown_default="Debian's libopenblas0-pthread",
+    )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``env`` (default: os.environ); overrides that are not None win."""
         env = os.environ if env is None else env
-        values: dict = {}
-        if env.get("MLXHOST_MODEL"):
-            values["model"] = env["MLXHOST_MODEL"]
-        if (window := _env_int(env, "MLXHOST_CONTEXT_WINDOW")) is not None:
-            values["context_window"] = window
-        if (max_tokens := _env_int(env, "MLXHOST_DEFAULT_MAX_TOKENS")) is not None:
-            values["default_max_tokens"] = max_tokens
-        if env.get("MLXHOST_SUMMARIZE", "").lower() in ("0", "false", "no", "off"):
-            values["summarize"] = False
-        if env.get("MLXHOST_ALLOW_IMAGE_NETWORKS"):
-            values["image_allow_networks"] = env["MLXHOST_ALLOW_IMAGE_NETWORKS"].split(",")
-        if (image_bytes := _env_int(env, "MLXHOST_IMAGE_MAX_BYTES")) is not None:
-            values["image_max_bytes"] = image_bytes
-        if env.get("MLXHOST_API_KEY"):
-            values["api_key"] = env["MLXHOST_API_KEY"]
-        if env.get("MLXHOST_CORS_ORIGINS"):
-            values["cors_origins"] = env["MLXHOST_CORS_ORIGINS"].split(",")
-        if (queue := _env_int(env, "MLXHOST_MAX_QUEUE")) is not None:
-            values["max_queue"] = queue
-        if (cache_bytes := _env_int(env, "MLXHOST_PREFIX_CACHE_BYTES")) is not None:
-            values["prefix_cache_bytes"] = cache_bytes
-        if env.get("MLXHOST_WARMUP", "").lower() in ("0", "false", "no", "off"):
-            values["warmup"] = False
-        if env.get("MLXHOST_DISABLED_PLUGINS"):
-            values["disabled_plugins"] = [
-                name.strip() for name in env["MLXHOST_DISABLED_PLUGINS"].split(",") if name.strip()
-            ]
+        values = {s.name: value for s in SETTINGS if (value := s.read_env(env)) is not None}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _row(field: attrs.Attribute) -> Setting:
+    default = field.default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]  # attrs.Factory is a class
+        default = default.factory()  # type: ignore[union-attr]
+    return Setting(name=field.name, default=default, **field.metadata[_KEY])
+
+
+SETTINGS: tuple[Setting, ...] = tuple(_row(f) for f in attrs.fields(Settings))
+SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+def env_value(name: str, env: Mapping[str, str] | None = None) -> Any:
+    """One setting from the environment alone, else its default (for code that runs
+    before Settings is built)."""
+    row = SETTINGS_BY_NAME[name]
+    value = row.read_env(os.environ if env is None else env)
+    return row.default if value is None else value
+
+
+def _flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
+
+
+def _flag_help(row: Setting) -> str:
+    extra = f"default: {row.describe_default()}"
+    if row.env:
+        extra += f"; env {row.env}"
+    return f"{row.help} ({extra})".replace("%", "%%")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add a flag for every setting that has one. Flags default to None, so that an
+    absent flag leaves the environment or the default in place (settings_from_args)."""
+    for row in SETTINGS:
+        if row.flag is None:
+            continue
+        options: dict[str, Any] = {"dest": row.name, "default": None, "help": _flag_help(row)}
+        if row.parse is parse_bool:
+            # "--no-warmup" stores the opposite of the default.
+            options.update(action="store_const", const=not row.default)
+            options["help"] = ("turn off: " if row.default else "turn on: ") + options["help"]
+        elif row.parse is parse_list:
+            # Repeatable, and each value may itself be comma-separated.
+            options.update(action="extend", type=_flag_type(parse_list), metavar=row.metavar)
+            options["help"] = options["help"].replace(" (default", " (repeatable; default", 1)
+        else:
+            options.update(type=_flag_type(row.flag_parse or row.parse), metavar=row.metavar,
+                           choices=row.choices)
+        parser.add_argument(row.flag, **options)
+
+
+def settings_from_args(
+    args: argparse.Namespace, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from parsed flags (add_settings_arguments) over the environment."""
+    flags = {row.name: getattr(args, row.name, None) for row in SETTINGS if row.flag}
+    return Settings.from_env(env, **flags)
+
+
+def _flag_cell(row: Setting) -> str:
+    if row.flag is None:
+        return "—"
+    cell = f"`{row.flag} {row.metavar}`" if row.metavar else f"`{row.flag}`"
+    if row.choices:
+        cell = f"`{row.flag} {{{','.join(row.choices)}}}`"
+    return cell + (" (repeatable)" if row.parse is parse_list else "")
+
+
+def settings_markdown() -> str:
+    """docs/settings.md, generated from the table."""
+    lines = [
+        "# Settings",
+        "",
+        "<!-- Generated from src/mlxhost/settings.py by "
+        "`python -m mlxhost.settings --markdown > docs/settings.md`; "
+        "tests/unit/test_settings.py fails when this file is out of date. -->",
+        "",
+        "Every setting of `mlxhost serve`, declared once in `src/mlxhost/settings.py`. "
+        "A flag beats its environment variable, which beats the default. In the "
+        "environment, booleans take `1`/`0`, `true`/`false`, `yes`/`no` or `on`/`off`; "
+        "lists are comma-separated; an empty variable counts as unset; a malformed value "
+        "stops start-up with an error naming the variable. Repeatable flags add to the "
+        "list. \"—\" means no variable or no flag: such settings are set from Python "
+        "(`Settings(...)`, `create_app(settings)`).",
+        "",
+        "| setting | environment variable | flag | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for row in SETTINGS:
+        env = f"`{row.env}`" if row.env else "—"
+        lines.append(
+            f"| `{row.name}` | {env} | {_flag_cell(row)} | {row.describe_default()} | {row.help} |"
+        )
+    lines += [
+        "",
+        "Also read, outside this table: `HF_HUB_OFFLINE=1` (never touch the network; only "
+        "cached models load), `MLXHOST_TEST_MODELS` (where the starter and test models are "
+        "built) and `MLX_PTX_CACHE_DIR` (MLX's CUDA kernel cache; `mlxhost serve` defaults "
+        "it to `~/.cache/mlxhost/mlx-ptx`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    cli = argparse.ArgumentParser(prog="python -m mlxhost.settings", description=__doc__)
+    cli.add_argument("--markdown", action="store_true", help="print docs/settings.md")
+    if cli.parse_args().markdown:
+        print(settings_markdown(), end="")
+    else:
+        cli.print_help()

@@ -29,6 +29,7 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from mlxhost.domain import FunctionTool, NamedToolChoice, ToolChoice
 from mlxhost.types import ContentDelta, ParserEvent, ToolCall, ToolCallEvent
 
 log = logging.getLogger(__name__)
@@ -88,17 +89,12 @@ def merge_events(events: Iterable[ParserEvent]) -> list[ParserEvent]:
     return out
 
 
-def offered_functions(tools: Iterable[Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+def offered_functions(tools: Iterable[FunctionTool] | None) -> dict[str, dict[str, Any]]:
     """The offered functions, name -> JSON schema of their parameters (``{}``: none given)."""
-    out: dict[str, dict[str, Any]] = {}
-    for tool in tools or ():
-        if tool.get("type", "function") != "function":
-            continue
-        function = tool.get("function")
-        if isinstance(function, Mapping) and isinstance(function.get("name"), str):
-            parameters = function.get("parameters")
-            out[function["name"]] = dict(parameters) if isinstance(parameters, Mapping) else {}
-    return out
+    return {
+        tool.name: dict(tool.parameters) if isinstance(tool.parameters, Mapping) else {}
+        for tool in tools or ()
+    }
 
 
 def call_arguments(value: Any) -> dict[str, Any]:
@@ -116,19 +112,39 @@ def call_arguments(value: Any) -> dict[str, Any]:
     return value
 
 
-def tool_choice_instruction(tool_choice: str | Mapping[str, Any] | None) -> str | None:
+def tool_choice_instruction(tool_choice: ToolChoice) -> str | None:
     """The one instruction line a prompt gets for ``tool_choice`` (None for auto/none).
 
-    Constrained decoding is out of scope: the model is told, not forced.
+    Where the family has a tool-call grammar (``mlxhost_tool_call_grammar``) the
+    reply is also forced to be a call.
     """
     if tool_choice == "required":
         return "You must call at least one of the provided functions in your reply."
-    if isinstance(tool_choice, Mapping):
-        function = tool_choice.get("function")
-        name = function.get("name") if isinstance(function, Mapping) else None
-        if isinstance(name, str) and name:
-            return f"You must call the function `{name}` in your reply."
+    if isinstance(tool_choice, NamedToolChoice):
+        return f"You must call the function `{tool_choice.name}` in your reply."
     return None
+
+
+def forced_tools(tools: Sequence[FunctionTool], tool_choice: ToolChoice) -> tuple[FunctionTool, ...]:
+    """The tools a reply must call one of: all for "required", the named one, or none."""
+    if tool_choice == "required":
+        return tuple(tools)
+    if isinstance(tool_choice, NamedToolChoice):
+        return tuple(tool for tool in tools if tool.name == tool_choice.name)
+    return ()
+
+
+def call_object_schema(tools: Sequence[FunctionTool], *, with_arguments: bool = True) -> dict[str, Any]:
+    """JSON schema of ``{"name": ..., "arguments": {...}}`` calling one of ``tools``
+    (arguments matching each tool's parameters, or any object)."""
+    return {"anyOf": [
+        {"type": "object",
+         "properties": {"name": {"const": tool.name},
+                        "arguments": dict(tool.parameters or {"type": "object"})
+                        if with_arguments else {"type": "object"}},
+         "required": ["name", "arguments"], "additionalProperties": False}
+        for tool in tools
+    ]}
 
 
 # --- a small JSON-schema check ----------------------------------------------
@@ -441,6 +457,8 @@ class ToolCallStreamParser:
 
 class ContentOnlyParser:
     """Every character is content (no tools offered)."""
+
+    stop_requested = False
 
     def feed(self, text: str) -> list[ParserEvent]:
         return content_events(text)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
+
+if TYPE_CHECKING:
+    from mlxhost.domain import FunctionTool
 
 VISION = "vision"
 TOOLS = "tools"
@@ -28,15 +31,26 @@ class ModelSpec:
     source: str = ""
 
 
+DEFAULT_CONTEXT_WINDOW = 4096  # when neither config, plugin nor settings say
+
+
 @attrs.frozen
 class ModelInfo:
-    """What hooks see of a model: its spec, its config and, once loaded, its tokenizer."""
+    """Every fact about one version of a model, resolved once (``ModelRegistry.info``).
+
+    ``/v1/models``, ``mlxhost models``, the context budget and the engine all
+    read these; nothing recomputes them. A model that is not downloaded yet has
+    an empty ``config`` and no ``path``; after a download it is a new version.
+    """
 
     spec: ModelSpec
-    config: dict[str, Any]
-    path: Path | None = None
-    # The Hugging Face tokenizer (or processor's tokenizer) when the model is loaded.
-    tokenizer: Any = None
+    config: Mapping[str, Any]
+    # The local folder holding the weights (None: not downloaded).
+    path: Path | None
+    # Settings override > context-limit hook > the plugin's declared value > default.
+    context_window: int
+    # Sampling defaults from generation_config.json (temperature, top_p).
+    generation_defaults: Mapping[str, float] = attrs.field(factory=dict)
 
     @property
     def id(self) -> str:
@@ -47,8 +61,40 @@ class ModelInfo:
         return self.spec.family
 
     @property
+    def capabilities(self) -> frozenset[str]:
+        return self.spec.capabilities
+
+    @property
     def model_type(self) -> str | None:
-        return self.config.get("model_type")
+        value = self.config.get("model_type")
+        return value if isinstance(value, str) else None
+
+    @property
+    def downloaded(self) -> bool:
+        return self.path is not None
+
+
+@attrs.frozen
+class LoadedModel:
+    """The model in memory: its facts plus what only loading gives."""
+
+    info: ModelInfo
+    # The Hugging Face tokenizer (or a processor's tokenizer); None for engines without one.
+    tokenizer: Any
+    tool_parser: ToolParserFactory
+    loaded_at: float
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def family(self) -> str | None:
+        return self.info.family
+
+    @property
+    def context_window(self) -> int:
+        return self.info.context_window
 
 
 @attrs.frozen
@@ -89,19 +135,20 @@ ParserEvent = ContentDelta | ToolCallEvent
 
 
 class StreamParser(Protocol):
-    """Turns generated text into content and tool calls, fed piece by piece.
+    """Turns generated text into content and tool calls, fed piece by piece."""
 
-    A parser may also set ``stop_requested = True`` after a feed: the server
-    then ends generation there (finish reason ``tool_calls``).
-    """
+    # Read after each feed(): True ends generation there (finish reason
+    # ``tool_calls``), e.g. once a call block closed and the model would go on
+    # to invent the tool's output.
+    stop_requested: bool
 
     def feed(self, text: str) -> list[ParserEvent]: ...
 
     def finish(self) -> list[ParserEvent]: ...
 
 
-# A family plugin's tool-call format: given the request's tools, a fresh parser.
-ToolParserFactory = Callable[[list[dict[str, Any]]], StreamParser]
+# A family plugin's tool-call format: given the request's offered tools, a fresh parser.
+ToolParserFactory = Callable[[Sequence["FunctionTool"]], StreamParser]
 
 
 @attrs.frozen
@@ -110,6 +157,29 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    # 0: off.
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # None or 1.0: off.
+    repetition_penalty: float | None = None
+    # token id -> added to its logit
+    logit_bias: Mapping[int, float] = attrs.field(factory=dict)
+    # Report each token's log probability with this many alternatives (None: off).
+    logprobs: int | None = None
+    # An llguidance grammar the output must match (None: free text).
+    grammar: str | None = None
+
+
+@attrs.frozen
+class TokenLogprob:
+    """One generated token's log probability, and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    # (token text, log probability), most likely first.
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @attrs.frozen
@@ -119,3 +189,7 @@ class TokenStep:
     token: int
     text: str  # newly decoded text (may be empty while a multi-byte char is pending)
     finish: str | None = None  # "stop" (EOS) or "length" on the last step
+    # On the first step: prompt tokens served from the prefix cache (None: unknown).
+    cached_tokens: int | None = None
+    # When the request asked for log probabilities.
+    logprob: TokenLogprob | None = None

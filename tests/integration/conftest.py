@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxhost.testing.models import TEST_MODELS, ensure_test_model, install_into_hf_cache
+from mlxhost.starter.builder import TEST_MODELS, ensure_test_model, install_into_hf_cache
 from mlxhost.testing.server import ServerProcess
 from mlxhost.testing.vlm_models import TINY_VLMS, ensure_tiny_vlm
 

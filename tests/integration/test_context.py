@@ -8,7 +8,9 @@ import httpx
 import openai
 import pytest
 
-from .conftest import QWEN
+from mlxhost.starter.builder import TEST_MODELS
+
+QWEN = TEST_MODELS["qwen"].repo_id
 
 WINDOW = 512
 FACTS = [

@@ -9,14 +9,14 @@ long enough to pass its 512-token sliding window, so the rotating caches
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterator
 
 import attrs
 import pytest
 
+from mlxhost.registry import folder_info
 from mlxhost.runtime.mlx_engine import MLXEngine
-from mlxhost.testing.models import ensure_test_model
+from mlxhost.starter.builder import ensure_test_model
 from mlxhost.types import RenderedPrompt, SamplingParams
 
 MAX_TOKENS = 12
@@ -43,7 +43,7 @@ class Turn:
 def load(name: str) -> tuple[MLXEngine, object]:
     path = ensure_test_model(name)
     engine = MLXEngine()
-    tokenizer = engine.load(name, path, json.loads((path / "config.json").read_text()))
+    tokenizer = engine.load(folder_info(path))
     return engine, tokenizer
 
 
@@ -170,7 +170,7 @@ def test_text_turns_on_vision_models_reuse_the_prefix(name):
 
     path = ensure_tiny_vlm(name)
     engine = MLXEngine()
-    tokenizer = engine.load(name, path, json.loads((path / "config.json").read_text()))
+    tokenizer = engine.load(folder_info(path))
     try:
         user_messages = [f"Part {i + 1}. {STORY * 12}\n{q}" for i, q in enumerate(QUESTIONS[:3])]
         on, off = on_and_off(engine, tokenizer, user_messages)

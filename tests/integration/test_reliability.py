@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import threading
@@ -12,18 +11,33 @@ import httpx
 import openai
 import pytest
 
-from mlxhost.testing.models import ensure_test_model
+from mlxhost.starter.builder import TEST_MODELS, ensure_test_model
+from mlxhost.testing.http import raw_post, read_until
 
-from .conftest import QWEN
+QWEN = TEST_MODELS["qwen"].repo_id
 
 ASK = [{"role": "user", "content": "What is 2+2? Answer with a number."}]
+# Generous: far above a healthy cancel (well under a second), far below the abandoned work.
+ADMIT_BOUND = 60
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory):
+    """The server's --models-dir: broken models go here (requests name them by folder)."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def qwen_server(start_server, models_root):
+    with start_server("--model", QWEN, "--models-dir", str(models_root)) as server:
+        yield server
 
 
 @pytest.fixture
-def corrupt_model(tmp_path):
+def corrupt_model(models_root):
     """A folder that looks like the Qwen model but whose weights are garbage."""
     source = ensure_test_model("qwen")
-    folder = tmp_path / "corrupt-qwen"
+    folder = models_root / "corrupt-qwen"
     folder.mkdir()
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(source / name, folder / name)
@@ -33,22 +47,22 @@ def corrupt_model(tmp_path):
 
 def test_corrupt_model_is_a_clear_error_and_the_server_keeps_serving(client, qwen_server, corrupt_model):
     with pytest.raises(openai.InternalServerError) as caught:
-        client.chat.completions.create(model=str(corrupt_model), messages=ASK, max_tokens=4)
+        client.chat.completions.create(model=corrupt_model.name, messages=ASK, max_tokens=4)
     error = caught.value.body
     assert error["code"] == "model_load_failed"
-    assert str(corrupt_model) in error["message"]
+    assert corrupt_model.name in error["message"]
     health = qwen_server.health()
     assert health["status"] == "ok" and health["last_error"]
     response = client.chat.completions.create(model=QWEN, messages=ASK, max_tokens=5, temperature=0)
     assert "4" in response.choices[0].message.content
 
 
-def test_missing_weights_is_a_clear_error(client, tmp_path):
-    folder = tmp_path / "no-weights"
+def test_missing_weights_is_a_clear_error(client, models_root):
+    folder = models_root / "no-weights"
     folder.mkdir()
     shutil.copy(ensure_test_model("qwen") / "config.json", folder / "config.json")
     with pytest.raises(openai.InternalServerError) as caught:
-        client.chat.completions.create(model=str(folder), messages=ASK, max_tokens=4)
+        client.chat.completions.create(model=folder.name, messages=ASK, max_tokens=4)
     assert caught.value.body["code"] == "model_load_failed"
 
 
@@ -56,15 +70,20 @@ def test_sigterm_finishes_in_flight_stream_and_exits_zero(start_server):
     server = start_server("--model", QWEN)
     server.__enter__()
     lines: list[str] = []
+    under_way = threading.Event()  # the first chunk has arrived
 
     def stream() -> None:
         body = {"model": QWEN, "messages": ASK, "max_tokens": 12, "temperature": 0, "stream": True}
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=120) as r:
-            lines.extend(line for line in r.iter_lines() if line)
+            for line in r.iter_lines():
+                if line:
+                    lines.append(line)
+                    under_way.set()
+        under_way.set()  # (also if it ended without a chunk: the asserts below report it)
 
     client = threading.Thread(target=stream)
     client.start()
-    time.sleep(1.0)  # the stream is under way
+    assert under_way.wait(120), "the stream did not start"
     server.process.send_signal(signal.SIGTERM)
     client.join(120)
     code = server.process.wait(60)
@@ -76,28 +95,28 @@ def test_sigterm_finishes_in_flight_stream_and_exits_zero(start_server):
 
 
 def test_disconnect_mid_stream_frees_the_model_for_the_next_request(qwen_server, capsys):
-    """A real socket closed mid-stream: the next request is admitted within 1 s."""
-    import socket
+    """A real socket closed mid-stream: the generation stops and the next request is served.
 
-    body = json.dumps({
-        "model": QWEN, "stream": True, "max_tokens": 300, "temperature": 0,
-        "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
-    }).encode()
-    sock = socket.create_connection(("127.0.0.1", qwen_server.port))
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
-    )
-    received = b""
-    while received.count(b"data: ") < 4:  # a few tokens are out: generation is under way
-        received += sock.recv(65536)
-    sock.close()
+    The abandoned request asks for thousands of tokens (minutes of work on CPU), so
+    the follow-up being admitted within the generous bound below means the generation
+    was cancelled; the time it took is printed, not asserted."""
+    body = {
+        "model": QWEN, "stream": True, "max_tokens": 4000, "temperature": 0,
+        "messages": [{"role": "user", "content": "Count from 1 to 5000, one number per line."}],
+    }
+    with raw_post(qwen_server.url, "/v1/chat/completions", body) as sock:
+        read_until(sock, b"data: ", count=4)  # a few tokens are out: generation is under way
     closed = time.perf_counter()
     follow = {"model": QWEN, "stream": True, "max_tokens": 2, "messages": ASK}
-    with httpx.stream("POST", f"{qwen_server.url}/v1/chat/completions", json=follow, timeout=60) as r:
-        admitted = time.perf_counter() - closed  # headers are sent once it holds the model
-        assert r.status_code == 200
-        assert [line for line in r.iter_lines() if line][-1] == "data: [DONE]"
+    try:
+        with httpx.stream(
+            "POST", f"{qwen_server.url}/v1/chat/completions", json=follow, timeout=ADMIT_BOUND
+        ) as r:
+            admitted = time.perf_counter() - closed  # headers are sent once it holds the model
+            assert r.status_code == 200
+            assert [line for line in r.iter_lines() if line][-1] == "data: [DONE]"
+    except httpx.ReadTimeout:
+        pytest.fail(f"the next request was not admitted within {ADMIT_BOUND}s: "
+                    "the abandoned generation is still running")
     with capsys.disabled():
         print(f"\n[cancel] next request admitted {admitted:.2f}s after the client disconnected")
-    assert admitted < 1.0

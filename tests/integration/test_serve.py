@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 
 import httpx
 import openai
 import pytest
 
-from .conftest import GEMMA, QWEN
+from mlxhost.starter.builder import TEST_MODELS
+
+GEMMA = TEST_MODELS["gemma"].repo_id
+QWEN = TEST_MODELS["qwen"].repo_id
 
 ASK = [{"role": "user", "content": "What is 2+2? Answer with a number."}]
 
@@ -153,3 +157,109 @@ def test_second_turn_reuses_the_prefix_through_the_server(client, qwen_server):
     client.chat.completions.create(model=QWEN, messages=messages, max_tokens=8, temperature=0)
     reused = qwen_server.health()["prefix_cache"]["tokens_reused"] - before
     assert reused >= first.usage.prompt_tokens - 1
+
+
+def test_sampling_knobs_on_the_real_model(client):
+    ask = [{"role": "user", "content": "Name a colour."}]
+
+    def reply(**extra):
+        response = client.chat.completions.create(model=QWEN, messages=ask, max_tokens=6, **extra)
+        return response.choices[0].message.content
+
+    greedy = reply(temperature=0)
+    # top_k=1 leaves one candidate: sampling at temperature 1 is greedy.
+    assert reply(temperature=1.0, extra_body={"top_k": 1}) == greedy
+    # A -100 bias on every token of the greedy reply's first word changes the reply.
+    from transformers import AutoTokenizer
+
+    from mlxhost.starter.builder import ensure_test_model
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_test_model("qwen"))
+    first = tokenizer.encode(greedy, add_special_tokens=False)[0]
+    assert reply(temperature=0, logit_bias={str(first): -100}) != greedy
+    penalized = reply(temperature=0, frequency_penalty=2.0, presence_penalty=2.0)
+    assert isinstance(penalized, str) and penalized
+
+
+def test_logprobs_one_per_completion_token(client):
+    response = client.chat.completions.create(
+        model=QWEN, messages=[{"role": "user", "content": "Say hi."}], max_tokens=6,
+        temperature=0, logprobs=True, top_logprobs=2,
+    )
+    content = response.choices[0].logprobs.content
+    assert len(content) == response.usage.completion_tokens
+    for item in content:
+        assert item.logprob <= 0 and len(item.top_logprobs) == 2
+        # Greedy: the chosen token is the most likely one.
+        assert item.top_logprobs[0].logprob == pytest.approx(item.logprob, abs=1e-4)
+        assert item.bytes == list(item.token.encode())
+    stream = client.chat.completions.create(
+        model=QWEN, messages=[{"role": "user", "content": "Say hi."}], max_tokens=6,
+        temperature=0, logprobs=True, stream=True, stream_options={"include_usage": True},
+    )
+    streamed, usage = [], None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.logprobs and choice.logprobs.content:
+                streamed.extend(choice.logprobs.content)
+    assert len(streamed) == usage.completion_tokens
+    assert [i.token for i in streamed] == [i.token for i in content]
+
+
+def test_n_choices_on_the_real_model(client):
+    response = client.chat.completions.create(
+        model=QWEN, messages=[{"role": "user", "content": "Say a random word."}], max_tokens=4,
+        temperature=1.0, seed=5, n=2,
+    )
+    assert [c.index for c in response.choices] == [0, 1]
+    assert all(c.message.content for c in response.choices)
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "answer": {"type": "integer"},
+        "unit": {"enum": ["apples", "pears"]},
+        "sure": {"type": "boolean"},
+    },
+    "required": ["answer", "unit", "sure"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize(
+    "prompt", ["How many apples are 2 apples plus 2 apples?", "Tell me a joke."]
+)
+def test_json_schema_replies_are_exactly_valid_json(client, prompt):
+    from mlxhost.toolcalls import schema_errors
+
+    response = client.chat.completions.create(
+        model=QWEN, messages=[{"role": "user", "content": prompt}], max_tokens=60, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA, "strict": True}},
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "stop"
+    value = json.loads(choice.message.content)
+    assert schema_errors(value, SCHEMA) == []
+
+
+def test_json_object_and_a_bad_schema(client):
+    import openai
+
+    response = client.chat.completions.create(
+        model=QWEN, messages=[{"role": "user", "content": "Give a JSON object with one key."}],
+        max_tokens=30, temperature=0, response_format={"type": "json_object"},
+    )
+    content = response.choices[0].message.content
+    if response.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(content), dict)
+    else:  # cut at max_tokens: still a JSON object's beginning
+        assert content.lstrip().startswith("{")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=QWEN, messages=[{"role": "user", "content": "x"}], max_tokens=4,
+            response_format={"type": "json_schema", "json_schema": {"name": "b", "schema": {"type": "nope"}}},
+        )
+    assert caught.value.body["param"] == "response_format.json_schema.schema"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from .conftest import QWEN
+from mlxhost.starter.builder import TEST_MODELS
+
+QWEN = TEST_MODELS["qwen"].repo_id
 
 WEATHER_TOOL = {
     "type": "function",
@@ -87,3 +89,62 @@ def test_tool_choice_none_hides_tools(client):
     )
     assert not response.choices[0].message.tool_calls
     assert response.choices[0].finish_reason in ("stop", "length")
+
+
+JOKE = [{"role": "user", "content": "Tell me a joke."}]
+
+
+def test_tool_choice_required_is_enforced_by_grammar(client):
+    """A prompt that asks for no tool still gets a call whose arguments fit the schema."""
+    from mlxhost.toolcalls import schema_errors
+
+    response = client.chat.completions.create(
+        model=QWEN, messages=JOKE, tools=[WEATHER_TOOL], tool_choice="required", temperature=0, max_tokens=60
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls", choice.message.content
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather"
+    assert schema_errors(json.loads(call.function.arguments), WEATHER_TOOL["function"]["parameters"]) == []
+    stream = client.chat.completions.create(
+        model=QWEN, messages=JOKE, tools=[WEATHER_TOOL], tool_choice="required", temperature=0, max_tokens=60,
+        stream=True,
+    )
+    names, finish = [], None
+    for chunk in stream:
+        for delta_call in chunk.choices[0].delta.tool_calls or []:
+            if delta_call.function and delta_call.function.name:
+                names.append(delta_call.function.name)
+        finish = chunk.choices[0].finish_reason or finish
+    assert names == ["get_weather"] and finish == "tool_calls"
+
+
+def test_named_tool_choice_calls_that_function(client):
+    clock = {"type": "function", "function": {
+        "name": "get_time", "description": "The current time in a timezone.",
+        "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}},
+                       "required": ["timezone"]}}}
+    response = client.chat.completions.create(
+        model=QWEN, messages=QUESTION, tools=[WEATHER_TOOL, clock], temperature=0, max_tokens=60,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
+    (call,) = response.choices[0].message.tool_calls
+    assert call.function.name == "get_time"
+    assert isinstance(json.loads(call.function.arguments)["timezone"], str)
+
+
+def test_gemma_required_tool_choice_gives_a_parsable_tool_code_call(start_server):
+    from openai import OpenAI
+
+    gemma = TEST_MODELS["gemma"].repo_id
+    with start_server("--model", gemma) as server:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=300)
+        response = client.chat.completions.create(
+            model=gemma, messages=QUESTION, tools=[WEATHER_TOOL], tool_choice="required",
+            temperature=0, max_tokens=40,
+        )
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls", choice.message.content
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments), dict)

@@ -17,9 +17,10 @@ import openai
 import pytest
 from PIL import Image
 
+from mlxhost.starter.builder import TEST_MODELS
 from mlxhost.testing.vlm_models import TINY_VLMS, expected_image_tokens
 
-from .conftest import QWEN
+QWEN = TEST_MODELS["qwen"].repo_id
 
 
 def png(color, size=(64, 64)) -> bytes:

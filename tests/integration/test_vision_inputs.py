@@ -3,10 +3,9 @@ exactly one BOS (mlx-vlm's Gemma processor adds its own), and the image expanded
 
 from __future__ import annotations
 
-import json
-
 from PIL import Image
 
+from mlxhost.registry import folder_info
 from mlxhost.runtime.mlx_engine import MLXEngine
 from mlxhost.testing.vlm_models import ensure_tiny_vlm, expected_image_tokens
 from mlxhost.types import ImageInput, RenderedPrompt
@@ -18,7 +17,7 @@ IMAGE_TOKEN = 262144
 def test_gemma_image_prompt_has_one_bos_and_expanded_image_tokens():
     path = ensure_tiny_vlm("gemma3")
     engine = MLXEngine(prefix_cache_bytes=0, warmup=False)
-    engine.load("tiny-gemma3", path, json.loads((path / "config.json").read_text()))
+    engine.load(folder_info(path))
     text = "<bos><start_of_turn>user\n<start_of_image>Describe.<end_of_turn>\n<start_of_turn>model\n"
     image = ImageInput(image=Image.new("RGB", (64, 64), "red"), digest="red")
     prepared = engine.prepare(RenderedPrompt(text=text, images=(image,)))

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
+import attrs
 import pytest
 
-
-def chat(client, model, content="Hi", **extra):
-    body = {"model": model, "messages": [{"role": "user", "content": content}], **extra}
-    return client.post("/v1/chat/completions", json=body)
-
-
-def sse_events(response) -> list:
-    events = []
-    for line in response.text.splitlines():
-        if line.startswith("data: "):
-            payload = line[len("data: ") :]
-            events.append(payload if payload == "[DONE]" else json.loads(payload))
-    return events
+from mlxhost.testing.http import chat, sse_events
 
 
 def test_non_streaming_completion(client, fake_models, fake_plugin):
@@ -80,7 +67,7 @@ def test_unknown_model_is_404_in_openai_shape(client):
         ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ({"model": "m", "messages": []}, "messages"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 7}, "temperature"),
-        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 9}, "n"),
     ],
 )
 def test_invalid_body_names_the_field(client, body, param):
@@ -198,3 +185,174 @@ def test_generation_stops_when_the_parser_asks(make_client, fake_models, fake_pl
         body = chat(client, fake_models[0]).json()
     assert body["choices"][0]["message"]["content"] == "Stop here!"
     assert body["usage"]["completion_tokens"] == len("Stop here!")
+
+
+@pytest.mark.parametrize(("parallel", "calls"), [(None, 3), (True, 3), (False, 1)])
+def test_parallel_tool_calls_false_ends_the_reply_after_one_call(fake_models, fake_plugin, parallel, calls):
+    from litestar.testing import TestClient
+
+    from mlxhost.app import create_app
+    from mlxhost.hookspecs import hookimpl
+    from mlxhost.plugins import make_plugin_manager
+    from mlxhost.settings import Settings
+    from mlxhost.types import ToolCall, ToolCallEvent
+
+    class CallPerC:
+        stop_requested = False
+
+        def __init__(self):
+            self.count = 0
+
+        def feed(self, text):
+            if text != "C":
+                return []
+            self.count += 1
+            return [ToolCallEvent(ToolCall("f", "{}", f"call_{self.count}"))]
+
+        def finish(self):
+            return []
+
+    class Plugin:
+        @hookimpl
+        def mlxhost_tool_call_parser(self, model):
+            return lambda tools: CallPerC()
+
+    fake_plugin.reply = "CCC"
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    extra = {} if parallel is None else {"parallel_tool_calls": parallel}
+    app = create_app(Settings(extra_models=fake_models), make_plugin_manager(extra=[fake_plugin, Plugin()]))
+    with TestClient(app) as client:
+        body = chat(client, fake_models[0], tools=tools, **extra).json()
+    choice = body["choices"][0]
+    assert len(choice["message"]["tool_calls"]) == calls
+    assert choice["finish_reason"] == "tool_calls"
+    assert body["usage"]["completion_tokens"] == calls
+
+
+def test_normalize_request_hook_sees_and_changes_every_request(fake_plugin, fake_models):
+    from litestar.testing import TestClient
+
+    from mlxhost.app import create_app
+    from mlxhost.domain import TextPart
+    from mlxhost.hookspecs import hookimpl
+    from mlxhost.plugins import make_plugin_manager
+    from mlxhost.settings import Settings
+
+    seen = []
+
+    class Rewrite:
+        @hookimpl
+        def mlxhost_normalize_request(self, request):
+            seen.append(request.messages[-1].text)
+            message = attrs.evolve(request.messages[-1], content=(TextPart("rewritten"),))
+            return attrs.evolve(request, messages=(*request.messages[:-1], message))
+
+    pm = make_plugin_manager(extra=[fake_plugin, Rewrite()])
+    with TestClient(create_app(Settings(extra_models=fake_models), pm)) as client:
+        response = chat(client, fake_models[0], content="original")
+    assert response.status_code == 200
+    assert seen == ["original"]
+    assert "user: rewritten" in fake_plugin.prompts[-1].text
+
+
+def test_fim_prompt_hook_or_a_400_naming_suffix():
+    from mlxhost.domain import ChatRequest
+    from mlxhost.errors import InvalidRequest
+    from mlxhost.hookspecs import hookimpl
+    from mlxhost.plugins import make_plugin_manager
+    from mlxhost.service import ChatService
+    from mlxhost.settings import Settings
+    from mlxhost.types import LoadedModel, ModelInfo, ModelSpec
+
+    class Fim:
+        @hookimpl
+        def mlxhost_fim_prompt(self, model, prefix, suffix):
+            return f"<pre>{prefix}<suf>{suffix}<mid>" if model.family == "fim" else None
+
+    pm = make_plugin_manager(load_entrypoints=False, extra=[Fim()])
+    service = ChatService(registry=None, runtime=None, pm=pm, settings=Settings())  # type: ignore[arg-type]
+
+    def model(family):
+        info = ModelInfo(spec=ModelSpec(id="m", family=family), config={}, path=None, context_window=64)
+        return LoadedModel(info=info, tokenizer=None, tool_parser=lambda tools: None, loaded_at=0)
+
+    request = ChatRequest(model="m", messages=(), raw_prompt="def f(", suffix="):")
+    assert service._render(model("fim"), request, ()).text == "<pre>def f(<suf>):<mid>"
+    plain = ChatRequest(model="m", messages=(), raw_prompt="hello")
+    assert service._render(model("other"), plain, ()).text == "hello"
+    with pytest.raises(InvalidRequest) as caught:
+        service._render(model("other"), request, ())
+    assert caught.value.param == "suffix"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("top_k", -1),
+        ("min_p", 1.5),
+        ("presence_penalty", 3),
+        ("frequency_penalty", -2.5),
+        ("repetition_penalty", 0),
+        ("logit_bias", {"abc": 1}),
+        ("logit_bias", {"5": 101}),
+    ],
+)
+def test_sampling_knobs_out_of_range_are_400_naming_the_field(client, fake_models, field, value):
+    response = chat(client, fake_models[0], **{field: value})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"].startswith(field)
+
+
+def test_sampling_knobs_reach_the_engine(fake_plugin, fake_models):
+    from mlxhost.api.schemas import parse_chat_request
+
+    request = parse_chat_request({
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "top_k": 3, "min_p": 0.1,
+        "presence_penalty": 0.5, "frequency_penalty": -0.5, "repetition_penalty": 1.2,
+        "logit_bias": {"42": -100},
+    })
+    assert (request.top_k, request.min_p, request.repetition_penalty) == (3, 0.1, 1.2)
+    assert (request.presence_penalty, request.frequency_penalty) == (0.5, -0.5)
+    assert request.logit_bias == {42: -100.0}
+
+
+def test_n_choices_have_their_own_indices(client, fake_models, fake_plugin):
+    response = chat(client, fake_models[0], n=3, seed=7)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    assert all(c["message"]["content"] == fake_plugin.reply for c in body["choices"])
+    assert body["usage"]["completion_tokens"] == 3 * len(fake_plugin.reply)
+    generations = [e for e in fake_plugin.events if e[0] == "generate"]
+    assert len(generations) == 3
+
+
+def test_n_choices_stream_with_their_indices(client, fake_models, fake_plugin):
+    response = chat(client, fake_models[0], n=2, stream=True, stream_options={"include_usage": True})
+    events = sse_events(response)
+    assert events[-1] == "[DONE]"
+    chunks = [e for e in events[:-1] if e["choices"]]
+    by_index: dict[int, str] = {}
+    for chunk in chunks:
+        choice = chunk["choices"][0]
+        by_index[choice["index"]] = by_index.get(choice["index"], "") + (choice["delta"].get("content") or "")
+    assert by_index == {0: fake_plugin.reply, 1: fake_plugin.reply}
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]]
+    assert finishes == ["stop", "stop"]
+    assert events[-2]["usage"]["completion_tokens"] == 2 * len(fake_plugin.reply)
+
+
+def test_logit_bias_beyond_the_vocabulary_is_400(make_client, tmp_path):
+    import json
+
+    folder = tmp_path / "fake-vocab"
+    folder.mkdir()
+    config = {"model_type": "fake", "max_position_embeddings": 256, "vocab_size": 100}
+    (folder / "config.json").write_text(json.dumps(config))
+    with make_client(extra_models=[str(folder)]) as client:
+        ok = chat(client, str(folder), logit_bias={"99": 1})
+        assert ok.status_code == 200, ok.text
+        beyond = chat(client, str(folder), logit_bias={"100": 1})
+        assert beyond.status_code == 400 and beyond.json()["error"]["param"] == "logit_bias"
+        huge = chat(client, str(folder), logit_bias={"99999999999": 1})
+        assert huge.status_code == 400

@@ -2,32 +2,40 @@
 
 from __future__ import annotations
 
-import asyncio
+import concurrent.futures
 
-from litestar.testing import AsyncTestClient
+import httpx
 
-from mlxhost.app import create_app
-from mlxhost.plugins import make_plugin_manager
-from mlxhost.settings import Settings
 from mlxhost.testing.fake_engine import FakeEnginePlugin
+from mlxhost.testing.http import live, sse_events
+from mlxhost.testing.live import wait_until
 
-from .test_chat_api import sse_events
 
+def test_concurrent_requests_for_two_models_never_overlap(fake_models):
+    plugin = FakeEnginePlugin(reply="abcdefghij")
+    plugin.gate.clear()  # the first generation holds the model until all six have arrived
+    with live(plugin, fake_models) as url:
 
-async def test_concurrent_requests_for_two_models_never_overlap(fake_models):
-    plugin = FakeEnginePlugin(reply="abcdefghij", token_delay=0.01)
-    app = create_app(Settings(extra_models=fake_models), make_plugin_manager(extra=[plugin]))
-    async with AsyncTestClient(app) as client:
+        def ask(index: int) -> httpx.Response:
+            body = {
+                "model": fake_models[index % 2],
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": index % 3 == 0,
+            }
+            return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
 
-        async def ask(model: str, stream: bool):
-            body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-            return await client.post("/v1/chat/completions", json=body)
+        def all_arrived() -> bool:  # one generating, five queued behind it
+            return httpx.get(f"{url}/health", timeout=30).json()["waiting"] == 5
 
-        responses = await asyncio.gather(
-            *(ask(fake_models[i % 2], stream=i % 3 == 0) for i in range(6))
-        )
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            asks = [pool.submit(ask, i) for i in range(6)]
+            assert plugin.started.wait(30)
+            wait_until(all_arrived, what="five queued requests")
+            plugin.gate.set()
+            responses = [f.result(30) for f in asks]
     assert [r.status_code for r in responses] == [200] * 6
     assert plugin.max_active == 1  # generation never ran twice at once
+    assert [e[0] for e in plugin.events].count("generate") == 6
     for index, response in enumerate(responses):
         if index % 3 == 0:
             chunks = [e for e in sse_events(response) if e != "[DONE]"]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
-from .test_chat_api import chat, sse_events
+import pytest
+
+from mlxhost.testing.http import chat, live, raw_post, read_until, sse_events
+from mlxhost.testing.live import async_wait_until, wait_until
 
 
 def test_api_key_required_except_health(make_client, fake_models):
@@ -51,8 +54,21 @@ def test_deep_nesting_and_huge_arrays_are_400(client, fake_models):
 
 
 def test_unknown_fields_are_ignored(client, fake_models):
-    response = chat(client, fake_models[0], frequency_penalty=0.5, metadata={"a": 1}, store=False)
+    response = chat(client, fake_models[0], metadata={"a": 1}, store=False, frequency_penalty=0)
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ("response_format", {"type": "xml"}, "response_format"),
+        ("top_logprobs", 2, "logprobs"),  # needs logprobs: true
+    ],
+)
+def test_fields_that_change_the_output_are_rejected_not_ignored(client, fake_models, field, value, param):
+    response = chat(client, fake_models[0], **{field: value})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"].startswith(param)
 
 
 def test_engine_failure_is_500_then_reload_and_recovery(client, fake_models, fake_plugin):
@@ -81,67 +97,62 @@ def test_engine_failure_mid_stream_ends_with_an_error_event(client, fake_models,
     assert chat(client, fake_models[0]).status_code == 200
 
 
-def live(fake_plugin, fake_models, **settings):
-    from mlxhost.app import create_app
-    from mlxhost.plugins import make_plugin_manager
-    from mlxhost.settings import Settings
-    from mlxhost.testing.live import live_server
-
-    app = create_app(Settings(extra_models=fake_models, **settings), make_plugin_manager(extra=[fake_plugin]))
-    return live_server(app)
-
-
 def test_queue_full_is_503_with_retry_after(fake_models, fake_plugin):
     import concurrent.futures
 
     import httpx
 
-    fake_plugin.token_delay = 0.02
     body = {"model": fake_models[0], "messages": [{"role": "user", "content": "hi"}]}
+    fake_plugin.gate.clear()  # the first generation holds the model until we open the gate
     with live(fake_plugin, fake_models, max_queue=1) as url:
-        def post(_):
+
+        def post():
             return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
 
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            responses = list(pool.map(post, range(4)))
-    statuses = sorted(r.status_code for r in responses)
+        def health():
+            return httpx.get(f"{url}/health", timeout=30).json()
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            running = pool.submit(post)
+            assert fake_plugin.started.wait(30)  # it holds the model
+            queued = pool.submit(post)
+            wait_until(lambda: health()["waiting"] == 1, what="a queued request")
+            rejected = [post() for _ in range(2)]  # the queue (1) is full
+            fake_plugin.gate.set()
+            responses = [running.result(30), queued.result(30), *rejected]
+    statuses = [r.status_code for r in responses]
     assert statuses == [200, 200, 503, 503]
-    busy = next(r for r in responses if r.status_code == 503)
+    busy = rejected[0]
     assert int(busy.headers["retry-after"]) >= 1
     assert busy.json()["error"]["code"] == "server_busy"
     assert json.loads(busy.text)["error"]["type"] == "server_error"
 
 
-def test_client_disconnect_stops_generation_and_frees_the_slot(fake_models, fake_plugin):
-    import time
-
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_disconnect_stops_generation_and_frees_the_slot(fake_models, fake_plugin, stream):
     import httpx
 
-    fake_plugin.reply = "x" * 2000
-    fake_plugin.token_delay = 0.01
+    model = fake_models[0]
+    # Paced so that the generation is still running when the client hangs up; the
+    # test waits on the engine's events, never on the clock.
+    fake_plugin.reply = "x" * 100_000
+    fake_plugin.token_delay = 0.001
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
     with live(fake_plugin, fake_models) as url:
-        for stream in (True, False):
-            body = {"model": fake_models[0], "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-            with httpx.Client(timeout=30) as client:
-                try:
-                    with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=0.5) as r:
-                        for _ in r.iter_lines():
-                            break
-                        time.sleep(0.3)
-                except httpx.ReadTimeout:
-                    pass  # non-streaming: we gave up waiting, the socket closes
-            started = time.perf_counter()
-            fake_plugin.reply = "ok"
-            quick = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": False}, timeout=30)
-            waited = time.perf_counter() - started
-            fake_plugin.reply = "x" * 2000
-            assert quick.status_code == 200 and quick.json()["choices"][0]["message"]["content"] == "ok"
-            assert waited < 1.0, f"next request waited {waited:.2f}s"
-    assert fake_plugin.events.count(("cancelled", fake_models[0])) == 2
+        with raw_post(url, "/v1/chat/completions", body) as sock:
+            assert fake_plugin.first_token.wait(30)  # generation is under way
+            if stream:
+                read_until(sock, b"data: ")  # and the client has seen a chunk
+        # Closing the socket must stop the generation (finishing 100k tokens would
+        # not end with "cancelled") and free the model for the next request.
+        wait_until(lambda: fake_plugin.cancelled(model) == 1, what="the generation stopping")
+        fake_plugin.reply = "ok"
+        quick = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": False}, timeout=30)
+    assert quick.status_code == 200 and quick.json()["choices"][0]["message"]["content"] == "ok"
+    assert fake_plugin.cancelled(model) == 1
 
 
 async def test_a_stream_never_iterated_still_releases_the_slot(fake_models, fake_plugin):
-    import asyncio
     import gc
 
     from mlxhost.api.responses import open_sse
@@ -152,18 +163,14 @@ async def test_a_stream_never_iterated_still_releases_the_slot(fake_models, fake
 
     app = create_app(Settings(extra_models=fake_models), make_plugin_manager(extra=[fake_plugin]))
     state = app.state
-    state.worker.start()
+    state.runtime.start()
     try:
         chat = parse_chat_request({"model": fake_models[0], "stream": True,
                                    "messages": [{"role": "user", "content": "hi"}]})
         _headers, stream = await open_sse(state.service, chat, include_usage=False)
-        assert state.slot.scheduler.busy  # admitted: holds the lock
+        assert state.runtime.scheduler.busy  # admitted: holds the lock
         del stream  # the client vanished before the first byte was sent
         gc.collect()
-        for _ in range(50):
-            await asyncio.sleep(0.01)
-            if not state.slot.scheduler.busy:
-                break
-        assert not state.slot.scheduler.busy
+        await async_wait_until(lambda: not state.runtime.scheduler.busy, what="the slot released")
     finally:
-        state.worker.stop()
+        state.runtime.stop()

@@ -7,7 +7,7 @@ import json
 
 import httpx
 
-from .test_hardening import live
+from mlxhost.testing.http import live
 
 
 def test_two_hundred_requests_eight_clients_alternating_models(fake_models, fake_plugin, capsys):

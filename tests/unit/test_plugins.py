@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import re
@@ -13,12 +14,15 @@ import pytest
 from mlxhost import hookspecs
 from mlxhost.cli import main
 from mlxhost.default_plugins.config_context import context_window_from_config
+from mlxhost.errors import ModelNotFound
 from mlxhost.hookspecs import hookimpl
 from mlxhost.plugins import describe_plugins, make_plugin_manager
 from mlxhost.registry import ModelRegistry, RegistrationError
+from mlxhost.settings import Settings
 from mlxhost.types import ModelInfo, ModelSpec
 
-DOCS = Path(__file__).parents[2] / "docs" / "plugins.md"
+ROOT = Path(__file__).parents[2]
+DOCS = ROOT / "docs" / "plugins.md"
 HOOKS = [name for name in dir(hookspecs) if name.startswith("mlxhost_")]
 
 
@@ -45,19 +49,40 @@ def test_misspelled_hook_fails_loudly():
 @pytest.mark.parametrize("hook", HOOKS)
 def test_every_hook_is_documented_with_its_signature(hook):
     signature = inspect.signature(getattr(hookspecs, hook))
-    params = ", ".join(
-        f"{name}: {p.annotation}" for name, p in signature.parameters.items()
-    )
+    params = ", ".join(f"{name}: {p.annotation}" for name, p in signature.parameters.items())
     expected = f"def {hook}({params}) -> {signature.return_annotation}"
     assert expected in DOCS.read_text(), expected
 
 
+def _test_functions(source: str) -> list[str]:
+    """The source of each test function (module level or in a Test class)."""
+    tree = ast.parse(source)
+    return [
+        ast.get_source_segment(source, node) or ""
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.name.startswith("test_")
+    ]
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_called_by_a_test(hook):
+    files = [*ROOT.glob("tests/**/test_*.py"), *ROOT.glob("plugins/*/tests/test_*.py")]
+    files.append(ROOT / "src" / "mlxhost" / "testing" / "plugin_kit.py")
+    bodies = [body for path in files for body in _test_functions(path.read_text())]
+    testers = [body for body in bodies if hook in body]
+    assert testers, f"no test function mentions {hook}"
+
+
 def test_registry_records_sources_and_aliases():
     registry = ModelRegistry(make_plugin_manager())
-    gemma = registry.resolve("gemma")
+    gemma = registry.resolve_spec("gemma")
     assert gemma.id == "mlx-community/gemma-3-4b-it-4bit"
     assert gemma.source == "gemma" and gemma.family == "gemma"
     assert {"vision", "tools"} <= gemma.capabilities
+    info = registry.resolve("gemma")
+    assert isinstance(info, ModelInfo) and info.spec == gemma
+    # Not downloaded: the window the plugin declared.
     assert registry.resolve("qwen").context_window == 262144
 
 
@@ -74,8 +99,33 @@ def test_duplicate_registration_is_rejected():
 
 def test_local_folder_resolves_with_family_from_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
-    spec = ModelRegistry(make_plugin_manager()).resolve(str(tmp_path))
-    assert spec.family == "qwen" and spec.path == tmp_path.resolve()
+    # A folder named at start-up (--model PATH) resolves by the path given.
+    info = ModelRegistry(make_plugin_manager(), extra_models=[str(tmp_path)]).resolve(str(tmp_path))
+    assert info.family == "qwen" and info.spec.path == tmp_path.resolve()
+    assert info.path == tmp_path.resolve() and info.model_type == "qwen2"
+
+
+def test_a_request_cannot_name_a_folder_it_was_not_given(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    with pytest.raises(ModelNotFound):
+        ModelRegistry(make_plugin_manager()).resolve(str(tmp_path))
+    opened = ModelRegistry(make_plugin_manager(), Settings(allow_model_paths=True))
+    assert opened.resolve(str(tmp_path)).family == "qwen"
+
+
+def test_models_dir_serves_subfolders_by_name_and_never_follows_links_out(tmp_path):
+    root, outside = tmp_path / "models", tmp_path / "outside"
+    for folder in (root / "mine", outside):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    (root / "link").symlink_to(outside)
+    registry = ModelRegistry(make_plugin_manager(), Settings(models_dirs=[str(root)]))
+    assert registry.resolve("mine").path == (root / "mine").resolve()
+    for name in ("link", "../outside", str(root / "mine"), "~", "mine/../link"):
+        with pytest.raises(ModelNotFound):
+            registry.resolve(name)
+    assert "mine" in {s.id for s in registry.all_specs()}
+    assert "link" not in {s.id for s in registry.all_specs()}
 
 
 @pytest.mark.parametrize(
@@ -94,12 +144,33 @@ def test_context_window_from_config(config, expected):
 def test_context_limit_hook_uses_reference_configs():
     pm = make_plugin_manager()
     # The real layout of both seed models: the window sits inside text_config.
-    for config, window in (
-        ({"model_type": "gemma3", "text_config": {"max_position_embeddings": 131072}}, 131072),
-        ({"model_type": "qwen3_vl", "text_config": {"max_position_embeddings": 262144}}, 262144),
+    for family, config, window in (
+        (
+            "gemma",
+            {"model_type": "gemma3", "text_config": {"max_position_embeddings": 131072}},
+            131072,
+        ),
+        (
+            "qwen",
+            {"model_type": "qwen3_vl", "text_config": {"max_position_embeddings": 262144}},
+            262144,
+        ),
     ):
-        info = ModelInfo(spec=ModelSpec(id="x"), config=config)
-        assert pm.hook.mlxhost_context_limit(model=info) == window
+        spec = ModelSpec(id="x", family=family)
+        assert pm.hook.mlxhost_context_limit(spec=spec, config=config) == window
+
+
+def test_the_registry_resolves_the_context_window_once_from_the_config(tmp_path):
+    config = {"model_type": "qwen3_vl", "text_config": {"max_position_embeddings": 262144}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    registry = ModelRegistry(make_plugin_manager(), extra_models=[str(tmp_path)])
+    info = registry.resolve(str(tmp_path))
+    assert info.context_window == 262144 and info.family == "qwen"
+    assert registry.resolve(str(tmp_path)) is info
+    overridden = ModelRegistry(
+        make_plugin_manager(), Settings(context_window=8192), extra_models=[str(tmp_path)]
+    )
+    assert overridden.resolve(str(tmp_path)).context_window == 8192
 
 
 def test_family_hook_per_model_type():
@@ -119,7 +190,6 @@ def test_plugins_command_lists_versions_and_hooks(capsys):
 
 def test_disabled_plugins_from_the_environment(monkeypatch, capsys):
     from mlxhost.app import create_app
-    from mlxhost.settings import Settings
 
     settings = Settings.from_env({"MLXHOST_DISABLED_PLUGINS": "gemma, nothing"})
     assert settings.disabled_plugins == ["gemma", "nothing"]
@@ -135,10 +205,26 @@ def test_disabled_plugins_from_the_environment(monkeypatch, capsys):
 
 def test_discovered_models_parse_their_config_once(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
-    registry = ModelRegistry(make_plugin_manager())
+    registry = ModelRegistry(make_plugin_manager(), Settings(allow_model_paths=True))
     calls = []
     original = json.loads
-    monkeypatch.setattr("mlxhost.registry.json.loads", lambda text: calls.append(1) or original(text))
+    monkeypatch.setattr(
+        "mlxhost.registry.json.loads", lambda text: calls.append(1) or original(text)
+    )
     first = registry.resolve(str(tmp_path))
-    assert registry.resolve(str(tmp_path)) is first
+    # Once for the spec (family) and the facts together; never again per request.
     assert len(calls) == 1
+    for _ in range(3):
+        assert registry.resolve(str(tmp_path)) is first
+    assert len(calls) == 1
+
+
+def test_make_engine_hook_picks_the_first_engine_and_falls_back_to_mlx():
+    from mlxhost.runtime.mlx_engine import MLXEngine
+    from mlxhost.testing.fake_engine import FakeEngine, FakeEnginePlugin
+
+    settings = Settings()
+    fake = make_plugin_manager(load_entrypoints=False, extra=[FakeEnginePlugin()])
+    assert isinstance(fake.hook.mlxhost_make_engine(settings=settings), FakeEngine)
+    default = make_plugin_manager(load_entrypoints=False)
+    assert isinstance(default.hook.mlxhost_make_engine(settings=settings), MLXEngine)

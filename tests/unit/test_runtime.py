@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mlxhost.default_plugins.chat_template import mlxhost_render_prompt
-from mlxhost.default_plugins.plain_text_tools import mlxhost_tool_call_parser
+from mlxhost.default_plugins.plain_text_tools import mlxhost_tool_call_parser, plain_text_parser
+from mlxhost.domain import Message, TextPart
 from mlxhost.errors import InvalidRequest
 from mlxhost.runtime.stop import StopStringMatcher
 from mlxhost.runtime.worker import MLXWorker
-from mlxhost.types import ContentDelta, ModelInfo, ModelSpec
+from mlxhost.types import ContentDelta, LoadedModel, ModelInfo, ModelSpec
 
 
 def run_matcher(pieces, stops):
@@ -60,24 +60,36 @@ async def test_worker_stream_stops_between_items_when_consumer_leaves():
     worker = MLXWorker()
     worker.start()
     produced = []
+    permits = threading.Semaphore(0)  # one per item the consumer has taken
+    running = threading.Event()  # set while the worker thread is inside the producer
 
     def numbers(should_stop):
-        for i in range(1000):
-            if should_stop():
-                return
-            produced.append(i)
-            time.sleep(0.002)
-            yield i
+        # Lock-step with the consumer: item i+1 is made only once item i was taken,
+        # so how far the producer got never depends on thread timing.
+        running.set()
+        try:
+            for i in range(1000):
+                produced.append(i)
+                running.clear()
+                yield i
+                running.set()
+                while not permits.acquire(timeout=0.005):
+                    if should_stop():
+                        return
+        finally:
+            running.clear()
 
     try:
-        async for item in worker.stream(numbers):
+        stream = worker.stream(numbers)
+        async for item in stream:
             if item == 3:
                 break
-        # The finally of stream() waited for the producer: nothing runs on after.
-        count = len(produced)
-        assert count < 10
-        await asyncio.sleep(0.05)
-        assert len(produced) == count
+            permits.release()
+        await stream.aclose()  # as the runtime does when its consumer leaves
+        # The finally of stream() waited for the producer: the worker thread is out
+        # of it (stopped at a yield or returned), so nothing runs on after.
+        assert not running.is_set()
+        assert produced == [0, 1, 2, 3]
         assert await worker.run(lambda: "next job") == "next job"
     finally:
         worker.stop()
@@ -90,21 +102,26 @@ class TemplateTokenizer:
         return "".join(f"[{m['role']}]{m['content']}" for m in messages) + "<gen>"
 
 
+def loaded(tokenizer):
+    info = ModelInfo(spec=ModelSpec(id="m"), config={}, path=None, context_window=4096)
+    return LoadedModel(info=info, tokenizer=tokenizer, tool_parser=plain_text_parser, loaded_at=0.0)
+
+
 def test_fallback_renders_with_the_models_template():
-    info = ModelInfo(spec=ModelSpec(id="m"), config={}, tokenizer=TemplateTokenizer())
-    messages = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
-    rendered = mlxhost_render_prompt(model=info, messages=messages, tools=None)
+    messages = (Message("user", (TextPart("a"), TextPart("b"))),)
+    rendered = mlxhost_render_prompt(
+        model=loaded(TemplateTokenizer()), messages=messages, tools=(), tool_choice="auto"
+    )
     assert rendered.text == "[user]ab<gen>"
 
 
 def test_fallback_without_template_is_a_clear_error():
-    info = ModelInfo(spec=ModelSpec(id="m"), config={}, tokenizer=None)
     with pytest.raises(InvalidRequest, match="no chat template"):
-        mlxhost_render_prompt(model=info, messages=[], tools=None)
+        mlxhost_render_prompt(model=loaded(None), messages=(), tools=(), tool_choice="auto")
 
 
 def test_fallback_parser_passes_text_through():
-    parser = mlxhost_tool_call_parser(model=None)([])
+    parser = mlxhost_tool_call_parser(model=None)(())
     assert parser.feed("<tool_call>x") == [ContentDelta("<tool_call>x")]
     assert parser.finish() == []
 

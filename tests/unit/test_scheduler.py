@@ -19,23 +19,40 @@ class Slot:
         self.swaps = 0
         self.scheduler = SlotScheduler(lambda: self.loaded, **kwargs)
 
-    async def request(self, name, model, hold=0.01):
+    async def request(self, name, model, hold: asyncio.Event | None = None):
+        """Take the slot, and keep it until ``hold`` is set (if given)."""
         await self.scheduler.acquire(model)
         try:
             if self.loaded not in (None, model):
                 self.swaps += 1
             self.loaded = model
             self.order.append(name)
-            await asyncio.sleep(hold)
+            if hold is not None:
+                await hold.wait()
+            await asyncio.sleep(0)  # others run while this one holds the slot
         finally:
             self.scheduler.release()
 
 
+async def until(condition, turns=1000):
+    """Let the other tasks run until ``condition()`` holds (bounded by loop turns, not time)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not reached")
+
+
 async def start_in_order(slot, requests):
+    """All requests arrive (in order) while the first one holds the slot, then it lets go."""
+    gate = asyncio.Event()
     tasks = []
-    for name, model in requests:
-        tasks.append(asyncio.create_task(slot.request(name, model)))
-        await asyncio.sleep(0)  # arrival order = creation order
+    for index, (name, model) in enumerate(requests):
+        hold = gate if index == 0 else None
+        tasks.append(asyncio.create_task(slot.request(name, model, hold=hold)))
+        await asyncio.sleep(0)  # arrival order = creation order: each task runs to its wait
+    await until(lambda: slot.scheduler.waiting == len(requests) - 1)
+    gate.set()
     await asyncio.gather(*tasks)
 
 
@@ -61,26 +78,35 @@ async def test_older_requests_for_the_loaded_model_go_before_a_swap():
 
 async def test_queue_bound_gives_busy_with_retry_after():
     slot = Slot(max_waiting=2)
-    holder = asyncio.create_task(slot.request("hold", "A", hold=0.2))
-    await asyncio.sleep(0)
+    gate = asyncio.Event()
+    holder = asyncio.create_task(slot.request("hold", "A", hold=gate))
+    await until(lambda: slot.scheduler.busy)
     waiting = [asyncio.create_task(slot.request(f"w{i}", "A")) for i in range(2)]
-    await asyncio.sleep(0.01)
+    await until(lambda: slot.scheduler.waiting == 2)
     with pytest.raises(Busy) as caught:
         await slot.request("extra", "A")
     assert caught.value.status_code == 503 and int(caught.value.headers["Retry-After"]) >= 1
+    gate.set()
     await asyncio.gather(holder, *waiting)
     assert slot.order == ["hold", "w0", "w1"]
 
 
 async def test_wait_timeout_and_cancelled_waiters_leave_the_queue():
+    # The timeout is the scheduler's own setting under test; nothing here waits on
+    # time except that waiter, and the holder keeps the slot until the gate opens.
     slot = Slot(wait_timeout=0.05)
-    holder = asyncio.create_task(slot.request("hold", "A", hold=0.2))
-    await asyncio.sleep(0)
+    gate = asyncio.Event()
+    holder = asyncio.create_task(slot.request("hold", "A", hold=gate))
+    await until(lambda: slot.scheduler.busy)
     with pytest.raises(Busy, match="Timed out"):
         await slot.request("late", "A")
+    assert slot.scheduler.waiting == 0  # the timed-out waiter left the queue
     cancelled = asyncio.create_task(slot.request("gone", "B"))
-    await asyncio.sleep(0.01)
+    await until(lambda: slot.scheduler.waiting == 1)
     cancelled.cancel()
+    await until(lambda: cancelled.done())
+    assert slot.scheduler.waiting == 0
+    gate.set()
     await holder
     assert slot.scheduler.waiting == 0 and not slot.scheduler.busy
     await slot.request("next", "A")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mlxhost.api.schemas import parse_chat_request
 from mlxhost.conversation.summarize import (
     SUMMARY_HEADER,
     Summarizer,
@@ -11,9 +12,14 @@ from mlxhost.conversation.summarize import (
     split_conversation,
     with_summary,
 )
+from mlxhost.domain import text_message
 from mlxhost.errors import ContextLengthExceeded
+from mlxhost.testing.http import chat
 
-from .test_chat_api import chat
+
+def domain(messages):
+    """OpenAI-shaped messages as the domain messages the service passes on."""
+    return parse_chat_request({"model": "m", "messages": messages}).messages
 
 
 def turns(n):
@@ -26,10 +32,10 @@ def test_split_keeps_all_system_messages_and_the_last_six():
         {"role": "developer", "content": "s2"},
         *turns(10),
     ]
-    split = split_conversation(messages)
-    assert [m["content"] for m in split.system] == ["s1", "s2"]
-    assert [m["content"] for m in split.kept] == [f"turn {i}" for i in range(4, 10)]
-    assert [m["content"] for m in split.older] == [f"turn {i}" for i in range(4)]
+    split = split_conversation(domain(messages))
+    assert [m.text for m in split.system] == ["s1", "s2"]
+    assert [m.text for m in split.kept] == [f"turn {i}" for i in range(4, 10)]
+    assert [m.text for m in split.older] == [f"turn {i}" for i in range(4)]
 
 
 def test_split_counts_tool_messages_among_the_last_six():
@@ -41,46 +47,46 @@ def test_split_counts_tool_messages_among_the_last_six():
         {"role": "tool", "tool_call_id": "c2", "content": "43"},
         *turns(3),
     ]
-    split = split_conversation(messages)
-    assert [m["role"] for m in split.kept] == ["assistant", "tool", "tool", "user", "assistant", "user"]
+    split = split_conversation(domain(messages))
+    assert [m.role for m in split.kept] == ["assistant", "tool", "tool", "user", "assistant", "user"]
     assert len(split.older) == 4
 
 
 def test_short_conversation_has_nothing_to_summarize():
-    split = split_conversation([{"role": "system", "content": "s"}, *turns(6)])
-    assert split.older == [] and len(split.kept) == 6
+    split = split_conversation(domain([{"role": "system", "content": "s"}, *turns(6)]))
+    assert split.older == () and len(split.kept) == 6
 
 
 def test_summary_goes_right_after_the_system_messages():
-    kept = turns(2)
-    out = with_summary([{"role": "system", "content": "Be brief."}], "They said hi.", kept)
-    assert out[0] == {"role": "system", "content": f"Be brief.\n\n{SUMMARY_HEADER}\nThey said hi."}
+    kept = domain(turns(2))
+    out = with_summary(domain([{"role": "system", "content": "Be brief."}]), "They said hi.", kept)
+    assert out[0] == text_message("system", f"Be brief.\n\n{SUMMARY_HEADER}\nThey said hi.")
     assert out[1:] == kept
-    assert with_summary([], "S", kept)[0] == {"role": "system", "content": f"{SUMMARY_HEADER}\nS"}
+    assert with_summary((), "S", kept)[0] == text_message("system", f"{SUMMARY_HEADER}\nS")
 
 
 def test_transcript_lines_include_tool_calls_results_and_images():
     call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
-    assert message_as_text({"role": "assistant", "content": None, "tool_calls": [call]}) == (
-        'Assistant called get_weather({"city": "Paris"})'
-    )
-    assert message_as_text({"role": "tool", "tool_call_id": "c1", "content": "sunny"}) == (
-        "Tool result (c1): sunny"
-    )
-    image = {"type": "image_url", "image_url": {"url": "data:..."}}
-    assert message_as_text({"role": "user", "content": [{"type": "text", "text": "Look"}, image]}) == (
-        "User: Look [image]"
-    )
+    called, result, looked = domain([
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "user", "content": [
+            {"type": "text", "text": "Look"}, {"type": "image_url", "image_url": {"url": "data:..."}},
+        ]},
+    ])
+    assert message_as_text(called) == 'Assistant called get_weather({"city": "Paris"})'
+    assert message_as_text(result) == "Tool result (c1): sunny"
+    assert message_as_text(looked) == "User: Look [image]"
 
 
 async def test_chunked_summarization_when_material_exceeds_the_window():
     prompts = []
 
     async def count(messages):  # one token per character
-        return sum(len(m["content"]) for m in messages)
+        return sum(len(m.text) for m in messages)
 
     async def generate(messages, max_tokens):
-        prompts.append(messages[-1]["content"])
+        prompts.append(messages[-1].text)
         return f"S{len(prompts)}"
 
     async def truncate(text, max_tokens):
@@ -89,13 +95,13 @@ async def test_chunked_summarization_when_material_exceeds_the_window():
     summarizer = Summarizer(
         count_tokens=count, generate=generate, truncate=truncate, context_window=600, summary_tokens=100
     )
-    older = [{"role": "user", "content": "x" * 150} for _ in range(8)] + [
+    older = domain([{"role": "user", "content": "x" * 150} for _ in range(8)] + [
         {"role": "assistant", "content": "y" * 5000}  # bigger than the window alone
-    ]
+    ])
     summary = await summarizer.summarize(older)
     # Several chunk summaries, then one summary of the summaries.
     assert len(prompts) >= 4
-    assert all(len(p) + len(summarizer._prompt("")[0]["content"]) <= 600 for p in prompts)
+    assert all(len(p) + len(summarizer._prompt("")[0].text) <= 600 for p in prompts)
     assert summary == f"S{len(prompts)}"
     assert "S1" in prompts[-1] and "S2" in prompts[-1]
 

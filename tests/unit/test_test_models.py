@@ -5,19 +5,19 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import time
 from pathlib import Path
 
 import pytest
 
-from mlxhost.testing import models
-from mlxhost.testing.models import (
+from mlxhost.starter import builder as models
+from mlxhost.starter.builder import (
     TEST_MODELS,
     ensure_built,
     install_into_hf_cache,
     is_finished,
     models_cache_dir,
 )
+from mlxhost.testing.live import wait_until
 
 
 def make_fake_model(folder: Path) -> Path:
@@ -141,11 +141,12 @@ def test_unfinished_folder_and_stale_work_dirs_are_replaced(tmp_path):
     assert not (tmp_path / ".m.build-killed").exists()
 
 
-def _slow_build_in_child(cache: str, log_path: str) -> None:
+def _build_in_child(cache: str, log_path: str, release_path: str) -> None:
     def build(out: Path) -> None:
         with open(log_path, "a") as log:
             log.write(f"start {os.getpid()}\n")
-        time.sleep(0.5)
+        # Hold the lock until the parent has seen the other process queue up behind it.
+        wait_until(lambda: os.path.exists(release_path), what="the parent's go-ahead")
         write_files(out)
         with open(log_path, "a") as log:
             log.write(f"end {os.getpid()}\n")
@@ -153,15 +154,35 @@ def _slow_build_in_child(cache: str, log_path: str) -> None:
     ensure_built(Path(cache), "m", build, log=lambda _: None)
 
 
+def _flocks(lock: Path) -> tuple[int, int] | None:
+    """(holders, blocked waiters) of ``flock`` on ``lock``, from Linux's ``/proc/locks``;
+    None where that table is missing or does not show our lock."""
+    try:
+        table = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    inode = f":{lock.stat().st_ino} "
+    ours = [line for line in table if inode in line]
+    holders = sum(1 for line in ours if "->" not in line)
+    return (holders, len(ours) - holders) if holders else None
+
+
 def test_concurrent_processes_build_once(tmp_path):
     log_path = tmp_path / "builds.log"
+    release = tmp_path / "release"
     cache = tmp_path / "cache"
     ctx = multiprocessing.get_context("fork")
     procs = [
-        ctx.Process(target=_slow_build_in_child, args=(str(cache), str(log_path))) for _ in range(2)
+        ctx.Process(target=_build_in_child, args=(str(cache), str(log_path), str(release)))
+        for _ in range(2)
     ]
-    for p in procs:
-        p.start()
+    procs[0].start()
+    wait_until(lambda: log_path.exists() and "start" in log_path.read_text(), what="the first build")
+    procs[1].start()
+    lock = cache / ".m.lock"
+    if _flocks(lock) is not None:  # Linux: see the second process blocked on the lock
+        wait_until(lambda: _flocks(lock) == (1, 1), what="the second process waiting on the lock")
+    release.touch()
     for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlxhost.domain import FunctionTool, NamedToolChoice
 from mlxhost.toolcalls import (
     ContentOnlyParser,
     InvalidToolCall,
@@ -113,12 +114,7 @@ def test_make_tool_call_writes_json_text_keeping_unicode():
 
 
 def test_offered_functions_indexes_schemas_by_name():
-    tools = [
-        {"type": "function", "function": {"name": "a", "parameters": {"type": "object"}}},
-        {"type": "function", "function": {"name": "b"}},
-        {"type": "other", "function": {"name": "c"}},
-        {"type": "function", "function": {"description": "nameless"}},
-    ]
+    tools = [FunctionTool("a", parameters={"type": "object"}), FunctionTool("b")]
     assert offered_functions(tools) == {"a": {"type": "object"}, "b": {}}
     assert offered_functions(None) == {}
 
@@ -134,10 +130,9 @@ def test_call_arguments_accepts_objects_and_json_strings():
 
 def test_tool_choice_instruction():
     assert tool_choice_instruction("auto") is None
-    assert tool_choice_instruction(None) is None
     assert tool_choice_instruction("none") is None
     assert "at least one" in tool_choice_instruction("required")
-    named = {"type": "function", "function": {"name": "get_weather"}}
+    named = NamedToolChoice("get_weather")
     assert (
         tool_choice_instruction(named) == "You must call the function `get_weather` in your reply."
     )

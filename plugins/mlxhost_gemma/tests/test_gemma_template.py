@@ -3,48 +3,39 @@ calls as ```tool_code, results as ```tool_output in user turns."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
+from mlxhost.domain import FunctionTool, NamedToolChoice
 from mlxhost.templating import TemplateError
+from mlxhost.testing.plugin_kit import (
+    UNIT,
+    assistant,
+    function_tool,
+    messages_from_openai,
+    openai_call,
+    tool_result,
+)
 from mlxhost_gemma.template import render
-from mlxhost_gemma.tools import make_parser, python_signature, tool_prompt
+from mlxhost_gemma.tools import python_signature, tool_prompt
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather for a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "description": "City name."},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city"],
-        },
-    },
-}
+WEATHER = function_tool(
+    "get_weather",
+    "Get the current weather for a city.",
+    {"city": {"type": "string", "description": "City name."}, "unit": UNIT},
+    required=["city"],
+)
+
+
+def prompt(messages, tools=(), tool_choice="auto"):
+    """The prompt text for OpenAI-shaped messages (no tokenizer)."""
+    return render(messages_from_openai(messages), None, tools, tool_choice).text
+
 
 CONVERSATION = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Weather in Paris?"},
-    {
-        "role": "assistant",
-        "content": None,
-        "tool_calls": [
-            {
-                "id": "call_1",
-                "type": "function",
-                "function": {
-                    "name": "get_weather",
-                    "arguments": '{"city": "Paris", "unit": "celsius"}',
-                },
-            }
-        ],
-    },
-    {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 21}'},
+    assistant(None, openai_call("get_weather", '{"city": "Paris", "unit": "celsius"}')),
+    tool_result("call_1", '{"temperature": 21}'),
     {"role": "user", "content": "And in Fahrenheit?"},
 ]
 
@@ -78,32 +69,28 @@ EXPECTED = (
 
 
 def test_tool_conversation_renders_exactly():
-    assert render(CONVERSATION, None, [WEATHER], "auto") == EXPECTED
-    assert render(CONVERSATION, None, [WEATHER]) == EXPECTED
+    assert prompt(CONVERSATION, [WEATHER], "auto") == EXPECTED
+    assert render(messages_from_openai(CONVERSATION), None, [WEATHER]).text == EXPECTED
 
 
 def test_required_and_named_tool_choice_add_one_line():
-    required = render(CONVERSATION, None, [WEATHER], "required")
+    required = prompt(CONVERSATION, [WEATHER], "required")
     line = "You must call at least one of the provided functions in your reply."
     assert required == EXPECTED.replace(TOOL_SECTION, TOOL_SECTION + "\n\n" + line)
-    named = render(
-        CONVERSATION, None, [WEATHER], {"type": "function", "function": {"name": "get_weather"}}
-    )
+    named = prompt(CONVERSATION, [WEATHER], NamedToolChoice("get_weather"))
     line = "You must call the function `get_weather` in your reply."
     assert named == EXPECTED.replace(TOOL_SECTION, TOOL_SECTION + "\n\n" + line)
 
 
 def test_tools_without_a_system_message_go_into_the_first_user_turn():
-    prompt = render(CONVERSATION[1:2], None, [WEATHER])
     assert (
-        prompt
+        prompt(CONVERSATION[1:2], [WEATHER])
         == f"<bos><start_of_turn>user\n{TOOL_SECTION}\n\nWeather in Paris?<end_of_turn>\n<start_of_turn>model\n"
     )
 
 
 def test_without_tools_no_tool_section_but_history_keeps_its_form():
-    prompt = render(CONVERSATION)
-    assert prompt == (
+    assert prompt(CONVERSATION) == (
         "<bos><start_of_turn>user\nYou are terse.\n\nWeather in Paris?<end_of_turn>\n"
         '<start_of_turn>model\n```tool_code\nget_weather(city="Paris", unit="celsius")\n```<end_of_turn>\n'
         '<start_of_turn>user\n```tool_output\n{"temperature": 21}\n```\n\nAnd in Fahrenheit?<end_of_turn>\n'
@@ -114,26 +101,15 @@ def test_without_tools_no_tool_section_but_history_keeps_its_form():
 def test_parallel_calls_with_content_and_several_results():
     messages = [
         {"role": "user", "content": "Paris and Rome?"},
-        {
-            "role": "assistant",
-            "content": "Checking both.",
-            "tool_calls": [
-                {
-                    "id": "a",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                },
-                {
-                    "id": "b",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
-                },
-            ],
-        },
-        {"role": "tool", "tool_call_id": "a", "content": "sunny"},
-        {"role": "tool", "tool_call_id": "b", "content": [{"type": "text", "text": "rainy"}]},
+        assistant(
+            "Checking both.",
+            openai_call("get_weather", '{"city": "Paris"}', "a"),
+            openai_call("get_weather", '{"city": "Rome"}', "b"),
+        ),
+        tool_result("a", "sunny"),
+        tool_result("b", [{"type": "text", "text": "rainy"}]),
     ]
-    assert render(messages) == (
+    assert prompt(messages) == (
         "<bos><start_of_turn>user\nParis and Rome?<end_of_turn>\n"
         "<start_of_turn>model\nChecking both.\n\n"
         '```tool_code\nget_weather(city="Paris")\nget_weather(city="Rome")\n```<end_of_turn>\n'
@@ -145,20 +121,15 @@ def test_parallel_calls_with_content_and_several_results():
 def test_invalid_arguments_in_history_are_rejected():
     messages = [
         {"role": "user", "content": "x"},
-        {
-            "role": "assistant",
-            "tool_calls": [
-                {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{oops"}}
-            ],
-        },
+        assistant(None, openai_call("f", "{oops", "a")),
     ]
     with pytest.raises(TemplateError, match="arguments must be a JSON object"):
-        render(messages)
+        prompt(messages)
 
 
 def test_consecutive_user_messages_keep_a_blank_line_between_them():
-    prompt = render([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
-    assert prompt == "<bos><start_of_turn>user\na\n\nb<end_of_turn>\n<start_of_turn>model\n"
+    text = prompt([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+    assert text == "<bos><start_of_turn>user\na\n\nb<end_of_turn>\n<start_of_turn>model\n"
 
 
 def test_images_are_kept_in_place():
@@ -166,21 +137,10 @@ def test_images_are_kept_in_place():
         {"type": "text", "text": "What is"},
         {"type": "image_url", "image_url": {"url": "x"}},
     ]
-    prompt = render([{"role": "user", "content": content}])
     assert (
-        prompt
+        prompt([{"role": "user", "content": content}])
         == "<bos><start_of_turn>user\nWhat is<start_of_image><end_of_turn>\n<start_of_turn>model\n"
     )
-
-
-def test_the_call_the_prompt_shows_is_the_call_the_parser_reads():
-    prompt = render(CONVERSATION, None, [WEATHER])
-    start = prompt.index("<start_of_turn>model\n") + len("<start_of_turn>model\n")
-    reply = prompt[start : prompt.index("<end_of_turn>", start)]
-    parser = make_parser([WEATHER])
-    (event,) = parser.feed(reply) + parser.finish()
-    assert event.call.name == "get_weather"
-    assert json.loads(event.call.arguments) == {"city": "Paris", "unit": "celsius"}
 
 
 @pytest.mark.parametrize(
@@ -232,7 +192,6 @@ def test_python_signature(function, expected):
 
 
 def test_tool_prompt_lists_every_function():
-    ping = {"type": "function", "function": {"name": "ping"}}
-    prompt = tool_prompt([WEATHER, ping], None)
-    assert "def get_weather(" in prompt and "def ping():" in prompt
-    assert prompt.endswith("```")
+    text = tool_prompt([WEATHER, FunctionTool(name="ping")], "auto")
+    assert "def get_weather(" in text and "def ping():" in text
+    assert text.endswith("```")

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlxhost.toolcalls import InvalidToolCall, merge_events
-from mlxhost.types import ContentDelta, ToolCallEvent
+from mlxhost.testing.plugin_kit import PARSER_TOOLS, WEATHER_TOOL, feed, normalize, reply_cases
+from mlxhost.toolcalls import InvalidToolCall, merge_events, offered_functions
+from mlxhost.types import ContentDelta
 from mlxhost_gemma.tools import (
     BareCallMatcher,
     find_closing_fence,
@@ -22,75 +23,12 @@ from mlxhost_gemma.tools import (
     python_literal,
 )
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Get the current weather for a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "city": {"type": "string"},
-                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-                },
-                "required": ["city"],
-                "additionalProperties": False,
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "search",
-            "parameters": {
-                "type": "object",
-                "properties": {"query": {"type": "string"}, "options": {"type": "object"}},
-                "required": ["query"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "convert",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "amount": {"type": "number"},
-                    "from": {"type": "string"},
-                    "to": {"type": "string"},
-                },
-                "required": ["amount", "from", "to"],
-            },
-        },
-    },
-    {"type": "function", "function": {"name": "get_time"}},
-]
-FUNCTIONS = {t["function"]["name"]: t["function"].get("parameters", {}) for t in TOOLS}
+TOOLS = PARSER_TOOLS
+FUNCTIONS = offered_functions(TOOLS)
 
 
-def feed(text, pieces=None, tools=TOOLS):
-    parser = make_parser(tools)
-    events = []
-    for piece in pieces if pieces is not None else [text]:
-        events.extend(parser.feed(piece))
-    return events + parser.finish()
-
-
-def norm(events):
-    out = []
-    for event in merge_events(events):
-        if isinstance(event, ToolCallEvent):
-            assert event.call.id.startswith("call_")
-            out.append(("call", event.call.name, json.loads(event.call.arguments)))
-        else:
-            out.append(("content", event.text))
-    return out
-
-
-def run(text, **kw):
-    return norm(feed(text, **kw))
+def run(text, pieces=None, tools=TOOLS):
+    return normalize(feed(make_parser(tools), [text] if pieces is None else pieces))
 
 
 def code(*lines):
@@ -254,7 +192,7 @@ def test_unclosed_incomplete_block_at_max_tokens_is_content():
 
 def test_without_tools_everything_is_content():
     text = code('get_weather(city="Paris")')
-    assert run(text, tools=[]) == [("content", text)]
+    assert run(text, tools=()) == [("content", text)]
 
 
 def test_hallucinated_tool_output_after_a_call_is_content():
@@ -318,7 +256,7 @@ def test_a_bare_call_is_held_until_finish():
     parser = make_parser(TOOLS)
     assert parser.feed("get_weather(") == []
     assert parser.feed('city="Paris")') == []
-    assert norm(parser.finish()) == [call("get_weather", {"city": "Paris"})]
+    assert normalize(parser.finish()) == [call("get_weather", {"city": "Paris"})]
 
 
 def test_a_bare_call_followed_by_prose_is_released_when_the_prose_starts():
@@ -350,54 +288,6 @@ def test_parse_python_calls_strict_checks_schemas():
 
 
 # --- streaming ----------------------------------------------------------------------------
-
-
-def test_prose_streams_and_a_fence_prefix_is_held():
-    parser = make_parser(TOOLS)
-    assert parser.feed("Let me check") == [ContentDelta("Let me check")]
-    assert parser.feed(".\n\n```tool_c") == [ContentDelta(".")]
-    assert parser.feed("ode\nget_time(") == []
-    events = parser.feed(")\n```\n")
-    assert [type(e) for e in events] == [ToolCallEvent]
-    assert parser.finish() == []
-
-
-def test_a_fence_that_is_not_tool_code_is_released():
-    parser = make_parser(TOOLS)
-    assert parser.feed("Code: ```") == [ContentDelta("Code:")]
-    assert parser.feed("py") == [ContentDelta(" ```py")]
-
-
-REPLY = (
-    "Sure — checking “both”.\n\n"
-    + code(
-        'get_weather(city="São Paulo", unit="celsius")',
-        'search("say \\"hi\\" ```", options={"n": [1, None]})',
-    )
-    + "\nThen: "
-    + code("nope()")
-    + "\n```tool_c"
-)
-
-
-def test_every_split_point_gives_the_same_events():
-    expected = run(REPLY)
-    assert expected == [
-        ("content", "Sure — checking “both”."),
-        call("get_weather", {"city": "São Paulo", "unit": "celsius"}),
-        call("search", {"query": 'say "hi" ```', "options": {"n": [1, None]}}),
-        ("content", "\nThen: " + code("nope()") + "\n```tool_c"),
-    ]
-    for cut in range(len(REPLY) + 1):
-        assert run(REPLY, pieces=[REPLY[:cut], REPLY[cut:]]) == expected
-    assert run(REPLY, pieces=list(REPLY)) == expected
-
-
-def test_every_split_point_of_the_bare_form():
-    text = 'get_weather(city="Paris")\nget_time()\n'
-    expected = [call("get_weather", {"city": "Paris"}), call("get_time", {})]
-    for cut in range(len(text) + 1):
-        assert run(text, pieces=[text[:cut], text[cut:]]) == expected
 
 
 # --- literals round-trip ------------------------------------------------------------------
@@ -449,66 +339,15 @@ CALLS = st.lists(
 )
 
 
-@st.composite
-def replies(draw):
-    parts = draw(st.lists(st.one_of(PROSE, CALLS), min_size=1, max_size=5))
-    text, expected = "", []
-    for part in parts:
-        if isinstance(part, str):
-            text += part
-            if expected and expected[-1][0] == "content":
-                expected[-1] = ("content", expected[-1][1] + part)
-            else:
-                expected.append(("content", part))
-        else:
-            if expected and expected[-1][0] == "content":
-                stripped = expected[-1][1].rstrip()
-                if stripped:
-                    expected[-1] = ("content", stripped)
-                else:
-                    expected.pop()
-            text += code(*(format_call(name, args) for name, args in part))
-            expected.extend(call(name, json.loads(json.dumps(args))) for name, args in part)
-    if len(expected) > 1 and expected[-1][0] == "content" and not expected[-1][1].strip():
-        expected.pop()
-    cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=10)))
-    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
-    return text, expected, pieces
+REPLIES = reply_cases(PROSE, CALLS, lambda calls: code(*(format_call(n, a) for n, a in calls)))
 
 
 @settings(max_examples=300, deadline=None)
-@given(replies())
+@given(REPLIES)
 def test_random_replies_split_anywhere(case):
     text, expected, pieces = case
     assert run(text) == expected
     assert run(text, pieces=pieces) == expected
-
-
-TOKENS = [
-    "```tool_code",
-    "```",
-    "```tool_c",
-    "`",
-    "get_weather",
-    "get_time",
-    "(",
-    ")",
-    '"',
-    "'",
-    "\n",
-]
-TOKENS += [" ", "city=", '"Paris"', "x", "[", "]", ",", "\\", "tool_output"]
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(TOKENS), max_size=30).map("".join), st.data())
-def test_arbitrary_text_split_anywhere_loses_nothing(text, data):
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=10)))
-    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
-    whole = feed(text)
-    assert norm(feed(text, pieces=pieces)) == norm(whole)
-    if not any(isinstance(e, ToolCallEvent) for e in whole):
-        assert "".join(e.text for e in whole) == text
 
 
 def test_a_fence_inside_a_string_or_comment_does_not_close_the_block():
@@ -527,12 +366,8 @@ def test_a_stray_apostrophe_does_not_swallow_the_rest_of_the_reply():
 
 
 def test_parser_asks_to_stop_once_a_tool_code_block_closes():
-    from mlxhost_gemma.tools import make_parser
-
-    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-    parser = make_parser([tool])
-    parser.feed("```tool_code\nget_weather(city=\"Paris\")\n")
+    parser = make_parser([WEATHER_TOOL])
+    parser.feed('```tool_code\nget_weather(city="Paris")\n')
     assert not parser.stop_requested
     events = parser.feed("```")
     assert parser.stop_requested

@@ -9,33 +9,30 @@ shape (tool-call arguments as dicts); the tests do not read that file.
 
 from __future__ import annotations
 
-import json
-
+import attrs
 import pytest
 
+from mlxhost.domain import NamedToolChoice
 from mlxhost.templating import TemplateError
+from mlxhost.testing.plugin_kit import (
+    STRING,
+    WEATHER_TOOL,
+    assistant,
+    function_tool,
+    messages_from_openai,
+    openai_call,
+    tool_result,
+)
 from mlxhost_qwen.template import CHAT_TEMPLATE, render
-from mlxhost_qwen.tools import make_parser
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather for a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
-TIME = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}},
-    },
-}
+WEATHER = WEATHER_TOOL  # description, one required string parameter
+TIME = function_tool("get_time", None, {"tz": STRING})
+
+
+def prompt(messages, tools=(), tokenizer=None, tool_choice="auto"):
+    """The prompt text for OpenAI-shaped messages."""
+    return render(messages_from_openai(messages), tools, tokenizer, tool_choice).text
+
 
 TOOLS_SECTION_1 = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -50,18 +47,8 @@ TOOLS_SECTION_1 = (
 CONVERSATION = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Weather in Paris?"},
-    {
-        "role": "assistant",
-        "content": "",
-        "tool_calls": [
-            {
-                "id": "call_1",
-                "type": "function",
-                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-            }
-        ],
-    },
-    {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 21}'},
+    assistant("", openai_call("get_weather", '{"city": "Paris"}')),
+    tool_result("call_1", '{"temperature": 21}'),
     {"role": "user", "content": "Thanks!"},
 ]
 
@@ -79,29 +66,18 @@ EXPECTED = (
 
 
 def test_tool_conversation_renders_as_the_reference_template_does():
-    assert render(CONVERSATION, [WEATHER]) == EXPECTED
+    assert prompt(CONVERSATION, [WEATHER]) == EXPECTED
 
 
 PARALLEL = [
     {"role": "user", "content": "Weather and time in Tōkyō?"},
-    {
-        "role": "assistant",
-        "content": "Let me check.",
-        "tool_calls": [
-            {
-                "id": "call_1",
-                "type": "function",
-                "function": {"name": "get_weather", "arguments": '{"city":"Tōkyō"}'},
-            },
-            {
-                "id": "call_2",
-                "type": "function",
-                "function": {"name": "get_time", "arguments": '{"tz": "Asia/Tokyo"}'},
-            },
-        ],
-    },
-    {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
-    {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "09:00"}]},
+    assistant(
+        "Let me check.",
+        openai_call("get_weather", '{"city":"Tōkyō"}', "call_1"),
+        openai_call("get_time", '{"tz": "Asia/Tokyo"}', "call_2"),
+    ),
+    tool_result("call_1", "sunny"),
+    tool_result("call_2", [{"type": "text", "text": "09:00"}]),
 ]
 
 EXPECTED_PARALLEL_REQUIRED = (
@@ -125,41 +101,35 @@ EXPECTED_PARALLEL_REQUIRED = (
 
 
 def test_parallel_calls_and_results_with_tool_choice_required():
-    weather = {
-        **WEATHER,
-        "function": {k: v for k, v in WEATHER["function"].items() if k != "description"},
-    }
-    assert render(PARALLEL, [weather, TIME], None, "required") == EXPECTED_PARALLEL_REQUIRED
+    weather = attrs.evolve(WEATHER, description=None)
+    assert prompt(PARALLEL, [weather, TIME], None, "required") == EXPECTED_PARALLEL_REQUIRED
 
 
 def test_named_tool_choice_adds_one_line_to_the_system_message():
-    named = {"type": "function", "function": {"name": "get_weather"}}
-    prompt = render(CONVERSATION, [WEATHER], None, named)
-    assert prompt.startswith(
+    text = prompt(CONVERSATION, [WEATHER], None, NamedToolChoice("get_weather"))
+    assert text.startswith(
         "<|im_start|>system\nYou are terse.\n\nYou must call the function `get_weather` in your reply."
         "\n\n# Tools\n"
     )
     assert (
-        prompt.replace("\n\nYou must call the function `get_weather` in your reply.", "")
-        == EXPECTED
+        text.replace("\n\nYou must call the function `get_weather` in your reply.", "") == EXPECTED
     )
 
 
-@pytest.mark.parametrize("choice", ["auto", None])
-def test_auto_tool_choice_adds_nothing(choice):
-    assert render(CONVERSATION, [WEATHER], None, choice) == EXPECTED
+def test_auto_tool_choice_adds_nothing():
+    assert prompt(CONVERSATION, [WEATHER], None, "auto") == EXPECTED
+    assert render(messages_from_openai(CONVERSATION), [WEATHER]).text == EXPECTED  # the default
 
 
 def test_without_tools_there_is_no_tool_section_nor_instruction():
-    prompt = render(CONVERSATION, None, None, "required")
-    assert "# Tools" not in prompt and "You must call" not in prompt
-    assert prompt.startswith("<|im_start|>system\nYou are terse.<|im_end|>\n")
+    text = prompt(CONVERSATION, (), None, "required")
+    assert "# Tools" not in text and "You must call" not in text
+    assert text.startswith("<|im_start|>system\nYou are terse.<|im_end|>\n")
     # earlier calls and results are still in Qwen's own format
     assert (
-        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-        in prompt
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
     )
-    assert "<tool_response>\n" in prompt
+    assert "<tool_response>\n" in text
 
 
 def test_a_tokenizer_template_is_preferred():
@@ -167,20 +137,7 @@ def test_a_tokenizer_template_is_preferred():
         chat_template = "{{ messages[0].content }}|{{ tools | length }}"
         bos_token = None
 
-    assert render([{"role": "user", "content": "hi"}], [WEATHER], Tokenizer()) == "hi|1"
-
-
-def test_what_the_prompt_asks_for_is_what_the_parser_reads():
-    """Round trip: the call format the prompt shows the model (rendered from an
-    earlier assistant call) is parsed back into the same call."""
-    prompt = render(CONVERSATION, [WEATHER])
-    start = prompt.index("<|im_start|>assistant\n") + len("<|im_start|>assistant\n")
-    reply = prompt[start : prompt.index("<|im_end|>", start)]
-    parser = make_parser([WEATHER])
-    events = parser.feed(reply) + parser.finish()
-    assert len(events) == 1
-    assert events[0].call.name == "get_weather"
-    assert json.loads(events[0].call.arguments) == {"city": "Paris"}
+    assert prompt([{"role": "user", "content": "hi"}], [WEATHER], Tokenizer()) == "hi|1"
 
 
 def test_bundled_template_is_the_qwen3_vl_one():
@@ -192,4 +149,4 @@ def test_the_template_still_refuses_what_it_refuses():
         chat_template = "{{ raise_exception('no') }}"
 
     with pytest.raises(TemplateError):
-        render([{"role": "user", "content": "hi"}], None, Tokenizer())
+        prompt([{"role": "user", "content": "hi"}], (), Tokenizer())

@@ -9,41 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlxhost.toolcalls import merge_events
+from mlxhost.testing.plugin_kit import PARSER_TOOLS, feed, normalize, reply_cases
+from mlxhost.toolcalls import merge_events, offered_functions
 from mlxhost.types import ContentDelta, ToolCallEvent
 from mlxhost_qwen.tools import JsonReplyMatcher, make_parser, parse_json_reply
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Get the current weather for a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "city": {"type": "string"},
-                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-                },
-                "required": ["city"],
-                "additionalProperties": False,
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "search",
-            "parameters": {
-                "type": "object",
-                "properties": {"query": {"type": "string"}, "filters": {"type": "object"}},
-                "required": ["query"],
-            },
-        },
-    },
-    {"type": "function", "function": {"name": "get_time"}},
-]
-FUNCTIONS = {t["function"]["name"]: t["function"].get("parameters", {}) for t in TOOLS}
+TOOLS = PARSER_TOOLS
+FUNCTIONS = offered_functions(TOOLS)
 
 
 def block(name, arguments=None):
@@ -51,27 +23,8 @@ def block(name, arguments=None):
     return f"<tool_call>\n{json.dumps(payload, ensure_ascii=False)}\n</tool_call>"
 
 
-def feed(text, pieces=None, tools=TOOLS):
-    parser = make_parser(tools)
-    events = []
-    for piece in pieces if pieces is not None else [text]:
-        events.extend(parser.feed(piece))
-    return events + parser.finish()
-
-
-def norm(events):
-    out = []
-    for event in merge_events(events):
-        if isinstance(event, ToolCallEvent):
-            assert event.call.id.startswith("call_")
-            out.append(("call", event.call.name, json.loads(event.call.arguments)))
-        else:
-            out.append(("content", event.text))
-    return out
-
-
-def run(text, **kw):
-    return norm(feed(text, **kw))
+def run(text, pieces=None, tools=TOOLS):
+    return normalize(feed(make_parser(tools), [text] if pieces is None else pieces))
 
 
 def calls(name, arguments):
@@ -115,13 +68,13 @@ def test_several_calls_in_order():
 
 
 def test_call_ids_differ():
-    events = feed(block("get_time") + block("get_time"))
+    events = feed(make_parser(TOOLS), [block("get_time") + block("get_time")])
     ids = [e.call.id for e in events if isinstance(e, ToolCallEvent)]
     assert len(ids) == 2 and ids[0] != ids[1]
 
 
 def test_unicode_and_escaped_quotes_in_arguments():
-    arguments = {"query": 'he said "héllo" \\ 東京 😀\n\ttab', "filters": {}}
+    arguments = {"query": 'he said "héllo" \\ 東京 😀\n\ttab', "options": {}}
     text = block("search", arguments)
     assert run(text) == [calls("search", arguments)]
     # and written with \u escapes by the model
@@ -130,7 +83,7 @@ def test_unicode_and_escaped_quotes_in_arguments():
 
 
 def test_nested_json_arguments():
-    arguments = {"query": "x", "filters": {"a": [1, 2.5, {"b": None, "c": [True, False]}], "d": {}}}
+    arguments = {"query": "x", "options": {"a": [1, 2.5, {"b": None, "c": [True, False]}], "d": {}}}
     assert run(block("search", arguments)) == [calls("search", arguments)]
 
 
@@ -202,9 +155,9 @@ def test_unclosed_incomplete_block_at_max_tokens_is_content():
 
 def test_without_tools_everything_is_content():
     text = block("get_weather", {"city": "Paris"})
-    assert run(text, tools=[]) == [("content", text)]
+    assert run(text, tools=()) == [("content", text)]
     json_reply = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
-    assert run(json_reply, tools=[]) == [("content", json_reply)]
+    assert run(json_reply, tools=()) == [("content", json_reply)]
 
 
 # --- drift: the whole reply is a JSON call ----------------------------------------------
@@ -274,7 +227,7 @@ def test_a_json_looking_reply_is_held_until_finish_then_decided():
     assert parser.feed("```json\n") == []
     assert parser.feed('{"name": "get_weather", ') == []
     assert parser.feed('"arguments": {"city": "Paris"}}\n```') == []
-    assert norm(parser.finish()) == [calls("get_weather", {"city": "Paris"})]
+    assert normalize(parser.finish()) == [calls("get_weather", {"city": "Paris"})]
 
 
 def test_a_held_reply_is_released_as_soon_as_it_cannot_be_a_json_call():
@@ -309,50 +262,6 @@ def test_drift_reply_with_a_tool_call_block_after_prose_still_parses_the_block()
 # --- streaming ----------------------------------------------------------------------------
 
 
-def test_prose_streams_before_finish_and_a_marker_prefix_is_held():
-    parser = make_parser(TOOLS)
-    assert parser.feed("Hello") == [ContentDelta("Hello")]
-    assert parser.feed(" there <tool") == [ContentDelta(" there")]
-    assert parser.feed("_call>\n") == []
-    assert parser.feed('{"name": "get_time", "arguments": {}}') == []
-    events = parser.feed("\n</tool_call>")
-    assert [type(e) for e in events] == [ToolCallEvent]
-    assert parser.finish() == []
-
-
-def test_a_marker_prefix_that_turns_out_not_to_be_a_marker_is_released():
-    parser = make_parser(TOOLS)
-    assert parser.feed("a <tool") == [ContentDelta("a")]
-    assert parser.feed("box> b") == [ContentDelta(" <toolbox> b")]
-
-
-REPLY = (
-    "Sure — checking “both”.\n"
-    + block("get_weather", {"city": "São Paulo", "unit": "celsius"})
-    + "\n"
-    + block("search", {"query": 'say "hi" \\o/ <tag>', "filters": {"n": [1, {"x": None}]}})
-    + "\nAnd a bad one: "
-    + block("nope")
-    + "\n<tool"
-)
-
-
-def test_every_split_point_gives_the_same_events():
-    expected = run(REPLY)
-    assert [e[0] for e in expected] == ["content", "call", "call", "content"]
-    assert expected[-1] == ("content", "\nAnd a bad one: " + block("nope") + "\n<tool")
-    for cut in range(len(REPLY) + 1):
-        assert run(REPLY, pieces=[REPLY[:cut], REPLY[cut:]]) == expected
-    assert run(REPLY, pieces=list(REPLY)) == expected
-
-
-def test_every_split_point_of_the_drift_form():
-    expected = run(QWEN_05B_REPLY)
-    for cut in range(len(QWEN_05B_REPLY) + 1):
-        pieces = [QWEN_05B_REPLY[:cut], QWEN_05B_REPLY[cut:]]
-        assert run(QWEN_05B_REPLY, pieces=pieces) == expected
-
-
 PROSE = st.text(
     alphabet=st.characters(codec="utf-8", exclude_characters="<`{["), min_size=1, max_size=20
 ).filter(lambda s: not s.isspace())
@@ -368,66 +277,17 @@ ARGUMENTS = st.dictionaries(
     max_size=3,
 )
 CALL = st.builds(
-    lambda q, f: ("search", {"query": q, "filters": f}), st.text(max_size=15), ARGUMENTS
+    lambda q, f: ("search", {"query": q, "options": f}), st.text(max_size=15), ARGUMENTS
 )
 
 
-@st.composite
-def replies(draw):
-    """A reply of prose and calls, the events it should give, and random split points."""
-    parts = draw(st.lists(st.one_of(PROSE, CALL), min_size=1, max_size=6))
-    text, expected = "", []
-    for index, part in enumerate(parts):
-        if isinstance(part, str):
-            text += part
-            expected.append(("content", part))
-        else:
-            if expected and expected[-1][0] == "content":
-                # whitespace before a call is layout, not content
-                stripped = expected[-1][1].rstrip()
-                expected[-1] = ("content", stripped)
-                if not stripped:
-                    expected.pop()
-            text += block(*part)
-            expected.append(("call", *part))
-    if (
-        expected
-        and expected[-1][0] == "content"
-        and len(expected) > 1
-        and not expected[-1][1].strip()
-    ):
-        expected.pop()
-    merged = []
-    for item in expected:
-        if merged and item[0] == "content" == merged[-1][0]:
-            merged[-1] = ("content", merged[-1][1] + item[1])
-        else:
-            merged.append(item)
-    cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=10)))
-    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
-    return text, merged, pieces
+REPLIES = reply_cases(PROSE, CALL.map(lambda c: [c]), lambda calls: block(*calls[0]), max_parts=6)
 
 
 @settings(max_examples=300, deadline=None)
-@given(replies())
+@given(REPLIES)
 def test_random_replies_split_anywhere(case):
     text, expected, pieces = case
     whole = run(text)
     assert whole == expected
     assert run(text, pieces=pieces) == whole
-
-
-TOKENS = ["<tool_call>", "</tool_call>", "<tool", "{", "}", "[", "]", "```", "json", '"name"', ":"]
-TOKENS += ['"get_time"', '"arguments"', " ", "\n", "x", '"', "\\"]
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(TOKENS), max_size=30).map("".join), st.data())
-def test_arbitrary_text_split_anywhere_loses_nothing(text, data):
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=10)))
-    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
-    whole = feed(text)
-    split = feed(text, pieces=pieces)
-    assert norm(split) == norm(whole)
-    if not any(isinstance(e, ToolCallEvent) for e in whole):
-        assert "".join(e.text for e in whole) == text

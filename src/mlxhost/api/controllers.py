@@ -7,19 +7,17 @@ import contextlib
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-import attrs
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.response import Stream
 
-from mlxhost.api.openapi import ChatCompletionOperation
-from mlxhost.api.responses import completion_body, open_sse
-from mlxhost.api.schemas import parse_chat_request
+from mlxhost.api.responses import choice_requests, completion_body, merge_choices, open_sse
+from mlxhost.api.schemas import CHAT_REQUEST_SCHEMA, parse_wire_request, to_domain
+from mlxhost.api.wire_schema import operation
 from mlxhost.errors import ClientDisconnected, InvalidRequest
-from mlxhost.runtime.slot import resolve_context_window
-from mlxhost.types import ModelSpec
+from mlxhost.types import ModelInfo
 
 T = TypeVar("T")
 
@@ -29,7 +27,8 @@ class ChatController(Controller):
 
     # Litestar gives the handler's media type precedence over a Stream's own, but
     # not over a plain Response's: so the handler says SSE, the JSON reply says JSON.
-    @post(status_code=200, media_type="text/event-stream", operation_class=ChatCompletionOperation)
+    @post(status_code=200, media_type="text/event-stream",
+          operation_class=operation(CHAT_REQUEST_SCHEMA))
     async def create(self, request: Request, state: State) -> Any:
         try:
             body = await request.json()
@@ -37,22 +36,25 @@ class ChatController(Controller):
             raise
         except Exception:
             raise InvalidRequest("The request body is not valid JSON.") from None
-        chat = parse_chat_request(body)
-        if chat.stream:
-            include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-            headers, events = await open_sse(state.service, chat, include_usage)
+        wire = parse_wire_request(body)
+        chat = to_domain(wire)
+        if wire.stream:
+            include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
+            headers, events = await open_sse(state.service, chat, include_usage, wire.n or 1)
             return Stream(
                 events,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
             )
-        generation = await state.service.start(chat)
-        try:
-            body = await until_disconnect(request, completion_body(generation))
-        finally:
-            await generation.close()
+        bodies = []
+        for index, one in enumerate(choice_requests(chat, wire.n or 1)):
+            generation = await state.service.start(one)
+            try:
+                bodies.append(await until_disconnect(request, completion_body(generation, index)))
+            finally:
+                await generation.close()
         return Response(
-            content=body,
+            content=merge_choices(bodies),
             headers=generation.headers,
             media_type="application/json",
         )
@@ -80,19 +82,19 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-def _model_entry(state: State, spec: ModelSpec, alias: str | None = None) -> dict[str, Any]:
-    info = state.registry.info(spec)
-    loaded = state.slot.current
+def model_entry(state: State, info: ModelInfo, alias: str | None = None) -> dict[str, Any]:
+    spec = info.spec
+    loaded = state.runtime.current
     entry: dict[str, Any] = {
         "id": alias or spec.id,
         "object": "model",
         "created": 0,
         "owned_by": spec.source or "mlxhost",
-        "context_window": resolve_context_window(state.pm, state.settings, info),
+        "context_window": info.context_window,
         "family": spec.family,
         "capabilities": sorted(spec.capabilities),
-        "downloaded": spec.path is not None or bool(info.config),
-        "loaded": loaded is not None and loaded.spec.id == spec.id,
+        "downloaded": info.downloaded,
+        "loaded": loaded is not None and loaded.id == spec.id,
     }
     if alias:
         entry["alias_for"] = spec.id
@@ -104,38 +106,35 @@ def _model_entry(state: State, spec: ModelSpec, alias: str | None = None) -> dic
 class ModelsController(Controller):
     path = "/v1/models"
 
-    @get()
+    @get(operation_class=operation())
     async def list_models(self, state: State) -> dict[str, Any]:
         data = []
-        for spec in state.registry.all_specs():
-            data.append(_model_entry(state, spec))
-            data.extend(_model_entry(state, spec, alias) for alias in spec.aliases)
+        for info in state.registry.all_models():
+            data.append(model_entry(state, info))
+            data.extend(model_entry(state, info, alias) for alias in info.spec.aliases)
         return {"object": "list", "data": data}
 
-    @get("/{model_id:path}")
+    @get("/{model_id:path}", operation_class=operation())
     async def get_model(self, state: State, model_id: FromPath[str]) -> dict[str, Any]:
         name = model_id.lstrip("/")
-        spec = state.registry.resolve(name)
-        return _model_entry(state, spec, name if name in spec.aliases else None)
+        info = state.registry.resolve(name)
+        return model_entry(state, info, name if name in info.spec.aliases else None)
 
 
-@get("/health")
+@get("/health", operation_class=operation())
 async def health(state: State) -> dict[str, Any]:
-    slot = state.slot
+    runtime = state.runtime.status()
     status = "ok"
-    if not state.worker.alive:
+    if not runtime.alive:
         status = "error"
-    elif slot.loading:
+    elif runtime.loading:
         status = "loading"
-    body = {
+    return {
         "status": status,
-        "model": slot.current.spec.id if slot.current else None,
-        "loading": slot.loading,
-        "last_error": slot.last_error,
-        "swaps": slot.swaps,
-        "waiting": slot.scheduler.waiting,
+        "model": runtime.model,
+        "loading": runtime.loading,
+        "last_error": runtime.last_error,
+        "swaps": runtime.swaps,
+        "waiting": runtime.waiting,
+        **runtime.engine,
     }
-    prefix_cache = getattr(state.engine, "prefix_cache", None)
-    if prefix_cache is not None:
-        body["prefix_cache"] = attrs.asdict(prefix_cache.stats())
-    return body

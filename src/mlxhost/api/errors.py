@@ -1,9 +1,14 @@
-"""Exception handlers: every error leaves the server in OpenAI's error shape."""
+"""Exception handlers: every error leaves the server in the error shape of the
+API the request spoke (OpenAI by default; an adapter registers its own shape for
+its path prefix with :func:`register_error_shape`)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
+import attrs
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException
 
@@ -12,29 +17,95 @@ from mlxhost.errors import ClientDisconnected, MlxhostError
 log = logging.getLogger(__name__)
 
 
+@attrs.frozen
+class ApiError:
+    """One error, independent of any API's shape."""
+
+    status: int
+    message: str
+    # OpenAI's error type ("invalid_request_error", "server_error") and code.
+    type: str
+    param: str | None = None
+    code: str | None = None
+    headers: dict[str, str] | None = None
+
+
+# An API's error body for an ApiError.
+ErrorShape = Callable[[ApiError], Any]
+
+
+def openai_error_body(error: ApiError) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": error.message,
+            "type": error.type,
+            "param": error.param,
+            "code": error.code,
+        }
+    }
+
+
+# (path prefix, shape), longest prefix first.
+_SHAPES: list[tuple[str, ErrorShape]] = []
+
+
+def register_error_shape(prefix: str, shape: ErrorShape) -> None:
+    """Errors of requests under ``prefix`` (e.g. ``/v1/messages``) use ``shape``."""
+    _SHAPES[:] = sorted(
+        [*(item for item in _SHAPES if item[0] != prefix), (prefix, shape)],
+        key=lambda item: -len(item[0]),
+    )
+
+
+def shape_for(path: str) -> ErrorShape:
+    for prefix, shape in _SHAPES:
+        if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+            return shape
+    return openai_error_body
+
+
+def respond(request: Request, error: ApiError) -> Response:
+    body = shape_for(request.url.path)(error)
+    return Response(content=body, status_code=error.status, headers=error.headers)
+
+
 def error_response(
-    status: int, message: str, error_type: str, *, param: str | None = None, code: str | None = None,
+    status: int,
+    message: str,
+    error_type: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-    return Response(content=body, status_code=status, headers=headers)
+    """An OpenAI-shaped error response (for code outside a request's handlers)."""
+    error = ApiError(status, message, error_type, param, code, headers)
+    return Response(content=openai_error_body(error), status_code=status, headers=headers)
+
+
+def domain_error(exc: MlxhostError) -> ApiError:
+    return ApiError(
+        exc.status_code, exc.message, exc.error_type, exc.param, exc.code, exc.headers
+    )
 
 
 def handle_domain_error(request: Request, exc: MlxhostError) -> Response:
     if exc.status_code >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-    return Response(content=exc.to_body(), status_code=exc.status_code, headers=exc.headers)
+    return respond(request, domain_error(exc))
 
 
 def handle_http_error(request: Request, exc: HTTPException) -> Response:
     status = exc.status_code
     if isinstance(exc, NotFoundException):
-        return error_response(404, f"Unknown path: {request.url.path}", "invalid_request_error",
-                              code="not_found")
+        return respond(
+            request,
+            ApiError(404, f"Unknown path: {request.url.path}", "invalid_request_error", code="not_found"),
+        )
     if isinstance(exc, NotAuthorizedException):
-        return error_response(401, exc.detail, "invalid_request_error", code="invalid_api_key")
+        return respond(request, ApiError(401, exc.detail, "invalid_request_error", code="invalid_api_key"))
     error_type = "invalid_request_error" if status < 500 else "server_error"
-    return error_response(status, exc.detail, error_type, headers=exc.headers)
+    return respond(request, ApiError(status, exc.detail, error_type, headers=exc.headers))
 
 
 def handle_disconnect(request: Request, exc: ClientDisconnected) -> Response:
@@ -44,8 +115,11 @@ def handle_disconnect(request: Request, exc: ClientDisconnected) -> Response:
 
 def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("Unhandled error in %s %s", request.method, request.url.path)
-    return error_response(500, f"Internal server error: {type(exc).__name__}: {exc}", "server_error",
-                          code="internal_error")
+    return respond(
+        request,
+        ApiError(500, f"Internal server error: {type(exc).__name__}: {exc}", "server_error",
+                 code="internal_error"),
+    )
 
 
 EXCEPTION_HANDLERS = {

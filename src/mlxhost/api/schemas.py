@@ -1,14 +1,23 @@
-"""Wire models for requests, parsed with one strict cattrs converter."""
+"""OpenAI chat wire models, parsed with one strict cattrs converter, and their
+one conversion into the domain request (:func:`to_domain`)."""
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 import cattrs
 
+from mlxhost import domain
+from mlxhost.api.wire_schema import check_body, constrained, schema_of
 from mlxhost.errors import InvalidRequest
+from mlxhost.types import ToolCall
+
+MAX_JSON_DEPTH = 64
+# Choices per chat request (each is a generation of its own, run one after another).
+MAX_CHOICES = 8
+MAX_ARRAY_ITEMS = 10_000
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -49,6 +58,12 @@ class ToolCallIn:
 
 @attrs.define
 class Message:
+    JSON_SCHEMA: ClassVar[dict[str, Any]] = {
+        "if": {"properties": {"role": {"const": "tool"}}},
+        "then": {"properties": {"tool_call_id": {"type": "string", "minLength": 1}},
+                 "required": ["tool_call_id"]},
+    }
+
     role: Role
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -75,24 +90,77 @@ class StreamOptions:
     include_usage: bool = False
 
 
+# Bounds shared by the APIs that take these knobs (JSON-schema keywords).
+TEMPERATURE = {"minimum": 0, "maximum": 2}
+TOP_P = {"exclusiveMinimum": 0, "maximum": 1}
+TOP_K = {"minimum": 0}
+MIN_P = {"minimum": 0, "maximum": 1}
+PENALTY = {"minimum": -2, "maximum": 2}
+REPETITION_PENALTY = {"exclusiveMinimum": 0, "maximum": 10}
+STOP = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+                  {"type": "null"}]}
+LOGIT_BIAS = {
+    "type": ["object", "null"],
+    "propertyNames": {"pattern": "^[0-9]{1,9}$"},
+    "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+    "maxProperties": 1024,
+}
+TOOL_CHOICE = {"anyOf": [
+    {"enum": ["auto", "none", "required"]},
+    {"type": "object", "properties": {
+        "type": {"enum": ["function"]},
+        "function": {"type": "object", "properties": {"name": {"type": "string", "minLength": 1}},
+                     "required": ["name"]}},
+     "required": ["type", "function"]},
+    {"type": "null"},
+]}
+RESPONSE_FORMAT = {"anyOf": [
+    {"type": "object", "properties": {"type": {"enum": ["text", "json_object"]}}, "required": ["type"]},
+    {"type": "object", "properties": {
+        "type": {"enum": ["json_schema"]},
+        "json_schema": {"type": "object", "properties": {"schema": {"type": "object"}},
+                        "required": ["schema"]}},
+     "required": ["type", "json_schema"]},
+    {"type": "null"},
+]}
+
+
 @attrs.define
 class ChatCompletionRequest:
-    model: str
-    messages: list[Message]
+    JSON_SCHEMA: ClassVar[dict[str, Any]] = {
+        # top_logprobs only with logprobs: true (else 400 "Missing required parameter: 'logprobs'").
+        "if": {"properties": {"top_logprobs": {"type": "integer"}}, "required": ["top_logprobs"]},
+        "then": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
+    }
+
+    model: str = constrained(attrs.NOTHING, description="Model id or alias (GET /v1/models).")
+    messages: list[Message] = constrained(attrs.NOTHING, minItems=1, maxItems=MAX_ARRAY_ITEMS)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: str | list[str] | None = None
+    max_tokens: int | None = constrained(minimum=1)
+    max_completion_tokens: int | None = constrained(minimum=1)
+    temperature: float | None = constrained(**TEMPERATURE)
+    top_p: float | None = constrained(**TOP_P)
+    stop: str | list[str] | None = constrained(**STOP)
     seed: int | None = None
-    n: int | None = None
+    n: int | None = constrained(minimum=1, maximum=MAX_CHOICES)
     tools: list[Tool] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: str | dict[str, Any] | None = constrained(**TOOL_CHOICE)
+    parallel_tool_calls: bool | None = None
     user: str | None = None
     # "disabled": fail with context_length_exceeded instead of summarizing older turns.
     truncation: Literal["auto", "disabled"] | None = None
+    frequency_penalty: float | None = constrained(**PENALTY)
+    presence_penalty: float | None = constrained(**PENALTY)
+    # token id (as a string, OpenAI's wire form) -> bias in -100..100
+    logit_bias: dict[str, Any] | None = constrained(**LOGIT_BIAS)
+    # Not OpenAI's, but sent by many clients (vLLM, llama.cpp, LM Studio accept them).
+    top_k: int | None = constrained(**TOP_K)
+    min_p: float | None = constrained(**MIN_P)
+    repetition_penalty: float | None = constrained(**REPETITION_PENALTY)
+    response_format: dict[str, Any] | None = constrained(**RESPONSE_FORMAT)
+    logprobs: bool | None = None
+    top_logprobs: int | None = constrained(minimum=0, maximum=20)
 
     @property
     def completion_limit(self) -> int | None:
@@ -128,7 +196,7 @@ def _make_converter() -> cattrs.Converter:
     def part(value: Any, _type: Any) -> Any:
         if not isinstance(value, dict):
             raise TypeError("expected a content part object")
-        kind = part_types.get(value.get("type"))
+        kind = part_types.get(str(value.get("type")))
         if kind is None:
             raise ValueError(
                 f"unsupported content part type {value.get('type')!r} "
@@ -194,8 +262,6 @@ def _format_exception(exc: BaseException, type_: Any) -> str:
     return cattrs.v.format_exception(exc, type_)
 
 
-MAX_JSON_DEPTH = 64
-MAX_ARRAY_ITEMS = 10_000
 
 
 def check_shape(value: Any, depth: int = 0, path: str = "") -> None:
@@ -215,64 +281,141 @@ def check_shape(value: Any, depth: int = 0, path: str = "") -> None:
             check_shape(item, depth + 1, f"{path}[{index}]")
 
 
-def parse_chat_request(body: Any) -> ChatCompletionRequest:
+def parse_wire_request(body: Any) -> ChatCompletionRequest:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     check_shape(body)
-    for field in ("model", "messages"):
-        if field not in body:
-            raise InvalidRequest(f"Missing required parameter: '{field}'.", param=field)
+    check_body(body, CHAT_REQUEST_SCHEMA)
     try:
         request = converter.structure(body, ChatCompletionRequest)
     except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
         message, param = _describe(exc)
         raise InvalidRequest(f"Invalid request: {message}", param=param) from None
-    validate(request)
     return request
 
 
-def validate(request: ChatCompletionRequest) -> None:
-    """Range checks and options we do not support (rejected, never ignored)."""
-    if not request.messages:
-        raise InvalidRequest("'messages' must contain at least one message.", param="messages")
-    limit = request.completion_limit
-    if limit is not None and limit < 1:
-        raise InvalidRequest("'max_tokens' must be at least 1.", param="max_tokens")
-    if request.temperature is not None and not 0 <= request.temperature <= 2:
-        raise InvalidRequest("'temperature' must be between 0 and 2.", param="temperature")
-    if request.top_p is not None and not 0 < request.top_p <= 1:
-        raise InvalidRequest("'top_p' must be greater than 0 and at most 1.", param="top_p")
-    if request.n not in (None, 1):
-        raise InvalidRequest("Only n=1 is supported.", param="n")
-    if len(request.stop_strings) > 4:
-        raise InvalidRequest("At most 4 stop sequences are supported.", param="stop")
-    choice = request.tool_choice
-    if isinstance(choice, str) and choice not in ("auto", "none", "required"):
-        raise InvalidRequest(
-            "'tool_choice' must be 'auto', 'none', 'required' or a named function.",
-            param="tool_choice",
-        )
-    for index, message in enumerate(request.messages):
-        if message.role == "tool" and not message.tool_call_id:
+def json_format_of(fmt: dict[str, Any] | None) -> domain.JsonFormat | None:
+    """OpenAI's ``response_format`` as the domain's structured-output request."""
+    if fmt is None or fmt.get("type") == "text":
+        return None
+    if fmt.get("type") == "json_object":
+        return domain.JsonFormat(schema={"type": "object"}, where="response_format")
+    if fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
             raise InvalidRequest(
-                "Messages with role 'tool' must have a 'tool_call_id'.",
-                param=f"messages[{index}].tool_call_id",
+                "'response_format.json_schema.schema' must be a JSON schema object.",
+                param="response_format.json_schema.schema",
             )
+        return domain.JsonFormat(schema=schema, where="response_format.json_schema.schema")
+    raise InvalidRequest(
+        f"response_format type {fmt.get('type')!r} is not one of 'text', 'json_object', "
+        "'json_schema'.",
+        param="response_format",
+    )
 
 
-def message_dicts(request: ChatCompletionRequest) -> list[dict[str, Any]]:
-    """Messages as plain dicts for templates, with unset fields left out."""
-    out = []
-    for message in request.messages:
-        data = converter.unstructure(message)
-        out.append({k: v for k, v in data.items() if v is not None})
+def logit_bias_of(value: dict[str, Any] | None, param: str = "logit_bias") -> dict[int, float]:
+    """OpenAI's ``logit_bias`` (token id strings -> -100..100) as ints -> floats."""
+    out: dict[int, float] = {}
+    for key, bias in (value or {}).items():
+        if not str(key).isdigit() or int(key) >= 2**31:
+            raise InvalidRequest(f"'{param}' keys must be token ids, got {key!r}.", param=param)
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
+            raise InvalidRequest(
+                f"'{param}[{key}]' must be a number between -100 and 100.", param=f"{param}.{key}"
+            )
+        out[int(key)] = float(bias)
+    if len(out) > 1024:
+        raise InvalidRequest(f"'{param}' has more than 1024 entries.", param=param)
     return out
 
 
-def tool_dicts(request: ChatCompletionRequest) -> list[dict[str, Any]] | None:
-    if not request.tools or request.tool_choice == "none":
-        return None
-    return [
-        {"type": "function", "function": {k: v for k, v in converter.unstructure(t.function).items() if v is not None}}
-        for t in request.tools
-    ]
+def _content(message: Message, index: int) -> tuple[domain.ContentPart, ...]:
+    content = message.content
+    if content is None:
+        return ()
+    if isinstance(content, str):
+        return (domain.TextPart(content),) if content else ()
+    parts: list[domain.ContentPart] = []
+    for j, part in enumerate(content):
+        if isinstance(part, TextPart):
+            parts.append(domain.TextPart(part.text))
+        else:
+            parts.append(
+                domain.ImagePart(url=part.image_url.url, where=f"messages[{index}].content[{j}]")
+            )
+    return tuple(parts)
+
+
+def _tool_choice(choice: str | dict[str, Any] | None) -> domain.ToolChoice:
+    if choice is None:
+        return "auto"
+    if isinstance(choice, str):
+        return choice  # type: ignore[return-value]  # checked by the schema
+    function = choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    if choice.get("type") != "function" or not isinstance(name, str) or not name:
+        raise InvalidRequest(
+            "'tool_choice' must be 'auto', 'none', 'required' or "
+            '{"type": "function", "function": {"name": ...}}.',
+            param="tool_choice",
+        )
+    return domain.NamedToolChoice(name)
+
+
+def to_domain(request: ChatCompletionRequest) -> domain.ChatRequest:
+    """The one conversion from OpenAI's chat wire shape to the domain request."""
+    messages = tuple(
+        domain.Message(
+            role=message.role,
+            content=_content(message, index),
+            tool_calls=tuple(
+                ToolCall(name=call.function.name, arguments=call.function.arguments, id=call.id)
+                for call in message.tool_calls or ()
+            ),
+            tool_call_id=message.tool_call_id,
+            name=message.name,
+        )
+        for index, message in enumerate(request.messages)
+    )
+    tools = tuple(
+        domain.FunctionTool(
+            name=tool.function.name,
+            description=tool.function.description,
+            parameters=tool.function.parameters,
+            strict=tool.function.strict,
+        )
+        for tool in request.tools or ()
+    )
+    return domain.ChatRequest(
+        model=request.model,
+        messages=messages,
+        tools=tools,
+        tool_choice=_tool_choice(request.tool_choice),
+        parallel_tool_calls=request.parallel_tool_calls is not False,
+        max_tokens=request.completion_limit,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        seed=request.seed,
+        top_k=request.top_k,
+        min_p=request.min_p,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        repetition_penalty=request.repetition_penalty,
+        logit_bias=logit_bias_of(request.logit_bias),
+        logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+        json_format=json_format_of(request.response_format),
+        stop=tuple(request.stop_strings),
+        summarize=request.truncation != "disabled",
+    )
+
+
+def parse_chat_request(body: Any) -> domain.ChatRequest:
+    """A request body as the domain request (InvalidRequest naming the field otherwise)."""
+    return to_domain(parse_wire_request(body))
+
+
+# The published and enforced schema of a chat completions body.
+CHAT_REQUEST_SCHEMA = schema_of(ChatCompletionRequest)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
+
+from mlxhost.domain import SYSTEM_ROLES, ImagePart, Message, TextPart, text_message
 
 log = logging.getLogger(__name__)
 
@@ -26,57 +27,54 @@ SUMMARY_INSTRUCTIONS = (
     "tool calls that a reader needs to continue it. Do not add anything new. "
     "Reply with the summary only."
 )
-SYSTEM_ROLES = ("system", "developer")
 
 # (messages) -> prompt tokens, with the model's template.
-CountTokens = Callable[[list[dict[str, Any]]], Awaitable[int]]
+CountTokens = Callable[[Sequence[Message]], Awaitable[int]]
 # (messages, max_tokens) -> generated text.
-Generate = Callable[[list[dict[str, Any]], int], Awaitable[str]]
+Generate = Callable[[Sequence[Message], int], Awaitable[str]]
 # (text, max_tokens) -> text cut to at most max_tokens tokens.
 TruncateText = Callable[[str, int], Awaitable[str]]
 
 
 @attrs.frozen
 class Split:
-    system: list[dict[str, Any]]
-    older: list[dict[str, Any]]
-    kept: list[dict[str, Any]]
+    system: tuple[Message, ...]
+    older: tuple[Message, ...]
+    kept: tuple[Message, ...]
 
 
-def split_conversation(messages: list[dict[str, Any]], keep_last: int = KEEP_LAST) -> Split:
-    """System messages (all of them), the older turns to summarize, the last ``keep_last``."""
+def split_conversation(messages: Sequence[Message], keep_last: int = KEEP_LAST) -> Split:
+    """System messages (all of them), the older turns to summarize, the last ``keep_last``.
+
+    Messages travel whole, images included: a kept message keeps its images, a
+    summarized one is mentioned as ``[image]`` in the transcript.
+    """
     cut = max(len(messages) - keep_last, 0)
     head, kept = messages[:cut], messages[cut:]
-    system = [m for m in head if m["role"] in SYSTEM_ROLES]
-    older = [m for m in head if m["role"] not in SYSTEM_ROLES]
-    return Split(system=system, older=older, kept=kept)
+    system = tuple(m for m in head if m.role in SYSTEM_ROLES)
+    older = tuple(m for m in head if m.role not in SYSTEM_ROLES)
+    return Split(system=system, older=older, kept=tuple(kept))
 
 
-def _text_of(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    pieces = []
-    for part in content:
-        if part.get("type") == "text":
-            pieces.append(part.get("text", ""))
-        elif part.get("type") in ("image_url", "image"):
-            pieces.append("[image]")
-    return " ".join(p for p in pieces if p)
+def _transcript_text(message: Message) -> str:
+    pieces = [
+        part.text if isinstance(part, TextPart) else "[image]"
+        for part in message.content
+        if not isinstance(part, TextPart) or part.text
+    ]
+    return " ".join(pieces)
 
 
-def message_as_text(message: dict[str, Any]) -> str:
+def message_as_text(message: Message) -> str:
     """One message as a transcript line: tool calls and results as text, images mentioned."""
-    role = message["role"]
-    text = _text_of(message.get("content"))
+    role = message.role
+    text = _transcript_text(message)
     if role == "tool":
-        return f"Tool result ({message.get('tool_call_id', '')}): {text}"
+        return f"Tool result ({message.tool_call_id or ''}): {text}"
     if role == "assistant":
         lines = [f"Assistant: {text}"] if text else []
-        for call in message.get("tool_calls") or []:
-            function = call.get("function", {})
-            lines.append(f"Assistant called {function.get('name')}({function.get('arguments', '')})")
+        for call in message.tool_calls:
+            lines.append(f"Assistant called {call.name}({call.arguments})")
         return "\n".join(lines) or "Assistant:"
     if role in SYSTEM_ROLES:
         return f"System: {text}"
@@ -84,19 +82,22 @@ def message_as_text(message: dict[str, Any]) -> str:
 
 
 def with_summary(
-    system: list[dict[str, Any]], summary: str, kept: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+    system: Sequence[Message], summary: str, kept: Sequence[Message]
+) -> tuple[Message, ...]:
     """The compressed conversation: system messages, the summary right after them, then ``kept``.
 
     The summary joins the last system message (templates such as Qwen's render
     only a leading system message), or becomes the system message if there is none.
+    That message keeps its images.
     """
     note = f"{SUMMARY_HEADER}\n{summary.strip()}"
     if not system:
-        return [{"role": "system", "content": note}, *kept]
+        return (text_message("system", note), *kept)
     *earlier, last = system
-    merged = {**last, "content": f"{_text_of(last.get('content'))}\n\n{note}"}
-    return [*earlier, merged, *kept]
+    text = f"{last.text}\n\n{note}" if last.text else note
+    images = tuple(p for p in last.content if isinstance(p, ImagePart))
+    merged = attrs.evolve(last, content=(*images, TextPart(text)))
+    return (*earlier, merged, *kept)
 
 
 class Summarizer:
@@ -117,17 +118,17 @@ class Summarizer:
         self._window = context_window
         self._summary_tokens = min(summary_tokens, max(context_window // 8, 16))
 
-    def _prompt(self, transcript: str) -> list[dict[str, Any]]:
-        return [
-            {"role": "system", "content": SUMMARY_INSTRUCTIONS},
-            {"role": "user", "content": f"Conversation:\n\n{transcript}"},
-        ]
+    def _prompt(self, transcript: str) -> tuple[Message, ...]:
+        return (
+            text_message("system", SUMMARY_INSTRUCTIONS),
+            text_message("user", f"Conversation:\n\n{transcript}"),
+        )
 
     async def _fits(self, transcript: str) -> bool:
         tokens = await self._count(self._prompt(transcript))
         return tokens + self._summary_tokens <= self._window
 
-    async def summarize(self, older: list[dict[str, Any]]) -> str:
+    async def summarize(self, older: Sequence[Message]) -> str:
         blocks = [message_as_text(m) for m in older]
         return await self._summarize_blocks(blocks, depth=0)
 
@@ -164,17 +165,6 @@ class Summarizer:
         return chunks
 
 
-def count_images(messages: list[dict[str, Any]]) -> int:
-    """Image parts left in a conversation (summarized turns mention theirs as text)."""
-    return sum(
-        1
-        for m in messages
-        if isinstance(m.get("content"), list)
-        for part in m["content"]
-        if part.get("type") in ("image_url", "image")
-    )
-
-
-def describe(messages: list[dict[str, Any]]) -> str:
+def describe(messages: Sequence[Message]) -> str:
     """Short description for logs."""
-    return json.dumps([m["role"] for m in messages])
+    return json.dumps([m.role for m in messages])

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from mlxhost.hookspecs import hookimpl
-from mlxhost.types import ModelInfo
+from mlxhost.types import ModelSpec
 
 
-def context_window_from_config(config: dict[str, Any]) -> int | None:
+def context_window_from_config(config: Mapping[str, Any]) -> int | None:
     """``max_position_embeddings`` at the top level, else inside ``text_config``."""
-    for section in (config, config.get("text_config") or {}):
+    text_config = config.get("text_config")
+    for section in (config, text_config if isinstance(text_config, Mapping) else {}):
         value = section.get("max_position_embeddings")
-        if isinstance(value, int) and value > 0:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
 
 
 @hookimpl(trylast=True)
-def mlxhost_context_limit(model: ModelInfo) -> int | None:
-    return context_window_from_config(model.config)
+def mlxhost_context_limit(spec: ModelSpec, config: Mapping[str, Any]) -> int | None:
+    return context_window_from_config(config)

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
+from mlxhost.domain import FunctionTool
 from mlxhost.hookspecs import hookimpl
-from mlxhost.types import ContentDelta, ModelInfo, ParserEvent, ToolParserFactory
+from mlxhost.toolcalls import ContentOnlyParser
+from mlxhost.types import ModelInfo, StreamParser, ToolParserFactory
 
 
-class PlainTextParser:
-    def feed(self, text: str) -> list[ParserEvent]:
-        return [ContentDelta(text)] if text else []
-
-    def finish(self) -> list[ParserEvent]:
-        return []
-
-
-def plain_text_parser(tools: list[dict[str, Any]]) -> PlainTextParser:
-    return PlainTextParser()
+def plain_text_parser(tools: Sequence[FunctionTool]) -> StreamParser:
+    return ContentOnlyParser()
 
 
 @hookimpl(trylast=True)

@@ -1,18 +1,18 @@
-"""The engine interface: what the core needs from a model backend.
+"""The engine interface: what the runtime needs from a model backend.
 
-Every method runs on the MLX worker thread (see ``runtime.worker``): MLX models
-are not safe for concurrent use, so one thread owns all of it.
+Only :class:`mlxhost.runtime.runtime.Runtime` calls an engine, and every call
+runs on the MLX worker thread (see ``runtime.worker``): MLX models are not safe
+for concurrent use, so one thread owns all of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
 
-from mlxhost.types import RenderedPrompt, SamplingParams, TokenStep
+from mlxhost.types import ModelInfo, RenderedPrompt, SamplingParams, TokenStep
 
 
 @attrs.frozen
@@ -30,14 +30,18 @@ class PreparedPrompt:
 class Engine(Protocol):
     name: str
 
-    def load(self, model_id: str, path: Path, config: dict[str, Any]) -> Any:
-        """Load the model, replacing any loaded one; return its HF tokenizer."""
+    def load(self, info: ModelInfo) -> Any:
+        """Load the model from ``info.path`` (on disk already), replacing any
+        loaded one (which is unloaded first, once); return its HF tokenizer."""
+        ...
 
     def unload(self) -> None:
         """Drop the loaded model and return its memory."""
+        ...
 
     def prepare(self, prompt: RenderedPrompt) -> PreparedPrompt:
         """Tokenize a rendered prompt (expanding image tokens, if any)."""
+        ...
 
     def generate(
         self,
@@ -47,3 +51,9 @@ class Engine(Protocol):
     ) -> Iterator[TokenStep]:
         """Generate tokens; the last step carries ``finish``. Stops early, between
         tokens, once ``should_stop()`` is true."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Engine figures for ``/health`` (e.g. ``{"prefix_cache": {...}}``); safe to
+        call from any thread."""
+        ...

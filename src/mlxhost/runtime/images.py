@@ -75,7 +75,7 @@ def check_address(address: str, allow_networks: Iterable[str]) -> bool:
 async def resolve_host(host: str, port: int) -> list[str]:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return sorted({info[4][0] for info in infos})
+    return sorted({str(info[4][0]) for info in infos})
 
 
 async def check_url(url: str, policy: ImagePolicy, where: str) -> None:
@@ -152,14 +152,14 @@ def decode_image(data: bytes, policy: ImagePolicy, where: str) -> DecodedImage:
     if len(data) > policy.max_bytes:
         raise _too_big(where, policy)
     try:
-        image = Image.open(io.BytesIO(data))
-        if image.format not in SUPPORTED_FORMATS:
+        opened = Image.open(io.BytesIO(data))
+        if opened.format not in SUPPORTED_FORMATS:
             raise InvalidRequest(
-                f"{where}: unsupported image format {image.format} (use PNG, JPEG, WebP or GIF).",
+                f"{where}: unsupported image format {opened.format} (use PNG, JPEG, WebP or GIF).",
                 param=where,
             )
-        image.seek(0)
-        image = image.convert("RGB")
+        opened.seek(0)
+        image = opened.convert("RGB")
     except InvalidRequest:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):

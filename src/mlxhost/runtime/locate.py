@@ -6,8 +6,6 @@ import logging
 import os
 from pathlib import Path
 
-from mlxhost.errors import ModelLoadFailed
-
 log = logging.getLogger(__name__)
 
 # Files a model folder needs; the hub has more (READMEs, other formats) we skip.
@@ -53,34 +51,51 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def locate_model(model_id: str, path: Path | None) -> Path:
-    """The local folder of a model, downloading it only if it is not cached.
+class HubUnavailable(Exception):
+    """The model is not cached and the hub cannot be asked (offline, unreachable)."""
 
-    A cached model loads with no network request (``local_files_only`` first).
+
+class DownloadFailed(Exception):
+    """The hub answered but the download did not complete."""
+
+
+def download_model(repo_id: str) -> Path:
+    """Download a hub repo into the Hugging Face cache and return its folder.
+
+    Called only for a model that is not cached (and never while a model is
+    being unloaded: the caller locates first, so a failure leaves the loaded
+    model alone). Raises :class:`HubUnavailable` or :class:`DownloadFailed`.
     """
-    if path is not None:
-        if not (path / "config.json").is_file():
-            raise ModelLoadFailed(f"Model folder {path} has no config.json")
-        return path
+    if hub_offline():
+        raise HubUnavailable("HF_HUB_OFFLINE is set")
+    import httpx
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    try:
-        folder = Path(
-            snapshot_download(model_id, local_files_only=True, allow_patterns=MODEL_FILE_PATTERNS)
-        )
-        if (folder / "config.json").is_file():
-            return folder
-    except LocalEntryNotFoundError:
-        pass
-    if hub_offline():
-        raise ModelLoadFailed(
-            f"Model '{model_id}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set."
-        )
-    log.info("Downloading %s from the Hugging Face hub (progress below)", model_id)
+    log.info("Downloading %s from the Hugging Face hub (progress below)", repo_id)
     # huggingface_hub shows tqdm progress bars on stderr, which is the server log.
     os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
     try:
-        return Path(snapshot_download(model_id, allow_patterns=MODEL_FILE_PATTERNS))
-    except Exception as exc:  # network errors, gated repos, missing repo
-        raise ModelLoadFailed(f"Could not download model '{model_id}': {exc}") from exc
+        return Path(snapshot_download(repo_id, allow_patterns=MODEL_FILE_PATTERNS))
+    except (httpx.ConnectError, httpx.ConnectTimeout, LocalEntryNotFoundError, OSError) as exc:
+        # huggingface_hub reports an unreachable hub as LocalEntryNotFoundError
+        # ("cannot find the requested files in the local cache") or a connect error.
+        if _is_connection_problem(exc):
+            raise HubUnavailable("the Hugging Face hub could not be reached") from exc
+        raise DownloadFailed(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # gated or missing repo, HTTP errors
+        raise DownloadFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _is_connection_problem(exc: BaseException) -> bool:
+    import httpx
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (httpx.ConnectError, httpx.ConnectTimeout, LocalEntryNotFoundError)):
+            return True
+        if isinstance(seen, OSError) and not isinstance(seen, FileNotFoundError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -22,17 +22,20 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from mlxhost.runtime.engine import PreparedPrompt
 from mlxhost.runtime.prefix_cache import (
     DEFAULT_PREFIX_CACHE_BYTES,
     MLXCacheAdapter,
     PrefixCache,
+    has_window,
 )
-from mlxhost.types import RenderedPrompt, SamplingParams, TokenStep
+from mlxhost.types import ModelInfo, RenderedPrompt, SamplingParams, TokenLogprob, TokenStep
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +46,10 @@ TOKENIZERS_KEPT = 4
 PREFILL_STEP = 2048
 
 
-def eos_token_ids(path: Path, config: dict[str, Any], tokenizer: Any) -> set[int]:
+def eos_token_ids(path: Path, config: Mapping[str, Any], tokenizer: Any) -> set[int]:
     """Every id that ends a turn: config, generation_config and the tokenizer's own."""
     ids: set[int] = set()
-    sources = [config, config.get("text_config") or {}]
+    sources: list[Mapping[str, Any]] = [config, config.get("text_config") or {}]
     gen_config = path / "generation_config.json"
     if gen_config.is_file():
         sources.append(json.loads(gen_config.read_text()))
@@ -59,15 +62,6 @@ def eos_token_ids(path: Path, config: dict[str, Any], tokenizer: Any) -> set[int
     if getattr(tokenizer, "eos_token_id", None) is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
-
-
-def generation_defaults(path: Path) -> dict[str, float]:
-    """Sampling defaults the checkpoint recommends (generation_config.json)."""
-    gen_config = path / "generation_config.json"
-    if not gen_config.is_file():
-        return {}
-    data = json.loads(gen_config.read_text())
-    return {k: data[k] for k in ("temperature", "top_p") if isinstance(data.get(k), (int, float))}
 
 
 def release_free_heap() -> None:
@@ -115,12 +109,24 @@ class MLXEngine:
         self._detokenizer_source: Any = None  # mlx-lm TokenizerWrapper
         self._eos: set[int] = set()
         self._is_vlm = False
-        self.defaults: dict[str, float] = {}
+        self._warmed_cpu = False
+        self._vocab_size = 0
+        from mlxhost.runtime.constrain import GuidanceTokenizers
+
+        self._guidance = GuidanceTokenizers()
+
+    def stats(self) -> dict[str, Any]:
+        if self.prefix_cache is None:
+            return {}
+        return {"prefix_cache": attrs.asdict(self.prefix_cache.stats())}
 
     # -- loading --------------------------------------------------------------
-    def load(self, model_id: str, path: Path, config: dict[str, Any]) -> Any:
+    def load(self, info: ModelInfo) -> Any:
         from mlx_lm.tokenizer_utils import TokenizerWrapper
 
+        if info.path is None:
+            raise ValueError(f"{info.id} is not on disk")
+        model_id, path, config = info.id, info.path, info.config
         self.unload()
         started = time.perf_counter()
         self._is_vlm = "vision_config" in config
@@ -130,17 +136,21 @@ class MLXEngine:
             model, processor = mlx_vlm.load(str(path))
             tokenizer = getattr(processor, "tokenizer", processor)
             self._processor = processor
+            wrapper = TokenizerWrapper(tokenizer)
         else:
             from mlx_lm.utils import load_model
 
             model, model_config = load_model(path)
-            tokenizer = self._text_tokenizer(path, model_config)
+            # The cached wrapper: wrapping again rebuilds its detokenizer tables
+            # (measured ~0.5 s for Gemma's 262k vocabulary on every swap).
+            wrapper = self._text_tokenizer(path, model_config)
+            tokenizer = wrapper._tokenizer
         self._model = model
         self._model_id = model_id
         self._tokenizer = tokenizer
-        self._detokenizer_source = TokenizerWrapper(tokenizer)
+        self._detokenizer_source = wrapper
         self._eos = eos_token_ids(path, config, tokenizer)
-        self.defaults = generation_defaults(path)
+        self._vocab_size = _vocab_size(config) or len(tokenizer)  # type: ignore[arg-type]
         loaded_in = time.perf_counter() - started
         warmup = self._warm_up() if self.warmup else 0.0
         log.info(
@@ -153,7 +163,7 @@ class MLXEngine:
         return tokenizer
 
     def _text_tokenizer(self, path: Path, model_config: dict[str, Any]) -> Any:
-        """The Hugging Face tokenizer of a text model, kept across swaps.
+        """The mlx-lm tokenizer wrapper of a text model, kept across swaps.
 
         The last few models' tokenizers stay loaded (tens of MB each): reloading
         one on every swap costs about a second and fragments the heap, so RSS
@@ -169,18 +179,23 @@ class MLXEngine:
         self._tokenizers[key] = wrapper
         while len(self._tokenizers) > TOKENIZERS_KEPT:
             self._tokenizers.popitem(last=False)
-        return wrapper._tokenizer
+        return wrapper
 
     def _warm_up(self) -> float:
         """Run a few short prompts through the model so the first request does not
         pay one-time costs: on CUDA, MLX compiles kernels per shape on first use
         (measured on an H100: 44-72 s for the first request after a load without
-        this, 0.07-0.11 s with 8- and 64-token prompts first). On CPU there is no
-        such cost and 8 tokens suffice."""
+        this, 0.07-0.11 s with 8- and 64-token prompts first). On CPU the one-time
+        cost is per process, not per model (raw mlx-lm: Qwen 0.5B's first request
+        3.6 s vs 1.6 s later after start-up, but no extra on the first request
+        after a swap, `python -m bench`), so 8 tokens once, at the first load."""
         import mlx.core as mx
 
-        started = time.perf_counter()
         on_gpu = mx.default_device().type == mx.DeviceType.gpu
+        if not on_gpu and self._warmed_cpu:
+            return 0.0
+        self._warmed_cpu = not on_gpu
+        started = time.perf_counter()
         lengths = (8, 64, 512) if on_gpu else (8,)
         # Real token ids, as a request would send (not mx.arange: other dtypes,
         # other kernels).
@@ -239,13 +254,21 @@ class MLXEngine:
         should_stop: Callable[[], bool],
     ) -> Iterator[TokenStep]:
         import mlx.core as mx
-        from mlx_lm.sample_utils import make_sampler
+
+        from mlxhost.runtime.sampling import make_logits_processors, make_sampler
 
         if params.seed is not None:
             mx.random.seed(params.seed)
-        sampler = make_sampler(temp=params.temperature, top_p=params.top_p)
+        sampler = make_sampler(params)
+        processors = make_logits_processors(params)
+        if params.grammar is not None:
+            from mlxhost.runtime.constrain import grammar_processor
+
+            ll_tokenizer = self._guidance.of(self._tokenizer, self._vocab_size, self._eos)
+            processors.append(grammar_processor(ll_tokenizer, params.grammar))
         key, extra_key = self._cache_key(prompt)
         vision = prompt.extras  # pixel values etc. of an image prompt
+        vlm_kwargs: dict[str, Any]
         if vision:
             # Image prompts bypass the prefix cache: their image embeddings must be
             # computed together with the image tokens, which a cached prefix splits.
@@ -258,28 +281,37 @@ class MLXEngine:
         steps = None
         try:
             if vision:
-                steps = self._vision_steps(prompt, cache, params, sampler)
+                steps = self._vision_steps(prompt, cache, params, sampler, processors or None)
             elif self._is_vlm:
                 steps = self._vlm_steps(
-                    prompt.tokens, reused, cache, params, sampler, snapshots, vlm_kwargs
+                    prompt.tokens, reused, cache, params, sampler, snapshots, vlm_kwargs,
+                    processors or None,
                 )
             else:
-                steps = self._lm_steps(prompt.tokens, reused, cache, params, sampler, snapshots)
+                steps = self._lm_steps(
+                    prompt.tokens, reused, cache, params, sampler, snapshots, processors or None
+                )
             detokenizer = self._detokenizer_source.detokenizer
             detokenizer.reset()
-            for count, (token, _logprobs) in enumerate(steps, start=1):
+            for count, (token, logprobs) in enumerate(steps, start=1):
                 token = int(token)
                 generated.append(token)
+                cached = reused if count == 1 else None
+                scored = (
+                    self._token_logprob(token, logprobs, params.logprobs)
+                    if params.logprobs is not None
+                    else None
+                )
                 if token in self._eos:
                     detokenizer.finalize()
-                    yield TokenStep(token, detokenizer.last_segment, finish="stop")
+                    yield TokenStep(token, detokenizer.last_segment, "stop", cached, scored)
                     return
                 detokenizer.add_token(token)
                 if count >= params.max_tokens:
                     detokenizer.finalize()
-                    yield TokenStep(token, detokenizer.last_segment, finish="length")
+                    yield TokenStep(token, detokenizer.last_segment, "length", cached, scored)
                     return
-                yield TokenStep(token, detokenizer.last_segment)
+                yield TokenStep(token, detokenizer.last_segment, None, cached, scored)
                 if should_stop():
                     return
         except Exception:
@@ -291,6 +323,25 @@ class MLXEngine:
             # Also on GeneratorExit (the client left): what was fed is still valid.
             if not vision:
                 self._store_prefix(key, extra_key, cache, generated, snapshots, failed)
+
+    def _token_logprob(self, token: int, logprobs: Any, top: int) -> TokenLogprob:
+        """The sampled token's log probability and the ``top`` most likely tokens
+        (from the step's normalized log probabilities)."""
+        import mlx.core as mx
+
+        values = logprobs.reshape(-1)
+        alternatives: tuple[tuple[str, float], ...] = ()
+        if top > 0:
+            ids = mx.argpartition(-values, kth=top - 1)[:top]
+            chosen = values[ids]
+            mx.eval(ids, chosen)
+            pairs: list[tuple[int, float]] = list(zip(ids.tolist(), chosen.tolist()))  # type: ignore[arg-type]
+            ranked = sorted(pairs, key=lambda item: -item[1])
+            alternatives = tuple((self._token_text(i), float(v)) for i, v in ranked)
+        return TokenLogprob(self._token_text(token), float(values[token].item()), alternatives)
+
+    def _token_text(self, token: int) -> str:
+        return str(self._tokenizer.decode([token]))
 
     # -- prefix cache -----------------------------------------------------------
     def _cache_key(self, prompt: PreparedPrompt) -> tuple[tuple[int, ...], bytes | None]:
@@ -343,7 +394,10 @@ class MLXEngine:
         return make_prompt_cache(self._model)
 
     def _snapshot(self, cache: list[Any]) -> list[Any] | None:
-        if self.prefix_cache is None:
+        """A copy of the cache at the end of the prompt, only where it can matter:
+        a cache without sliding-window layers stays trimmable, so the cache after
+        the reply covers this prefix and the copy would only cost prefill time."""
+        if self.prefix_cache is None or not has_window(cache):
             return None
         return self.prefix_cache.adapter.copy(cache)
 
@@ -392,6 +446,7 @@ class MLXEngine:
         params: SamplingParams,
         sampler: Any,
         snapshots: list[tuple[int, Any]],
+        processors: Any = None,
     ) -> Any:
         import mlx.core as mx
         from mlx_lm.generate import generate_step, generation_stream
@@ -414,6 +469,7 @@ class MLXEngine:
             self._model,
             max_tokens=params.max_tokens,
             sampler=sampler,
+            logits_processors=processors,
             prompt_cache=cache,
         )
 
@@ -426,6 +482,7 @@ class MLXEngine:
         sampler: Any,
         snapshots: list[tuple[int, Any]],
         extra: dict[str, Any],
+        processors: Any = None,
     ) -> Any:
         import mlx.core as mx
         from mlx_vlm.generate.ar import generate_step as vlm_generate_step
@@ -449,6 +506,7 @@ class MLXEngine:
             None,
             max_tokens=params.max_tokens,
             sampler=sampler,
+            logits_processors=processors,
             prompt_cache=cache,
             prompt_cache_checkpoint=checkpoint if wants_snapshot else None,
             prompt_cache_checkpoint_len=checkpoint_len if wants_snapshot else None,
@@ -456,7 +514,12 @@ class MLXEngine:
         )
 
     def _vision_steps(
-        self, prompt: PreparedPrompt, cache: list[Any], params: SamplingParams, sampler: Any
+        self,
+        prompt: PreparedPrompt,
+        cache: list[Any],
+        params: SamplingParams,
+        sampler: Any,
+        processors: Any = None,
     ) -> Any:
         import mlx.core as mx
         from mlx_vlm.generate.ar import generate_step as vlm_generate_step
@@ -469,6 +532,7 @@ class MLXEngine:
             inputs["mask"],
             max_tokens=params.max_tokens,
             sampler=sampler,
+            logits_processors=processors,
             prompt_cache=cache,
             **inputs["kwargs"],
         )
@@ -490,3 +554,13 @@ def _prime_vlm_positions(model: Any, tokens: tuple[int, ...], kwargs: dict[str, 
     except ImportError:
         return False
     return bool(_prime_cached_prefix_rope_state(model, mx.array(tokens)[None], None, kwargs))
+
+
+def _vocab_size(config: Mapping[str, Any]) -> int | None:
+    """The size of the model's output layer, from its config."""
+    text_config = config.get("text_config")
+    for section in (config, text_config if isinstance(text_config, Mapping) else {}):
+        value = section.get("vocab_size")
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

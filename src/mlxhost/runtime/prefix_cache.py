@@ -506,6 +506,22 @@ class MLXCacheAdapter:
         return copy.deepcopy(cache)
 
 
+def has_window(cache: list[Any]) -> bool:
+    """Whether any layer is a sliding-window cache (which may stop being trimmable).
+
+    Caches without one stay trimmable however long they grow, so the cache
+    after the reply covers every shorter prefix and no snapshot is needed.
+    """
+
+    def windowed(layer: Any) -> bool:
+        children = getattr(layer, "caches", None)
+        if children is not None:
+            return any(windowed(c) for c in children)
+        return getattr(layer, "max_size", None) is not None
+
+    return any(windowed(layer) for layer in cache)
+
+
 def _fully_retained(layer: Any) -> bool:
     """Whether ``layer`` still holds its whole sequence, so it can be cut back anywhere.
 
@@ -530,4 +546,5 @@ def _fully_retained(layer: Any) -> bool:
 def _state_nbytes(layer: Any) -> int:
     from mlx.utils import tree_flatten
 
-    return sum(getattr(v, "nbytes", 0) for _, v in tree_flatten(layer.state))
+    flat: list[tuple[str, Any]] = tree_flatten(layer.state)  # type: ignore[assignment]
+    return sum(int(getattr(v, "nbytes", 0)) for _, v in flat)

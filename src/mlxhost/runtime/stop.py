@@ -14,6 +14,8 @@ class StopStringMatcher:
         self._stops = [s for s in stops if s]
         self._pending = ""
         self.stopped = False
+        # The stop string that ended the text (Anthropic reports it).
+        self.matched: str | None = None
 
     def feed(self, text: str) -> str:
         if self.stopped:
@@ -21,9 +23,11 @@ class StopStringMatcher:
         if not self._stops:
             return text
         self._pending += text
-        cut = min((i for i in (self._pending.find(s) for s in self._stops) if i >= 0), default=-1)
+        found = [(i, s) for s in self._stops if (i := self._pending.find(s)) >= 0]
+        cut = min(found)[0] if found else -1
         if cut >= 0:
             self.stopped = True
+            self.matched = min(found)[1]
             out, self._pending = self._pending[:cut], ""
             return out
         keep = self._longest_partial_suffix()

@@ -21,9 +21,9 @@ def prepare_vision_inputs(
 
     tokenizer = getattr(processor, "tokenizer", processor)
     bos = getattr(tokenizer, "bos_token", None)
-    had_bos = bool(bos) and text.startswith(bos)
+    had_bos = isinstance(bos, str) and bool(bos) and text.startswith(bos)
     if had_bos:
-        text = text[len(bos) :]
+        text = text[len(str(bos)) :]
     inputs = prepare_inputs(
         processor,
         images=images,

@@ -9,21 +9,25 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from mlxhost.domain import ImagePart, Message
 from mlxhost.hookspecs import hookimpl
 from mlxhost.runtime.engine import PreparedPrompt
-from mlxhost.types import ModelInfo, RenderedPrompt, SamplingParams, TokenStep
+from mlxhost.types import LoadedModel, ModelInfo, RenderedPrompt, SamplingParams, TokenStep
 
 FAKE_FAMILY = "fake"
 
 
-def make_fake_model(folder: Path, *, context_window: int = 256) -> Path:
-    """A model folder the fake engine 'loads': just a config.json."""
+def make_fake_model(folder: Path, *, context_window: int = 256, vision: bool = False) -> Path:
+    """A model folder the fake engine 'loads': just a config.json (``vision``: it
+    declares a vision tower, so it takes images)."""
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"model_type": "fake", "max_position_embeddings": context_window}
+    config: dict[str, Any] = {"model_type": "fake", "max_position_embeddings": context_window}
+    if vision:
+        config["vision_config"] = {}
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 
@@ -37,7 +41,9 @@ class FakeEngine:
         self._plugin = plugin
         self.loaded: str | None = None
 
-    def load(self, model_id: str, path: Path, config: dict[str, Any]) -> Any:
+    def load(self, info: ModelInfo) -> Any:
+        model_id = info.id
+        self.unload()
         if self._plugin.fail_load:
             raise RuntimeError(self._plugin.fail_load)
         time.sleep(self._plugin.load_delay)
@@ -50,7 +56,11 @@ class FakeEngine:
             self._plugin.events.append(("unload", self.loaded))
         self.loaded = None
 
+    def stats(self) -> dict[str, Any]:
+        return {}
+
     def prepare(self, prompt: RenderedPrompt) -> PreparedPrompt:
+        self._plugin.prompts.append(prompt)
         return PreparedPrompt(tokens=tuple(prompt.text.encode()))
 
     def generate(
@@ -64,6 +74,12 @@ class FakeEngine:
             self._plugin.max_active = max(self._plugin.max_active, self._plugin.active)
         finished = False
         try:
+            self._plugin.started.set()
+            # A closed gate holds the generation here (the slot stays taken) until
+            # the test opens it; a consumer that goes away meanwhile still stops it.
+            while not self._plugin.gate.wait(0.005):
+                if should_stop():
+                    return
             for index, char in enumerate(reply):
                 if self._plugin.fail_after is not None and index >= self._plugin.fail_after:
                     raise RuntimeError("injected engine failure")
@@ -77,6 +93,8 @@ class FakeEngine:
                     return
                 finished = count == len(reply)
                 yield TokenStep(ord(char), char, finish="stop" if finished else None)
+                if index == 0:
+                    self._plugin.first_token.set()
                 if should_stop():
                     return
         finally:
@@ -97,9 +115,23 @@ class FakeEnginePlugin:
         # Raise inside generation after this many tokens (an engine crash).
         self.fail_after: int | None = None
         self.events: list[tuple[str, str | None]] = []
+        # Every prompt the engine prepared, in order (its text and images).
+        self.prompts: list[RenderedPrompt] = []
         self.active = 0
         self.max_active = 0
         self.active_lock = threading.Lock()
+        # Synchronisation for tests that act while a generation runs (instead of sleeping):
+        # ``started`` is set when a generation begins (before the gate), ``first_token``
+        # once it has handed out its first token; the engine never clears them, tests
+        # may. Generation waits while ``gate`` is clear (it starts open).
+        self.started = threading.Event()
+        self.first_token = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def cancelled(self, model: str | None) -> int:
+        """How many generations of ``model`` stopped early (their consumer went away)."""
+        return self.events.count(("cancelled", model))
 
     @hookimpl
     def mlxhost_make_engine(self, settings: Any) -> FakeEngine:
@@ -111,9 +143,20 @@ class FakeEnginePlugin:
 
     @hookimpl
     def mlxhost_render_prompt(
-        self, model: ModelInfo, messages: list[dict[str, Any]], tools: Any
+        self, model: LoadedModel, messages: Sequence[Message], tools: Any
     ) -> RenderedPrompt | None:
+        """``role: text`` lines; each image as ``[image]``, placed in message order."""
         if model.family != FAKE_FAMILY:
             return None
-        lines = [f"{m['role']}: {m.get('content') or ''}" for m in messages]
-        return RenderedPrompt(text="\n".join(lines) + "\nassistant: ")
+        lines, images = [], []
+        for message in messages:
+            pieces = []
+            for part in message.content:
+                if isinstance(part, ImagePart):
+                    pieces.append("[image]")
+                    if part.image is not None:
+                        images.append(part.image)
+                else:
+                    pieces.append(part.text)
+            lines.append(f"{message.role}: {''.join(pieces)}")
+        return RenderedPrompt(text="\n".join(lines) + "\nassistant: ", images=tuple(images))

@@ -8,7 +8,7 @@ language model) in well under a second on CPU, but say nothing meaningful.
 
 No torch and no hub: weights come from NumPy with a fixed seed (deterministic
 builds), and the tokenizers are the real ones, taken from the converted text
-test models (``mlxhost.testing.models``):
+test models (``mlxhost.starter.builder``):
 
 - ``gemma3``: Gemma's tokenizer plus ``<image_soft_token>`` (id 262144) as in the
   real Gemma 3 VLMs; SigLIP tower 112 px / patch 14 -> 8x8 patches, pooled 2x2
@@ -27,11 +27,15 @@ import json
 import math
 import shutil
 import sys
+import typing
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxhost.testing.models import DATA_DIR, Log, ensure_built, ensure_test_model, models_cache_dir
+from mlxhost.starter.builder import DATA_DIR, Log, ensure_built, ensure_test_model, models_cache_dir
+
+# The Qwen3-VL template is used only here; Gemma's is shared with the builder (DATA_DIR).
+TESTING_DATA_DIR = Path(__file__).parent / "data"
 
 # Bump when the recipe changes what ends up in a folder: the version is part of
 # the folder name, so an older build is simply not found (and a new one made).
@@ -369,7 +373,7 @@ def _build_qwen3_vl(out: Path, cache: Path, log: Log) -> None:
             raise RuntimeError(f"Qwen tokenizer has {token} as {ids.get(token)}, expected {want}")
     shutil.copyfile(source / "tokenizer.json", out / "tokenizer.json")  # used as is
 
-    template = (DATA_DIR / "qwen3_vl_chat_template.jinja").read_text()
+    template = (TESTING_DATA_DIR / "qwen3_vl_chat_template.jinja").read_text()
     tok_config = {
         k: v
         for k, v in tok_config.items()
@@ -466,7 +470,8 @@ def _save_random_weights(module, config: dict, path: Path, init) -> None:
     model_config = module.ModelConfig.from_dict(config)
     model_config = update_module_configs(model_config, module, config, ["text", "vision"])
     model = module.Model(model_config)
-    shapes = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+    flat: list[tuple[str, typing.Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
+    shapes = {k: tuple(v.shape) for k, v in flat}
 
     weights = {}
     for key in sorted(shapes):

@@ -29,9 +29,10 @@ import keyword
 import re
 import textwrap
 import tokenize
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mlxhost.domain import FunctionTool, ToolChoice
 from mlxhost.toolcalls import (
     ContentOnlyParser,
     InvalidToolCall,
@@ -179,32 +180,27 @@ def python_signature(function: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def tool_prompt(tools: list[dict[str, Any]], tool_choice: str | dict[str, Any] | None) -> str:
+def tool_prompt(tools: Sequence[FunctionTool], tool_choice: ToolChoice) -> str:
     """The tool section written into the system prefix of the first user turn."""
-    functions = [t["function"] for t in tools if t.get("type", "function") == "function"]
-    stubs = "\n\n".join(python_signature(f) for f in functions)
+    stubs = "\n\n".join(python_signature(tool.as_openai()["function"]) for tool in tools)
     text = f"{TOOLS_INTRO}\n\n```python\n{stubs}\n```"
     line = tool_choice_instruction(tool_choice)
     return f"{text}\n\n{line}" if line else text
 
 
-def tool_code_block(tool_calls: list[dict[str, Any]]) -> str:
-    """Earlier assistant calls (OpenAI shape) rendered back as the model wrote them."""
+def tool_code_block(tool_calls: Sequence[ToolCall]) -> str:
+    """Earlier assistant calls rendered back as the model wrote them."""
     from mlxhost.templating import TemplateError
 
     lines = []
     for call in tool_calls:
-        function = call.get("function") or {}
-        arguments = function.get("arguments") or "{}"
         try:
-            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+            parsed = json.loads(call.arguments or "{}")
         except json.JSONDecodeError:
             parsed = None
         if not isinstance(parsed, Mapping):
-            raise TemplateError(
-                f"tool call {function.get('name')!r}: arguments must be a JSON object"
-            )
-        lines.append(format_call(function["name"], parsed))
+            raise TemplateError(f"tool call {call.name!r}: arguments must be a JSON object")
+        lines.append(format_call(call.name, parsed))
     return f"{TOOL_CODE}\n" + "\n".join(lines) + f"\n{FENCE}"
 
 
@@ -512,7 +508,7 @@ def find_closing_fence(body: str, fence: str = FENCE) -> int:
     return -1
 
 
-def make_parser(tools: list[dict[str, Any]]) -> StreamParser:
+def make_parser(tools: Sequence[FunctionTool]) -> StreamParser:
     """The ToolParserFactory of the Gemma family: a fresh parser for one reply."""
     functions = offered_functions(tools)
     if not functions:
@@ -526,3 +522,45 @@ def make_parser(tools: list[dict[str, Any]]) -> StreamParser:
         # Past the block, Gemma would write a made-up ```tool_output itself.
         stop_after_call=True,
     )
+
+
+_VALUE_RULES = r"""
+value: STRING | NUMBER | "True" | "False" | "None" | list | dict
+list: "[" [value ("," " "? value)*] "]"
+dict: "{" [pair ("," " "? pair)*] "}"
+pair: STRING ":" " "? value
+STRING: /"([^"\\\n]|\\.)*"/
+NUMBER: /-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?/
+INTEGER: /-?[0-9]+/
+"""
+
+
+_TYPED = {"string": "STRING", "integer": "INTEGER", "number": "NUMBER",
+          "boolean": '("True" | "False")'}
+
+
+def _argument(name: str, schema: Any) -> str:
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    return f'{json.dumps(name + "=")} {_TYPED.get(kind, "value") if isinstance(kind, str) else "value"}'
+
+
+def call_grammar(tools: Sequence[FunctionTool], tool_choice: ToolChoice) -> str:
+    """The Lark grammar of one forced call: a ```` ```tool_code ```` block holding
+    ``name(keyword=value, ...)`` for one of ``tools``: its required parameters in
+    schema order, then any optional ones; scalar values typed by the schema,
+    others any Python literal (checked by the parser)."""
+    calls, lines = [], []
+    for index, tool in enumerate(tools):
+        properties = (tool.parameters or {}).get("properties") or {}
+        required = [n for n in (tool.parameters or {}).get("required") or [] if n in properties]
+        optional = [n for n in properties if n not in required]
+        pieces = [_argument(name, properties[name]) for name in required]
+        body = ' ", " '.join(pieces)
+        if optional:
+            lines.append(f"opt{index}: " + " | ".join(_argument(n, properties[n]) for n in optional))
+            rest = f'(", " opt{index})*' if required else f'[opt{index} (", " opt{index})*]'
+            body = f"{body} {rest}".strip()
+        lines.append(f'call{index}: {json.dumps(tool.name + "(")} {body} ")"'.replace("  ", " "))
+        calls.append(f"call{index}")
+    head = f'start: {json.dumps(TOOL_CODE + chr(10))} ({" | ".join(calls)}) "\\n```"'
+    return "\n".join([head, *lines, _VALUE_RULES])

@@ -17,8 +17,10 @@ Anything else is content; a malformed block is returned as content, markers incl
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
+from mlxhost.domain import FunctionTool
 from mlxhost.toolcalls import (
     ContentOnlyParser,
     InvalidToolCall,
@@ -238,7 +240,7 @@ class JsonReplyMatcher:
         return True
 
 
-def make_parser(tools: list[dict[str, Any]]) -> StreamParser:
+def make_parser(tools: Sequence[FunctionTool]) -> StreamParser:
     """The ToolParserFactory of the Qwen family: a fresh parser for one reply."""
     functions = offered_functions(tools)
     if not functions:
@@ -249,3 +251,14 @@ def make_parser(tools: list[dict[str, Any]]) -> StreamParser:
         whole=JsonReplyMatcher(functions),
         name="qwen tool calls",
     )
+
+
+def call_grammar(tools: Sequence[FunctionTool], tool_choice: Any) -> str:
+    """The llguidance Lark grammar of one forced call: a ``<tool_call>`` block whose JSON
+    names one of ``tools`` with arguments matching its parameters."""
+    from mlxhost.toolcalls import call_object_schema
+
+    schema = json.dumps(call_object_schema(tools), ensure_ascii=False)
+    # The markers are special tokens of Qwen2.5/Qwen3 tokenizers: named as tokens,
+    # since their text is not what the tokenizer emits for them.
+    return f'start: {TOOL_CALL_OPEN} "\\n" call "\\n" {TOOL_CALL_CLOSE}\ncall: %json {schema}\n'

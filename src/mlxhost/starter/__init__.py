@@ -1,5 +1,10 @@
 """``mlxhost serve --model auto``: the seed Qwen model if it can be had, else a
-small model built offline from PyPI packages (no hub needed)."""
+small model built offline from PyPI packages (no hub needed).
+
+The offline model is built by :mod:`mlxhost.starter.builder` into the model
+cache (``$MLXHOST_TEST_MODELS``, default ``~/.cache/mlxhost/test-models``; the
+same folder holds the models the test suite uses, so one build serves both).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ log = logging.getLogger(__name__)
 
 SEED_ALIAS = "qwen"
 SEED_REPO = "mlx-community/Qwen3-VL-4B-Instruct-4bit"
+
+__all__ = ["SEED_ALIAS", "SEED_REPO", "choose_startup_model", "hub_reachable"]
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -35,7 +42,7 @@ def choose_startup_model() -> str:
         return SEED_ALIAS
     from huggingface_hub import constants
 
-    from mlxhost.testing.models import TEST_MODELS, ensure_test_model, install_into_hf_cache
+    from mlxhost.starter.builder import TEST_MODELS, ensure_model, install_into_hf_cache
 
     spec = TEST_MODELS["qwen"]
     log.warning(
@@ -44,6 +51,6 @@ def choose_startup_model() -> str:
         SEED_REPO,
         spec.repo_id,
     )
-    folder = ensure_test_model("qwen", log=lambda message: log.info("%s", message))
+    folder = ensure_model("qwen", log=lambda message: log.info("%s", message))
     install_into_hf_cache(folder, spec.repo_id, constants.HF_HUB_CACHE)
     return spec.repo_id

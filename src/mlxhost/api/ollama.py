@@ -1,0 +1,463 @@
+"""The Ollama API subset (``/api/...``): tags, show, ps, version, chat, generate.
+
+Errors leave in Ollama's shape, ``{"error": "message"}``. Chat and generate
+stream NDJSON by default (``stream: false``: one object).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.response import Stream
+
+from mlxhost.api.controllers import until_disconnect
+from mlxhost.api.errors import ApiError, register_error_shape
+from mlxhost.api.schemas import (
+    MIN_P,
+    PENALTY,
+    REPETITION_PENALTY,
+    TEMPERATURE,
+    TOP_K,
+    TOP_P,
+    check_shape,
+)
+from mlxhost.api.wire_schema import OLLAMA_ERROR, check_body, operation
+from mlxhost.domain import ChatRequest, FunctionTool, ImagePart, JsonFormat, Message, TextPart
+from mlxhost.errors import InvalidRequest, MlxhostError
+from mlxhost.service import ChatService, Generation
+from mlxhost.types import TOOLS, VISION, ContentDelta, ModelInfo, ToolCall, ToolCallEvent
+
+# Ollama clients parse the server version as semver; this is the Ollama API level
+# mlxhost speaks (not mlxhost's own version).
+OLLAMA_VERSION = "0.6.0"
+
+
+def ollama_error_body(error: ApiError) -> dict[str, Any]:
+    return {"error": error.message}
+
+
+register_error_shape("/api", ollama_error_body)
+
+
+# -- request schemas (published in OpenAPI and checked before parsing) --------
+_OPTIONS_SCHEMA = {"type": ["object", "null"], "properties": {
+    "temperature": {"type": "number", **TEMPERATURE},
+    "top_p": {"type": "number", **TOP_P},
+    "top_k": {"type": "integer", **TOP_K},
+    "min_p": {"type": "number", **MIN_P},
+    "seed": {"type": "integer"},
+    "repeat_penalty": {"type": "number", **REPETITION_PENALTY},
+    "presence_penalty": {"type": "number", **PENALTY},
+    "frequency_penalty": {"type": "number", **PENALTY},
+    "num_predict": {"type": "integer", "description": "≤ 0: no limit"},
+    "num_ctx": {"type": "integer", "minimum": 1, "description": "at most the model's context window"},
+    "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+}, "additionalProperties": {"not": {}, "description": "this option is not supported yet"}}
+_COMMON = {
+    "model": {"type": "string", "minLength": 1, "description": "Model id or alias (GET /api/tags)."},
+    "stream": {"type": "boolean"},
+    "format": {"anyOf": [{"enum": ["json", ""]}, {"type": "object"}, {"type": "null"}],
+               "description": '"json" or a JSON schema'},
+    "options": _OPTIONS_SCHEMA,
+    "keep_alive": {"type": ["string", "number", "null"]},
+}
+_IMAGES = {"type": ["array", "null"], "items": {"type": "string"}, "description": "base64 images"}
+_FUNCTION = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+CHAT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
+    **_COMMON,
+    "messages": {"type": "array", "minItems": 1, "items": {"type": "object", "properties": {
+        "role": {"enum": ["system", "user", "assistant", "tool"]},
+        "content": {"type": ["string", "null"]},
+        "images": _IMAGES,
+        "tool_calls": {"type": ["array", "null"], "items": {
+            "type": "object", "properties": {"function": _FUNCTION}, "required": ["function"]}},
+        "tool_name": {"type": "string"},
+        "tool_call_id": {"type": "string"},
+    }, "required": ["role"]}},
+    "tools": {"type": ["array", "null"], "items": {
+        "type": "object", "properties": {"function": _FUNCTION}, "required": ["function"]}},
+}, "required": ["model", "messages"]}
+GENERATE_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
+    **_COMMON,
+    "prompt": {"type": "string"},
+    "suffix": {"type": ["string", "null"]},
+    "system": {"type": ["string", "null"]},
+    "raw": {"type": ["boolean", "null"]},
+    "images": _IMAGES,
+}, "required": ["model", "prompt"]}
+SHOW_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
+    "model": {"type": "string", "minLength": 1}, "name": {"type": "string", "minLength": 1}},
+    "anyOf": [{"required": ["model"]}, {"required": ["name"]}]}
+
+NDJSON = "application/x-ndjson"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _name(value: Any, field: str = "model") -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"'{field}' is required and must be a string.", param=field)
+    return value[: -len(":latest")] if value.endswith(":latest") else value
+
+
+def _size(info: ModelInfo) -> int:
+    if info.path is None or not info.path.exists():
+        return 0
+    return sum(f.stat().st_size for f in info.path.rglob("*") if f.is_file())
+
+
+def _details(info: ModelInfo) -> dict[str, Any]:
+    family = info.family or ""
+    return {"parent_model": "", "format": "mlx", "family": family,
+            "families": [family] if family else None,
+            "parameter_size": "", "quantization_level": ""}
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def _entry(info: ModelInfo, name: str) -> dict[str, Any]:
+    modified = info.path.stat().st_mtime if info.path is not None and info.path.exists() else 0
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": datetime.fromtimestamp(modified, timezone.utc).isoformat(),
+        "size": _size(info),
+        "digest": _digest(info.id),
+        "details": _details(info),
+    }
+
+
+def _capabilities(info: ModelInfo) -> list[str]:
+    caps = ["completion"]
+    if TOOLS in info.capabilities:
+        caps.append("tools")
+    if VISION in info.capabilities:
+        caps.append("vision")
+    return caps
+
+
+@get("/api/tags", operation_class=operation(errors=OLLAMA_ERROR))
+async def tags(state: State) -> dict[str, Any]:
+    models = []
+    for info in state.registry.all_models():
+        if not info.downloaded:
+            continue
+        models.append(_entry(info, info.id))
+        models.extend(_entry(info, alias) for alias in info.spec.aliases)
+    return {"models": models}
+
+
+@post("/api/show", status_code=200, operation_class=operation(SHOW_SCHEMA, OLLAMA_ERROR))
+async def show(request: Request, state: State) -> dict[str, Any]:
+    body = await _body(request, SHOW_SCHEMA)
+    name = _name(body.get("model", body.get("name")))
+    info = state.registry.resolve(name)
+    arch = info.model_type or info.family or "unknown"
+    return {
+        "modelfile": "",
+        "parameters": "",
+        "template": "",
+        "license": "",
+        "details": _details(info),
+        "model_info": {"general.architecture": arch, f"{arch}.context_length": info.context_window},
+        "capabilities": _capabilities(info),
+        "modified_at": _entry(info, name)["modified_at"],
+    }
+
+
+@get("/api/ps", operation_class=operation(errors=OLLAMA_ERROR))
+async def ps(state: State) -> dict[str, Any]:
+    loaded = state.runtime.current
+    if loaded is None:
+        return {"models": []}
+    entry = _entry(loaded.info, loaded.id)
+    # keep_alive is not enforced: the model stays until another one is asked for.
+    entry.update({"expires_at": "9999-12-31T23:59:59Z", "size_vram": entry["size"],
+                  "context_length": loaded.context_window})
+    return {"models": [entry]}
+
+
+@get("/api/version", operation_class=operation(errors=OLLAMA_ERROR))
+async def version() -> dict[str, str]:
+    return {"version": OLLAMA_VERSION}
+
+
+async def _body(request: Request, schema: dict[str, Any]) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except HTTPException:
+        raise
+    except Exception:
+        raise InvalidRequest("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    check_shape(body)
+    check_body(body, schema)
+    return body
+
+
+def _typed(value: Any, kinds: tuple[type, ...], field: str, what: str) -> Any:
+    if value is None:
+        return None
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        raise InvalidRequest(f"'{field}' must be {what}.", param=field)
+    return value
+
+
+def _format(value: Any) -> JsonFormat | None:
+    """Ollama's ``format``: "json" (any JSON object) or a JSON schema."""
+    if value in (None, ""):
+        return None
+    if value == "json":
+        return JsonFormat({"type": "object"}, "format")
+    if isinstance(value, dict):
+        return JsonFormat(value, "format")
+    raise InvalidRequest("'format' must be \"json\" or a JSON schema object.", param="format")
+
+
+# Ollama option -> ChatRequest field (types and ranges: _OPTIONS_SCHEMA).
+_OPTIONS = {
+    "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+    "seed": "seed", "repeat_penalty": "repetition_penalty",
+    "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+}
+
+
+def _sampling(body: dict[str, Any], state: State, model: str) -> dict[str, Any]:
+    options = body.get("options") or {}
+    num_ctx = options.get("num_ctx")
+    if num_ctx is not None:
+        window = state.registry.resolve(model).context_window
+        if num_ctx > window:
+            raise InvalidRequest(
+                f"options.num_ctx {num_ctx} is above the model's context window of {window}.",
+                param="options.num_ctx",
+            )
+    num_predict = options.get("num_predict")
+    stop = options.get("stop")
+    knobs: dict[str, Any] = {field: options.get(option) for option, field in _OPTIONS.items()}
+    for field in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                  "frequency_penalty"):
+        value = knobs[field]
+        knobs[field] = None if value is None else float(value)
+    return {
+        **knobs,
+        "max_tokens": num_predict if num_predict is not None and num_predict > 0 else None,
+        "stop": (stop,) if isinstance(stop, str) else tuple(stop or ()),
+        "json_format": _format(body.get("format")),
+    }
+
+
+def _images(value: Any, where: str) -> tuple[ImagePart, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"'{where}' must be a list of base64 strings.", param=where)
+    return tuple(
+        ImagePart(url=v if v.startswith("data:") else f"data:image/png;base64,{v}", where=f"{where}[{i}]")
+        for i, v in enumerate(value)
+    )
+
+
+def _tools(value: Any) -> tuple[FunctionTool, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidRequest("'tools' must be a list.", param="tools")
+    out = []
+    for i, tool in enumerate(value):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise InvalidRequest(f"'tools[{i}].function.name' is required.", param=f"tools[{i}]")
+        out.append(FunctionTool(name=function["name"], description=function.get("description"),
+                                parameters=function.get("parameters")))
+    return tuple(out)
+
+
+def _messages(value: Any) -> tuple[Message, ...]:
+    if not isinstance(value, list):
+        raise InvalidRequest("'messages' is required and must be a list.", param="messages")
+    out = []
+    for i, message in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"'{where}' must be an object.", param=where)
+        role = message.get("role")
+        if role not in ("system", "user", "assistant", "tool"):
+            raise InvalidRequest(f"'{where}.role' must be system, user, assistant or tool.",
+                                 param=f"{where}.role")
+        content = message.get("content") or ""
+        if not isinstance(content, str):
+            raise InvalidRequest(f"'{where}.content' must be a string.", param=f"{where}.content")
+        parts: list[Any] = list(_images(message.get("images"), f"{where}.images"))
+        if content:
+            parts.append(TextPart(content))
+        calls = []
+        for j, call in enumerate(message.get("tool_calls") or ()):
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise InvalidRequest(f"'{where}.tool_calls[{j}].function' is invalid.",
+                                     param=f"{where}.tool_calls[{j}]")
+            arguments = function.get("arguments") or {}
+            calls.append(ToolCall(name=function["name"], id=f"call_{i}_{j}",
+                                  arguments=arguments if isinstance(arguments, str) else json.dumps(arguments)))
+        tool_call_id = None
+        if role == "tool":
+            tool_call_id = message.get("tool_call_id") or f"tool_{i}"
+        out.append(Message(role=role, content=tuple(parts), tool_calls=tuple(calls),
+                           tool_call_id=tool_call_id, name=message.get("tool_name") or message.get("name")))
+    if not out:
+        raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    return tuple(out)
+
+
+def chat_request(body: dict[str, Any], state: State) -> ChatRequest:
+    model = _name(body.get("model"))
+    return ChatRequest(model=model, messages=_messages(body.get("messages")),
+                       tools=_tools(body.get("tools")), **_sampling(body, state, model))
+
+
+def generate_request(body: dict[str, Any], state: State) -> ChatRequest:
+    model = _name(body.get("model"))
+    prompt = _typed(body.get("prompt"), (str,), "prompt", "a string")
+    if prompt is None:
+        raise InvalidRequest("'prompt' is required.", param="prompt")
+    system = _typed(body.get("system"), (str,), "system", "a string")
+    suffix = _typed(body.get("suffix"), (str,), "suffix", "a string")
+    sampling = _sampling(body, state, model)
+    if body.get("raw") or suffix is not None:
+        for field in ("images", "system"):
+            if body.get(field):
+                raise InvalidRequest(
+                    f"'{field}' cannot be combined with a raw prompt or 'suffix'.", param=field
+                )
+        return ChatRequest(model=model, messages=(), raw_prompt=prompt, suffix=suffix,
+                           summarize=False, **sampling)
+    messages = []
+    if system:
+        messages.append(Message(role="system", content=(TextPart(system),)))
+    parts: list[Any] = list(_images(body.get("images"), "images"))
+    parts.append(TextPart(prompt))
+    messages.append(Message(role="user", content=tuple(parts)))
+    return ChatRequest(model=model, messages=tuple(messages), **sampling)
+
+
+def _call_json(call: ToolCall) -> dict[str, Any]:
+    try:
+        arguments = json.loads(call.arguments or "{}")
+    except ValueError:
+        arguments = {}
+    return {"function": {"name": call.name, "arguments": arguments}}
+
+
+def _final(generation: Generation, name: str, started: float, kind: str) -> dict[str, Any]:
+    final: dict[str, Any] = {
+        "model": name, "created_at": _now(), "done": True,
+        "done_reason": "length" if generation.finish_reason == "length" else "stop",
+        "total_duration": int((time.perf_counter() - started) * 1e9),
+        "load_duration": 0,
+        "prompt_eval_count": generation.prompt_tokens, "prompt_eval_duration": 0,
+        "eval_count": generation.completion_tokens, "eval_duration": 0,
+    }
+    if kind == "chat":
+        final["message"] = {"role": "assistant", "content": ""}
+    else:
+        final["response"] = ""
+    return final
+
+
+def _piece(name: str, kind: str, text: str, calls: list[ToolCall] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": name, "created_at": _now(), "done": False}
+    if kind == "chat":
+        body["message"] = {"role": "assistant", "content": text}
+        if calls:
+            body["message"]["tool_calls"] = [_call_json(c) for c in calls]
+    else:
+        body["response"] = text
+    return body
+
+
+def _line(data: dict[str, Any]) -> bytes:
+    return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+async def _whole(generation: Generation, name: str, kind: str, started: float) -> dict[str, Any]:
+    text, calls = [], []
+    async for event in generation.events():
+        if isinstance(event, ContentDelta):
+            text.append(event.text)
+        elif isinstance(event, ToolCallEvent):
+            calls.append(event.call)
+    final = _final(generation, name, started, kind)
+    piece = _piece(name, kind, "".join(text), calls)
+    key = "message" if kind == "chat" else "response"
+    final[key] = piece[key]
+    return final
+
+
+async def _ndjson(service: ChatService, chat: ChatRequest, name: str, kind: str) -> AsyncIterator[Any]:
+    started = time.perf_counter()
+    generation = await service.start(chat)
+    try:
+        yield generation.headers
+        try:
+            async for event in generation.events():
+                if isinstance(event, ContentDelta) and event.text:
+                    yield _line(_piece(name, kind, event.text))
+                elif isinstance(event, ToolCallEvent):
+                    yield _line(_piece(name, kind, "", [event.call]))
+        except MlxhostError as exc:
+            yield _line({"error": exc.message})
+            return
+        yield _line(_final(generation, name, started, kind))
+    finally:
+        await generation.close()
+
+
+async def _answer(request: Request, state: State, kind: str) -> Any:
+    body = await _body(request, CHAT_SCHEMA if kind == "chat" else GENERATE_SCHEMA)
+    chat = chat_request(body, state) if kind == "chat" else generate_request(body, state)
+    name = body["model"]
+    stream = body.get("stream", True)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream")
+    if stream:
+        events = _ndjson(state.service, chat, name, kind)
+        headers = await events.__anext__()
+        return Stream(events, media_type=NDJSON, headers=headers)
+    started = time.perf_counter()
+    generation = await state.service.start(chat)
+    try:
+        result = await until_disconnect(request, _whole(generation, name, kind, started))
+    finally:
+        await generation.close()
+    return Response(content=result, headers=generation.headers, media_type="application/json")
+
+
+@post("/api/chat", status_code=200, media_type=NDJSON,
+      operation_class=operation(CHAT_SCHEMA, OLLAMA_ERROR))
+async def chat(request: Request, state: State) -> Any:
+    return await _answer(request, state, "chat")
+
+
+@post("/api/generate", status_code=200, media_type=NDJSON,
+      operation_class=operation(GENERATE_SCHEMA, OLLAMA_ERROR))
+async def generate(request: Request, state: State) -> Any:
+    return await _answer(request, state, "generate")
+
+
+def routes() -> list[Any]:
+    """The route handlers (controllers) of this API."""
+    return [tags, show, ps, version, chat, generate]

@@ -1,0 +1,124 @@
+"""Model families as one declaration: what a family plugin is made of.
+
+A family plugin knows a set of ``model_type`` values, how their conversations
+become prompt text, how their tool calls look, and which models it ships. It
+declares that once, as a :class:`Family`, and exposes ``FamilyPlugin(family)``
+as its entry point. :class:`FamilyPlugin` implements the ordinary hooks
+(``mlxhost_register_models``, ``mlxhost_model_family``,
+``mlxhost_render_prompt``, ``mlxhost_tool_call_parser``,
+``mlxhost_context_limit``), each answering only for models of its family and
+returning ``None`` otherwise, so the dispatch on ``model.family`` is written
+once, here, rather than in every plugin. A plugin that needs something the
+declaration cannot say still implements a hook directly, next to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from mlxhost.domain import FunctionTool, Message, ToolChoice
+from mlxhost.hookspecs import hookimpl
+from mlxhost.types import LoadedModel, ModelInfo, ModelSpec, RenderedPrompt, ToolParserFactory
+
+# (model, messages, offered tools, tool choice) -> the prompt and the images it placed.
+RenderFunction = Callable[
+    [LoadedModel, Sequence[Message], Sequence[FunctionTool], ToolChoice], RenderedPrompt
+]
+# (spec, config) -> the context window, or None to leave it to the config.
+ContextLimitFunction = Callable[[ModelSpec, Mapping[str, Any]], "int | None"]
+# (tools, choice) -> the Lark grammar a reply that must call one of them matches.
+ToolGrammarFunction = Callable[[Sequence[FunctionTool], ToolChoice], str]
+# (model, prefix, suffix) -> the fill-in-the-middle prompt, or None if this model has none.
+FimFunction = Callable[[LoadedModel, str, str], "str | None"]
+
+
+@attrs.frozen
+class ModelRegistration:
+    """A model the family ships (registered under its id and aliases)."""
+
+    id: str
+    aliases: tuple[str, ...] = ()
+    capabilities: frozenset[str] = frozenset()
+    # Reported while the model's config is not on disk.
+    context_window: int | None = None
+    path: Path | None = None
+
+
+@attrs.frozen
+class Family:
+    name: str
+    # config.json ``model_type`` values of this family.
+    model_types: frozenset[str]
+    render: RenderFunction
+    tool_parser: ToolParserFactory | None = None
+    models: tuple[ModelRegistration, ...] = ()
+    context_limit: ContextLimitFunction | None = None
+    fim: FimFunction | None = None
+    tool_grammar: ToolGrammarFunction | None = None
+
+
+class FamilyPlugin:
+    """The hooks of one :class:`Family`: register with ``pm.register(FamilyPlugin(f))``
+    or name the instance as the plugin's entry point (``"pkg.plugin:plugin"``)."""
+
+    def __init__(self, family: Family) -> None:
+        self.family = family
+
+    def __repr__(self) -> str:
+        return f"FamilyPlugin({self.family.name!r})"
+
+    @hookimpl
+    def mlxhost_register_models(self, register: Callable[..., None]) -> None:
+        for model in self.family.models:
+            register(
+                model.id,
+                aliases=model.aliases,
+                family=self.family.name,
+                capabilities=model.capabilities,
+                context_window=model.context_window,
+                path=model.path,
+            )
+
+    @hookimpl
+    def mlxhost_model_family(self, config: dict[str, Any]) -> str | None:
+        return self.family.name if config.get("model_type") in self.family.model_types else None
+
+    @hookimpl
+    def mlxhost_render_prompt(
+        self,
+        model: LoadedModel,
+        messages: Sequence[Message],
+        tools: Sequence[FunctionTool],
+        tool_choice: ToolChoice,
+    ) -> RenderedPrompt | None:
+        if model.family != self.family.name:
+            return None
+        return self.family.render(model, messages, tools, tool_choice)
+
+    @hookimpl
+    def mlxhost_tool_call_parser(self, model: ModelInfo) -> ToolParserFactory | None:
+        return self.family.tool_parser if model.family == self.family.name else None
+
+    @hookimpl
+    def mlxhost_tool_call_grammar(
+        self, model: ModelInfo, tools: Sequence[FunctionTool], tool_choice: ToolChoice
+    ) -> str | None:
+        if model.family != self.family.name or self.family.tool_grammar is None:
+            return None
+        return self.family.tool_grammar(tools, tool_choice)
+
+    @hookimpl
+    def mlxhost_fim_prompt(self, model: LoadedModel, prefix: str, suffix: str) -> str | None:
+        if model.family != self.family.name or self.family.fim is None:
+            return None
+        return self.family.fim(model, prefix, suffix)
+
+    @hookimpl
+    def mlxhost_context_limit(self, spec: ModelSpec, config: Mapping[str, Any]) -> int | None:
+        if spec.family != self.family.name or self.family.context_limit is None:
+            return None
+        return self.family.context_limit(spec, config)

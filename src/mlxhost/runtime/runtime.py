@@ -1,0 +1,192 @@
+"""The runtime: the only owner of the engine and the MLX worker thread.
+
+The service asks it for a :class:`ModelSession` on a model (``session(info)``)
+and, through the session, prepares prompts and generates token streams. The
+runtime decides when work runs: today one session at a time (the slot
+scheduler's order, swapping models between sessions); a batching runtime can
+keep the same interface and run several sessions' sequences together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+
+from mlxhost.errors import EngineError, MlxhostError, ModelLoadFailed
+from mlxhost.runtime.engine import Engine, PreparedPrompt
+from mlxhost.runtime.scheduler import SlotScheduler
+from mlxhost.runtime.worker import MLXWorker
+from mlxhost.types import (
+    LoadedModel,
+    ModelInfo,
+    RenderedPrompt,
+    SamplingParams,
+    TokenStep,
+    ToolParserFactory,
+)
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class RuntimeStatus:
+    """What ``/health`` reports of the runtime."""
+
+    alive: bool
+    model: str | None
+    loading: str | None
+    last_error: str | None
+    swaps: int
+    waiting: int
+    engine: dict[str, Any]
+
+
+class ModelSession:
+    """A request's hold on the loaded model: prepare prompts, generate tokens."""
+
+    def __init__(self, runtime: Runtime, model: LoadedModel) -> None:
+        self._runtime = runtime
+        self.model = model
+
+    async def prepare(self, prompt: RenderedPrompt) -> PreparedPrompt:
+        return await self._runtime._worker.run(self._runtime._engine.prepare, prompt)
+
+    async def count_tokens(self, prompt: RenderedPrompt) -> int:
+        return (await self.prepare(prompt)).num_tokens
+
+    def generate(self, prompt: PreparedPrompt, params: SamplingParams) -> AsyncIterator[TokenStep]:
+        """The token stream; leaving it early stops generation between two tokens."""
+        return self._runtime._generate(prompt, params)
+
+
+class Runtime:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        tool_parser_for: Callable[[ModelInfo], ToolParserFactory],
+        max_waiting: int = 64,
+        wait_timeout: float | None = None,
+    ) -> None:
+        self._engine = engine
+        self._worker = MLXWorker()
+        self._tool_parser_for = tool_parser_for
+        self.current: LoadedModel | None = None
+        self.loading: str | None = None
+        self.swaps = 0
+        self.last_error: str | None = None
+        self.scheduler = SlotScheduler(
+            lambda: self.current.id if self.current else None,
+            max_waiting=max_waiting,
+            wait_timeout=wait_timeout,
+        )
+
+    # -- lifecycle --------------------------------------------------------------
+    def start(self) -> None:
+        self._worker.start()
+
+    async def close(self) -> None:
+        """Unload the model and stop the worker."""
+        if self._worker.alive:
+            try:
+                await self._worker.run(self._engine.unload)
+            finally:
+                self._worker.stop()
+
+    def stop(self) -> None:
+        self._worker.stop()
+
+    def status(self) -> RuntimeStatus:
+        return RuntimeStatus(
+            alive=self._worker.alive,
+            model=self.current.id if self.current else None,
+            loading=self.loading,
+            last_error=self.last_error,
+            swaps=self.swaps,
+            waiting=self.scheduler.waiting,
+            engine=self._engine.stats(),
+        )
+
+    # -- sessions ----------------------------------------------------------------
+    @asynccontextmanager
+    async def session(self, info: ModelInfo) -> AsyncIterator[ModelSession]:
+        """Hold the model (its files already on disk: ``registry.ensure_local``).
+
+        A session for another model waits until the sessions in flight end, so a
+        swap never kills a request in flight (see ``scheduler`` for the order).
+        """
+        await self.scheduler.acquire(info.id)
+        try:
+            yield ModelSession(self, await self._ensure_loaded(info))
+        finally:
+            self.scheduler.release()
+
+    async def preload(self, info: ModelInfo) -> None:
+        async with self.session(info):
+            pass
+
+    async def _ensure_loaded(self, info: ModelInfo) -> LoadedModel:
+        if self.current is not None and self.current.info == info:
+            return self.current
+        previous = self.current
+        self.current = None
+        self.loading = info.id
+        started = time.perf_counter()
+        try:
+            if info.path is None:
+                raise ModelLoadFailed(f"Model '{info.id}' has no files on disk to load.")
+            # engine.load unloads the previous model first (once).
+            tokenizer = await self._worker.run(self._engine.load, info)
+        except MlxhostError as exc:
+            self.last_error = exc.message
+            raise
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("Loading %s failed", info.id)
+            raise ModelLoadFailed(f"Model '{info.id}' failed to load: {exc}") from exc
+        finally:
+            self.loading = None
+        self.current = LoadedModel(
+            info=info,
+            tokenizer=tokenizer,
+            tool_parser=self._tool_parser_for(info),
+            loaded_at=time.time(),
+        )
+        self.last_error = None
+        if previous is not None:
+            self.swaps += 1
+        log.info(
+            "Model %s ready in %.1fs (context window %d)%s",
+            info.id,
+            time.perf_counter() - started,
+            info.context_window,
+            f", swapped out {previous.id}" if previous else "",
+        )
+        return self.current
+
+    async def _generate(
+        self, prompt: PreparedPrompt, params: SamplingParams
+    ) -> AsyncIterator[TokenStep]:
+        """Engine failures become an EngineError for this request and a reload for the next."""
+        engine = self._engine
+        steps = self._worker.stream(
+            lambda should_stop: engine.generate(prompt, params, should_stop)
+        )
+        try:
+            async for step in steps:
+                yield step
+        except (MlxhostError, asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:
+            log.exception("Generation failed; the model will be reloaded")
+            self.last_error = f"generation failed: {type(exc).__name__}: {exc}"
+            self.current = None
+            raise EngineError(f"Generation failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            await steps.aclose()  # type: ignore[attr-defined]  # an async generator

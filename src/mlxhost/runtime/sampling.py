@@ -1,0 +1,99 @@
+"""Per-request sampling: the sampler and logits processors for one generation.
+
+The sampler (temperature, top_p, top_k, min_p) is mlx-lm's ``make_sampler``.
+The logits processors are our own so their meaning matches the APIs':
+
+- ``logit_bias`` (token id -> bias, OpenAI's -100..100) is added to the logits;
+- ``presence_penalty`` / ``frequency_penalty`` (OpenAI, -2..2) count the tokens
+  *generated so far* (not the prompt): ``logit -= presence * (count > 0) +
+  frequency * count``;
+- ``repetition_penalty`` (CTRL / Hugging Face style, > 0, 1 = off) divides a
+  positive logit (multiplies a negative one) of every token already generated.
+
+A processor is called before each sampled token with the tokens the decoding
+loop has seen (which may include part of the prompt) and the logits; the first
+call's length marks where generation starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mlxhost.types import SamplingParams
+
+LogitsProcessor = Callable[[Any, Any], Any]
+
+
+def make_sampler(params: SamplingParams) -> Callable[[Any], Any]:
+    from mlx_lm.sample_utils import make_sampler as mlx_make_sampler
+
+    return mlx_make_sampler(
+        temp=params.temperature,
+        top_p=params.top_p if params.top_p < 1.0 else 0.0,
+        min_p=params.min_p,
+        top_k=params.top_k,
+    )
+
+
+class _Generated:
+    """The tokens generated so far, from the ``tokens`` a processor is given."""
+
+    def __init__(self) -> None:
+        self._start: int | None = None
+
+    def of(self, tokens: Any) -> Any:
+        length = 0 if tokens is None else int(tokens.shape[-1])
+        if self._start is None:
+            self._start = length
+        return None if tokens is None else tokens[..., self._start :]
+
+
+def make_logits_processors(params: SamplingParams) -> list[LogitsProcessor]:
+    import mlx.core as mx
+
+    processors: list[LogitsProcessor] = []
+    if params.logit_bias:
+        ids = mx.array(list(params.logit_bias.keys()))
+        values = mx.array(list(params.logit_bias.values()), dtype=mx.float32)
+
+        def bias(tokens: Any, logits: Any) -> Any:
+            return logits.at[..., ids].add(values.astype(logits.dtype))
+
+        processors.append(bias)
+    presence, frequency = params.presence_penalty, params.frequency_penalty
+    if presence or frequency:
+        generated = _Generated()
+
+        def penalties(tokens: Any, logits: Any) -> Any:
+            seen = generated.of(tokens)
+            if seen is None or seen.size == 0:
+                return logits
+            counts = mx.zeros((logits.shape[-1],), dtype=mx.float32).at[seen.reshape(-1)].add(1.0)
+            penalty = presence * (counts > 0).astype(mx.float32) + frequency * counts
+            return logits - penalty.astype(logits.dtype)
+
+        processors.append(penalties)
+    repetition = params.repetition_penalty
+    if repetition is not None and repetition != 1.0:
+        generated_r = _Generated()
+
+        def repeat(tokens: Any, logits: Any) -> Any:
+            seen = generated_r.of(tokens)
+            if seen is None or seen.size == 0:
+                return logits
+            ids = seen.reshape(-1)
+            selected = logits[..., ids]
+            scaled = mx.where(selected > 0, selected / repetition, selected * repetition)
+            return _put(logits, ids, scaled)
+
+        processors.append(repeat)
+    return processors
+
+
+def _put(logits: Any, ids: Any, values: Any) -> Any:
+    """``logits`` with ``logits[..., ids] = values`` (duplicates in ids are fine:
+    they carry the same value)."""
+    out = logits
+    out[..., ids] = values
+    return out
