@@ -48,7 +48,25 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_grace),
     )
+    _exit_now(0)
     return 0
+
+
+def _exit_now(code: int) -> None:
+    """Leave without running native libraries' teardown.
+
+    Graceful shutdown has finished every response and unloaded the model, so
+    nothing is left to do; MLX's and OpenBLAS's static destructors, however,
+    can race their own threads at exit and abort (exit -6 instead of 0,
+    ml-explore/mlx#3126 and #4110). Flush what Python would flush, then go.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
 
 
 def _plugins(args: argparse.Namespace) -> int:

@@ -56,6 +56,21 @@ async def test_worker_runs_jobs_on_one_thread_and_reraises():
         worker.stop()
 
 
+def test_worker_frees_its_mlx_streams_on_its_own_thread_before_it_ends(monkeypatch):
+    """MLX's thread-local streams must go before the thread's C++ teardown (exit abort otherwise)."""
+    import sys
+    import types
+
+    calls = []
+    fake_mx = types.SimpleNamespace(clear_streams=lambda: calls.append(threading.current_thread().name))
+    monkeypatch.setitem(sys.modules, "mlx.core", fake_mx)
+    worker = MLXWorker()
+    worker.start()
+    worker.stop()
+    assert not worker.alive
+    assert calls == ["mlx-worker"]
+
+
 async def test_worker_stream_stops_between_items_when_consumer_leaves():
     worker = MLXWorker()
     worker.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
@@ -39,6 +40,7 @@ class MLXWorker:
         while True:
             job = self._jobs.get()
             if job is _STOP:
+                _release_mlx_streams()
                 return
             try:
                 job()
@@ -103,6 +105,21 @@ class MLXWorker:
             # Hold the caller (and so the generation lock) until the worker has
             # really stopped: the next job must not overlap this one.
             await asyncio.shield(loop.run_in_executor(None, finished.wait))
+
+
+def _release_mlx_streams() -> None:
+    """Free this thread's MLX streams while it is still an ordinary Python thread.
+
+    Left to the thread's C++ destructors, they can run while the interpreter
+    finalizes and abort the process ("terminate called without an active
+    exception", ml-explore/mlx#3126); MLX asks threads to call this before they end.
+    """
+    mx = sys.modules.get("mlx.core")  # a worker that never touched MLX has nothing to free
+    if mx is not None and hasattr(mx, "clear_streams"):
+        try:
+            mx.clear_streams()
+        except Exception:  # never let cleanup turn a clean stop into an error
+            log.debug("mx.clear_streams() failed", exc_info=True)
 
 
 def _set_result(future: asyncio.Future, result: Any) -> None:
