@@ -48,7 +48,6 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_grace),
     )
-    _exit_now(0)
     return 0
 
 
@@ -152,5 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
 
 
+def entry() -> None:
+    """The ``mlxhost`` command: :func:`main`, leaving at once after ``serve``."""
+    code = main()
+    if sys.argv[1:2] == ["serve"]:
+        _exit_now(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
