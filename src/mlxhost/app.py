@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
         tool_parser_for=lambda info: pm.hook.mlxhost_tool_call_parser(model=info),
         max_waiting=settings.max_queue,
         wait_timeout=settings.queue_timeout,
+        max_batch=max(1, settings.max_batch),
     )
     service = ChatService(registry=registry, runtime=runtime, pm=pm, settings=settings)
 

@@ -153,6 +153,17 @@ class Settings:
         64, "requests allowed to wait for the model; more get 503 + Retry-After",
         env="MLXHOST_MAX_QUEUE", flag="--max-queue", parse=parse_int, metavar="N",
     )
+    max_batch: int = setting(
+        8, "sequences of a text model that decode together in one batch (continuous "
+        "batching); 1 serves one request at a time. Image prompts and vision-model "
+        "requests always run alone",
+        env="MLXHOST_MAX_BATCH", flag="--max-batch", parse=parse_int, metavar="N",
+    )
+    prefill_chunk: int = setting(
+        512, "prompt tokens a batch prefills per step: a long new prompt delays the "
+        "running streams by about one chunk",
+        env="MLXHOST_PREFILL_CHUNK", flag="--prefill-chunk", parse=parse_int, metavar="N",
+    )
     queue_timeout: float | None = setting(
         600.0, "seconds a request may wait for the model before 503 (None: no limit; Python only)"
     )

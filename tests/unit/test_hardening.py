@@ -104,7 +104,8 @@ def test_queue_full_is_503_with_retry_after(fake_models, fake_plugin):
 
     body = {"model": fake_models[0], "messages": [{"role": "user", "content": "hi"}]}
     fake_plugin.gate.clear()  # the first generation holds the model until we open the gate
-    with live(fake_plugin, fake_models, max_queue=1) as url:
+    # One at a time: the second request waits (with batching it would join).
+    with live(fake_plugin, fake_models, max_queue=1, max_batch=1) as url:
 
         def post():
             return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)

@@ -136,5 +136,6 @@ async def health(state: State) -> dict[str, Any]:
         "last_error": runtime.last_error,
         "swaps": runtime.swaps,
         "waiting": runtime.waiting,
+        "running": runtime.running,
         **runtime.engine,
     }

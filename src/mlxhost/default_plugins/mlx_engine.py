@@ -10,4 +10,9 @@ from mlxhost.settings import Settings
 def mlxhost_make_engine(settings: Settings):
     from mlxhost.runtime.mlx_engine import MLXEngine
 
-    return MLXEngine(prefix_cache_bytes=settings.prefix_cache_bytes, warmup=settings.warmup)
+    return MLXEngine(
+        prefix_cache_bytes=settings.prefix_cache_bytes,
+        warmup=settings.warmup,
+        max_batch=max(1, settings.max_batch),
+        prefill_chunk=max(1, settings.prefill_chunk),
+    )

@@ -53,6 +53,30 @@ class Engine(Protocol):
         tokens, once ``should_stop()`` is true."""
         ...
 
+    # Batching (``runtime.batch``): sequences that decode together, one step per
+    # worker turn. An engine that never batches answers False to ``batchable``.
+    def batchable(self, prompt: PreparedPrompt) -> bool:
+        """Whether this prompt can join the running batch (else ``generate`` runs it alone)."""
+        ...
+
+    def join(
+        self,
+        prompt: PreparedPrompt,
+        params: SamplingParams,
+        emit: Callable[[TokenStep | None, BaseException | None], None],
+    ) -> int:
+        """Add a sequence to the batch; ``emit`` gets each of its steps (the last
+        carries ``finish``) or the error that ended it. Returns its id."""
+        ...
+
+    def leave(self, uid: int) -> None:
+        """Remove a sequence whose consumer went away."""
+        ...
+
+    def step(self) -> bool:
+        """Advance the batch one token; True while sequences remain."""
+        ...
+
     def stats(self) -> dict[str, Any]:
         """Engine figures for ``/health`` (e.g. ``{"prefix_cache": {...}}``); safe to
         call from any thread."""

@@ -87,10 +87,20 @@ class MLXEngine:
     name = "mlx"
 
     def __init__(
-        self, prefix_cache_bytes: int | None = DEFAULT_PREFIX_CACHE_BYTES, *, warmup: bool = True
+        self,
+        prefix_cache_bytes: int | None = DEFAULT_PREFIX_CACHE_BYTES,
+        *,
+        warmup: bool = True,
+        max_batch: int = 1,
+        prefill_chunk: int = 512,
     ) -> None:
         """``prefix_cache_bytes``: the KV prefix cache's budget (None: the default
-        2 GiB; 0 disables it)."""
+        2 GiB; 0 disables it). ``max_batch`` > 1 decodes text prompts of a text
+        model together (``runtime.batch``), prefilling ``prefill_chunk`` tokens a step."""
+        self.max_batch = max_batch
+        self.prefill_chunk = prefill_chunk
+        self._batch: Any = None  # runtime.batch.TextBatch of the loaded model, made on first use
+        self._peak = 0  # the batch peak of models unloaded since start
         if prefix_cache_bytes is None:
             prefix_cache_bytes = DEFAULT_PREFIX_CACHE_BYTES
         # None when disabled. Only touched on the worker thread (its stats are
@@ -116,9 +126,12 @@ class MLXEngine:
         self._guidance = GuidanceTokenizers()
 
     def stats(self) -> dict[str, Any]:
-        if self.prefix_cache is None:
-            return {}
-        return {"prefix_cache": attrs.asdict(self.prefix_cache.stats())}
+        stats: dict[str, Any] = {"batch": {"max": self.max_batch, "peak": self._peak}}
+        if self._batch is not None:
+            stats["batch"]["peak"] = max(self._peak, self._batch.peak)
+        if self.prefix_cache is not None:
+            stats["prefix_cache"] = attrs.asdict(self.prefix_cache.stats())
+        return stats
 
     # -- loading --------------------------------------------------------------
     def load(self, info: ModelInfo) -> Any:
@@ -221,6 +234,10 @@ class MLXEngine:
         if self.prefix_cache is not None and self._model_id is not None:
             self.prefix_cache.clear_model(self._model_id)
         self._model_id = None
+        if self._batch is not None:
+            self._batch.fail(RuntimeError("the model was unloaded"))
+            self._peak = max(self._peak, self._batch.peak)
+            self._batch = None
         if self._model is None:
             return
         import mlx.core as mx
@@ -246,6 +263,64 @@ class MLXEngine:
         tokens = self._tokenizer.encode(prompt.text, add_special_tokens=False)
         return PreparedPrompt(tokens=tuple(tokens))
 
+    # -- batched generation -------------------------------------------------------
+    def batchable(self, prompt: PreparedPrompt) -> bool:
+        """Text prompts of a text (mlx-lm) model batch; image prompts and
+        mlx-vlm models run alone (their generate loop is mlx-vlm's own)."""
+        return self.max_batch > 1 and self._model is not None and not self._is_vlm and not prompt.extras
+
+    def join(self, prompt: PreparedPrompt, params: SamplingParams, emit: Any) -> int:
+        from mlxhost.runtime.sampling import make_sampler
+
+        if self._batch is None:
+            from mlxhost.runtime.batch import TextBatch
+
+            self._batch = TextBatch(
+                self._model,
+                eos=self._eos,
+                max_batch=self.max_batch,
+                prefill_step=self.prefill_chunk,
+                detokenizer=lambda: self._detokenizer_source.detokenizer,
+                fetch_prefix=self._batch_prefix,
+                store_prefix=self._store_batch_prefix,
+                token_logprob=self._token_logprob,
+            )
+        return int(
+            self._batch.join(
+                prompt.tokens, params, make_sampler(params), self._processors(params), emit
+            )
+        )
+
+    def leave(self, uid: int) -> None:
+        if self._batch is not None:
+            self._batch.leave(uid)
+
+    def step(self) -> bool:
+        return self._batch is not None and bool(self._batch.step())
+
+    def _processors(self, params: SamplingParams) -> list[Any]:
+        from mlxhost.runtime.sampling import make_logits_processors
+
+        processors = make_logits_processors(params)
+        if params.grammar is not None:
+            from mlxhost.runtime.constrain import grammar_processor
+
+            ll_tokenizer = self._guidance.of(self._tokenizer, self._vocab_size, self._eos)
+            processors.append(grammar_processor(ll_tokenizer, params.grammar))
+        return processors
+
+    def _batch_prefix(self, tokens: tuple[int, ...]) -> tuple[list[Any] | None, int]:
+        cache, reused, _ = self._cached_prefix(tokens, tokens, None)
+        return cache, reused
+
+    def _store_batch_prefix(self, fed: tuple[int, ...], cache: list[Any]) -> None:
+        pc = self.prefix_cache
+        if pc is None or self._model_id is None:
+            return
+        held = pc.adapter.length(cache)
+        if 0 < held <= len(fed):
+            pc.insert(self._model_id, fed[:held], cache)
+
     # -- generation -----------------------------------------------------------
     def generate(
         self,
@@ -253,19 +328,11 @@ class MLXEngine:
         params: SamplingParams,
         should_stop: Callable[[], bool],
     ) -> Iterator[TokenStep]:
-        import mlx.core as mx
 
-        from mlxhost.runtime.sampling import make_logits_processors, make_sampler
+        from mlxhost.runtime.sampling import make_sampler
 
-        if params.seed is not None:
-            mx.random.seed(params.seed)
         sampler = make_sampler(params)
-        processors = make_logits_processors(params)
-        if params.grammar is not None:
-            from mlxhost.runtime.constrain import grammar_processor
-
-            ll_tokenizer = self._guidance.of(self._tokenizer, self._vocab_size, self._eos)
-            processors.append(grammar_processor(ll_tokenizer, params.grammar))
+        processors = self._processors(params)
         key, extra_key = self._cache_key(prompt)
         vision = prompt.extras  # pixel values etc. of an image prompt
         vlm_kwargs: dict[str, Any]

@@ -44,6 +44,7 @@ class RuntimeStatus:
     last_error: str | None
     swaps: int
     waiting: int
+    running: int
     engine: dict[str, Any]
 
 
@@ -73,8 +74,11 @@ class Runtime:
         tool_parser_for: Callable[[ModelInfo], ToolParserFactory],
         max_waiting: int = 64,
         wait_timeout: float | None = None,
+        max_batch: int = 1,
     ) -> None:
         self._engine = engine
+        self._load_lock = asyncio.Lock()  # sessions that join a batch share one load
+        self._ticking = False  # the batch ticker is registered (worker thread only)
         self._worker = MLXWorker()
         self._tool_parser_for = tool_parser_for
         self.current: LoadedModel | None = None
@@ -85,6 +89,7 @@ class Runtime:
             lambda: self.current.id if self.current else None,
             max_waiting=max_waiting,
             wait_timeout=wait_timeout,
+            capacity=max_batch,
         )
 
     # -- lifecycle --------------------------------------------------------------
@@ -110,6 +115,7 @@ class Runtime:
             last_error=self.last_error,
             swaps=self.swaps,
             waiting=self.scheduler.waiting,
+            running=self.scheduler.running,
             engine=self._engine.stats(),
         )
 
@@ -132,6 +138,10 @@ class Runtime:
             pass
 
     async def _ensure_loaded(self, info: ModelInfo) -> LoadedModel:
+        async with self._load_lock:
+            return await self._load(info)
+
+    async def _load(self, info: ModelInfo) -> LoadedModel:
         if self.current is not None and self.current.info == info:
             return self.current
         previous = self.current
@@ -175,9 +185,13 @@ class Runtime:
     ) -> AsyncIterator[TokenStep]:
         """Engine failures become an EngineError for this request and a reload for the next."""
         engine = self._engine
-        steps = self._worker.stream(
-            lambda should_stop: engine.generate(prompt, params, should_stop)
-        )
+        steps: AsyncIterator[TokenStep]
+        if engine.batchable(prompt):
+            steps = self._batched(prompt, params)
+        else:
+            steps = self._worker.stream(
+                lambda should_stop: engine.generate(prompt, params, should_stop)
+            )
         try:
             async for step in steps:
                 yield step
@@ -190,3 +204,46 @@ class Runtime:
             raise EngineError(f"Generation failed: {type(exc).__name__}: {exc}") from exc
         finally:
             await steps.aclose()  # type: ignore[attr-defined]  # an async generator
+
+    async def _batched(self, prompt: PreparedPrompt, params: SamplingParams) -> AsyncIterator[TokenStep]:
+        """This sequence's steps from the running batch (joined between two steps)."""
+        loop = asyncio.get_running_loop()
+        steps: asyncio.Queue = asyncio.Queue()
+
+        def emit(step: TokenStep | None, error: BaseException | None) -> None:  # worker thread
+            loop.call_soon_threadsafe(steps.put_nowait, (step, error))
+
+        uid = await self._worker.run(self._join, prompt, params, emit)
+        done = False
+        try:
+            while True:
+                step, error = await steps.get()
+                if error is not None:
+                    done = True
+                    raise error
+                assert step is not None
+                done = step.finish is not None
+                yield step
+                if done:
+                    return
+        finally:
+            if not done:  # the consumer left: only this sequence stops
+                await asyncio.shield(self._worker.run(self._engine.leave, uid))
+
+    def _join(self, prompt: PreparedPrompt, params: SamplingParams, emit: Any) -> int:
+        """Worker thread: add the sequence, and the batch ticker if it is not running."""
+        uid = self._engine.join(prompt, params, emit)
+        if not self._ticking:
+            self._ticking = True
+            self._worker.add_ticker(self._tick)
+        return uid
+
+    def _tick(self) -> bool:
+        try:
+            going = self._engine.step()
+        except Exception:
+            log.exception("Batch step failed")  # its sequences got the error
+            going = False
+        if not going:
+            self._ticking = False
+        return going

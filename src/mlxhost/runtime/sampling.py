@@ -26,14 +26,36 @@ LogitsProcessor = Callable[[Any, Any], Any]
 
 
 def make_sampler(params: SamplingParams) -> Callable[[Any], Any]:
+    """mlx-lm's sampler; a seeded one draws from its own random key, never the
+    global RNG, so seeded requests stay reproducible inside a batch."""
     from mlx_lm.sample_utils import make_sampler as mlx_make_sampler
 
-    return mlx_make_sampler(
-        temp=params.temperature,
-        top_p=params.top_p if params.top_p < 1.0 else 0.0,
-        min_p=params.min_p,
-        top_k=params.top_k,
-    )
+    top_p = params.top_p if params.top_p < 1.0 else 0.0
+    if params.seed is None or params.temperature == 0:
+        return mlx_make_sampler(
+            temp=params.temperature, top_p=top_p, min_p=params.min_p, top_k=params.top_k
+        )
+    import mlx.core as mx
+    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+
+    # The same filter chain as mlx-lm's make_sampler, in the same order.
+    filters: list[Callable[[Any], Any]] = []
+    if 0 < top_p < 1.0:
+        filters.append(lambda x: apply_top_p(x, top_p))
+    if params.min_p:
+        filters.append(lambda x: apply_min_p(x, params.min_p, 1))
+    if params.top_k > 0:
+        filters.append(lambda x: apply_top_k(x, params.top_k))
+    key = [mx.random.key(params.seed)]
+    scale = 1 / params.temperature
+
+    def seeded(logprobs: Any) -> Any:
+        for step in filters:
+            logprobs = step(logprobs)
+        key[0], draw = mx.random.split(key[0])
+        return mx.random.categorical(logprobs * scale, key=draw)
+
+    return seeded
 
 
 class _Generated:

@@ -18,10 +18,16 @@ _STOP = object()
 
 
 class MLXWorker:
-    """Runs submitted callables, one at a time, on a dedicated thread."""
+    """Runs submitted callables, one at a time, on a dedicated thread.
+
+    Between jobs it also calls its *tickers* (``add_ticker``), one call each per
+    turn, while they return True: a batch's decode step is a ticker, so jobs
+    (tokenizing a new request, a cancellation) run between two batch steps.
+    """
 
     def __init__(self, name: str = "mlx-worker") -> None:
         self._jobs: queue.Queue = queue.Queue()
+        self._tickers: list[Callable[[], bool]] = []  # touched only on the worker thread
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
@@ -36,16 +42,34 @@ class MLXWorker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def add_ticker(self, tick: Callable[[], bool]) -> None:
+        """Call ``tick()`` once per turn until it returns False. Worker thread only."""
+        if threading.current_thread() is not self._thread:
+            raise RuntimeError("add_ticker is called on the worker thread (from a job)")
+        self._tickers.append(tick)
+
     def _loop(self) -> None:
         while True:
-            job = self._jobs.get()
+            try:
+                job = self._jobs.get(block=not self._tickers)
+            except queue.Empty:
+                job = None
             if job is _STOP:
                 _release_mlx_streams()
                 return
-            try:
-                job()
-            except BaseException:  # a job reports its own errors; never kill the thread
-                log.exception("MLX worker job failed")
+            if job is not None:
+                try:
+                    job()
+                except BaseException:  # a job reports its own errors; never kill the thread
+                    log.exception("MLX worker job failed")
+            for tick in list(self._tickers):
+                try:
+                    going = tick()
+                except BaseException:  # a ticker reports its own errors too
+                    log.exception("MLX worker ticker failed")
+                    going = False
+                if not going:
+                    self._tickers.remove(tick)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the worker thread and return its result."""

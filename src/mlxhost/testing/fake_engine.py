@@ -40,6 +40,52 @@ class FakeEngine:
     def __init__(self, plugin: FakeEnginePlugin) -> None:
         self._plugin = plugin
         self.loaded: str | None = None
+        self._sequences: dict[int, list[Any]] = {}  # uid -> [emit, params, next index]
+        self._uids = 0
+
+    # -- batching (``FakeEnginePlugin(batch=True)``): every step hands each
+    # sequence its next character; a closed gate holds the whole batch.
+    def batchable(self, prompt: PreparedPrompt) -> bool:
+        return self._plugin.batch
+
+    def join(self, prompt: PreparedPrompt, params: SamplingParams, emit: Any) -> int:
+        self._uids += 1
+        self._sequences[self._uids] = [emit, params, 0]
+        self._plugin.events.append(("join", self.loaded))
+        with self._plugin.active_lock:
+            self._plugin.active += 1
+            self._plugin.max_active = max(self._plugin.max_active, self._plugin.active)
+        self._plugin.started.set()
+        return self._uids
+
+    def leave(self, uid: int) -> None:
+        if self._sequences.pop(uid, None) is not None:
+            self._plugin.events.append(("cancelled", self.loaded))
+            self._end()
+
+    def step(self) -> bool:
+        if not self._plugin.gate.wait(0.005):
+            return bool(self._sequences)
+        reply = self._plugin.reply
+        for uid, (emit, params, index) in list(self._sequences.items()):
+            count = index + 1
+            finish = "length" if count >= params.max_tokens and count < len(reply) else None
+            if count == len(reply):
+                finish = "stop"
+            char = reply[index]
+            if finish is not None:
+                del self._sequences[uid]
+                self._end()
+            else:
+                self._sequences[uid][2] = count
+            emit(TokenStep(ord(char), char, finish=finish), None)
+            self._plugin.first_token.set()
+        time.sleep(self._plugin.token_delay)
+        return bool(self._sequences)
+
+    def _end(self) -> None:
+        with self._plugin.active_lock:
+            self._plugin.active -= 1
 
     def load(self, info: ModelInfo) -> Any:
         model_id = info.id
@@ -107,8 +153,11 @@ class FakeEngine:
 class FakeEnginePlugin:
     """Register with ``make_plugin_manager(extra=[FakeEnginePlugin()])``."""
 
-    def __init__(self, reply: str = "Hello from the fake engine.", token_delay: float = 0.0):
+    def __init__(
+        self, reply: str = "Hello from the fake engine.", token_delay: float = 0.0, batch: bool = False
+    ):
         self.reply = reply
+        self.batch = batch  # batchable prompts: generations run as one batch (see FakeEngine.step)
         self.token_delay = token_delay
         self.load_delay = 0.0
         self.fail_load: str | None = None

@@ -1,0 +1,93 @@
+"""Continuous batching against a real `mlxhost serve` and the real Qwen 0.5B model:
+concurrent requests decode in one batch and each gets what it would get alone."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.testing.live import wait_until
+from mlxhost.toolcalls import schema_errors
+
+from .test_serve import SCHEMA
+from .test_tools import QUESTION, WEATHER_TOOL
+
+QWEN = TEST_MODELS["qwen"].repo_id
+PROMPTS = ["What is 2+2?", "Write a haiku about the sea.", "List three colors.", "Say hello in French."]
+
+
+def ask(client, prompt: str, **extra):
+    return client.chat.completions.create(
+        model=QWEN, messages=[{"role": "user", "content": prompt}], **extra
+    ).choices[0]
+
+
+def test_concurrent_requests_each_get_what_they_get_alone(client, qwen_server):
+    settings = [
+        {"temperature": 0, "max_tokens": 24},
+        {"temperature": 0, "max_tokens": 12, "stop": ["\n"]},
+        {"temperature": 0.8, "seed": 7, "max_tokens": 16},
+        {"temperature": 0, "max_tokens": 20},
+    ]
+    alone = [ask(client, p, **s) for p, s in zip(PROMPTS, settings)]
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        together = list(pool.map(lambda ps: ask(client, ps[0], **ps[1]), zip(PROMPTS, settings)))
+    # Greedy and seeded sequences: token-identical to their solo runs (fp32 on CPU
+    # rounds the same batched; docs/benchmarks.md notes where a GPU may not).
+    assert [c.message.content for c in together] == [c.message.content for c in alone]
+    assert [c.finish_reason for c in together] == [c.finish_reason for c in alone]
+    assert "\n" not in together[1].message.content
+    assert qwen_server.health()["batch"]["peak"] >= 2  # they did decode together
+
+
+def test_a_tool_call_and_a_json_schema_reply_parse_inside_a_batch(client):
+    def tool_call():
+        return client.chat.completions.create(
+            model=QWEN, messages=QUESTION, tools=[WEATHER_TOOL], temperature=0, max_tokens=60
+        ).choices[0]
+
+    def structured():
+        return ask(
+            client, "How many apples are 2 apples plus 2 apples?", max_tokens=60, temperature=0,
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}},
+        )
+
+    with ThreadPoolExecutor(3) as pool:
+        calls = pool.submit(tool_call)
+        shaped = pool.submit(structured)
+        prose = pool.submit(ask, client, PROMPTS[1], max_tokens=30, temperature=0)
+        call, value, text = calls.result(), shaped.result(), prose.result()
+    assert call.finish_reason == "tool_calls"
+    assert json.loads(call.message.tool_calls[0].function.arguments)["city"].lower() == "paris"
+    assert schema_errors(json.loads(value.message.content), SCHEMA) == []
+    assert text.message.content
+
+
+def test_a_client_leaving_mid_batch_does_not_disturb_the_others(client, qwen_server):
+    expected = ask(client, PROMPTS[1], temperature=0, max_tokens=30).message.content
+    first_token = threading.Event()
+    both_running = threading.Event()
+
+    def leaver() -> None:
+        body = {"model": QWEN, "stream": True, "max_tokens": 400, "temperature": 0,
+                "messages": [{"role": "user", "content": "Count from 1 to 500."}]}
+        with httpx.stream("POST", f"{qwen_server.url}/v1/chat/completions", json=body, timeout=120) as r:
+            for line in r.iter_lines():
+                if '"content"' in line:
+                    first_token.set()
+                    both_running.wait(120)
+                    return  # the client goes away mid-stream, beside the other
+
+    with ThreadPoolExecutor(2) as pool:
+        gone = pool.submit(leaver)
+        assert first_token.wait(120)
+        staying = pool.submit(ask, client, PROMPTS[1], temperature=0, max_tokens=30)
+        wait_until(lambda: qwen_server.health()["running"] == 2, timeout=120, what="two in the batch")
+        both_running.set()
+        gone.result()
+        assert staying.result().message.content == expected
+    assert qwen_server.health()["running"] == 0
