@@ -119,8 +119,11 @@ class Generation:
         finish = "stop"
         steps = self._session.generate(self._prepared, self._params)
         started = time.perf_counter()
+        first_token: float | None = None
         try:
             async for step in steps:
+                if first_token is None:
+                    first_token = time.perf_counter() - started
                 self.completion_tokens += 1
                 if step.cached_tokens is not None:
                     self.cached_tokens = step.cached_tokens
@@ -148,13 +151,15 @@ class Generation:
         self.stop_sequence = stops.matched
         self.finish_reason = "tool_calls" if saw_tool_call and finish != "length" else finish
         elapsed = time.perf_counter() - started
+        decode = elapsed - (first_token or 0.0)
         log.info(
-            "%s: %d prompt + %d completion tokens in %.2fs (%.1f tok/s), finish=%s",
+            "%s: %d prompt + %d completion tokens in %.2fs (TTFT %.2fs, %.1f tok/s after it), finish=%s",
             self.model_id,
             self.prompt_tokens,
             self.completion_tokens,
             elapsed,
-            self.completion_tokens / elapsed if elapsed else 0.0,
+            first_token or 0.0,
+            (self.completion_tokens - 1) / decode if decode > 0 and self.completion_tokens > 1 else 0.0,
             self.finish_reason,
         )
 

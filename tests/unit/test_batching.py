@@ -64,22 +64,26 @@ def test_a_request_for_another_model_waits_for_the_batch_to_drain(fake_plugin, f
 
 
 def test_a_client_that_leaves_removes_only_its_sequence(fake_plugin, fake_models):
+    import threading
+
     a = fake_models[0]
     with live(fake_plugin, fake_models, max_batch=4) as url, concurrent.futures.ThreadPoolExecutor(1) as pool:
         chat(url, a, max_tokens=1)
-        fake_plugin.gate.clear()  # the batch holds until the test opens it
+        steps = fake_plugin.step_permits = threading.Semaphore(0)  # one permit, one batch step
         staying = pool.submit(chat, url, a)
         wait_until(lambda: fake_plugin.active == 1, what="the first sequence")
         body = {"model": a, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as r:
             wait_until(lambda: fake_plugin.active == 2, what="the streaming sequence")
-            fake_plugin.gate.set()
+            steps.release()  # one step: each sequence gets its first token
             for line in r.iter_lines():
                 if line.startswith("data: ") and '"content"' in line:
                     break  # leave after the first token
         wait_until(lambda: fake_plugin.cancelled(a) == 1, what="the leaver's cancellation")
+        steps.release(100)
         reply = staying.result(30).json()["choices"][0]
     assert reply["message"]["content"] == "abcdefghij"
+    assert fake_plugin.active == 0
 
 
 def test_the_queue_bound_counts_only_requests_that_cannot_join(fake_plugin, fake_models):

@@ -189,6 +189,9 @@ class Runtime:
         if engine.batchable(prompt):
             steps = self._batched(prompt, params)
         else:
+            if self.scheduler.capacity > 1:
+                why = "an image prompt" if prompt.extras else "not a batching model"
+                log.info("Generation runs alone (%s): a running batch pauses meanwhile", why)
             steps = self._worker.stream(
                 lambda should_stop: engine.generate(prompt, params, should_stop)
             )

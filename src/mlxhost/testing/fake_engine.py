@@ -66,6 +66,9 @@ class FakeEngine:
     def step(self) -> bool:
         if not self._plugin.gate.wait(0.005):
             return bool(self._sequences)
+        permits = self._plugin.step_permits
+        if permits is not None and not permits.acquire(timeout=0.005):
+            return bool(self._sequences)
         reply = self._plugin.reply
         for uid, (emit, params, index) in list(self._sequences.items()):
             count = index + 1
@@ -177,6 +180,8 @@ class FakeEnginePlugin:
         self.first_token = threading.Event()
         self.gate = threading.Event()
         self.gate.set()
+        # Batch mode: when set, each batch step takes one permit (lock-step tests).
+        self.step_permits: threading.Semaphore | None = None
 
     def cancelled(self, model: str | None) -> int:
         """How many generations of ``model`` stopped early (their consumer went away)."""

@@ -1,0 +1,174 @@
+"""Continuous batching: aggregate decode rate at 1, 2, 4, 8 concurrent streams
+(``python -m bench.batching``).
+
+For each N, one run: N requests one after another (the sequential baseline),
+then the same N requests at once, against a real ``mlxhost serve`` over HTTP
+(Qwen2.5-Coder 0.5B fp32 test model, greedy, ``--tokens`` each, prefill
+included: what a client waits for); then mlx-lm's ``BatchGenerator`` driven
+directly in this process on the same prompts (the raw ceiling). Plus the time
+to first token of a request that arrives while 7 others decode, against its
+time alone. Writes the ``batching`` section of docs/benchmarks.md.
+
+Run it with OpenBLAS preloaded (``LD_PRELOAD=.../openblas-pthread/libblas.so.3``)
+so the in-process raw run uses the same BLAS as the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import docs
+from bench.report import md_table
+
+COUNTS = (1, 2, 4, 8)
+
+
+def prompt(i: int) -> str:
+    # Distinct prompts (no request reuses another's cached prefix beyond the template)
+    # that keep a small model talking past the token budget.
+    return f"Count from {i * 100 + 1} to {i * 100 + 200}, separated by commas."
+
+
+def chat(url: str, i: int, tokens: int, model: str) -> int:
+    body = {"model": model, "temperature": 0, "max_tokens": tokens,
+            "messages": [{"role": "user", "content": prompt(i)}]}
+    reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600).json()
+    return int(reply["usage"]["completion_tokens"])
+
+
+def first_token_after(url: str, i: int, model: str) -> float:
+    """Seconds from sending a streaming request to its first content chunk."""
+    body = {"model": model, "temperature": 0, "max_tokens": 4, "stream": True,
+            "messages": [{"role": "user", "content": prompt(i)}]}
+    started = time.perf_counter()
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and '"content"' in line:
+                return time.perf_counter() - started
+    raise RuntimeError("no content chunk")
+
+
+def measure_server(model_dir: Path, tokens: int, offset: int) -> dict[str, Any]:
+    from bench.systems import base_env
+    from mlxhost.testing.server import ServerProcess
+
+    server = ServerProcess(
+        ["--model", str(model_dir), "--allow-model-paths", "--max-batch", "8"], env=base_env()
+    )
+    results: dict[str, Any] = {"sequential": {}, "concurrent": {}}
+    with server:
+        model = str(model_dir)
+        chat(server.url, 999, 4, model)  # warm
+        for n in COUNTS:
+            ids = [offset + n * 10 + k for k in range(n)]
+            started = time.perf_counter()
+            produced = sum(chat(server.url, i, tokens, model) for i in ids)
+            results["sequential"][n] = produced / (time.perf_counter() - started)
+            ids = [offset + 500 + n * 10 + k for k in range(n)]
+            started = time.perf_counter()
+            with ThreadPoolExecutor(n) as pool:
+                produced = sum(pool.map(lambda i: chat(server.url, i, tokens, model), ids))
+            results["concurrent"][n] = produced / (time.perf_counter() - started)
+            print(f"mlxhost n={n}: sequential {results['sequential'][n]:.1f} tok/s, "
+                  f"concurrent {results['concurrent'][n]:.1f} tok/s", flush=True)
+        results["ttft_alone"] = first_token_after(server.url, offset + 900, model)
+        with ThreadPoolExecutor(7) as pool:
+            running = [pool.submit(chat, server.url, offset + 910 + k, tokens * 4, model) for k in range(7)]
+            # Wait until all 7 hold the model, then arrive.
+            deadline = time.monotonic() + 300
+            while httpx.get(f"{server.url}/health").json().get("running", 0) < 7:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the 7 background requests did not start")
+                time.sleep(0.05)
+            results["ttft_busy"] = first_token_after(server.url, offset + 990, model)
+            for f in running:
+                f.result()
+    return results
+
+
+def measure_raw(model_dir: Path, tokens: int, offset: int) -> dict[int, float]:
+    import mlx.core as mx
+    from mlx_lm import load
+    from mlx_lm.generate import BatchGenerator
+
+    model, tokenizer = load(str(model_dir))
+    rates = {}
+    for n in COUNTS:
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt(offset + 500 + n * 10 + k)}], add_generation_prompt=True
+            )
+            for k in range(n)
+        ]
+        generator = BatchGenerator(model, completion_batch_size=8, prefill_step_size=512)
+        started = time.perf_counter()
+        generator.insert(prompts, max_tokens=[tokens] * n)
+        produced, finished = 0, 0
+        while finished < n:
+            for response in generator.next_generated():
+                produced += 1
+                finished += response.finish_reason is not None
+        rates[n] = produced / (time.perf_counter() - started)
+        generator.close()
+        mx.clear_cache()
+        print(f"raw BatchGenerator n={n}: {rates[n]:.1f} tok/s", flush=True)
+    return rates
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--json", type=Path, default=Path("bench/results/cpu-batching.json"))
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+
+    from mlxhost.starter.builder import ensure_test_model
+
+    model_dir = ensure_test_model("qwen")
+    served = measure_server(model_dir, args.tokens, offset=0)
+    raw = measure_raw(model_dir, args.tokens, offset=0)
+    seq1 = served["sequential"][1]
+    rows = []
+    for n in COUNTS:
+        conc = served["concurrent"][n]
+        rows.append([
+            n, f"{served['sequential'][n]:.1f}", f"{conc:.1f}", f"{conc / n:.1f}",
+            f"{conc / served['sequential'][n]:.2f}×", f"{raw[n]:.1f}", f"{conc / raw[n]:.2f}",
+        ])
+    body = "\n".join([
+        "## Continuous batching",
+        "",
+        f"`LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 python -m bench.batching "
+        f"--tokens {args.tokens}`: Qwen2.5-Coder 0.5B fp32 on 2 CPU cores (OpenBLAS), greedy, "
+        f"{args.tokens} tokens a request, prefill included (distinct prompts). mlxhost over HTTP "
+        "(`--max-batch 8`): N requests one after another, then the same N at once; raw: mlx-lm's "
+        "`BatchGenerator` in one process on the same prompts. One run each (this machine is shared: "
+        "read the ratios, not the third digit).",
+        "",
+        md_table(
+            ["streams", "sequential tok/s", "concurrent tok/s (aggregate)", "per stream",
+             "concurrent ÷ sequential", "raw BatchGenerator tok/s", "mlxhost ÷ raw"],
+            rows,
+        ),
+        "",
+        f"Time to first token of a request arriving while 7 others decode: "
+        f"{served['ttft_busy']:.2f} s, against {served['ttft_alone']:.2f} s alone "
+        f"({served['ttft_busy'] / served['ttft_alone']:.1f}×). Single stream: {seq1:.1f} tok/s.",
+    ])
+    print(body)
+    if not args.no_write:
+        docs.write_section(args.doc, "batching", body)
+        args.json.write_text(json.dumps({"served": served, "raw": raw}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
