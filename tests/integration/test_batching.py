@@ -13,10 +13,26 @@ from mlxhost.starter.builder import TEST_MODELS
 from mlxhost.testing.live import wait_until
 from mlxhost.toolcalls import schema_errors
 
-from .test_serve import SCHEMA
-from .test_tools import QUESTION, WEATHER_TOOL
-
 QWEN = TEST_MODELS["qwen"].repo_id
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "City name"}},
+            "required": ["city"],
+        },
+    },
+}
+QUESTION = [{"role": "user", "content": "What's the weather in Paris?"}]
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "integer"}, "unit": {"enum": ["apples", "pears"]}},
+    "required": ["answer", "unit"],
+    "additionalProperties": False,
+}
 PROMPTS = ["What is 2+2?", "Write a haiku about the sea.", "List three colors.", "Say hello in French."]
 
 
