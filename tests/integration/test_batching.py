@@ -11,22 +11,10 @@ import httpx
 
 from mlxhost.starter.builder import TEST_MODELS
 from mlxhost.testing.live import wait_until
+from mlxhost.testing.tools import QUESTION, WEATHER_TOOL
 from mlxhost.toolcalls import schema_errors
 
 QWEN = TEST_MODELS["qwen"].repo_id
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "description": "City name"}},
-            "required": ["city"],
-        },
-    },
-}
-QUESTION = [{"role": "user", "content": "What's the weather in Paris?"}]
 SCHEMA = {
     "type": "object",
     "properties": {"answer": {"type": "integer"}, "unit": {"enum": ["apples", "pears"]}},

@@ -5,22 +5,10 @@ from __future__ import annotations
 import json
 
 from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.testing.tools import QUESTION, WEATHER_TOOL
 
 QWEN = TEST_MODELS["qwen"].repo_id
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "description": "City name"}},
-            "required": ["city"],
-        },
-    },
-}
-QUESTION = [{"role": "user", "content": "What's the weather in Paris?"}]
 
 
 def test_tool_call_non_streaming(client):

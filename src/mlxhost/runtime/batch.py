@@ -32,7 +32,6 @@ Emit = Callable[[TokenStep | None, BaseException | None], None]
 class _Sequence:
     emit: Emit
     params: SamplingParams
-    key: tuple[int, ...]
     reused: int
     detokenizer: Any
     count: int = 0
@@ -94,7 +93,7 @@ class TextBatch:
         )
         detokenizer = self._detokenizer()
         detokenizer.reset()
-        self._sequences[uid] = _Sequence(emit, params, tokens, reused, detokenizer)
+        self._sequences[uid] = _Sequence(emit, params, reused, detokenizer)
         self.peak = max(self.peak, len(self._sequences))
         return uid
 
@@ -145,9 +144,7 @@ class TextBatch:
             detokenizer.finalize()
             return TokenStep(token, detokenizer.last_segment, "stop", cached, scored)
         detokenizer.add_token(token)
-        finish = response.finish_reason
-        if finish is None and sequence.count >= sequence.params.max_tokens:
-            finish = "length"
+        finish = response.finish_reason  # BatchGenerator counts max_tokens per sequence
         if finish is not None:
             detokenizer.finalize()
         return TokenStep(token, detokenizer.last_segment, finish, cached, scored)
