@@ -6,7 +6,8 @@
 #
 # Needs /tmp/w filled by an earlier call that carried .wa (cp -r .wa/. /tmp/w/);
 # the call that installs carries .wb. Later calls on the same warm machine need
-# neither: /tmp/site is already there. The report goes to $OUT (else
+# neither: /tmp/site is already there. SCRIPT=bench/gpu/batch_gpu.py runs the
+# batching benchmark instead of run_gpu.py (same three options first). The report goes to $OUT (else
 # /tmp/bench-gpu), and phases that would start after 540 s are skipped, unless
 # the arguments say otherwise.
 set -euo pipefail
@@ -29,5 +30,5 @@ python3 -c "import mlx.core as mx; print('mlx', mx.__version__, mx.default_devic
 REPORT=${OUT:-/tmp/bench-gpu}
 mkdir -p "$REPORT"
 set -o pipefail
-python3 bench/gpu/run_gpu.py --tokenizers "$W/tok" --out "$REPORT" --budget-s 540 "$@" 2>&1 \
+python3 "${SCRIPT:-bench/gpu/run_gpu.py}" --tokenizers "$W/tok" --out "$REPORT" --budget-s 540 "$@" 2>&1 \
   | tee -a "$REPORT/gpu_log.txt"

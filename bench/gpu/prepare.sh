@@ -26,7 +26,9 @@
 # click and psutil, no network and no mlx. So this carries: mlx,
 # mlx-cuda-13 and mlx-lm at the project's pins; what `mlxhost serve` imports and
 # the machine lacks (litestar and its own needs, uvicorn, cattrs, attrs,
-# typing-extensions), at this environment's versions; and wheels of mlxhost and
+# typing-extensions, jsonschema and its own needs; llguidance only for
+# constrained requests, which the benchmarks do not send), at this
+# environment's versions; and wheels of mlxhost and
 # its two plugins built from this checkout (for their entry points; the code
 # itself runs from the carried working tree). mlx-vlm stays behind: text-only
 # models never import it. Model weights stay behind too: run_gpu.py makes
@@ -50,7 +52,8 @@ mkdir -p "$W" .wa/tok .wb
 version() { "$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
 pins=(mlx==0.32.4 mlx-cuda-13==0.32.4 mlx-lm==0.32.2)
 for dist in litestar litestar-htmx msgspec multipart polyfactory faker rich-click sniffio \
-            uvicorn cattrs attrs typing-extensions; do
+            uvicorn cattrs attrs typing-extensions jsonschema \
+            jsonschema-specifications referencing rpds-py; do
   pins+=("$dist==$(version "$dist")")
 done
 echo "downloading: ${pins[*]}"

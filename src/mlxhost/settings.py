@@ -159,6 +159,18 @@ class Settings:
         "requests always run alone",
         env="MLXHOST_MAX_BATCH", flag="--max-batch", parse=parse_int, metavar="N",
     )
+    weights: str = setting(
+        "auto", "weights of a quantized checkpoint: as-is, or a dequantized bf16 copy "
+        "(faster batches on CUDA); auto picks bf16 on CUDA when --max-batch >= 8 and the "
+        "copy fits in half the GPU memory, as-is elsewhere",
+        env="MLXHOST_WEIGHTS", flag="--weights", metavar="POLICY",
+        choices=("auto", "as-is", "bf16"),
+    )
+    flat_qmm: str = setting(
+        "auto", "give quantized matmuls 2-D inputs from 8 rows up (CUDA runs 3-D batched "
+        "inputs row by row); auto measures both shapes on the loaded model",
+        env="MLXHOST_FLAT_QMM", flag="--flat-qmm", metavar="POLICY", choices=("auto", "on", "off"),
+    )
     prefill_chunk: int = setting(
         512, "prompt tokens a batch prefills per step: a long new prompt delays the "
         "running streams by about one chunk",

@@ -56,6 +56,40 @@ async def test_worker_runs_jobs_on_one_thread_and_reraises():
         worker.stop()
 
 
+def test_worker_runs_every_queued_job_before_the_next_tick():
+    """Requests that arrive during a batch step all join before the next step
+    (so the batch prefills them together instead of one step each)."""
+    worker = MLXWorker()
+    worker.start()
+    order: list[str] = []
+    in_tick = threading.Event()
+    release = threading.Event()
+    finished = threading.Event()
+    ticks = 0
+
+    def tick() -> bool:
+        nonlocal ticks
+        ticks += 1
+        order.append(f"tick{ticks}")
+        if ticks == 1:
+            in_tick.set()
+            release.wait(10)
+        if ticks == 2:
+            finished.set()
+        return ticks < 2
+
+    try:
+        worker._jobs.put(lambda: worker.add_ticker(tick))
+        assert in_tick.wait(10)
+        for name in ("join-a", "join-b", "join-c"):  # queued while the first tick runs
+            worker._jobs.put(lambda name=name: order.append(name))
+        release.set()
+        assert finished.wait(10)
+        assert order == ["tick1", "join-a", "join-b", "join-c", "tick2"]
+    finally:
+        worker.stop()
+
+
 def test_worker_frees_its_mlx_streams_on_its_own_thread_before_it_ends(monkeypatch):
     """MLX's thread-local streams must go before the thread's C++ teardown (exit abort otherwise)."""
     import sys

@@ -15,4 +15,6 @@ def mlxhost_make_engine(settings: Settings):
         warmup=settings.warmup,
         max_batch=max(1, settings.max_batch),
         prefill_chunk=max(1, settings.prefill_chunk),
+        weights=settings.weights,
+        flat_qmm=settings.flat_qmm,
     )

@@ -93,11 +93,17 @@ class MLXEngine:
         warmup: bool = True,
         max_batch: int = 1,
         prefill_chunk: int = 512,
+        weights: str = "auto",
+        flat_qmm: str = "auto",
     ) -> None:
         """``prefix_cache_bytes``: the KV prefix cache's budget (None: the default
         2 GiB; 0 disables it). ``max_batch`` > 1 decodes text prompts of a text
-        model together (``runtime.batch``), prefilling ``prefill_chunk`` tokens a step."""
+        model together (``runtime.batch``), prefilling ``prefill_chunk`` tokens a step.
+        ``weights`` and ``flat_qmm`` are the load-time policies of ``runtime.kernels``."""
         self.max_batch = max_batch
+        self.weights = weights
+        self.flat_qmm = flat_qmm
+        self._kernels: Any = None  # runtime.kernels.KernelChoice of the loaded model
         self.prefill_chunk = prefill_chunk
         self._batch: Any = None  # runtime.batch.TextBatch of the loaded model, made on first use
         self._peak = 0  # the batch peak of models unloaded since start
@@ -129,6 +135,8 @@ class MLXEngine:
         stats: dict[str, Any] = {"batch": {"max": self.max_batch, "peak": self._peak}}
         if self._batch is not None:
             stats["batch"]["peak"] = max(self._peak, self._batch.peak)
+        if self._kernels is not None:
+            stats["kernels"] = self._kernels.as_dict()
         if self.prefix_cache is not None:
             stats["prefix_cache"] = attrs.asdict(self.prefix_cache.stats())
         return stats
@@ -158,6 +166,11 @@ class MLXEngine:
             # (measured ~0.5 s for Gemma's 262k vocabulary on every swap).
             wrapper = self._text_tokenizer(path, model_config)
             tokenizer = wrapper._tokenizer
+        from mlxhost.runtime import kernels
+
+        self._kernels = kernels.apply(
+            model, weights=self.weights, flat_qmm=self.flat_qmm, max_batch=self.max_batch
+        )
         self._model = model
         self._model_id = model_id
         self._tokenizer = tokenizer
@@ -167,11 +180,14 @@ class MLXEngine:
         loaded_in = time.perf_counter() - started
         warmup = self._warm_up() if self.warmup else 0.0
         log.info(
-            "Loaded %s with %s in %.1fs (+%.2fs warm-up)",
+            "Loaded %s with %s in %.1fs (+%.2fs warm-up); weights %s, 2-D qmm input %s (%s)",
             model_id,
             "mlx-vlm" if self._is_vlm else "mlx-lm",
             loaded_in,
             warmup,
+            self._kernels.weights,
+            "on" if self._kernels.flat_qmm else "off",
+            self._kernels.reason,
         )
         return tokenizer
 
@@ -234,6 +250,7 @@ class MLXEngine:
         if self.prefix_cache is not None and self._model_id is not None:
             self.prefix_cache.clear_model(self._model_id)
         self._model_id = None
+        self._kernels = None
         if self._batch is not None:
             self._batch.fail(RuntimeError("the model was unloaded"))
             self._peak = max(self._peak, self._batch.peak)

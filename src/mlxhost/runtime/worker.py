@@ -15,6 +15,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _DONE = object()
 _STOP = object()
+# Between two ticks: at most this many jobs, each followed by a wait this long
+# for the next (an event-loop round trip; a decode step takes 10-500 ms).
+MAX_JOBS_PER_TURN = 64
+JOB_LINGER_S = 0.003
 
 
 class MLXWorker:
@@ -50,18 +54,9 @@ class MLXWorker:
 
     def _loop(self) -> None:
         while True:
-            try:
-                job = self._jobs.get(block=not self._tickers)
-            except queue.Empty:
-                job = None
-            if job is _STOP:
+            if self._run_jobs() is _STOP:
                 _release_mlx_streams()
                 return
-            if job is not None:
-                try:
-                    job()
-                except BaseException:  # a job reports its own errors; never kill the thread
-                    log.exception("MLX worker job failed")
             for tick in list(self._tickers):
                 try:
                     going = tick()
@@ -70,6 +65,33 @@ class MLXWorker:
                     going = False
                 if not going:
                     self._tickers.remove(tick)
+
+    def _run_jobs(self) -> object:
+        """Run the jobs queued now (waiting for one when no ticker runs).
+
+        Every queued job runs before the next tick, and after a job a short
+        *linger* lets a follow-up job arrive (a request's join right after its
+        prepare, the next of several requests sent together), so requests that
+        arrive together join the batch in the same step and are prefilled as
+        one batch instead of one step each.
+        """
+        ran = 0
+        while ran < MAX_JOBS_PER_TURN:
+            try:
+                if ran == 0:
+                    job = self._jobs.get(block=not self._tickers)
+                else:
+                    job = self._jobs.get(timeout=JOB_LINGER_S)
+            except queue.Empty:
+                return None
+            if job is _STOP:
+                return _STOP
+            try:
+                job()
+            except BaseException:  # a job reports its own errors; never kill the thread
+                log.exception("MLX worker job failed")
+            ran += 1
+        return None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the worker thread and return its result."""

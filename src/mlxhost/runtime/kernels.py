@@ -1,0 +1,214 @@
+"""Backend-aware weights and kernel shapes for a loaded model.
+
+Two load-time choices, each reported in ``/health`` (engine ``kernels``) and the log:
+
+* **Weights** (``--weights auto|as-is|bf16``): ``bf16`` replaces every quantized
+  layer by a dequantized bf16 one. On CUDA, 4-bit decode of a batch is far
+  slower than bf16 (H200, Qwen3-4B shape, mlx-lm ``BatchGenerator`` at 8
+  streams: 4-bit 113 tok/s stock, 388 with the 2-D input below, bf16 688), so
+  ``auto`` picks bf16 there when batching is on (``--max-batch`` >= 8) and the
+  bf16 copy fits in ``BF16_MEMORY_SHARE`` of the device's memory. Elsewhere
+  (Metal, whose quantized kernels are good; CPU) ``auto`` keeps the weights
+  as they were loaded.
+* **2-D quantized matmul input** (``--flat-qmm auto|on|off``): on CUDA
+  ``mx.quantized_matmul`` runs a 3-D ``(B, 1, K)`` input (a batched decode
+  step) row by row, 4x slower at B=8 than the same rows as a 2-D ``(B, K)``
+  input, while for one row the 3-D call is the fast one. With it on,
+  quantized linear layers and the tied-embedding LM head reshape inputs of 8
+  or more rows to 2-D and back (the same arithmetic; tests check identical
+  outputs). ``auto`` measures both shapes on the model's own largest
+  quantized projection at load and keeps the faster by a clear margin.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import attrs
+
+log = logging.getLogger(__name__)
+
+WEIGHT_POLICIES = ("auto", "as-is", "bf16")
+FLAT_QMM_POLICIES = ("auto", "on", "off")
+FLAT_MIN_ROWS = 8  # fewer rows: the 3-D call is the fast one (one row: 21 vs 58 us, H200)
+BF16_MEMORY_SHARE = 0.5  # auto keeps a bf16 copy only when it leaves half the memory free
+BF16_MIN_BATCH = 8  # below this the 4-bit kernels hold their own (H200: 1 stream 155 vs 201)
+FLAT_MARGIN = 1.2  # auto flattens only when the 2-D call is this much faster
+
+
+@attrs.frozen
+class KernelChoice:
+    """What the engine decided for the loaded model, and why."""
+
+    weights: str  # "as-is" or "bf16"
+    flat_qmm: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def backend() -> str:
+    """``cuda``, ``metal`` or ``cpu``: where MLX runs by default."""
+    import mlx.core as mx
+
+    if mx.default_device().type != mx.DeviceType.gpu:
+        return "cpu"
+    return "metal" if mx.metal.is_available() else "cuda"
+
+
+def quantized_modules(model: Any) -> list[tuple[str, Any]]:
+    import mlx.nn as nn
+
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+    ]
+
+
+def bf16_bytes(model: Any) -> int:
+    """Bytes the quantized layers would take as bf16 (2 bytes per weight)."""
+    total = 0
+    for _, module in quantized_modules(model):
+        rows, packed = module.weight.shape
+        total += rows * packed * 32 // module.bits * 2
+    return total
+
+
+def device_memory() -> int | None:
+    import mlx.core as mx
+
+    try:
+        info = mx.device_info()
+    except Exception:  # older MLX or a backend without it
+        return None
+    for key in ("memory_size", "total_memory", "max_recommended_working_set_size"):
+        if info.get(key):
+            return int(info[key])
+    return None
+
+
+def choose_weights(policy: str, model: Any, *, max_batch: int, on: str | None = None) -> tuple[str, str]:
+    """(``as-is`` or ``bf16``, why) for ``policy`` on this model and backend."""
+    if policy not in WEIGHT_POLICIES:
+        raise ValueError(f"weights policy must be one of {', '.join(WEIGHT_POLICIES)}, not {policy!r}")
+    if not quantized_modules(model):
+        return "as-is", "the checkpoint is not quantized"
+    if policy != "auto":
+        return policy, f"--weights {policy}"
+    on = on or backend()
+    if on != "cuda":
+        return "as-is", f"auto: {on} keeps quantized weights"
+    if max_batch < BF16_MIN_BATCH:
+        return "as-is", f"auto: batches of {max_batch} < {BF16_MIN_BATCH} keep quantized weights"
+    need, memory = bf16_bytes(model), device_memory()
+    if memory is None or need > memory * BF16_MEMORY_SHARE:
+        have = "unknown" if memory is None else f"{memory / 2**30:.0f} GiB"
+        return "as-is", f"auto: a bf16 copy ({need / 2**30:.1f} GiB) does not fit beside {have}"
+    return "bf16", f"auto: CUDA batches decode faster in bf16 ({need / 2**30:.1f} GiB)"
+
+
+def dequantize(model: Any) -> None:
+    """Replace every quantized layer with a bf16 one, in place."""
+    import mlx.core as mx
+    from mlx_lm.utils import dequantize_model
+
+    names = [name for name, _ in quantized_modules(model)]
+    dequantize_model(model)
+    # A dequantized weight takes its scales' dtype (bf16 in mlx-community
+    # builds, fp16 in some older ones): make it bf16; other weights stay as they are.
+    modules = dict(model.named_modules())
+    for name in names:
+        module = modules[name]
+        if module.weight.dtype != mx.bfloat16:
+            module.weight = module.weight.astype(mx.bfloat16)
+    mx.eval(model.parameters())
+
+
+# -- 2-D input for quantized matmuls ------------------------------------------
+def _flat_call(call: Any, self: Any, x: Any) -> Any:
+    if x.ndim > 2:
+        rows = 1
+        for size in x.shape[:-1]:
+            rows *= size
+        if rows >= FLAT_MIN_ROWS:
+            return call(self, x.reshape(rows, x.shape[-1])).reshape(*x.shape[:-1], -1)
+    return call(self, x)
+
+
+def _flat_classes() -> dict[type, type]:
+    import mlx.nn as nn
+
+    class FlatQuantizedLinear(nn.QuantizedLinear):
+        def __call__(self, x: Any) -> Any:
+            return _flat_call(nn.QuantizedLinear.__call__, self, x)
+
+    class FlatQuantizedEmbedding(nn.QuantizedEmbedding):
+        def as_linear(self, x: Any) -> Any:
+            return _flat_call(nn.QuantizedEmbedding.as_linear, self, x)
+
+    return {nn.QuantizedLinear: FlatQuantizedLinear, nn.QuantizedEmbedding: FlatQuantizedEmbedding}
+
+
+_FLAT: dict[type, type] = {}
+
+
+def flatten_quantized_inputs(model: Any) -> int:
+    """Give the model's quantized layers 2-D inputs from 8 rows up; returns how many."""
+    if not _FLAT:
+        _FLAT.update(_flat_classes())
+    changed = 0
+    for _, module in quantized_modules(model):
+        flat = _FLAT.get(type(module))
+        if flat is not None:
+            module.__class__ = flat  # same layout, one method differs
+            changed += 1
+    return changed
+
+
+def flat_is_faster(model: Any, rows: int = FLAT_MIN_ROWS, repeats: int = 20) -> tuple[bool, str]:
+    """Time ``rows`` decode rows through the largest quantized projection, 3-D vs 2-D."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    layers = [m for _, m in quantized_modules(model) if isinstance(m, nn.QuantizedLinear)]
+    if not layers:
+        return False, "no quantized linear layers"
+    layer = max(layers, key=lambda m: m.weight.size)
+    k = layer.weight.shape[1] * 32 // layer.bits
+    x3 = mx.random.normal((rows, 1, k)).astype(layer.scales.dtype)
+    x2 = x3.reshape(rows, k)
+
+    def timed(x: Any) -> float:
+        mx.eval(nn.QuantizedLinear.__call__(layer, x))  # compile / warm this shape
+        started = time.perf_counter()
+        for _ in range(repeats):
+            mx.eval(nn.QuantizedLinear.__call__(layer, x))
+        return (time.perf_counter() - started) / repeats
+
+    three, two = timed(x3), timed(x2)
+    faster = three > two * FLAT_MARGIN
+    return faster, f"{rows} rows: 3-D {three * 1e6:.0f} us, 2-D {two * 1e6:.0f} us"
+
+
+def apply(model: Any, *, weights: str, flat_qmm: str, max_batch: int) -> KernelChoice:
+    """Apply the weight and kernel-shape policies to a freshly loaded model."""
+    if flat_qmm not in FLAT_QMM_POLICIES:
+        raise ValueError(f"flat-qmm policy must be one of {', '.join(FLAT_QMM_POLICIES)}, not {flat_qmm!r}")
+    chosen, why = choose_weights(weights, model, max_batch=max_batch)
+    if chosen == "bf16":
+        dequantize(model)
+    flat = False
+    if quantized_modules(model):
+        if flat_qmm == "auto":
+            flat, measured = flat_is_faster(model) if max_batch >= FLAT_MIN_ROWS else (False, "batches too small")
+            why += f"; 2-D qmm input {'on' if flat else 'off'} ({measured})"
+        else:
+            flat = flat_qmm == "on"
+            why += f"; --flat-qmm {flat_qmm}"
+        if flat:
+            flatten_quantized_inputs(model)
+    return KernelChoice(weights=chosen, flat_qmm=flat, reason=why)

@@ -1,0 +1,139 @@
+"""runtime.kernels: the 2-D quantized-matmul input and the bf16 weight policy,
+on a tiny random quantized Qwen3 (real mlx-lm model code, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+
+mx = pytest.importorskip("mlx.core")
+nn = pytest.importorskip("mlx.nn")
+
+from mlxhost.runtime import kernels  # noqa: E402
+
+
+def tiny_quantized(tie: bool = True):
+    from mlx_lm.models import qwen3
+
+    args = qwen3.ModelArgs(
+        model_type="qwen3", hidden_size=128, num_hidden_layers=2, intermediate_size=256,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
+        vocab_size=512, max_position_embeddings=512, rope_theta=10000.0,
+        tie_word_embeddings=tie,
+    )
+    mx.random.seed(0)
+    model = qwen3.Model(args)
+    nn.quantize(model, group_size=64, bits=4)
+    model.update(_to_bf16(model.parameters()))
+    mx.eval(model.parameters())
+    return model
+
+
+def _to_bf16(tree):
+    if isinstance(tree, dict):
+        return {k: _to_bf16(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_to_bf16(v) for v in tree]
+    if tree.dtype in (mx.float32, mx.float16):
+        return tree.astype(mx.bfloat16)
+    return tree
+
+
+def logits(model, tokens):
+    out = model(mx.array(tokens))
+    mx.eval(out)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(8, 1), (12, 1), (1, 9), (3, 4), (2, 1), (1, 1)])
+def test_flat_input_gives_identical_logits(shape):
+    model = tiny_quantized()
+    tokens = (mx.arange(shape[0] * shape[1]).reshape(shape) * 37 % 512).tolist()
+    before = logits(model, tokens)
+    changed = kernels.flatten_quantized_inputs(model)
+    assert changed == len(kernels.quantized_modules(model)) > 0
+    after = logits(model, tokens)
+    assert after.shape == before.shape
+    assert mx.array_equal(before, after).item()
+
+
+def test_flat_input_reaches_the_2d_call(monkeypatch):
+    """The flattened layers really hand quantized_matmul 2-D inputs from 8 rows up."""
+    model = tiny_quantized()
+    kernels.flatten_quantized_inputs(model)
+    seen = []
+    real = mx.quantized_matmul
+
+    def spy(x, *args, **kwargs):
+        seen.append(x.ndim)
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(mx, "quantized_matmul", spy)
+    logits(model, [[1]] * 8)
+    assert seen and set(seen) == {2}
+    seen.clear()
+    logits(model, [[1]] * 4)  # fewer rows than FLAT_MIN_ROWS keep their 3-D shape
+    assert seen and set(seen) == {3}
+
+
+def test_bf16_policy_dequantizes_every_layer():
+    model = tiny_quantized()
+    expected = {
+        name: mx.dequantize(m.weight, m.scales, m.biases, m.group_size, m.bits)
+        for name, m in kernels.quantized_modules(model)
+    }
+    tokens = [[5, 17, 300, 2]]
+    quantized = logits(model, tokens)
+    choice = kernels.apply(model, weights="bf16", flat_qmm="auto", max_batch=8)
+    assert choice.weights == "bf16" and not choice.flat_qmm
+    assert kernels.quantized_modules(model) == []
+    modules = dict(model.named_modules())
+    for name, weight in expected.items():
+        assert isinstance(modules[name], (nn.Linear, nn.Embedding))
+        assert modules[name].weight.dtype == mx.bfloat16
+        assert mx.array_equal(modules[name].weight, weight).item()
+    # The same weights; only the kernels' rounding differs.
+    diff = mx.abs(logits(model, tokens).astype(mx.float32) - quantized.astype(mx.float32))
+    assert mx.mean(diff).item() < 0.05
+
+
+def test_auto_weights_rule():
+    model = tiny_quantized()
+    assert kernels.choose_weights("auto", model, max_batch=8, on="cpu")[0] == "as-is"
+    assert kernels.choose_weights("auto", model, max_batch=8, on="metal")[0] == "as-is"
+    assert kernels.choose_weights("auto", model, max_batch=4, on="cuda")[0] == "as-is"
+    assert kernels.choose_weights("as-is", model, max_batch=8, on="cuda")[0] == "as-is"
+    assert kernels.choose_weights("bf16", model, max_batch=1, on="cpu")[0] == "bf16"
+    with pytest.raises(ValueError, match="weights policy"):
+        kernels.choose_weights("fp8", model, max_batch=8)
+
+
+def test_auto_weights_on_cuda_depends_on_memory(monkeypatch):
+    model = tiny_quantized()
+    need = kernels.bf16_bytes(model)
+    monkeypatch.setattr(kernels, "device_memory", lambda: need * 4)
+    assert kernels.choose_weights("auto", model, max_batch=8, on="cuda")[0] == "bf16"
+    monkeypatch.setattr(kernels, "device_memory", lambda: need)
+    chosen, why = kernels.choose_weights("auto", model, max_batch=8, on="cuda")
+    assert chosen == "as-is" and "does not fit" in why
+
+
+def test_unquantized_models_are_left_alone():
+    from mlx_lm.models import qwen3
+
+    args = qwen3.ModelArgs(
+        model_type="qwen3", hidden_size=64, num_hidden_layers=1, intermediate_size=128,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, rms_norm_eps=1e-6,
+        vocab_size=128, max_position_embeddings=128, rope_theta=10000.0, tie_word_embeddings=True,
+    )
+    model = qwen3.Model(args)
+    choice = kernels.apply(model, weights="bf16", flat_qmm="on", max_batch=8)
+    assert choice.weights == "as-is" and not choice.flat_qmm
+    assert "not quantized" in choice.reason
+
+
+def test_flat_qmm_auto_measures_on_the_model():
+    model = tiny_quantized()
+    faster, measured = kernels.flat_is_faster(model, repeats=2)
+    assert isinstance(faster, bool) and "3-D" in measured and "2-D" in measured
+    choice = kernels.apply(model, weights="as-is", flat_qmm="on", max_batch=8)
+    assert choice.flat_qmm and "--flat-qmm on" in choice.reason
