@@ -6,8 +6,8 @@ On the 4B-shaped random-weight 4-bit models of ``bench/shaped_models.py``
 - ``raw``: mlx-lm's ``BatchGenerator`` in this process, as stock, with the
   engine's 2-D quantized-matmul input (``mlxhost.runtime.kernels``), and on a
   dequantized bf16 copy: the ceilings;
-- ``mlxhost-as-is`` / ``mlxhost-bf16``: ``mlxhost serve --max-batch 16
-  --weights as-is|bf16`` over HTTP (``--flat-qmm auto``), N requests at once;
+- ``mlxhost-as-is`` / ``-bf16`` / ``-auto``: ``mlxhost serve --max-batch 16
+  --weights as-is|bf16|auto`` over HTTP (``--flat-qmm auto``), N requests at once;
 - ``mlx-lm-server``: ``python -m mlx_lm server`` (it batches too), the same
   requests.
 
@@ -43,7 +43,7 @@ from bench.log import say  # noqa: E402
 from bench.report import md_table  # noqa: E402
 from bench.shaped_models import TOKENIZER_FROM, build_shaped_model, folder_name  # noqa: E402
 
-PARTS = ("raw", "mlxhost-as-is", "mlxhost-bf16", "mlx-lm-server")
+PARTS = ("raw", "mlxhost-as-is", "mlxhost-bf16", "mlxhost-auto", "mlx-lm-server")
 LABELS = {"gemma3-4b": "Gemma 3 4B shape", "qwen3-4b": "Qwen3-4B shape"}
 
 
@@ -216,7 +216,7 @@ def render(state: dict[str, Any]) -> str:
             rows.append([label, *(f"{series[str(n)]:.0f}" if str(n) in series else "–" for n in streams)])
         lines += [f"**{LABELS.get(kind, kind)}, 4-bit checkpoint**", "",
                   md_table(["system", *(f"{n} stream{'s' if n > 1 else ''}" for n in streams)], rows), ""]
-        for part in ("mlxhost-as-is", "mlxhost-bf16"):
+        for part in ("mlxhost-as-is", "mlxhost-bf16", "mlxhost-auto"):
             chosen = parts.get(part, {}).get("kernels")
             if chosen:
                 lines.append(f"- `{part}` kernels: {chosen.get('reason')}")
@@ -235,6 +235,7 @@ def _all_series(parts: dict[str, Any]):
         "raw": "raw BatchGenerator",
         "mlxhost-as-is": "mlxhost serve --weights as-is (4-bit)",
         "mlxhost-bf16": "mlxhost serve --weights bf16",
+        "mlxhost-auto": "mlxhost serve --weights auto",
         "mlx-lm-server": "mlx_lm.server",
     }
     for part in PARTS:
