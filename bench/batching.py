@@ -57,9 +57,17 @@ def first_token_after(url: str, content: str, model: str) -> float:
     started = time.perf_counter()
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as r:
         for line in r.iter_lines():
-            if line.startswith("data: ") and '"content"' in line:
+            if has_text(line):
                 return time.perf_counter() - started
     raise RuntimeError("no content chunk")
+
+
+def has_text(line: str) -> bool:
+    """An SSE line with a non-empty content delta (the first chunk carries only the role)."""
+    if not line.startswith("data: {"):
+        return False
+    choices = json.loads(line[6:]).get("choices") or [{}]
+    return bool(choices[0].get("delta", {}).get("content"))
 
 
 def stream_gaps(url: str, i: int, tokens: int, model: str) -> list[float]:
@@ -69,7 +77,7 @@ def stream_gaps(url: str, i: int, tokens: int, model: str) -> list[float]:
     stamps = []
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as r:
         for line in r.iter_lines():
-            if line.startswith("data: ") and '"content"' in line:
+            if has_text(line):
                 stamps.append(time.perf_counter())
     return [b - a for a, b in itertools.pairwise(stamps)]
 

@@ -123,7 +123,7 @@ def part_raw(args: argparse.Namespace, path: Path, streams: list[int]) -> dict[s
             kernels.dequantize(model)
         out[variant] = {}
         for n in streams:
-            raw_rate(model, tokenizer, n, 8, 100 * n)  # compile this shape
+            raw_rate(model, tokenizer, n, args.tokens, 100 * n)  # compile every KV length once
             out[variant][n] = raw_rate(model, tokenizer, n, args.tokens, 1000 + 100 * n)
             say(f"raw {variant} n={n}: {out[variant][n]:.1f} tok/s")
     del model
@@ -164,7 +164,7 @@ def serve_rates(args: argparse.Namespace, command: list[str], port: int, path: P
     out: dict[str, Any] = {"rates": {}}
     with server:
         for n in streams:
-            concurrent_rate(server.url, str(path), n, 8, 100 * n)  # compile this batch shape
+            concurrent_rate(server.url, str(path), n, args.tokens, 100 * n)  # compile every KV length once
             out["rates"][n] = concurrent_rate(server.url, str(path), n, args.tokens, 1000 + 100 * n)
             say(f"{name} n={n}: {out['rates'][n]:.1f} tok/s")
         try:
