@@ -8,7 +8,7 @@ import pytest
 mx = pytest.importorskip("mlx.core")
 nn = pytest.importorskip("mlx.nn")
 
-from mlxhost.runtime import kernels  # noqa: E402
+from mlxhost.runtime import kernels
 
 
 def tiny_quantized(tie: bool = True):
