@@ -24,13 +24,15 @@ def test_concurrent_requests_for_two_models_never_overlap(fake_models):
             }
             return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
 
-        def all_arrived() -> bool:  # one generating, five queued behind it
-            return httpx.get(f"{url}/health", timeout=30).json()["waiting"] == 5
+        def all_arrived() -> bool:  # one generating, the rest holding a slot or queued
+            # (a same-model request arriving before the first swap waiter joins the holders)
+            health = httpx.get(f"{url}/health", timeout=30).json()
+            return health["running"] + health["waiting"] == 6
 
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             asks = [pool.submit(ask, i) for i in range(6)]
             assert plugin.started.wait(30)
-            wait_until(all_arrived, what="five queued requests")
+            wait_until(all_arrived, what="all six requests")
             plugin.gate.set()
             responses = [f.result(30) for f in asks]
     assert [r.status_code for r in responses] == [200] * 6
