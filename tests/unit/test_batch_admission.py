@@ -1,0 +1,48 @@
+"""Which waiting prompts join the batch's prefill (``runtime.batch.admit``): short
+prompts are not padded to a long prompt's chunk unless waiting costs more."""
+
+from __future__ import annotations
+
+from mlxhost.runtime.batch import PATIENCE_STEPS, admit
+
+CHUNK = 512
+
+
+def test_everything_goes_in_when_nothing_prefills():
+    assert admit([40, 30, 12], [], CHUNK) == [0, 1, 2]
+    assert admit([900, 2000], [], CHUNK) == [0, 1]
+
+
+def test_short_prompts_go_before_a_long_one_arriving_with_them():
+    # the long one would pad each short prompt to a full chunk
+    assert admit([900, 40, 30], [], CHUNK) == [1, 2]
+
+
+def test_long_prompt_waits_while_short_prompts_prefill():
+    assert admit([900], [40, 30], CHUNK) == []
+    assert admit([900], [], CHUNK) == [0]
+
+
+def test_short_prompts_wait_for_a_long_prefill_nearly_done():
+    # 7 short prompts padded to 512 each cost more than the 1.5 chunks left
+    assert admit([40] * 7, [768], CHUNK) == []
+
+
+def test_short_prompts_join_a_long_prefill_with_many_steps_left():
+    # padding 3 prompts (3 chunks) is cheaper than waiting 60 chunks
+    assert admit([40, 30, 12], [30_000], CHUNK) == [0, 1, 2]
+
+
+def test_long_prompts_join_a_running_long_prefill():
+    assert admit([2000], [30_000], CHUNK) == [0]
+
+
+def test_short_prompts_join_other_short_prompts_in_flight():
+    assert admit([40], [25], CHUNK) == [0]
+
+
+def test_a_prompt_held_long_enough_goes_in_anyway():
+    held = PATIENCE_STEPS - 1
+    assert admit([40] * 7, [2000], CHUNK, [held] * 7) == []
+    assert admit([40] * 7, [2000], CHUNK, [PATIENCE_STEPS] + [held] * 6) == [0]
+    assert admit([900], [40], CHUNK, [PATIENCE_STEPS]) == [0]
