@@ -9,10 +9,11 @@ only. A sequence that finishes or leaves stores its KV in the prefix cache.
 
 ``BatchGenerator`` prefills the prompts it holds together, right-padding each
 step's pieces to the longest: a short prompt prefilled beside a long one costs
-a whole chunk (8 short prompts beside a 1,000-token one took 51 s instead of
-~15 s on CPU). So prompts wait here until :func:`admit` lets them in: short
-prompts join a running long prefill only when padding them costs less than
-waiting for it, and a long prompt never pads the short ones in flight.
+a whole chunk (on CPU, 7 short prompts sent with a 1,000-token one waited 52 s
+for their first token instead of 2.7 s: ``bench/mixed_arrivals.py``). So
+prompts wait here until :func:`admit` lets them in: short prompts join a
+running long prefill only when padding them costs less than waiting for it,
+and a long prompt never pads the short ones in flight.
 
 Runs only on the MLX worker thread (a worker *ticker* calls :meth:`step`).
 ``BatchGenerator`` is used as is: mlx-lm 0.32 gives it per-sequence samplers,
@@ -68,6 +69,16 @@ def admit(
 
 
 @attrs.define(eq=False)
+class _Waiting:
+    """What ``BatchGenerator.insert`` needs, kept until :func:`admit` lets it in."""
+
+    tokens: tuple[int, ...]
+    cache: list[Any] | None
+    sampler: Any
+    processors: list[Any]
+
+
+@attrs.define(eq=False)
 class _Sequence:
     emit: Emit
     params: SamplingParams
@@ -75,7 +86,7 @@ class _Sequence:
     detokenizer: Any
     count: int = 0
     uid: int = 0
-    insert: dict[str, Any] | None = None  # waiting to be handed over: insert()'s arguments
+    waiting: _Waiting | None = None  # not handed to BatchGenerator yet
     waited: int = 0  # steps held back so far
     uncached: int = 0  # prompt tokens left to prefill (until the first token)
     generator_uid: int | None = None
@@ -138,13 +149,7 @@ class TextBatch:
             params,
             reused,
             detokenizer,
-            insert={
-                "prompt": list(tokens[reused:]),
-                "cache": cache,
-                "done": list(tokens[:reused]),
-                "sampler": sampler,
-                "processors": processors,
-            },
+            waiting=_Waiting(tokens, cache, sampler, processors),
             uncached=len(tokens) - reused,
             uid=self._ids,
         )
@@ -156,10 +161,7 @@ class TextBatch:
         sequence = self._sequences.pop(uid, None)
         if sequence is None:
             return
-        if sequence.generator_uid is None:  # never handed over: give its prefix back
-            assert sequence.insert is not None
-            if sequence.insert["cache"] is not None:
-                self._store(sequence.insert["done"], sequence.insert["cache"])
+        if sequence.generator_uid is None:  # never handed over (its cache is a copy)
             return
         self._by_generator.pop(sequence.generator_uid, None)
         caches = self._generator.remove([sequence.generator_uid], return_prompt_caches=True)
@@ -182,15 +184,15 @@ class TextBatch:
             sequence.waited += 1
         for index in chosen:
             sequence = waiting[index]
-            args, sequence.insert = sequence.insert, None
+            args, sequence.waiting = sequence.waiting, None
             assert args is not None
             (generator_uid,) = self._generator.insert(
-                [args["prompt"]],
+                [list(args.tokens[sequence.reused :])],
                 max_tokens=[sequence.params.max_tokens],
-                caches=[args["cache"]] if args["cache"] is not None else None,
-                all_tokens=[args["done"]],
-                samplers=[args["sampler"]],
-                logits_processors=[args["processors"]],
+                caches=[args.cache] if args.cache is not None else None,
+                all_tokens=[list(args.tokens[: sequence.reused])],
+                samplers=[args.sampler],
+                logits_processors=[args.processors],
             )
             sequence.generator_uid = generator_uid
             self._by_generator[generator_uid] = sequence.uid
