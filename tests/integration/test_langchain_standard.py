@@ -1,0 +1,120 @@
+"""LangChain's standard chat-model integration tests (``langchain-tests``) with
+``langchain_openai.ChatOpenAI`` pointed at a real ``mlxhost serve`` running the
+Qwen2.5-Coder 0.5B test model (issue #12). Results: docs/compatibility.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from langchain_openai import ChatOpenAI
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+
+from mlxhost.starter.builder import TEST_MODELS
+
+QWEN = TEST_MODELS["qwen"].repo_id
+
+
+@pytest.fixture(scope="module")
+def langchain_server(start_server):
+    with start_server("--model", QWEN) as server:
+        yield server
+
+
+class TestChatOpenAIOnMlxhost(ChatModelIntegrationTests):
+    server_url: str = ""
+
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def _point_at_server(cls, langchain_server):
+        cls.server_url = langchain_server.url
+
+    @property
+    def chat_model_class(self) -> type[ChatOpenAI]:
+        return ChatOpenAI
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {
+            "base_url": f"{self.server_url}/v1",
+            "api_key": "unused",
+            "model": QWEN,
+            "temperature": 0,
+            # Short replies keep the module fast on CPU; long enough for a tool
+            # call or a small JSON object.
+            "max_tokens": 64,
+            "timeout": 120,
+            "max_retries": 0,
+            # ChatOpenAI asks for usage in streams only on OpenAI's own base URL.
+            "stream_usage": True,
+            # A client of its own per test: langchain-openai caches one async
+            # client per base URL, bound to the first test's event loop, and
+            # pytest-asyncio gives every async test a new loop.
+            "http_async_client": httpx.AsyncClient(timeout=120),
+        }
+
+    # What mlxhost supports for this model (docs/api.md, docs/tools.md).
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    # Qwen2.5-Coder 0.5B is a text model: no images, PDFs or audio.
+    @property
+    def supports_image_inputs(self) -> bool:
+        return False
+
+    @property
+    def supports_image_urls(self) -> bool:
+        return False
+
+    @property
+    def supports_image_tool_message(self) -> bool:
+        return False
+
+    @property
+    def supports_pdf_inputs(self) -> bool:
+        return False
+
+    @property
+    def supports_audio_inputs(self) -> bool:
+        return False
+
+    @property
+    def supports_anthropic_inputs(self) -> bool:
+        return False
+
+    # Fail only because the 0.5B model is too weak: the server's answers are
+    # right (see docs/compatibility.md for each request and output).
+    @pytest.mark.xfail(
+        reason="0.5B model: with tool_choice forced, it fills the no-argument call's "
+        "arguments with the tool's own schema ({'properties': {}, 'type': 'object'}), "
+        "which that schema allows (no additionalProperties: false)",
+        strict=False,
+    )
+    def test_tool_calling_with_no_arguments(self, model) -> None:
+        super().test_tool_calling_with_no_arguments(model)
+
+    @pytest.mark.xfail(
+        reason="0.5B model: the schema-valid JSON reply repeats one sentence inside "
+        "'setup' until max_tokens, so finish_reason is length",
+        strict=False,
+    )
+    def test_structured_output_optional_param(self, model) -> None:
+        super().test_structured_output_optional_param(model)
