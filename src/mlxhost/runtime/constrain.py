@@ -4,7 +4,9 @@ A request's grammar (compiled once per schema, :func:`json_grammar`) becomes a
 logits processor (:func:`grammar_processor`) holding an ``LLMatcher``: before
 each sampled token it feeds the matcher the token sampled since its previous
 call, asks for the bitmask of allowed next tokens and sets every other logit to
-``-inf``. llguidance's MLX kernel is Metal-only, so the mask is unpacked with
+``-inf``. The mask is computed while the step that produced the logits still
+runs (``mx.async_eval`` first), which keeps it off the critical path.
+llguidance's MLX kernel is Metal-only, so the mask is unpacked with
 numpy and applied with plain ``mx.where`` on every backend.
 """
 
@@ -71,8 +73,13 @@ class GuidanceTokenizers:
         return self._cache[key]
 
 
-def grammar_processor(ll_tokenizer: Any, grammar: str) -> Callable[[Any, Any], Any]:
-    """A logits processor enforcing ``grammar`` (fresh matcher per generation)."""
+def grammar_processor(
+    ll_tokenizer: Any, grammar: str, *, overlap: bool = True
+) -> Callable[[Any, Any], Any]:
+    """A logits processor enforcing ``grammar`` (fresh matcher per generation).
+
+    ``overlap=False`` waits for the step before computing the mask (what the
+    mask costs on the critical path; ``bench/constrained.py`` compares them)."""
     import llguidance
     import llguidance.numpy as llnp
     import mlx.core as mx
@@ -86,6 +93,13 @@ def grammar_processor(ll_tokenizer: Any, grammar: str) -> Callable[[Any, Any], A
     consumed = [0]
 
     def process(tokens: Any, logits: Any) -> Any:
+        # Start this step's forward pass now: MLX runs it on its own stream
+        # while the matcher computes the mask below, so the mask costs only
+        # what it takes beyond the step (no-op if the logits are evaluated).
+        if overlap:
+            mx.async_eval(logits)
+        else:
+            mx.eval(logits)
         length = 0 if tokens is None else int(tokens.shape[-1])
         if not start:
             start.append(length)
