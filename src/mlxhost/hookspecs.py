@@ -78,12 +78,19 @@ def mlxhost_tool_call_parser(model: ModelInfo) -> ToolParserFactory | None:
 def mlxhost_tool_call_grammar(
     model: ModelInfo, tools: Sequence[FunctionTool], tool_choice: ToolChoice
 ) -> str | None:
-    """Return an llguidance Lark grammar that a reply calling one of ``tools``
-    must match, in the family's own call format, for ``tool_choice`` ``"required"``
-    or a named function (then ``tools`` holds only that function).
+    """Return an llguidance Lark grammar for a reply whose tool calls are
+    constrained, in the family's own call format.
 
-    Called per request that forces a call. Stops at the first non-None result;
-    without one the choice is an instruction in the prompt only (not enforced).
+    For ``tool_choice`` ``"required"`` or a named function (then ``tools`` holds
+    only that function) the reply must be one call to one of ``tools``, its
+    arguments matching the tool's parameters. For ``"auto"`` (called only when
+    some tool is ``strict``) the reply is free text, but every call it starts
+    names one of ``tools`` and a strict tool's arguments match its schema
+    (``mlxhost.toolcalls.calls_in_free_text`` builds that shape).
+
+    Called per request that forces a call or offers a strict tool. Stops at the
+    first non-None result; without one the choice is an instruction in the
+    prompt only (not enforced).
     """
 
 

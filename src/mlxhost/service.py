@@ -27,7 +27,7 @@ from mlxhost.runtime.runtime import ModelSession, Runtime
 from mlxhost.runtime.stop import StopStringMatcher
 from mlxhost.settings import Settings
 from mlxhost.templating import TemplateError
-from mlxhost.toolcalls import forced_tools
+from mlxhost.toolcalls import enforced_call_tools
 from mlxhost.types import (
     VISION,
     ImageInput,
@@ -406,22 +406,23 @@ class ChatService:
         )
 
     def _grammar(self, request: ChatRequest, info: ModelInfo) -> str | None:
-        """The grammar the reply must match: the JSON format, or a forced tool call."""
+        """The grammar the reply must match: the JSON format, a forced tool call,
+        or (tool_choice "auto" with a strict tool) calls matching their schemas."""
         if request.json_format is not None:
             return json_grammar(request.json_format.schema, request.json_format.where)
-        tools = forced_tools(request.offered_tools, request.tool_choice)
+        tools = enforced_call_tools(request.offered_tools, request.tool_choice)
         if not tools:
             return None
         text = self.pm.hook.mlxhost_tool_call_grammar(
             model=info, tools=tools, tool_choice=request.tool_choice
         )
         if text is None:
-            return None  # the family cannot force calls: the prompt's instruction only
+            return None  # the family cannot constrain calls: the prompt's instruction only
         try:
             return lark_grammar(text)
         except ValueError as exc:
             raise InvalidRequest(
-                f"'tool_choice' cannot be enforced for these tools' parameter schemas: {exc}",
+                f"'tools' cannot be enforced for these tools' parameter schemas: {exc}",
                 param="tools",
             ) from None
 

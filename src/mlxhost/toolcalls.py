@@ -134,17 +134,62 @@ def forced_tools(tools: Sequence[FunctionTool], tool_choice: ToolChoice) -> tupl
     return ()
 
 
-def call_object_schema(tools: Sequence[FunctionTool], *, with_arguments: bool = True) -> dict[str, Any]:
-    """JSON schema of ``{"name": ..., "arguments": {...}}`` calling one of ``tools``
-    (arguments matching each tool's parameters, or any object)."""
+def call_object_schema(tools: Sequence[FunctionTool], *, strict_only: bool = False) -> dict[str, Any]:
+    """JSON schema of ``{"name": ..., "arguments": {...}}`` calling one of ``tools``,
+    arguments matching each tool's parameters (with ``strict_only``, only a strict
+    tool's; any object for the others)."""
+    def arguments(tool: FunctionTool) -> dict[str, Any]:
+        if tool.parameters is None or (strict_only and not tool.strict):
+            return {"type": "object"}
+        return dict(tool.parameters)
+
     return {"anyOf": [
         {"type": "object",
-         "properties": {"name": {"const": tool.name},
-                        "arguments": dict(tool.parameters or {"type": "object"})
-                        if with_arguments else {"type": "object"}},
+         "properties": {"name": {"const": tool.name}, "arguments": arguments(tool)},
          "required": ["name", "arguments"], "additionalProperties": False}
         for tool in tools
     ]}
+
+
+def enforced_call_tools(tools: Sequence[FunctionTool], tool_choice: ToolChoice) -> tuple[FunctionTool, ...]:
+    """The tools whose calls a grammar constrains under ``tool_choice``: the forced
+    ones (:func:`forced_tools`), or under "auto" every offered tool once one of them
+    is strict (its calls, wherever they start, match the grammar; text stays free)."""
+    forced = forced_tools(tools, tool_choice)
+    if forced:
+        return forced
+    if tool_choice == "auto" and any(tool.strict for tool in tools):
+        return tuple(tools)
+    return ()
+
+
+def calls_in_free_text(
+    trigger: str, body: str, rules: str, *, special_token: bool, whole_reply: str | None = None
+) -> str:
+    """A Lark grammar of free text in which every tool call, from ``trigger`` on,
+    must match ``body`` (a Lark expression over ``rules``): what tool_choice "auto"
+    with strict tools constrains (llguidance's structural-tag pattern).
+
+    A trigger that is a special token (Qwen's ``<tool_call>``) can never occur
+    inside the free text, whose regex matches text bytes only; a text trigger
+    (Gemma's ```` ```tool_code ````) ends a lazy lexeme, so the grammar switches to
+    the call at its first occurrence. ``whole_reply`` is a Lark expression for a
+    reply that is itself a call without the markers, starting with ``{`` (the
+    drift form small Qwen models write, which the family's parser reads as a
+    call); free text then never starts with ``{``, so such a reply is constrained
+    from its first byte.
+    """
+    text = r"([^{](.|\n)*)?" if whole_reply else r"(.|\n)*"
+    lines = [
+        "%llguidance {}",
+        "start: call_block* FREE_TEXT" + (f" | {whole_reply}" if whole_reply else ""),
+        f"FREE_TEXT: /{text}/",
+    ]
+    if special_token:
+        lines.append(f"call_block: FREE_TEXT {trigger} {body}")
+    else:
+        lines += [f"call_trigger[lazy]: FREE_TEXT {json.dumps(trigger)}", f"call_block: call_trigger {body}"]
+    return "\n".join([*lines, rules])
 
 
 # --- a small JSON-schema check ----------------------------------------------

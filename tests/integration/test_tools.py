@@ -121,6 +121,47 @@ def test_named_tool_choice_calls_that_function(client):
     assert isinstance(json.loads(call.function.arguments)["timezone"], str)
 
 
+def _city_tool(strict: bool) -> dict:
+    return {"type": "function", "function": {
+        "name": "get_weather", "description": "Get the current weather in a city.", "strict": strict,
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["paris-fr", "tokyo-jp"]}},
+                       "required": ["city"], "additionalProperties": False}}}
+
+
+def test_strict_tool_arguments_are_enforced_under_auto(client):
+    """A city outside the enum: unconstrained, the model writes a call the schema
+    rejects (returned as text); with ``strict`` the same request, still under
+    "auto", gets a call whose arguments fit the schema, streaming and not."""
+    from mlxhost.toolcalls import schema_errors
+
+    madrid = [{"role": "user", "content": "Is it raining in Madrid?"}]
+    schema = _city_tool(True)["function"]["parameters"]
+    loose = client.chat.completions.create(
+        model=QWEN, messages=madrid, tools=[_city_tool(False)], temperature=0, max_tokens=60
+    ).choices[0]
+    assert not loose.message.tool_calls and "madrid" in (loose.message.content or "").lower()
+    strict = client.chat.completions.create(
+        model=QWEN, messages=madrid, tools=[_city_tool(True)], temperature=0, max_tokens=60
+    ).choices[0]
+    assert strict.finish_reason == "tool_calls", strict.message.content
+    (call,) = strict.message.tool_calls
+    assert schema_errors(json.loads(call.function.arguments), schema) == []
+    arguments, finish = "", None
+    for chunk in client.chat.completions.create(
+        model=QWEN, messages=madrid, tools=[_city_tool(True)], temperature=0, max_tokens=60, stream=True
+    ):
+        for part in chunk.choices[0].delta.tool_calls or []:
+            arguments += (part.function.arguments or "") if part.function else ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and schema_errors(json.loads(arguments), schema) == []
+    # Under "auto" the reply may still be text: a strict tool does not force a call.
+    haiku = client.chat.completions.create(
+        model=QWEN, messages=[{"role": "user", "content": "Write a haiku about the sea."}],
+        tools=[_city_tool(True)], temperature=0, max_tokens=30,
+    ).choices[0]
+    assert haiku.message.content and not haiku.message.tool_calls
+
+
 def test_gemma_required_tool_choice_gives_a_parsable_tool_code_call(start_server):
     from openai import OpenAI
 

@@ -212,3 +212,12 @@ def test_claude_code_nonce_does_not_reach_the_prompt(client, fake_models, fake_p
         assert post(client, fake_models[0], system=system).status_code == 200
     first, second = fake_plugin.prompts[-2:]
     assert first.text == second.text and "billing" not in first.text
+
+
+def test_strict_tools_reach_the_domain():
+    request, _ = parse_messages_request({
+        "model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"name": "a", "input_schema": {"type": "object"}, "strict": True},
+                  {"name": "b", "input_schema": {"type": "object"}}],
+    })
+    assert [tool.strict for tool in request.tools] == [True, None]

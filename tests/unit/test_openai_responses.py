@@ -318,3 +318,14 @@ def test_failure_mid_stream_is_failed_event(client, fake_plugin, post):
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     fake_plugin.fail_after = None
     assert post(client, input="hi").status_code == 200
+
+
+def test_function_tools_are_strict_unless_they_say_not():
+    from mlxhost.api.openai_responses import parse_request
+
+    def parsed_tools(**extra):
+        tool = {"type": "function", "name": "f", "parameters": {"type": "object"}, **extra}
+        return parse_request({"model": "m", "input": "hi", "tools": [tool]}, ResponseStore()).chat.tools
+
+    assert [t.strict for t in parsed_tools()] == [True]
+    assert [t.strict for t in parsed_tools(strict=False)] == [False]

@@ -45,3 +45,92 @@ def test_gemma_grammar_puts_required_arguments_first():
     text = call_grammar(TOOLS[:1], "required")
     assert 'call0: "get_weather(" "city=" STRING' in text
     assert '"days=" INTEGER' in text
+
+
+# --- tool_choice "auto" with a strict tool: text free, calls constrained --------
+
+STRICT = FunctionTool(name="get_weather", strict=True, parameters={
+    "type": "object", "properties": {"city": {"enum": ["Paris", "Tokyo"]}},
+    "required": ["city"], "additionalProperties": False})
+LOOSE = FunctionTool(name="now", parameters={"type": "object", "properties": {"tz": {"type": "string"}}})
+OPEN, CLOSE, EOS = 256, 257, 258  # <tool_call>, </tool_call>, EOS: special tokens beyond the bytes
+
+
+@pytest.fixture(scope="module")
+def ll_tokenizer():
+    """A byte-level llguidance tokenizer with Qwen's tool-call markers as special tokens."""
+    import typing
+
+    import llguidance
+
+    class Bytes:
+        eos_token_id = EOS
+        bos_token_id = None
+        tokens: typing.ClassVar = [bytes([i]) for i in range(256)] + [b"<tool_call>", b"</tool_call>", b""]
+        special_token_ids: typing.ClassVar = [OPEN, CLOSE, EOS]
+
+        def __call__(self, text):
+            return list(text.encode())
+
+    return llguidance.LLTokenizer(llguidance.TokenizerWrapper(Bytes()))
+
+
+def _allowed_after(ll_tokenizer, grammar_text: str, tokens: list[int]) -> set[int]:
+    """The tokens the grammar allows next, once ``tokens`` were generated."""
+    import llguidance
+    import llguidance.numpy as llnp
+    import numpy as np
+
+    matcher = llguidance.LLMatcher(ll_tokenizer, lark_grammar(grammar_text))
+    assert matcher.consume_tokens(tokens), matcher.get_error()
+    mask = llnp.allocate_token_bitmask(1, ll_tokenizer.vocab_size)
+    llnp.fill_next_token_bitmask(matcher, mask)
+    return set(np.unpackbits(mask[0].view(np.uint8), bitorder="little").nonzero()[0].tolist())
+
+
+def test_enforced_call_tools_under_auto_only_with_a_strict_tool():
+    from mlxhost.toolcalls import enforced_call_tools
+
+    assert enforced_call_tools((LOOSE,), "auto") == ()
+    assert enforced_call_tools((STRICT, LOOSE), "auto") == (STRICT, LOOSE)
+    assert enforced_call_tools((STRICT, LOOSE), "none") == ()
+    assert enforced_call_tools((STRICT, LOOSE), NamedToolChoice("now")) == (LOOSE,)
+
+
+def test_qwen_auto_grammar_leaves_text_free_and_constrains_strict_arguments(ll_tokenizer):
+    from mlxhost_qwen.tools import call_grammar
+
+    grammar = call_grammar((STRICT, LOOSE), "auto")
+    text = list(b"It is sunny")
+    free = _allowed_after(ll_tokenizer, grammar, text)
+    assert {ord("x"), ord("{"), OPEN, EOS} <= free  # any text, a call, or the end
+    head = [*text, OPEN, *b'\n{"name": "get_weather", "arguments": {"city": "']
+    assert _allowed_after(ll_tokenizer, grammar, head) == {ord("P"), ord("T")}
+    # The loose tool's arguments are any object, but its name must be offered.
+    loose = [OPEN, *b'\n{"name": "now", "arguments": {"anything": 1']
+    assert {ord(","), ord("}")} <= _allowed_after(ll_tokenizer, grammar, loose)
+    assert ord("x") not in _allowed_after(ll_tokenizer, grammar, [OPEN, *b'\n{"name": "'])
+    done = [*head, *b'Paris"}}\n', CLOSE]
+    assert {ord(" "), EOS, OPEN} <= _allowed_after(ll_tokenizer, grammar, done)
+
+
+def test_gemma_auto_grammar_constrains_a_call_once_its_fence_opens(ll_tokenizer):
+    from mlxhost_gemma.tools import call_grammar
+
+    grammar = call_grammar((STRICT, LOOSE), "auto")
+    assert {ord("a"), ord("`"), EOS} <= _allowed_after(ll_tokenizer, grammar, list(b"Let me see. "))
+    opened = list(b"Let me see.\n```tool_code\nget_weather(city=")
+    assert _allowed_after(ll_tokenizer, grammar, opened) == {ord('"')}
+    assert _allowed_after(ll_tokenizer, grammar, list(b"```tool_code\n")) == {ord("g"), ord("n")}
+    # The loose tool takes any keyword arguments.
+    assert ord("z") in _allowed_after(ll_tokenizer, grammar, list(b"```tool_code\nnow("))
+
+
+def test_qwen_auto_grammar_constrains_a_bare_call_reply(ll_tokenizer):
+    from mlxhost_qwen.tools import call_grammar
+
+    grammar = call_grammar((STRICT, LOOSE), "auto")
+    bare = list(b'{"name": "get_weather", "arguments": {"city": "')
+    assert _allowed_after(ll_tokenizer, grammar, bare) == {ord("P"), ord("T")}
+    # Text that does not open with a brace stays free, braces included.
+    assert ord("x") in _allowed_after(ll_tokenizer, grammar, list(b'Use {"city": "'))

@@ -104,7 +104,8 @@ _MESSAGE = tagged("role", {
 })
 _TOOL = {"type": "object", "properties": {
     "name": {"type": "string"}, "description": {"type": "string"}, "input_schema": {"type": "object"},
-    "type": {"enum": ["custom", None], "description": "server tools are not supported"}},
+    "type": {"enum": ["custom", None], "description": "server tools are not supported"},
+    "strict": {"type": "boolean", "description": "tool_use input constrained to input_schema"}},
     "required": ["name"]}
 _TOOL_CHOICE = {"type": "object", "properties": {
     "type": {"enum": ["auto", "any", "none", "tool"]}, "name": {"type": "string"},
@@ -276,7 +277,9 @@ def _tools(body: dict[str, Any]) -> tuple[domain.FunctionTool, ...]:
         if schema is not None and not isinstance(schema, dict):
             raise _bad("expected an object", f"tools.{i}.input_schema")
         description = tool.get("description")
-        tools.append(domain.FunctionTool(name=tool["name"], description=description, parameters=schema))
+        tools.append(domain.FunctionTool(
+            name=tool["name"], description=description, parameters=schema, strict=tool.get("strict")
+        ))
     return tuple(tools)
 
 

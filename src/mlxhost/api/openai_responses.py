@@ -289,7 +289,8 @@ def _tools(value: Any) -> tuple[domain.FunctionTool, ...]:
                 name=_text(tool.get("name"), f"tools[{i}].name"),
                 description=description,
                 parameters=params,
-                strict=strict,
+                # The Responses API's function tools are strict unless told otherwise.
+                strict=True if strict is None else strict,
             )
         )
     return tuple(tools)
@@ -474,7 +475,7 @@ class Builder:
             "tools": [
                 {"type": "function", "name": t.name, "description": t.description,
                  "parameters": dict(t.parameters) if t.parameters is not None else None,
-                 "strict": t.strict if t.strict is not None else True}
+                 "strict": t.strict}
                 for t in parsed.chat.tools
             ],
             "truncation": body.get("truncation", "disabled"),

@@ -532,6 +532,8 @@ pair: STRING ":" " "? value
 STRING: /"([^"\\\n]|\\.)*"/
 NUMBER: /-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?/
 INTEGER: /-?[0-9]+/
+kwarg: IDENT "=" value
+IDENT: /[A-Za-z_][A-Za-z0-9_]*/
 """
 
 
@@ -539,28 +541,65 @@ _TYPED = {"string": "STRING", "integer": "INTEGER", "number": "NUMBER",
           "boolean": '("True" | "False")'}
 
 
+def _python_literal(value: Any) -> str:
+    """``value`` as Python source (JSON's true/false/null are True/False/None)."""
+    if isinstance(value, (bool, type(None))):
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _argument(name: str, schema: Any) -> str:
-    kind = schema.get("type") if isinstance(schema, dict) else None
-    return f'{json.dumps(name + "=")} {_TYPED.get(kind, "value") if isinstance(kind, str) else "value"}'
+    """``name=VALUE``: an ``enum`` is its listed literals, a scalar ``type`` its
+    terminal, anything else any Python literal (checked by the parser)."""
+    head = json.dumps(name + "=")
+    if not isinstance(schema, dict):
+        return f"{head} value"
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        choices = " | ".join(json.dumps(_python_literal(v)) for v in enum)
+        return f"{head} ({choices})"
+    kind = schema.get("type")
+    return f'{head} {_TYPED.get(kind, "value") if isinstance(kind, str) else "value"}'
 
 
 def call_grammar(tools: Sequence[FunctionTool], tool_choice: ToolChoice) -> str:
-    """The Lark grammar of one forced call: a ```` ```tool_code ```` block holding
-    ``name(keyword=value, ...)`` for one of ``tools``: its required parameters in
-    schema order, then any optional ones; scalar values typed by the schema,
-    others any Python literal (checked by the parser)."""
+    """The Lark grammar of a reply whose calls are constrained.
+
+    Forced (``"required"`` or a named tool): one ```` ```tool_code ```` block
+    holding ``name(keyword=value, ...)`` for one of ``tools``, its required
+    parameters in schema order, then any optional ones; scalar values typed by
+    the schema, others any Python literal (checked by the parser). ``"auto"``
+    (some tool is strict): free text, and every ```` ```tool_code ```` block it
+    opens calls an offered tool, a strict tool's arguments as above, any other
+    tool's any keyword arguments."""
+    from mlxhost.toolcalls import calls_in_free_text
+
+    auto = tool_choice == "auto"
     calls, lines = [], []
     for index, tool in enumerate(tools):
-        properties = (tool.parameters or {}).get("properties") or {}
-        required = [n for n in (tool.parameters or {}).get("required") or [] if n in properties]
-        optional = [n for n in properties if n not in required]
-        pieces = [_argument(name, properties[name]) for name in required]
-        body = ' ", " '.join(pieces)
-        if optional:
-            lines.append(f"opt{index}: " + " | ".join(_argument(n, properties[n]) for n in optional))
-            rest = f'(", " opt{index})*' if required else f'[opt{index} (", " opt{index})*]'
-            body = f"{body} {rest}".strip()
-        lines.append(f'call{index}: {json.dumps(tool.name + "(")} {body} ")"'.replace("  ", " "))
+        if auto and not tool.strict:
+            lines.append(f'call{index}: {json.dumps(tool.name + "(")} [kwarg (", " kwarg)*] ")"')
+        else:
+            lines += _typed_call(index, tool)
         calls.append(f"call{index}")
-    head = f'start: {json.dumps(TOOL_CODE + chr(10))} ({" | ".join(calls)}) "\\n```"'
-    return "\n".join([head, *lines, _VALUE_RULES])
+    block = f'"\\n" ({" | ".join(calls)}) "\\n```"'
+    rules = "\n".join([*lines, _VALUE_RULES])
+    if auto:
+        return calls_in_free_text(TOOL_CODE, block, rules, special_token=False)
+    return f"start: {json.dumps(TOOL_CODE)} {block}\n{rules}"
+
+
+def _typed_call(index: int, tool: FunctionTool) -> list[str]:
+    """Lark rules of a call to ``tool`` whose keyword arguments follow its schema."""
+    lines = []
+    properties = (tool.parameters or {}).get("properties") or {}
+    required = [n for n in (tool.parameters or {}).get("required") or [] if n in properties]
+    optional = [n for n in properties if n not in required]
+    pieces = [_argument(name, properties[name]) for name in required]
+    body = ' ", " '.join(pieces)
+    if optional:
+        lines.append(f"opt{index}: " + " | ".join(_argument(n, properties[n]) for n in optional))
+        rest = f'(", " opt{index})*' if required else f'[opt{index} (", " opt{index})*]'
+        body = f"{body} {rest}".strip()
+    lines.append(f'call{index}: {json.dumps(tool.name + "(")} {body} ")"'.replace("  ", " "))
+    return lines

@@ -254,11 +254,22 @@ def make_parser(tools: Sequence[FunctionTool]) -> StreamParser:
 
 
 def call_grammar(tools: Sequence[FunctionTool], tool_choice: Any) -> str:
-    """The llguidance Lark grammar of one forced call: a ``<tool_call>`` block whose JSON
-    names one of ``tools`` with arguments matching its parameters."""
-    from mlxhost.toolcalls import call_object_schema
+    """The llguidance Lark grammar of a reply whose calls are constrained.
 
-    schema = json.dumps(call_object_schema(tools), ensure_ascii=False)
+    Forced (``"required"`` or a named tool): one ``<tool_call>`` block whose JSON
+    names one of ``tools`` with arguments matching its parameters. ``"auto"``
+    (some tool is strict): free text, and every ``<tool_call>`` block it opens,
+    or a reply that is a bare call object, names an offered tool, a strict
+    tool's arguments matching its schema."""
+    from mlxhost.toolcalls import call_object_schema, calls_in_free_text
+
+    auto = tool_choice == "auto"
+    schema = json.dumps(call_object_schema(tools, strict_only=auto), ensure_ascii=False)
     # The markers are special tokens of Qwen2.5/Qwen3 tokenizers: named as tokens,
     # since their text is not what the tokenizer emits for them.
-    return f'start: {TOOL_CALL_OPEN} "\\n" call "\\n" {TOOL_CALL_CLOSE}\ncall: %json {schema}\n'
+    block = f'"\\n" call "\\n" {TOOL_CALL_CLOSE}'
+    rules = f"call: %json {schema}\n"
+    if auto:
+        # A reply that is a bare call object (the drift form above) is a call too.
+        return calls_in_free_text(TOOL_CALL_OPEN, block, rules, special_token=True, whole_reply="call")
+    return f"start: {TOOL_CALL_OPEN} {block}\n{rules}"
