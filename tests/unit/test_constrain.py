@@ -46,10 +46,11 @@ def allowed(process, history: list[int]) -> set[int]:
     return {i for i, v in enumerate(out.reshape(-1).tolist()) if v != float("-inf")}
 
 
-def test_the_mask_allows_only_what_the_grammar_allows(ll_tokenizer):
+@pytest.mark.parametrize("unpack", ["numpy", "mx"])
+def test_the_mask_allows_only_what_the_grammar_allows(ll_tokenizer, unpack):
     grammar = json_grammar({"type": "object", "properties": {"a": {"type": "integer"}},
                             "required": ["a"], "additionalProperties": False}, "x")
-    process = grammar_processor(ll_tokenizer, grammar)
+    process = grammar_processor(ll_tokenizer, grammar, unpack=unpack)
     first = allowed(process, [7, 7])  # the prompt (two tokens): nothing generated yet
     assert ord("{") in first and ord("a") not in first
     text = '{"a":'
@@ -63,3 +64,11 @@ def test_the_mask_allows_only_what_the_grammar_allows(ll_tokenizer):
         step = allowed(process, sofar)
     assert step == {256}  # complete: only EOS
     assert json.loads(bytes(sofar[2:]).decode()) == {"a": 12}
+
+
+@pytest.mark.parametrize("unpack", ["numpy", "mx"])
+def test_logits_past_the_vocabulary_are_masked(ll_tokenizer, unpack):
+    """Models whose output layer is wider than the tokenizer (padding rows)."""
+    process = grammar_processor(ll_tokenizer, json_grammar({"type": "object"}, "x"), unpack=unpack)
+    out = process(mx.array([7]), mx.zeros((1, 300))).reshape(-1).tolist()
+    assert out[ord("{")] == 0 and all(v == float("-inf") for v in out[257:])

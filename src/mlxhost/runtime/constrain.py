@@ -74,12 +74,15 @@ class GuidanceTokenizers:
 
 
 def grammar_processor(
-    ll_tokenizer: Any, grammar: str, *, overlap: bool = True
+    ll_tokenizer: Any, grammar: str, *, overlap: bool = True, unpack: Literal["numpy", "mx"] = "numpy"
 ) -> Callable[[Any, Any], Any]:
     """A logits processor enforcing ``grammar`` (fresh matcher per generation).
 
     ``overlap=False`` waits for the step before computing the mask (what the
-    mask costs on the critical path; ``bench/constrained.py`` compares them)."""
+    mask costs on the critical path). ``unpack`` says where the packed bitmask
+    (one bit per token) becomes one flag per token: in numpy on the CPU, or
+    with ``mx`` ops on the model's device (an 8x smaller upload). Both are
+    measured by ``bench/constrained.py``; the defaults are the faster ones."""
     import llguidance
     import llguidance.numpy as llnp
     import mlx.core as mx
@@ -89,8 +92,22 @@ def grammar_processor(
     vocab = ll_tokenizer.vocab_size
     bitmask = llnp.allocate_token_bitmask(1, vocab)
     bits = np.arange(32, dtype=np.uint32)
+    mx_bits = mx.arange(32, dtype=mx.uint32)
     start: list[int] = []  # the length of the first call's tokens: generation starts there
     consumed = [0]
+
+    def allowed_flags(size: int) -> Any:
+        """One bool per logit: the grammar's mask, False past the tokenizer's vocabulary."""
+        words = bitmask[0].view(np.uint32)
+        if unpack == "mx":
+            flags = ((mx.array(words)[:, None] >> mx_bits) & 1).reshape(-1)[:size].astype(mx.bool_)
+            if flags.shape[0] < size:  # the model's head is larger than the vocabulary
+                flags = mx.concatenate([flags, mx.zeros((size - flags.shape[0],), dtype=mx.bool_)])
+            return flags
+        allowed = ((words[:, None] >> bits) & 1).astype(bool).reshape(-1)[:size]
+        if allowed.shape[0] < size:
+            allowed = np.concatenate([allowed, np.zeros(size - allowed.shape[0], bool)])
+        return mx.array(allowed)
 
     def process(tokens: Any, logits: Any) -> Any:
         # Start this step's forward pass now: MLX runs it on its own stream
@@ -115,10 +132,7 @@ def grammar_processor(
         if matcher.is_error():
             raise RuntimeError(f"grammar matcher: {matcher.get_error()}")
         llnp.fill_next_token_bitmask(matcher, bitmask)
-        words = bitmask[0].view(np.uint32)
-        allowed = ((words[:, None] >> bits) & 1).astype(bool).reshape(-1)[: logits.shape[-1]]
-        if allowed.shape[0] < logits.shape[-1]:  # the model's head is larger than the vocabulary
-            allowed = np.concatenate([allowed, np.zeros(logits.shape[-1] - allowed.shape[0], bool)])
-        return mx.where(mx.array(allowed), logits, mx.array(-float("inf"), dtype=logits.dtype))
+        flags = allowed_flags(logits.shape[-1])
+        return mx.where(flags, logits, mx.array(-float("inf"), dtype=logits.dtype))
 
     return process
