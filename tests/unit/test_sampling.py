@@ -57,3 +57,15 @@ def test_min_p_drops_unlikely_tokens():
     logprobs = logits - mx.logsumexp(logits, keepdims=True)
     mx.random.seed(0)
     assert {int(sampler(logprobs).item()) for _ in range(50)} <= {1, 2}
+
+
+def test_unseeded_requests_with_the_same_settings_share_one_sampler():
+    """BatchGenerator samples the whole batch in one call only when its
+    sequences hold the same sampler object."""
+    greedy = make_sampler(SamplingParams(max_tokens=4, temperature=0.0))
+    assert make_sampler(SamplingParams(max_tokens=9, temperature=0.0, seed=3)) is greedy
+    warm = make_sampler(SamplingParams(max_tokens=4, temperature=0.7, top_k=5))
+    assert make_sampler(SamplingParams(max_tokens=4, temperature=0.7, top_k=5)) is warm
+    assert warm is not greedy
+    seeded = make_sampler(SamplingParams(max_tokens=4, temperature=0.7, seed=1))
+    assert seeded is not make_sampler(SamplingParams(max_tokens=4, temperature=0.7, seed=1))

@@ -21,7 +21,7 @@ import attrs
 from mlxhost.errors import EngineError, MlxhostError, ModelLoadFailed
 from mlxhost.runtime.engine import Engine, PreparedPrompt
 from mlxhost.runtime.scheduler import SlotScheduler
-from mlxhost.runtime.worker import MLXWorker
+from mlxhost.runtime.worker import LoopOutbox, MLXWorker
 from mlxhost.types import (
     LoadedModel,
     ModelInfo,
@@ -79,6 +79,7 @@ class Runtime:
         self._engine = engine
         self._load_lock = asyncio.Lock()  # sessions that join a batch share one load
         self._ticking = False  # the batch ticker is registered (worker thread only)
+        self._outbox: LoopOutbox | None = None  # batch steps back to the event loop
         self._worker = MLXWorker()
         self._tool_parser_for = tool_parser_for
         self.current: LoadedModel | None = None
@@ -210,11 +211,11 @@ class Runtime:
 
     async def _batched(self, prompt: PreparedPrompt, params: SamplingParams) -> AsyncIterator[TokenStep]:
         """This sequence's steps from the running batch (joined between two steps)."""
-        loop = asyncio.get_running_loop()
+        outbox = self._outbox_for(asyncio.get_running_loop())
         steps: asyncio.Queue = asyncio.Queue()
 
         def emit(step: TokenStep | None, error: BaseException | None) -> None:  # worker thread
-            loop.call_soon_threadsafe(steps.put_nowait, (step, error))
+            outbox.put(steps.put_nowait, (step, error))
 
         uid = await self._worker.run(self._join, prompt, params, emit)
         done = False
@@ -232,6 +233,12 @@ class Runtime:
         finally:
             if not done:  # the consumer left: only this sequence stops
                 await asyncio.shield(self._worker.run(self._engine.leave, uid))
+
+    def _outbox_for(self, loop: asyncio.AbstractEventLoop) -> LoopOutbox:
+        """The batch's way back to ``loop`` (one per loop; the app runs one)."""
+        if self._outbox is None or self._outbox.loop is not loop:
+            self._outbox = LoopOutbox(loop)
+        return self._outbox
 
     def _join(self, prompt: PreparedPrompt, params: SamplingParams, emit: Any) -> int:
         """Worker thread: add the sequence, and the batch ticker if it is not running."""

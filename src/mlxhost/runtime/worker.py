@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import sys
@@ -151,6 +152,33 @@ class MLXWorker:
             # Hold the caller (and so the generation lock) until the worker has
             # really stopped: the next job must not overlap this one.
             await asyncio.shield(loop.run_in_executor(None, finished.wait))
+
+
+class LoopOutbox:
+    """Hands calls from the worker thread to an event loop, one wake-up per burst.
+
+    A batch step emits a token for every running sequence; one
+    ``call_soon_threadsafe`` each would wake the loop (and make it compete for
+    the GIL with the worker) once per sequence. Here the first call of a burst
+    schedules a drain and the rest ride along. ``deque`` appends and pops are
+    atomic, and a call appended while a drain runs is either drained by it or
+    (when it found the deque empty first) schedules the next one.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()
+
+    def put(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Call ``fn(*args)`` on the loop, soon (any thread)."""
+        self._calls.append((fn, args))
+        if len(self._calls) == 1:
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        while self._calls:
+            fn, args = self._calls.popleft()
+            fn(*args)
 
 
 def _release_mlx_streams() -> None:
