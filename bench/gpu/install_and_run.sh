@@ -25,7 +25,7 @@ fi
 # mlxhost and its plugins run from this working tree; /tmp/site holds their
 # dist-info (entry points) and everything else that was carried.
 export PYTHONPATH="$PWD/src:$PWD/plugins/mlxhost_gemma/src:$PWD/plugins/mlxhost_qwen/src:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PATH="$SITE/bin:$PATH"
 python3 -c "import mlx.core as mx; print('mlx', mx.__version__, mx.default_device())"
 REPORT=${OUT:-/tmp/bench-gpu}
 mkdir -p "$REPORT"

@@ -26,8 +26,8 @@
 # click and psutil, no network and no mlx. So this carries: mlx,
 # mlx-cuda-13 and mlx-lm at the project's pins; what `mlxhost serve` imports and
 # the machine lacks (litestar and its own needs, uvicorn, cattrs, attrs,
-# typing-extensions, jsonschema and its own needs; llguidance only for
-# constrained requests, which the benchmarks do not send), at this
+# typing-extensions, jsonschema and its own needs, llguidance for constrained
+# decoding, py-spy for bench/gpu/profile_serve.py), at this
 # environment's versions; and wheels of mlxhost and
 # its two plugins built from this checkout (for their entry points; the code
 # itself runs from the carried working tree). mlx-vlm stays behind: text-only
@@ -43,7 +43,7 @@ if [ -z "$PY" ]; then
   else PY=python3; fi
 fi
 W=.whl                      # every wheel, whole (git-ignored)
-SPLIT=47000000              # bytes of the mlx-cuda-13 wheel that go in .wa
+SPLIT=42000000              # bytes of the mlx-cuda-13 wheel that go in .wa
 LIMIT=$((60 * 1024 * 1024)) # per carried set
 
 rm -rf "$W" .wa .wb
@@ -53,13 +53,13 @@ version() { "$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.a
 pins=(mlx==0.32.4 mlx-cuda-13==0.32.4 mlx-lm==0.32.2)
 for dist in litestar litestar-htmx msgspec multipart polyfactory faker rich-click sniffio \
             uvicorn cattrs attrs typing-extensions jsonschema \
-            jsonschema-specifications referencing rpds-py; do
+            jsonschema-specifications referencing rpds-py llguidance py-spy; do
   pins+=("$dist==$(version "$dist")")
 done
 echo "downloading: ${pins[*]}"
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 \
-  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  --platform manylinux_2_35_x86_64 --platform manylinux_2_31_x86_64 --platform manylinux_2_28_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 \
   -d "$W" "${pins[@]}" 2> >(grep -v "^WARNING: Location 'file:" >&2)
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$W" \
   . plugins/mlxhost_gemma plugins/mlxhost_qwen 2> >(grep -v "^WARNING: Location 'file:" >&2)
