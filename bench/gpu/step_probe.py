@@ -90,6 +90,42 @@ def mask_off():
         cache.BatchKVCache.make_mask = real
 
 
+def probe(args: argparse.Namespace, kind: str, streams: list[int]) -> dict[str, float]:
+    """Every variant on one model, in one process."""
+    import mlx.core as mx
+    from mlx_lm import load
+
+    from mlxhost.runtime import kernels
+
+    model, tokenizer = load(str(build(args, kind)))
+    rows: dict[str, float] = {}
+
+    def run(name: str, n: int, offset: int, *, shared: bool = True) -> None:
+        def rate(k: int) -> float:
+            if n == 0:
+                return solo_rate(model, tokenizer, args.tokens, offset + k)
+            return batch_rate(model, tokenizer, n, args.tokens, offset + k, shared)
+
+        rate(0)  # compile / warm
+        rows[name] = rate(1)
+        say(f"{kind} {name}: {rows[name]:.1f} tok/s")
+
+    run("generate_step, 1 stream", 0, 10)
+    run("BatchGenerator, 1 seq", 1, 20)
+    with mask_off():
+        run("BatchGenerator, 1 seq, mask off", 1, 30)
+    for n in streams:
+        run(f"BatchGenerator, {n} seqs, shared sampler", n, 100 * n)
+        run(f"BatchGenerator, {n} seqs, a sampler each", n, 100 * n + 50, shared=False)
+    kernels.flatten_quantized_inputs(model)
+    for n in streams:
+        run(f"BatchGenerator, {n} seqs, 2-D qmm", n, 200 * n)
+        with mask_off():
+            run(f"BatchGenerator, {n} seqs, 2-D qmm, mask off (ceiling)", n, 200 * n + 50)
+    mx.clear_cache()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true")
@@ -102,9 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=540.0)
     args = p.parse_args(argv)
     import mlx.core as mx
-    from mlx_lm import load
-
-    from mlxhost.runtime import kernels
 
     out = args.out or args.work
     out.mkdir(parents=True, exist_ok=True)
@@ -112,34 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                              "mlx": mx.__version__, "tokens": args.tokens, "results": {}}
     streams = [int(n) for n in args.streams.split(",")]
     for kind in args.models.split(","):
-        model, tokenizer = load(str(build(args, kind)))
-        rows: dict[str, float] = {}
-
-        def run(name: str, fn: Any, rows: dict[str, float] = rows) -> None:
-            fn(0)  # compile / warm
-            rows[name] = fn(1)
-            say(f"{kind} {name}: {rows[name]:.1f} tok/s")
-
-        run("generate_step, 1 stream", lambda k: solo_rate(model, tokenizer, args.tokens, 10 + k))
-        run("BatchGenerator, 1 seq", lambda k: batch_rate(model, tokenizer, 1, args.tokens, 20 + k, True))
-        with mask_off():
-            run("BatchGenerator, 1 seq, mask off",
-                lambda k: batch_rate(model, tokenizer, 1, args.tokens, 30 + k, True))
-        for n in streams:
-            run(f"BatchGenerator, {n} seqs, shared sampler",
-                lambda k, n=n: batch_rate(model, tokenizer, n, args.tokens, 100 * n + k, True))
-            run(f"BatchGenerator, {n} seqs, a sampler each",
-                lambda k, n=n: batch_rate(model, tokenizer, n, args.tokens, 100 * n + 50 + k, False))
-        kernels.flatten_quantized_inputs(model)
-        for n in streams:
-            run(f"BatchGenerator, {n} seqs, 2-D qmm",
-                lambda k, n=n: batch_rate(model, tokenizer, n, args.tokens, 200 * n + k, True))
-            with mask_off():
-                run(f"BatchGenerator, {n} seqs, 2-D qmm, mask off (ceiling)",
-                    lambda k, n=n: batch_rate(model, tokenizer, n, args.tokens, 200 * n + 50 + k, True))
-        state["results"][kind] = rows
-        del model
-        mx.clear_cache()
+        state["results"][kind] = probe(args, kind, streams)
         table = "\n\n".join(
             f"**{name}** ({state['device']}, MLX {state['mlx']}, {args.tokens} tokens a sequence, "
             "decode tok/s after every sequence's first token)\n\n"
