@@ -137,3 +137,55 @@ def test_flat_qmm_auto_measures_on_the_model():
     assert isinstance(faster, bool) and "3-D" in measured and "2-D" in measured
     choice = kernels.apply(model, weights="as-is", flat_qmm="on", max_batch=8)
     assert choice.flat_qmm and "--flat-qmm on" in choice.reason
+
+
+def _batch_decode(model, prompts, steps=6):
+    """Greedy tokens and last-step logprobs of a BatchGenerator run over ``prompts``."""
+    from mlx_lm.generate import BatchGenerator
+
+    generator = BatchGenerator(model, stop_tokens=[], completion_batch_size=8, prefill_batch_size=8)
+    generator.insert(prompts, max_tokens=[steps] * len(prompts))
+    tokens: dict[int, list[int]] = {}
+    last = {}
+    while len(last) < len(prompts):
+        for response in generator.next_generated():
+            tokens.setdefault(response.uid, []).append(response.token)
+            if response.finish_reason is not None:
+                last[response.uid] = response.logprobs
+    generator.close()
+    return [tokens[uid] for uid in sorted(tokens)], [last[uid] for uid in sorted(last)]
+
+
+@pytest.mark.parametrize("lengths", [(5,), (6, 6), (4, 9, 7)])
+def test_unpadded_decode_steps_drop_the_mask_and_keep_the_results(monkeypatch, lengths):
+    """Same tokens and logprobs with the patch; a mask is built for a one-token
+    step only while some sequence is left-padded."""
+    from mlx_lm.models import base
+    from mlx_lm.models.cache import BatchKVCache
+
+    model = tiny_quantized()
+    prompts = [[(7 * k + 3 * i) % 512 for k in range(n)] for i, n in enumerate(lengths)]
+    monkeypatch.setattr(BatchKVCache, "make_mask", BatchKVCache.make_mask)  # undone after the test
+    monkeypatch.setattr(BatchKVCache, "_mlxhost_unpadded_masks", False, raising=False)
+    if "left_padding" in vars(BatchKVCache):
+        monkeypatch.delattr(BatchKVCache, "left_padding")
+    before_tokens, before_logprobs = _batch_decode(model, prompts)
+    kernels.skip_unpadded_decode_masks()
+    decode_masks = []
+    real = base.create_causal_mask
+
+    def spy(N, *args, **kwargs):
+        if N == 1:
+            decode_masks.append(kwargs.get("left_padding"))
+        return real(N, *args, **kwargs)
+
+    monkeypatch.setattr(base, "create_causal_mask", spy)
+    monkeypatch.setattr("mlx_lm.models.cache.create_causal_mask", spy)
+    after_tokens, after_logprobs = _batch_decode(model, prompts)
+    assert after_tokens == before_tokens
+    for a, b in zip(after_logprobs, before_logprobs):
+        assert mx.allclose(a, b, atol=1e-5).item()
+    if len(set(lengths)) == 1:
+        assert decode_masks == []  # nothing padded: no mask at any decode step
+    else:
+        assert decode_masks and all(mx.any(p > 0).item() for p in decode_masks)

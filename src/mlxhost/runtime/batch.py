@@ -109,6 +109,9 @@ class TextBatch:
     ) -> None:
         from mlx_lm.generate import BatchGenerator
 
+        from mlxhost.runtime.kernels import skip_unpadded_decode_masks
+
+        skip_unpadded_decode_masks()
         self._generator = BatchGenerator(
             model,
             stop_tokens=[[token] for token in sorted(eos)],
