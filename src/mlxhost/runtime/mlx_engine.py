@@ -44,6 +44,10 @@ TOKENIZERS_KEPT = 4
 
 # Tokens per prefill forward pass, as mlx-lm's generate_step: bounds peak memory.
 PREFILL_STEP = 2048
+# Prompt lengths the GPU warm-up runs alone (each extends the one before).
+GPU_WARMUP_LENGTHS = (8, 64, 512)
+# The warm-up's own prefix cache (GPU): a few short prompts' KV.
+WARMUP_CACHE_BYTES = 256 * 1024 * 1024
 
 
 def eos_token_ids(path: Path, config: Mapping[str, Any], tokenizer: Any) -> set[int]:
@@ -221,17 +225,25 @@ class MLXEngine:
         On GPU, with batching on, the batch path is warmed too (``_warm_batches``)."""
         import mlx.core as mx
 
-        on_gpu = mx.default_device().type == mx.DeviceType.gpu
+        from mlxhost.runtime import kernels
+
+        on_gpu = kernels.backend() != "cpu"
         if not on_gpu and self._warmed_cpu:
             return 0.0
         self._warmed_cpu = not on_gpu
         started = time.perf_counter()
-        lengths = (8, 64, 512) if on_gpu else (8,)
+        lengths = GPU_WARMUP_LENGTHS if on_gpu else (8,)
         # Real token ids, as a request would send (not mx.arange: other dtypes,
         # other kernels).
         text = "The quick brown fox jumps over the lazy dog. " * 64
         ids = self._tokenizer.encode(text, add_special_tokens=False) or [0]
-        cache, self.prefix_cache = self.prefix_cache, None  # keep the warm-up out of it
+        # Keep the warm-up out of the real prefix cache; on GPU give it one of
+        # its own, so prompts that extend an earlier one compile the cache-hit
+        # path too (a first hit cost 42 s of kernel compilation on an H100).
+        warm_cache = None
+        if on_gpu and self.prefix_cache is not None:
+            warm_cache = PrefixCache(MLXCacheAdapter(), max_bytes=WARMUP_CACHE_BYTES)
+        cache, self.prefix_cache = self.prefix_cache, warm_cache
         try:
             for length in lengths:
                 tokens = (ids * (length // len(ids) + 1))[:length]
@@ -261,11 +273,14 @@ class MLXEngine:
                 errors.append(error)
 
         for size in sorted({1, min(self.max_batch, 8)}):
-            for k in range(size):
-                tokens = (ids[k:] + ids)[: 16 + 8 * k]
-                self.join(PreparedPrompt(tokens=tuple(tokens)), params, emit)
-            while self.step():
-                pass
+            # Turn 1, then turn 2 extending each prompt: with the warm-up's own
+            # prefix cache, turn 2 joins with cached prefixes of unequal lengths.
+            for extra in (0, 8):
+                for k in range(size):
+                    tokens = (ids[k:] + ids)[: 16 + 8 * k + extra]
+                    self.join(PreparedPrompt(tokens=tuple(tokens)), params, emit)
+                while self.step():
+                    pass
         if errors:
             raise errors[0]
 
