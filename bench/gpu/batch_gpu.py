@@ -107,6 +107,20 @@ def raw_rate(model: Any, tokenizer: Any, n: int, tokens: int, offset: int) -> fl
     return rate
 
 
+def solo_rate(model: Any, tokenizer: Any, tokens: int, offset: int) -> float:
+    """One request through mlx-lm's ``stream_generate`` (no batching): generated
+    tokens ÷ wall time, chat template and prefill included, like the others."""
+    from mlx_lm import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    started = time.perf_counter()
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt(offset)}],
+                                        add_generation_prompt=True)
+    produced = sum(1 for _ in stream_generate(model, tokenizer, ids, max_tokens=tokens,
+                                              sampler=make_sampler(temp=0.0)))
+    return produced / (time.perf_counter() - started)
+
+
 def part_raw(args: argparse.Namespace, path: Path, streams: list[int]) -> dict[str, Any]:
     import mlx.core as mx
     from mlx_lm import load
@@ -115,6 +129,10 @@ def part_raw(args: argparse.Namespace, path: Path, streams: list[int]) -> dict[s
 
     out: dict[str, Any] = {}
     model, tokenizer = load(str(path))
+    if 1 in streams:
+        solo_rate(model, tokenizer, args.tokens, 100)  # compile
+        out["stream_generate (one request, no batching)"] = {1: solo_rate(model, tokenizer, args.tokens, 1001)}
+        say(f"raw stream_generate n=1: {out['stream_generate (one request, no batching)'][1]:.1f} tok/s")
     for variant in ("stock", "2-D qmm input", "bf16"):
         if variant == "2-D qmm input":
             kernels.flatten_quantized_inputs(model)
@@ -243,6 +261,8 @@ def _all_series(parts: dict[str, Any]):
             continue
         for variant, series in _series(parts[part]).items():
             label = names[part] + (f", {variant}" if variant else "")
+            if variant.startswith("stream_generate"):
+                label = f"raw mlx-lm {variant}"
             yield label, {str(k): v for k, v in series.items()}
 
 
