@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.yes:
         print(f"Delete {repo_id} ({human_bytes(size)}, {folder})? [y/N] ", end="", file=sys.stderr, flush=True)
         answer = sys.stdin.readline().strip().lower()
+        if not sys.stdin.isatty():  # the answer was not echoed: end the question's line
+            print(file=sys.stderr)
         if answer not in ("y", "yes"):
             raise CommandError("not deleted")
     shutil.rmtree(folder)
