@@ -141,6 +141,11 @@ def test_run_with_a_prompt_prints_one_answer(server, env):
     # Pipe-friendly: the prompt from stdin, only the answer on stdout.
     piped = cli(env, "run", "coder", "--max-tokens", "8", "--url", server.url, stdin="What is 2+2?")
     assert piped.returncode == 0 and piped.stdout == result.stdout
+    # PROMPT and piped text: the text follows the prompt after a blank line.
+    both = cli(env, "run", "coder", "Answer this:", "--max-tokens", "8", "--url", server.url,
+               stdin="What is 3+3?")
+    joined = api_answer(server, "Answer this:\n\nWhat is 3+3?", 8)["choices"][0]["message"]["content"]
+    assert both.returncode == 0 and both.stdout.strip() == joined.strip()
 
 
 def test_run_interactive_in_a_terminal(server, env, tmp_path):

@@ -5,8 +5,9 @@ Talks to the server at ``--url`` (default: the configured address) through
 answers there (and the address is this machine's), a server starts inside this
 process for the session and stops with it.
 
-With PROMPT (or text piped on stdin) it prints one answer and exits: only the
-answer goes to stdout, so ``mlxhost run qwen "Summarize:" < notes.txt`` pipes.
+With PROMPT (or text piped on stdin, appended to PROMPT when both) it prints
+one answer and exits: only the answer goes to stdout, so
+``mlxhost run qwen "Summarize:" < notes.txt > summary.txt`` works.
 Without, it is an interactive chat: ``/image PATH`` attaches an image to the next
 message, ``/reset`` starts over, ``/exit`` (or Ctrl-D) leaves; a line of three
 double quotes starts and ends a multi-line message, and a line ending in a
@@ -246,10 +247,12 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     url = server_url(settings, args.url)
     prompt = args.prompt
-    if prompt is None and not sys.stdin.isatty():
-        prompt = sys.stdin.read()
-        if not prompt.strip():
+    if not sys.stdin.isatty():  # piped text: the prompt, or appended to PROMPT
+        piped = sys.stdin.read()
+        if prompt is None and not piped.strip():
             raise CommandError("no prompt: stdin was empty")
+        if piped.strip():
+            prompt = piped if prompt is None else f"{prompt}\n\n{piped}"
     images = [image_data_url(path) for path in args.image]
     if images and prompt is None:
         raise CommandError("--image goes with a PROMPT; in the chat use /image PATH")
