@@ -19,6 +19,11 @@ if [ "$(uname -s)" = "Linux" ]; then
     (apt-get update -qq && apt-get install -y -qq libopenblas0-pthread) >/dev/null || \
       echo "warning: could not install libopenblas0-pthread; MLX on CPU will be slower" >&2
   fi
+  # The status page's test drives a real headless browser: Debian's Chromium and its driver.
+  if ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null || \
+      echo "warning: could not install chromium/chromium-driver; the browser test will fail" >&2
+  fi
   # transformers' GGUF reader needs torch: the CPU build, never the multi-GB CUDA one.
   if ! "$VENV_PY" -c "import torch" 2>/dev/null; then
     "$VENV_PY" -m pip install -q "torch==2.13.0" 2> >(grep -v "^WARNING: Location 'file:" >&2)

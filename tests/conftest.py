@@ -10,4 +10,7 @@ _HF_HOME = tempfile.mkdtemp(prefix="mlxhost-test-hf-")
 os.environ["HF_HOME"] = _HF_HOME
 os.environ["HF_HUB_CACHE"] = os.path.join(_HF_HOME, "hub")
 os.environ["HF_HUB_OFFLINE"] = "1"
+# No user config file (~/.config/mlxhost/config.toml) reaches a test.
+os.environ["XDG_CONFIG_HOME"] = os.path.join(_HF_HOME, "xdg-config")
+os.environ.pop("MLXHOST_CONFIG", None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,7 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
 
+from mlxhost import ui
 from mlxhost.api import anthropic, completions, ollama, openai_responses
 from mlxhost.api.controllers import ChatController, ModelsController, health
 from mlxhost.api.errors import EXCEPTION_HANDLERS
@@ -42,6 +44,8 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
     )
     service = ChatService(registry=registry, runtime=runtime, pm=pm, settings=settings)
 
+    started = time.time()
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime.start()
@@ -66,10 +70,12 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
             *openai_responses.routes(),
             *completions.routes(),
             *ollama.routes(),
+            # The status and playground page (static files; its API calls follow the key rules).
+            *(ui.routes() if settings.ui else []),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
-        before_request=require_api_key(settings.api_key) if settings.api_key else None,
+        before_request=require_api_key(settings.api_key, page=settings.ui) if settings.api_key else None,
         cors_config=CORSConfig(allow_origins=settings.cors_origins) if settings.cors_origins else None,
         request_max_body_size=settings.max_body_bytes,
         state=State({
@@ -78,6 +84,7 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
             "registry": registry,
             "runtime": runtime,
             "service": service,
+            "started": started,
         }),
         debug=False,
         # Logging is the CLI's (one format, no duplicate lines); tests keep pytest's.
@@ -85,13 +92,16 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
     )
 
 
-def require_api_key(key: str):
+def require_api_key(key: str, *, page: bool = False):
     """A before-request hook: every path but /health needs ``Authorization: Bearer key``
-    (or ``x-api-key: key``, as Anthropic clients send it)."""
+    (or ``x-api-key: key``, as Anthropic clients send it). With ``page``, the status
+    page's static files load without it too: they hold no data, and the page sends
+    the key its user types on every API call it makes."""
     expected = f"Bearer {key}".encode()
 
     async def check(request: Request) -> None:
-        if request.url.path == "/health" or request.method == "OPTIONS":
+        path = request.url.path
+        if path == "/health" or request.method == "OPTIONS" or (page and ui.is_public(path)):
             return None
         bearer = request.headers.get("authorization", "").encode()
         header = f"Bearer {request.headers.get('x-api-key', '')}".encode()

@@ -69,10 +69,10 @@ def _exit_now(code: int) -> None:
 
 
 def _plugins(args: argparse.Namespace) -> int:
+    from mlxhost.commands import load_settings
     from mlxhost.plugins import describe_plugins, make_plugin_manager
-    from mlxhost.settings import Settings
 
-    rows = describe_plugins(make_plugin_manager(disabled=Settings.from_env().disabled_plugins))
+    rows = describe_plugins(make_plugin_manager(disabled=load_settings(args).disabled_plugins))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -81,22 +81,6 @@ def _plugins(args: argparse.Namespace) -> int:
         print(f"{row['name']} {row['version']}{kind}  [{row['module']}]")
         for hook in row["hooks"]:
             print(f"    {hook}")
-    return 0
-
-
-def _models(args: argparse.Namespace) -> int:
-    from mlxhost.plugins import make_plugin_manager
-    from mlxhost.registry import ModelRegistry
-    from mlxhost.settings import Settings
-
-    # The same facts the server uses: hooks and settings included.
-    settings = Settings.from_env()
-    registry = ModelRegistry(make_plugin_manager(disabled=settings.disabled_plugins), settings)
-    for info in registry.all_models():
-        spec = info.spec
-        aliases = f" (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""
-        state = "cached" if info.downloaded else "not downloaded"
-        print(f"{spec.id}{aliases}  family={spec.family} context={info.context_window} [{state}]")
     return 0
 
 
@@ -125,12 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(serve)  # every flag comes from the table in settings.py
     serve.set_defaults(func=_serve)
 
+    # The everyday commands, one module each (mlxhost/commands/).
+    from mlxhost.commands import add_config_argument, ls, ps, pull, rm, run, service
+
+    for command in (pull, ls, ps, rm, run, service):
+        command.add_parser(sub)
+
     plugins = sub.add_parser("plugins", help="list installed plugins and their hooks")
     plugins.add_argument("--json", action="store_true")
+    add_config_argument(plugins)
     plugins.set_defaults(func=_plugins)
-
-    models = sub.add_parser("models", help="list registered and cached models")
-    models.set_defaults(func=_models)
 
     convert = sub.add_parser("convert-gguf", help="convert a GGUF file into an MLX model folder")
     convert.add_argument("gguf")
@@ -143,18 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mlxhost.commands import CommandError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except SettingsError as error:  # a malformed MLXHOST_* variable: no traceback
+    except SettingsError as error:  # a malformed MLXHOST_* variable or config file: no traceback
         parser.error(str(error))
+    except CommandError as error:  # one line, exit status 1
+        print(f"mlxhost {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 def entry() -> None:
-    """The ``mlxhost`` command: :func:`main`, leaving at once after ``serve``."""
-    code = main()
-    if sys.argv[1:2] == ["serve"]:
+    """The ``mlxhost`` command: :func:`main`, leaving at once after ``serve`` (and
+    after ``run``, which may have served in-process)."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = 130
+    if sys.argv[1:2] in (["serve"], ["run"]):
         _exit_now(code)
     sys.exit(code)
 

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pluggy
 
 from mlxhost.errors import ModelDownloadFailed, ModelNotDownloaded, ModelNotFound
@@ -69,6 +70,10 @@ class ModelRegistry:
     resolved form), or a subfolder of a ``--models-dir`` (by its folder name).
     Any other string, paths included, is ``ModelNotFound`` without touching the
     filesystem, unless ``allow_model_paths`` restores serving any folder.
+
+    The config file's ``[models.<name>]`` tables (``settings.model_configs``) add
+    aliases for hub repos and folders, and per-model defaults
+    (``ModelSpec.defaults``) to whichever model they name.
     """
 
     def __init__(
@@ -92,8 +97,15 @@ class ModelRegistry:
         # Folders named at start-up, by the spelling given -> model id.
         self._start_paths: dict[str, str] = {}
         self._models_dirs = [Path(d).expanduser().resolve() for d in self._settings.models_dirs]
+        # The config file's [models.X] tables: model id -> its table, alias -> model id,
+        # and the hub repos they name (served whether cached yet or not).
+        self._configured: dict[str, Any] = {}
+        self._config_aliases: dict[str, str] = {}
+        self._config_repos: dict[str, None] = {}
+        for model_config in self._settings.model_configs:
+            self._add_config(model_config)
         for name in extra_models:
-            if name in self._specs or name in self._aliases:
+            if name in self._specs or name in self._aliases or name in self._config_aliases:
                 continue
             spec = self._discover(name, trusted=True)
             if spec is None:
@@ -133,16 +145,82 @@ class ModelRegistry:
         for alias in aliases:
             self._aliases[alias] = model_id
 
+    # -- the config file's [models.X] tables ---------------------------------------
+    def _add_config(self, model: Any) -> None:
+        """Register one ``mlxhost.config.ModelConfig`` (a start-up ConfigError names
+        its line when it conflicts with what is known)."""
+        from mlxhost.config import ConfigError
+
+        label = f"{model.where}: models.{model.name}"
+        if model.path is not None:
+            spec = self._discover(model.path, trusted=True)
+            if spec is None:
+                raise ConfigError(f"{label}.path: {model.path} is not a model folder (no config.json)")
+            self._specs.setdefault(spec.id, spec)
+            target = spec.id
+        elif model.repo is not None:
+            target = model.repo
+            if target not in self._specs:
+                self._config_repos[target] = None
+        else:
+            try:
+                target = self.resolve_spec(model.name).id
+            except ModelNotFound:
+                raise ConfigError(
+                    f"{label}: no model is known by this name; give it repo = \"org/name\" "
+                    "or path = \"/a/model/folder\""
+                ) from None
+        other = self._configured.get(target)
+        if other is not None:
+            raise ConfigError(
+                f"{label}: {target} already has a table ([models.{other.name}] at {other.where}); "
+                "give one table more names with aliases = [...]"
+            )
+        for alias in ((model.name,) if model.new_alias else ()) + tuple(model.aliases):
+            owner = self._config_aliases.get(alias) or (
+                alias if alias in self._specs else self._aliases.get(alias)
+            )
+            if owner is not None and owner != target:
+                raise ConfigError(f"{label}: the name {alias!r} already names {owner}")
+            self._config_aliases[alias] = target
+        self._configured[target] = model
+
+    def _configure(self, spec: ModelSpec) -> ModelSpec:
+        """The spec with its config-file aliases and defaults."""
+        model = self._configured.get(spec.id)
+        if model is None:
+            return spec
+        extra = tuple(
+            alias for alias, target in self._config_aliases.items()
+            if target == spec.id and alias not in spec.aliases
+        )
+        return attrs.evolve(spec, aliases=(*spec.aliases, *extra), defaults=model.defaults)
+
+    def _config_repo_spec(self, repo_id: str) -> ModelSpec:
+        """A repo a [models.X] table names: from the cache when there (whatever its
+        family), else a spec that downloads on first use."""
+        config_path = cached_config_path(repo_id)
+        if config_path is not None:
+            return self._spec_from_config(repo_id, config_path, "cache", None)
+        return ModelSpec(id=repo_id, source="config")
+
     # -- lookup ---------------------------------------------------------------
     def resolve_spec(self, name: str) -> ModelSpec:
-        spec = self._specs.get(name) or self._specs.get(self._aliases.get(name, ""))
-        if spec is None and name in self._start_paths:
-            spec = self._specs.get(self._start_paths[name])
+        target = self._config_aliases.get(name, name)
+        spec = self._specs.get(target) or self._specs.get(self._aliases.get(target, ""))
+        if spec is None and target in self._start_paths:
+            spec = self._specs.get(self._start_paths[target])
         if spec is None:
-            spec = self._discover(name, trusted=self._settings.allow_model_paths)
+            spec = self._discover(target, trusted=self._settings.allow_model_paths)
+        if spec is None and target in self._config_repos:
+            spec = self._config_repo_spec(target)
         if spec is None:
             raise ModelNotFound(name)
-        return spec
+        return self._configure(spec)
+
+    def names(self, model_id: str) -> list[str]:
+        """Every name a request may use for ``model_id``: the id, then its aliases."""
+        return [model_id, *self.resolve_spec(model_id).aliases]
 
     def resolve(self, name: str) -> ModelInfo:
         """The facts of the model a request names (ModelNotFound otherwise)."""
@@ -249,14 +327,21 @@ class ModelRegistry:
                 config=config,
                 path=folder,
                 context_window=self._context_window(spec, config),
-                generation_defaults=generation_defaults(folder) if folder else {},
+                generation_defaults={
+                    **(generation_defaults(folder) if folder else {}),
+                    **spec.defaults.sampling,
+                },
             )
             self._infos[key] = info
         return info
 
     def _context_window(self, spec: ModelSpec, config: Mapping[str, Any]) -> int:
-        """Settings override > the context-limit hook > the plugin's declared value > 4096."""
+        """The config file's [models.X] value (absent when a flag or variable sets one for
+        every model: mlxhost.config) > settings override > the context-limit hook >
+        the plugin's declared value > 4096."""
         settings = self._settings
+        if spec.defaults.context_window:
+            return spec.defaults.context_window
         if settings.context_window:
             return settings.context_window
         if spec.id in settings.context_windows:
@@ -278,13 +363,15 @@ class ModelRegistry:
             raise ModelNotDownloaded(info.id, str(exc), self.available()) from None
         except DownloadFailed as exc:
             raise ModelDownloadFailed(info.id, str(exc)) from None
-        fresh = self.info(info.spec)
+        # Resolved again: a repo first seen uncached now has its config (and family).
+        fresh = self.info(self.resolve_spec(info.id))
         if not fresh.downloaded:
             raise ModelDownloadFailed(info.id, "the download brought no config.json")
         return fresh
 
     def all_specs(self) -> list[ModelSpec]:
-        """Registered models, then cached repos that no plugin registered."""
+        """Registered models, the config file's repos, then cached repos that no
+        plugin registered."""
         specs = list(self._specs.values())
         known = set(self._specs)
         for name in self._models_dir_names():
@@ -292,12 +379,16 @@ class ModelRegistry:
             if spec is not None:
                 specs.append(spec)
                 known.add(name)
+        for repo_id in self._config_repos:
+            if repo_id not in known:
+                specs.append(self._config_repo_spec(repo_id))
+                known.add(repo_id)
         for repo_id in find_cached_repo_ids():
             if repo_id not in known:
                 spec = self._discover(repo_id)
                 if spec is not None:
                     specs.append(spec)
-        return specs
+        return [self._configure(spec) for spec in specs]
 
     def all_models(self) -> list[ModelInfo]:
         return [self.info(spec) for spec in self.all_specs()]

@@ -17,7 +17,7 @@ import attrs
 import pluggy
 
 from mlxhost.conversation.summarize import Summarizer, split_conversation, with_summary
-from mlxhost.domain import ChatRequest, ImagePart, Message, TextPart, text_message
+from mlxhost.domain import SYSTEM_ROLES, ChatRequest, ImagePart, Message, TextPart, text_message
 from mlxhost.errors import ContextLengthExceeded, InvalidRequest
 from mlxhost.registry import ModelRegistry
 from mlxhost.runtime.constrain import json_grammar, lark_grammar
@@ -182,6 +182,7 @@ class ChatService:
         """Admit a request: everything that can fail before the first byte happens here."""
         request = self._normalize(request)
         info = self.registry.resolve(request.model)
+        request = _with_system_prompt(request, info)
         if request.images and VISION not in info.capabilities:
             raise InvalidRequest(
                 f"Model '{info.id}' does not accept images (it has no vision tower); "
@@ -230,6 +231,7 @@ class ChatService:
         loaded model, which is loaded if needed); no generation."""
         request = self._normalize(request)
         info = self.registry.resolve(request.model)
+        request = _with_system_prompt(request, info)
         info = await self.registry.ensure_local(info)
         messages = await self._decode_images(request.messages)
         async with self.runtime.session(info) as session:
@@ -383,23 +385,29 @@ class ChatService:
                 f"of {vocabulary} tokens.",
                 param="logit_bias",
             )
+        # A field the request leaves out takes the model's default: the config file's
+        # [models.X] value, else generation_config.json's (registry.info), else off.
         defaults = info.generation_defaults
-        temperature = request.temperature
-        if temperature is None:
-            temperature = defaults.get("temperature", 1.0)
-        top_p = request.top_p if request.top_p is not None else defaults.get("top_p", 1.0)
+
+        def pick(field: str, off: float) -> float:
+            value = getattr(request, field)
+            return float(value if value is not None else defaults.get(field, off))
+
+        repetition = request.repetition_penalty
+        if repetition is None and "repetition_penalty" in defaults:
+            repetition = defaults["repetition_penalty"]
         return SamplingParams(
             # Without max_tokens, generate until the context window is full.
             max_tokens=requested if requested is not None else window - prompt_tokens,
-            temperature=float(temperature),
-            top_p=float(top_p),
+            temperature=pick("temperature", 1.0),
+            top_p=pick("top_p", 1.0),
             # MLX seeds are unsigned 64-bit; any JSON integer maps onto one.
             seed=None if request.seed is None else request.seed % 2**64,
-            top_k=request.top_k or 0,
-            min_p=request.min_p or 0.0,
-            presence_penalty=request.presence_penalty or 0.0,
-            frequency_penalty=request.frequency_penalty or 0.0,
-            repetition_penalty=request.repetition_penalty,
+            top_k=int(pick("top_k", 0)),
+            min_p=pick("min_p", 0.0),
+            presence_penalty=pick("presence_penalty", 0.0),
+            frequency_penalty=pick("frequency_penalty", 0.0),
+            repetition_penalty=repetition,
             logit_bias=dict(request.logit_bias),
             logprobs=request.logprobs,
             grammar=self._grammar(request, info),
@@ -428,6 +436,17 @@ class ChatService:
 
 
 __all__ = ["ChatService", "Generation", "TextPart", "text_message"]
+
+
+def _with_system_prompt(request: ChatRequest, info: ModelInfo) -> ChatRequest:
+    """The request with the model's configured system prompt first, when its
+    conversation has no system (or developer) message; raw prompts stay as sent."""
+    prompt = info.defaults.system_prompt
+    if not prompt or request.raw_prompt is not None:
+        return request
+    if any(message.role in SYSTEM_ROLES for message in request.messages):
+        return request
+    return attrs.evolve(request, messages=(text_message("system", prompt), *request.messages))
 
 
 def _vocab_size(info: ModelInfo) -> int | None:

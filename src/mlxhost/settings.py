@@ -4,10 +4,12 @@ The ``Settings`` class below is the single source of every setting: each field
 is declared with ``setting(...)``, which gives its environment variable,
 ``mlxhost serve`` flag, parser, default and help text. Everything else is
 generated from it: ``Settings.from_env`` (the environment), ``add_settings_arguments``
-and ``settings_from_args`` (the CLI flags), ``env_value`` (read before Settings
-exists, by blas.py) and ``settings_markdown`` (docs/settings.md, checked by a test).
+and ``settings_from_args`` (the CLI flags), ``mlxhost.config`` (the ``[server]``
+table of the TOML config file), ``env_value`` (read before Settings exists, by
+blas.py) and ``settings_markdown`` (docs/settings.md, checked by a test).
 
-Precedence: an explicit override (a CLI flag) > the environment > the default.
+Precedence: an explicit override (a CLI flag) > the environment > the config
+file > the default.
 """
 
 # setting() returns an attrs.field (mutable defaults become attrs.Factory), which ruff
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -54,6 +57,37 @@ def parse_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``30``, ``4s``, ``500ms``, ``30m``, ``1h30m``; a negative number
+    (``-1``) means never and is returned as -1.0."""
+    text = text.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        pass
+    else:
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {text!r}")
+        return -1.0 if number < 0 else number
+    if text.startswith("-"):
+        return -1.0 if text[1:] and _is_duration(text[1:]) else _bad_duration(text)
+    if not _is_duration(text):
+        _bad_duration(text)
+    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+def _is_duration(text: str) -> bool:
+    return bool(text) and "".join(m.group(0) for m in _DURATION_PART.finditer(text)) == text
+
+
+def _bad_duration(text: str) -> float:
+    raise ValueError(f"expected a duration such as 30s, 5m or 1h (-1: never), got {text!r}")
+
+
 def parse_mib(text: str) -> int:
     """A MiB count, as bytes (``--prefix-cache-mib``; its variable is in bytes)."""
     return parse_int(text) * MiB
@@ -73,6 +107,14 @@ class Setting:
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
     shown_default: str | None = None  # the default as docs and --help say it
+    # False: not settable in the config file's [server] table (see ``in_config``).
+    config: bool = True
+
+    @property
+    def in_config(self) -> bool:
+        """Settable as ``[server] name = value`` in the config file: settings with a
+        flag or a variable (Python-only ones stay Python-only)."""
+        return self.config and (self.env is not None or self.flag is not None)
 
     def convert(self, text: str) -> Any:
         value = self.parse(text)
@@ -225,6 +267,21 @@ class Settings:
         "--model and --models-dir models)",
         env="MLXHOST_ALLOW_MODEL_PATHS", flag="--allow-model-paths", parse=parse_bool,
     )
+    ui: bool = setting(
+        True, "serve the status and playground page at GET / (docs/ui.md)",
+        env="MLXHOST_UI", flag="--no-ui", parse=parse_bool,
+    )
+    config_file: str | None = setting(
+        None, "the TOML config file (docs/config.md); a named file must exist. Unset: "
+        "~/.config/mlxhost/config.toml ($XDG_CONFIG_HOME), and on macOS also "
+        "~/Library/Application Support/mlxhost/config.toml, when one exists",
+        env="MLXHOST_CONFIG", flag="--config", metavar="FILE", config=False,
+        shown_default="the platform's, if present",
+    )
+    model_configs: list[Any] = setting(
+        [], "per-model tables of the config file ([models.ALIAS]: repo or path, aliases, "
+        "defaults; docs/config.md), as mlxhost.config.ModelConfig values"
+    )
     log_level: str = setting(
         "info", "log level of mlxhost and uvicorn", flag="--log-level",
         choices=("critical", "error", "warning", "info", "debug"),
@@ -241,10 +298,18 @@ class Settings:
     )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``env`` (default: os.environ); overrides that are not None win."""
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        file_values: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Settings from ``env`` (default: os.environ) over ``file_values`` (the config
+        file's, already converted; see mlxhost.config); overrides that are not None win."""
         env = os.environ if env is None else env
-        values = {s.name: value for s in SETTINGS if (value := s.read_env(env)) is not None}
+        values = dict(file_values or {})
+        values.update({s.name: value for s in SETTINGS if (value := s.read_env(env)) is not None})
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -309,9 +374,12 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(
     args: argparse.Namespace, env: Mapping[str, str] | None = None
 ) -> Settings:
-    """Settings from parsed flags (add_settings_arguments) over the environment."""
+    """Settings from parsed flags (add_settings_arguments) over the environment over
+    the config file (``--config``, ``MLXHOST_CONFIG`` or the platform's)."""
+    from mlxhost.config import load_settings
+
     flags = {row.name: getattr(args, row.name, None) for row in SETTINGS if row.flag}
-    return Settings.from_env(env, **flags)
+    return load_settings(flags, env)
 
 
 def _flag_cell(row: Setting) -> str:
@@ -333,20 +401,23 @@ def settings_markdown() -> str:
         "tests/unit/test_settings.py fails when this file is out of date. -->",
         "",
         "Every setting of `mlxhost serve`, declared once in `src/mlxhost/settings.py`. "
-        "A flag beats its environment variable, which beats the default. In the "
+        "A flag beats its environment variable, which beats the config file's `[server]` "
+        "table ([config.md](config.md)), which beats the default. In the "
         "environment, booleans take `1`/`0`, `true`/`false`, `yes`/`no` or `on`/`off`; "
         "lists are comma-separated; an empty variable counts as unset; a malformed value "
         "stops start-up with an error naming the variable. Repeatable flags add to the "
         "list. \"—\" means no variable or no flag: such settings are set from Python "
         "(`Settings(...)`, `create_app(settings)`).",
         "",
-        "| setting | environment variable | flag | default | meaning |",
-        "|---|---|---|---|---|",
+        "| setting | environment variable | flag | config file | default | meaning |",
+        "|---|---|---|---|---|---|",
     ]
     for row in SETTINGS:
         env = f"`{row.env}`" if row.env else "—"
+        in_file = f"`[server] {row.name}`" if row.in_config else "—"
         lines.append(
-            f"| `{row.name}` | {env} | {_flag_cell(row)} | {row.describe_default()} | {row.help} |"
+            f"| `{row.name}` | {env} | {_flag_cell(row)} | {in_file} | {row.describe_default()} "
+            f"| {row.help} |"
         )
     lines += [
         "",

@@ -16,6 +16,24 @@ TOOLS = "tools"
 
 
 @attrs.frozen
+class ModelDefaults:
+    """Per-model defaults an operator set in the config file (``[models.<alias>]``,
+    docs/config.md); None or empty: not set there."""
+
+    context_window: int | None = None
+    # Sampling defaults for requests that omit the field: temperature, top_p, top_k,
+    # min_p, repetition_penalty, presence_penalty, frequency_penalty.
+    sampling: Mapping[str, float] = attrs.field(factory=dict)
+    # Sent as the system message of a conversation that has none.
+    system_prompt: str | None = None
+    # Idle seconds before the model is unloaded; negative: never; None: the server's
+    # keep-alive setting. Takes effect with the keep-alive feature (issue #15).
+    keep_alive: float | None = None
+    # The load-time weights policy (auto, as-is, bf16) instead of ``--weights``.
+    weights: str | None = None
+
+
+@attrs.frozen
 class ModelSpec:
     """A model the server can serve: registered by a plugin, found in the cache, or a folder."""
 
@@ -29,6 +47,8 @@ class ModelSpec:
     path: Path | None = None
     # Name of the plugin that registered it ("cache" / "cli" for discovered ones).
     source: str = ""
+    # What the config file says about this model (its [models.<alias>] table).
+    defaults: ModelDefaults = attrs.field(factory=ModelDefaults)
 
 
 DEFAULT_CONTEXT_WINDOW = 4096  # when neither config, plugin nor settings say
@@ -49,7 +69,8 @@ class ModelInfo:
     path: Path | None
     # Settings override > context-limit hook > the plugin's declared value > default.
     context_window: int
-    # Sampling defaults from generation_config.json (temperature, top_p).
+    # Sampling defaults for requests that omit the field: generation_config.json
+    # (temperature, top_p), overlaid by the config file's (``defaults.sampling``).
     generation_defaults: Mapping[str, float] = attrs.field(factory=dict)
 
     @property
@@ -63,6 +84,10 @@ class ModelInfo:
     @property
     def capabilities(self) -> frozenset[str]:
         return self.spec.capabilities
+
+    @property
+    def defaults(self) -> ModelDefaults:
+        return self.spec.defaults
 
     @property
     def model_type(self) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -121,6 +122,22 @@ class ModelsController(Controller):
         return model_entry(state, info, name if name in info.spec.aliases else None)
 
 
+def process_memory() -> dict[str, int | None]:
+    """The server process's resident memory now (Linux; None elsewhere) and its peak."""
+    import resource
+    import sys
+
+    rss: int | None = None
+    try:
+        with open("/proc/self/statm") as statm:
+            rss = int(statm.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in KiB on Linux, in bytes on macOS.
+    return {"rss_bytes": rss, "peak_rss_bytes": peak if sys.platform == "darwin" else peak * 1024}
+
+
 @get("/health", operation_class=operation())
 async def health(state: State) -> dict[str, Any]:
     runtime = state.runtime.status()
@@ -137,5 +154,7 @@ async def health(state: State) -> dict[str, Any]:
         "swaps": runtime.swaps,
         "waiting": runtime.waiting,
         "running": runtime.running,
+        "uptime_s": round(time.time() - state.started, 1),
+        "memory": process_memory(),
         **runtime.engine,
     }

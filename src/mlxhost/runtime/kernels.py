@@ -52,6 +52,8 @@ class KernelChoice:
     weights: str  # "as-is" or "bf16"
     flat_qmm: bool
     reason: str
+    # The weights policy asked for (--weights, or the model's config-file value).
+    policy: str = "auto"
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -218,7 +220,7 @@ def apply(model: Any, *, weights: str, flat_qmm: str, max_batch: int) -> KernelC
             why += f"; --flat-qmm {flat_qmm}"
         if flat:
             flatten_quantized_inputs(model)
-    return KernelChoice(weights=chosen, flat_qmm=flat, reason=why)
+    return KernelChoice(weights=chosen, flat_qmm=flat, reason=why, policy=weights)
 
 
 def skip_unpadded_decode_masks() -> None:

@@ -45,6 +45,31 @@ def find_cached_repo_ids() -> list[str]:
     return repos
 
 
+def repo_cache_dir(repo_id: str) -> Path:
+    """The Hugging Face cache folder of a model repo (it may not exist)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes of the files under ``folder``, each counted once (a cache repo's snapshots
+    are links to its blobs: the blobs are what the disk holds)."""
+    blobs = folder / "blobs"
+    root = blobs if blobs.is_dir() else folder
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    for path in root.rglob("*"):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        if path.is_file() and (stat.st_dev, stat.st_ino) not in seen:
+            seen.add((stat.st_dev, stat.st_ino))
+            total += stat.st_size
+    return total
+
+
 def hub_offline() -> bool:
     from huggingface_hub import constants
 

@@ -172,8 +172,12 @@ class MLXEngine:
             tokenizer = wrapper._tokenizer
         from mlxhost.runtime import kernels
 
+        # The config file's per-model weights policy, else --weights.
         self._kernels = kernels.apply(
-            model, weights=self.weights, flat_qmm=self.flat_qmm, max_batch=self.max_batch
+            model,
+            weights=info.defaults.weights or self.weights,
+            flat_qmm=self.flat_qmm,
+            max_batch=self.max_batch,
         )
         self._model = model
         self._model_id = model_id

@@ -49,6 +49,7 @@ class FakeEngine:
         return self._plugin.batch
 
     def join(self, prompt: PreparedPrompt, params: SamplingParams, emit: Any) -> int:
+        self._plugin.params.append(params)
         self._uids += 1
         self._sequences[self._uids] = [emit, params, 0]
         self._plugin.events.append(("join", self.loaded))
@@ -117,6 +118,7 @@ class FakeEngine:
     ) -> Iterator[TokenStep]:
         reply = self._plugin.reply
         model = self.loaded
+        self._plugin.params.append(params)
         self._plugin.events.append(("generate", model))
         with self._plugin.active_lock:
             self._plugin.active += 1
@@ -169,6 +171,8 @@ class FakeEnginePlugin:
         self.events: list[tuple[str, str | None]] = []
         # Every prompt the engine prepared, in order (its text and images).
         self.prompts: list[RenderedPrompt] = []
+        # The sampling parameters of every generation, in order.
+        self.params: list[SamplingParams] = []
         self.active = 0
         self.max_active = 0
         self.active_lock = threading.Lock()

@@ -1,0 +1,99 @@
+"""``mlxhost ps``: what a running server is doing (its ``/health``): the loaded model,
+memory, running and waiting sequences, uptime, and when the model unloads."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from mlxhost.commands import (
+    CommandError,
+    add_config_argument,
+    add_json_argument,
+    add_url_argument,
+    auth_headers,
+    get_health,
+    human_bytes,
+    human_duration,
+    load_settings,
+    print_json,
+    server_url,
+)
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "ps", help="show what a running server is doing",
+        description="Show a running server's loaded model, memory, queue and uptime.",
+    )
+    add_url_argument(parser)
+    add_json_argument(parser)
+    add_config_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def _context_window(url: str, model: str, headers: dict[str, str]) -> int | None:
+    import httpx
+
+    try:
+        response = httpx.get(f"{url}/v1/models/{model}", headers=headers, timeout=3)
+        value = response.json().get("context_window") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def describe(url: str, health: dict[str, Any], context_window: int | None) -> list[tuple[str, str]]:
+    """The ``ps`` lines as (label, text)."""
+    uptime = health.get("uptime_s")
+    state = health.get("status", "?") + (f", up {human_duration(uptime)}" if uptime is not None else "")
+    lines = [("server", f"{url} ({state})")]
+    model = health.get("model")
+    if model:
+        window = f" (context window {context_window:,})" if context_window else ""
+        lines.append(("model", model + window))
+    else:
+        lines.append(("model", "none loaded (the next request loads its model)"))
+    if health.get("loading"):
+        lines.append(("loading", health["loading"]))
+    queue = f"{health.get('running', 0)} running, {health.get('waiting', 0)} waiting"
+    batch = health.get("batch")
+    if isinstance(batch, dict):
+        queue += f" (batch max {batch.get('max')}, peak {batch.get('peak')})"
+    lines.append(("sequences", queue))
+    memory = health.get("memory")
+    if isinstance(memory, dict) and memory:
+        parts = [
+            f"{name.removesuffix('_bytes').replace('_', ' ')} {human_bytes(value)}"
+            for name, value in memory.items()
+            if value is None or isinstance(value, (int, float))
+        ]
+        lines.append(("memory", ", ".join(parts)))
+    unload_at = health.get("unload_at")
+    if isinstance(unload_at, (int, float)):
+        when = time.strftime("%H:%M:%S", time.localtime(unload_at))
+        lines.append(("keep-alive", f"unloads at {when} (in {human_duration(unload_at - time.time())})"))
+    elif model:
+        lines.append(("keep-alive", "stays loaded until a request asks for another model"))
+    if health.get("last_error"):
+        lines.append(("last error", str(health["last_error"])))
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    url = server_url(settings, args.url)
+    health = get_health(url)
+    if health is None:
+        raise CommandError(f"no mlxhost server answers at {url} (start one with: mlxhost serve)")
+    model = health.get("model")
+    context_window = _context_window(url, model, auth_headers(settings)) if model else None
+    if args.json:
+        print_json({"url": url, **health, "context_window": context_window})
+        return 0
+    lines = describe(url, health, context_window)
+    width = max(len(label) for label, _ in lines)
+    for label, text in lines:
+        print(f"{label.ljust(width)}  {text}")
+    return 0
