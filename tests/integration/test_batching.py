@@ -95,3 +95,37 @@ def test_a_client_leaving_mid_batch_does_not_disturb_the_others(client, qwen_ser
         gone.result()
         assert staying.result().message.content == expected
     assert qwen_server.health()["running"] == 0
+
+
+def test_a_request_running_alone_moves_into_the_batch_unchanged(client, qwen_server):
+    """A request decodes alone (mlx-lm's single-sequence loop) until a second one
+    arrives; then it continues inside the batch. Its reply, with a grammar and
+    penalties carried across the move, is what it is when it runs alone
+    throughout, and so is the newcomer's."""
+    first = {"model": QWEN, "temperature": 0, "max_tokens": 48, "frequency_penalty": 0.5,
+             "messages": [{"role": "user", "content": "Describe 3 fruits as JSON."}],
+             "response_format": {"type": "json_object"}}
+    alone = httpx.post(f"{qwen_server.url}/v1/chat/completions", json=first, timeout=300).json()
+    expected_second = ask(client, PROMPTS[2], temperature=0, max_tokens=16).message.content
+    pieces: list[str] = []
+    started = threading.Event()
+
+    def stream_first() -> str:
+        with httpx.stream("POST", f"{qwen_server.url}/v1/chat/completions",
+                          json={**first, "stream": True}, timeout=300) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    delta = json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                    pieces.append(delta)
+                    if len("".join(pieces)) >= 8:
+                        started.set()  # several tokens in: it has been decoding alone
+        return "".join(pieces)
+
+    moved = qwen_server.health()["batch"]["moved"]
+    with ThreadPoolExecutor(2) as pool:
+        streamed = pool.submit(stream_first)
+        assert started.wait(300)
+        second = pool.submit(ask, client, PROMPTS[2], temperature=0, max_tokens=16)
+        assert second.result().message.content == expected_second
+        assert streamed.result() == alone["choices"][0]["message"]["content"]
+    assert qwen_server.health()["batch"]["moved"] == moved + 1  # it did move into the batch

@@ -76,6 +76,35 @@ class _Waiting:
     cache: list[Any] | None
     sampler: Any
     processors: list[Any]
+    fed: int  # tokens[:fed] are in ``cache`` already
+    max_tokens: int  # tokens still to generate
+
+
+@attrs.define(eq=False)
+class _Solo:
+    """The one sequence decoding outside ``BatchGenerator``, in mlx-lm's
+    ``generate_step`` loop: a plain KV cache and integer positions, no padding
+    bookkeeping (H100, Qwen3-4B shape 4-bit: 204 tok/s for one request through
+    ``stream_generate`` against 121 through ``BatchGenerator``,
+    ``bench/gpu/batch_gpu.py``)."""
+
+    sequence: _Sequence
+    cache: list[Any]
+    fed: list[int]  # every token in ``cache``: prompt, then generated
+    todo: list[int]  # prompt tokens still to feed
+    sampler: Any
+    processors: list[Any]
+    context: Any = None  # the tokens the logits processors see (mlx-lm TokenBuffer)
+    pending: tuple[Any, Any] | None = None  # (token, logprobs) sampled, not yet emitted nor fed
+
+
+@attrs.define
+class _SoloResponse:
+    """The fields of a ``BatchGenerator`` response that :meth:`TextBatch._token_step` reads."""
+
+    token: int
+    logprobs: Any
+    finish_reason: str | None
 
 
 @attrs.define(eq=False)
@@ -125,10 +154,14 @@ class TextBatch:
         self._store_prefix = store_prefix
         self._token_logprob = token_logprob
         self._prefill_step = prefill_step
+        self._model = model
+        self._solo: _Solo | None = None
         self._sequences: dict[int, _Sequence] = {}  # our ids (stable from join on)
         self._by_generator: dict[int, int] = {}  # BatchGenerator uid -> our id
         self._ids = 0
         self.peak = 0  # the most sequences decoding together so far (for /health)
+        self.alone = 0  # sequences that started alone (mlx-lm's single-sequence loop)
+        self.moved = 0  # of those, moved into the batch when another joined
 
     def __len__(self) -> int:
         return len(self._sequences)
@@ -152,7 +185,7 @@ class TextBatch:
             params,
             reused,
             detokenizer,
-            waiting=_Waiting(tokens, cache, sampler, processors),
+            waiting=_Waiting(tokens, cache, sampler, processors, fed=reused, max_tokens=params.max_tokens),
             uncached=len(tokens) - reused,
             uid=self._ids,
         )
@@ -164,6 +197,12 @@ class TextBatch:
         sequence = self._sequences.pop(uid, None)
         if sequence is None:
             return
+        solo = self._solo
+        if solo is not None and solo.sequence is sequence:
+            self._solo = None
+            if solo.pending is not None:  # its prompt is all in the cache
+                self._store(solo.fed, solo.cache)
+            return
         if sequence.generator_uid is None:  # never handed over (its cache is a copy)
             return
         self._by_generator.pop(sequence.generator_uid, None)
@@ -174,7 +213,7 @@ class TextBatch:
 
     def _hand_over(self) -> None:
         """Insert the waiting prompts :func:`admit` lets in now."""
-        waiting = [s for s in self._sequences.values() if s.generator_uid is None]
+        waiting = [s for s in self._sequences.values() if s.waiting is not None]
         if not waiting:
             return
         prefilling = [
@@ -190,10 +229,10 @@ class TextBatch:
             args, sequence.waiting = sequence.waiting, None
             assert args is not None
             (generator_uid,) = self._generator.insert(
-                [list(args.tokens[sequence.reused :])],
-                max_tokens=[sequence.params.max_tokens],
+                [list(args.tokens[args.fed :])],
+                max_tokens=[args.max_tokens],
                 caches=[args.cache] if args.cache is not None else None,
-                all_tokens=[list(args.tokens[: sequence.reused])],
+                all_tokens=[list(args.tokens[: args.fed])],
                 samplers=[args.sampler],
                 logits_processors=[args.processors],
             )
@@ -205,6 +244,15 @@ class TextBatch:
         if not self._sequences:
             return False
         try:
+            if self._solo is not None and len(self._sequences) > 1:
+                self._end_solo()
+            elif self._solo is None and len(self._sequences) == 1 and not self._by_generator:
+                (only,) = self._sequences.values()
+                if only.waiting is not None:
+                    self._start_solo(only)
+            if self._solo is not None:
+                self._solo_step()
+                return bool(self._sequences)
             self._hand_over()
             _, responses = self._generator.next()
         except Exception as exc:
@@ -226,8 +274,109 @@ class TextBatch:
             found.emit(step, None)
         return bool(self._sequences)
 
+    # -- one sequence alone ----------------------------------------------------
+    def _start_solo(self, sequence: _Sequence) -> None:
+        """Decode the only sequence in mlx-lm's single-sequence loop."""
+        from mlx_lm.models.cache import make_prompt_cache
+
+        args, sequence.waiting = sequence.waiting, None
+        assert args is not None
+        cache = args.cache if args.cache is not None else make_prompt_cache(self._model)
+        self.alone += 1
+        self._solo = _Solo(
+            sequence, cache, list(args.tokens[: args.fed]), list(args.tokens[args.fed :]),
+            args.sampler, args.processors,
+        )
+
+    def _solo_step(self) -> None:
+        """One prefill chunk, or one token: ``generate_step``'s loop, a step per tick
+        (the next token is computed while this one is read)."""
+        import mlx.core as mx
+        from mlx_lm.generate import generation_stream
+
+        solo = self._solo
+        assert solo is not None
+        sequence = solo.sequence
+        if solo.pending is None and len(solo.todo) > 1:
+            # Prefill all but the last prompt token, a chunk per tick.
+            chunk = solo.todo[: min(self._prefill_step, len(solo.todo) - 1)]
+            with mx.stream(generation_stream):
+                self._model(mx.array(chunk)[None], cache=solo.cache)
+                mx.eval([c.state for c in solo.cache])
+            solo.fed += chunk
+            solo.todo = solo.todo[len(chunk) :]
+            sequence.uncached = len(solo.todo)
+            return
+        if solo.pending is None:
+            if solo.processors:
+                from mlx_lm.models.cache import TokenBuffer
+
+                solo.context = TokenBuffer(solo.fed)
+            solo.pending = self._solo_forward(solo, mx.array(solo.todo))
+            solo.fed += solo.todo
+            solo.todo = []
+        y, logprobs = solo.pending
+        last = sequence.count + 1 >= sequence.params.max_tokens
+        solo.pending = None if last else self._solo_forward(solo, y)
+        token = int(y.item())
+        if not last:
+            solo.fed.append(token)  # fed by the forward pass just started
+        step = self._token_step(sequence, _SoloResponse(token, logprobs, "length" if last else None))
+        if step.finish is not None:
+            self._solo = None
+            del self._sequences[sequence.uid]
+            self._store(solo.fed, solo.cache)
+        elif sequence.count % 256 == 0:
+            mx.clear_cache()  # as generate_step does
+        sequence.emit(step, None)
+
+    def _solo_forward(self, solo: _Solo, inputs: Any) -> tuple[Any, Any]:
+        """Feed ``inputs`` and sample the next token (lazily; evaluation starts now)."""
+        import mlx.core as mx
+        from mlx_lm.generate import generation_stream
+
+        with mx.stream(generation_stream):
+            logits = self._model(inputs[None], cache=solo.cache)[:, -1, :]
+            if solo.processors:
+                # The whole sequence so far, as BatchGenerator hands its processors.
+                context = solo.context.update_and_fetch(inputs)
+                for processor in solo.processors:
+                    logits = processor(context, logits)
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            token = solo.sampler(logprobs)
+        mx.async_eval(token, logprobs)
+        return token, logprobs[0]
+
+    def _end_solo(self) -> None:
+        """Another sequence joined: the solo one goes to ``BatchGenerator`` like a
+        prefix-cache hit (its cache holds what it has fed, its prompt is the rest)."""
+        solo, self._solo = self._solo, None
+        assert solo is not None
+        self.moved += 1
+        sequence = solo.sequence
+        rest: list[int] = solo.todo
+        if solo.pending is not None:
+            # A sampled token not yet emitted nor fed: emit it, then it is the prompt.
+            y, logprobs = solo.pending
+            token = int(y.item())
+            last = sequence.count + 1 >= sequence.params.max_tokens
+            step = self._token_step(sequence, _SoloResponse(token, logprobs, "length" if last else None))
+            if step.finish is not None:
+                del self._sequences[sequence.uid]
+                self._store(solo.fed, solo.cache)
+                sequence.emit(step, None)
+                return
+            sequence.emit(step, None)
+            rest = [token]
+        sequence.waiting = _Waiting(
+            tuple(solo.fed + rest), solo.cache, solo.sampler, solo.processors,
+            fed=len(solo.fed), max_tokens=sequence.params.max_tokens - sequence.count,
+        )
+        sequence.uncached = len(rest)
+
     def fail(self, exc: BaseException) -> None:
         """End every sequence with ``exc`` (the batch state can no longer be trusted)."""
+        self._solo = None
         sequences, self._sequences = self._sequences, {}
         self._by_generator.clear()
         for sequence in sequences.values():

@@ -111,6 +111,8 @@ class MLXEngine:
         self.prefill_chunk = prefill_chunk
         self._batch: Any = None  # runtime.batch.TextBatch of the loaded model, made on first use
         self._peak = 0  # the batch peak of models unloaded since start
+        # Sequences of unloaded models that started alone / moved into a batch.
+        self._batch_counts = {"alone": 0, "moved": 0}
         if prefix_cache_bytes is None:
             prefix_cache_bytes = DEFAULT_PREFIX_CACHE_BYTES
         # None when disabled. Only touched on the worker thread (its stats are
@@ -136,9 +138,12 @@ class MLXEngine:
         self._guidance = GuidanceTokenizers()
 
     def stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = {"batch": {"max": self.max_batch, "peak": self._peak}}
+        batch = {"max": self.max_batch, "peak": self._peak, **self._batch_counts}
         if self._batch is not None:
-            stats["batch"]["peak"] = max(self._peak, self._batch.peak)
+            batch["peak"] = max(self._peak, self._batch.peak)
+            batch["alone"] += self._batch.alone
+            batch["moved"] += self._batch.moved
+        stats: dict[str, Any] = {"batch": batch}
         if self._kernels is not None:
             stats["kernels"] = self._kernels.as_dict()
         if self.prefix_cache is not None:
@@ -297,6 +302,8 @@ class MLXEngine:
         if self._batch is not None:
             self._batch.fail(RuntimeError("the model was unloaded"))
             self._peak = max(self._peak, self._batch.peak)
+            self._batch_counts["alone"] += self._batch.alone
+            self._batch_counts["moved"] += self._batch.moved
             self._batch = None
         if self._model is None:
             return
