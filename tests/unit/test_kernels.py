@@ -44,12 +44,13 @@ def logits(model, tokens):
     return out
 
 
-@pytest.mark.parametrize("shape", [(8, 1), (12, 1), (1, 9), (3, 4), (2, 1), (1, 1)])
-def test_flat_input_gives_identical_logits(shape):
+@pytest.mark.parametrize("pad_from", [None, 2])
+@pytest.mark.parametrize("shape", [(8, 1), (12, 1), (1, 9), (3, 4), (2, 1), (5, 1), (7, 1), (1, 1)])
+def test_flat_input_gives_identical_logits(shape, pad_from):
     model = tiny_quantized()
     tokens = (mx.arange(shape[0] * shape[1]).reshape(shape) * 37 % 512).tolist()
     before = logits(model, tokens)
-    changed = kernels.flatten_quantized_inputs(model)
+    changed = kernels.flatten_quantized_inputs(model, pad_from=pad_from)
     assert changed == len(kernels.quantized_modules(model)) > 0
     after = logits(model, tokens)
     assert after.shape == before.shape
@@ -73,6 +74,26 @@ def test_flat_input_reaches_the_2d_call(monkeypatch):
     seen.clear()
     logits(model, [[1]] * 4)  # fewer rows than FLAT_MIN_ROWS keep their 3-D shape
     assert seen and set(seen) == {3}
+
+
+def test_padded_rows_reach_the_8_row_call(monkeypatch):
+    """With padding on, 2-7 decode rows go in as 8 rows of 2-D input; one row
+    keeps its 3-D shape (the fast one for a single row)."""
+    model = tiny_quantized()
+    kernels.flatten_quantized_inputs(model, pad_from=kernels.PAD_FROM)
+    seen = []
+    real = mx.quantized_matmul
+
+    def spy(x, *args, **kwargs):
+        seen.append(x.shape[:-1])
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(mx, "quantized_matmul", spy)
+    logits(model, [[1]] * 3)
+    assert seen and set(seen) == {(8,)}
+    seen.clear()
+    logits(model, [[1]])
+    assert seen and set(seen) == {(1, 1)}
 
 
 def test_bf16_policy_dequantizes_every_layer():
@@ -133,10 +154,11 @@ def test_unquantized_models_are_left_alone():
 
 def test_flat_qmm_auto_measures_on_the_model():
     model = tiny_quantized()
-    faster, measured = kernels.flat_is_faster(model, repeats=2)
-    assert isinstance(faster, bool) and "3-D" in measured and "2-D" in measured
+    faster, pad, measured = kernels.flat_is_faster(model, repeats=2)
+    assert isinstance(faster, bool) and isinstance(pad, bool) and "3-D" in measured and "2-D" in measured
+    assert faster or not pad  # padding rides on the 2-D call
     choice = kernels.apply(model, weights="as-is", flat_qmm="on", max_batch=8)
-    assert choice.flat_qmm and "--flat-qmm on" in choice.reason
+    assert choice.flat_qmm and choice.pad_rows and "--flat-qmm on" in choice.reason
 
 
 def _batch_decode(model, prompts, steps=6):

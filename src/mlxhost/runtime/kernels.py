@@ -16,8 +16,11 @@ Two load-time choices, each reported in ``/health`` (engine ``kernels``) and the
   input, while for one row the 3-D call is the fast one. With it on,
   quantized linear layers and the tied-embedding LM head reshape inputs of 8
   or more rows to 2-D and back (the same arithmetic; tests check identical
-  outputs). ``auto`` measures both shapes on the model's own largest
-  quantized projection at load and keeps the faster by a clear margin.
+  outputs). Fewer rows (2-7, a small batch) run row by row in either shape,
+  so they are padded with zero rows to 8 (4 rows: 66 us as they are, 26 us
+  padded to 8; H200). ``auto`` measures each on the model's own largest
+  quantized projection at load and keeps the faster by a clear margin;
+  ``on`` turns both on.
 
 And one rule for every batch (:func:`skip_unpadded_decode_masks`): a
 one-token decode step whose sequences are not left-padded needs no attention
@@ -43,6 +46,10 @@ FLAT_MIN_ROWS = 8  # fewer rows: the 3-D call is the fast one (one row: 21 vs 58
 BF16_MEMORY_SHARE = 0.5  # auto keeps a bf16 copy only when it leaves half the memory free
 BF16_MIN_BATCH = 8  # below this the 4-bit kernels hold their own (H200: 1 stream 155 vs 201)
 FLAT_MARGIN = 1.2  # auto flattens only when the 2-D call is this much faster
+# Fewer rows (2-7) run row by row on CUDA (H200, 2560x9728: 4 rows 66 us, 8 rows
+# 26 us): padded to 8 they take the fast kernel. Probed with this many rows.
+PAD_PROBE_ROWS = 4
+PAD_FROM = 2
 
 
 @attrs.frozen
@@ -52,6 +59,7 @@ class KernelChoice:
     weights: str  # "as-is" or "bf16"
     flat_qmm: bool
     reason: str
+    pad_rows: bool = False  # 2-7 decode rows padded to 8 for the fast kernel
     # The weights policy asked for (--weights, or the model's config-file value).
     policy: str = "auto"
 
@@ -145,47 +153,64 @@ def _flat_call(call: Any, self: Any, x: Any) -> Any:
             rows *= size
         if rows >= FLAT_MIN_ROWS:
             return call(self, x.reshape(rows, x.shape[-1])).reshape(*x.shape[:-1], -1)
+        pad_from = self.PAD_FROM
+        if pad_from is not None and pad_from <= rows:
+            # Fewer rows than the fast kernel takes: zero rows make it up (each
+            # output row depends on its own input row only), then they are dropped.
+            import mlx.core as mx
+
+            flat = x.reshape(rows, x.shape[-1])
+            padded = mx.concatenate([flat, mx.zeros((FLAT_MIN_ROWS - rows, x.shape[-1]), dtype=x.dtype)])
+            return call(self, padded)[:rows].reshape(*x.shape[:-1], -1)
     return call(self, x)
 
 
-def _flat_classes() -> dict[type, type]:
+def _flat_classes(pad_from: int | None) -> dict[type, type]:
     import mlx.nn as nn
 
     class FlatQuantizedLinear(nn.QuantizedLinear):
+        PAD_FROM = pad_from
+
         def __call__(self, x: Any) -> Any:
             return _flat_call(nn.QuantizedLinear.__call__, self, x)
 
     class FlatQuantizedEmbedding(nn.QuantizedEmbedding):
+        PAD_FROM = pad_from
+
         def as_linear(self, x: Any) -> Any:
             return _flat_call(nn.QuantizedEmbedding.as_linear, self, x)
 
     return {nn.QuantizedLinear: FlatQuantizedLinear, nn.QuantizedEmbedding: FlatQuantizedEmbedding}
 
 
-_FLAT: dict[type, type] = {}
+_FLAT: dict[int | None, dict[type, type]] = {}
 
 
-def flatten_quantized_inputs(model: Any) -> int:
-    """Give the model's quantized layers 2-D inputs from 8 rows up; returns how many."""
-    if not _FLAT:
-        _FLAT.update(_flat_classes())
+def flatten_quantized_inputs(model: Any, *, pad_from: int | None = None) -> int:
+    """Give the model's quantized layers 2-D inputs from 8 rows up (and, with
+    ``pad_from``, inputs of ``pad_from``..7 rows padded to 8); returns how many."""
+    if pad_from not in _FLAT:
+        _FLAT[pad_from] = _flat_classes(pad_from)
+    classes = _FLAT[pad_from]
     changed = 0
     for _, module in quantized_modules(model):
-        flat = _FLAT.get(type(module))
-        if flat is not None:
-            module.__class__ = flat  # same layout, one method differs
+        base = next((b for b in type(module).__mro__ if b in classes), None)
+        if base is not None:
+            module.__class__ = classes[base]  # same layout, one method differs
             changed += 1
     return changed
 
 
-def flat_is_faster(model: Any, rows: int = FLAT_MIN_ROWS, repeats: int = 20) -> tuple[bool, str]:
-    """Time ``rows`` decode rows through the largest quantized projection, 3-D vs 2-D."""
+def flat_is_faster(model: Any, rows: int = FLAT_MIN_ROWS, repeats: int = 20) -> tuple[bool, bool, str]:
+    """Time decode rows through the largest quantized projection: ``rows`` as
+    3-D vs 2-D input (flatten?), and ``PAD_PROBE_ROWS`` as 3-D vs padded to
+    ``rows`` in 2-D (pad?)."""
     import mlx.core as mx
     import mlx.nn as nn
 
     layers = [m for _, m in quantized_modules(model) if isinstance(m, nn.QuantizedLinear)]
     if not layers:
-        return False, "no quantized linear layers"
+        return False, False, "no quantized linear layers"
     layer = max(layers, key=lambda m: m.weight.size)
     k = layer.weight.shape[1] * 32 // layer.bits
     x3 = mx.random.normal((rows, 1, k)).astype(layer.scales.dtype)
@@ -199,8 +224,13 @@ def flat_is_faster(model: Any, rows: int = FLAT_MIN_ROWS, repeats: int = 20) -> 
         return (time.perf_counter() - started) / repeats
 
     three, two = timed(x3), timed(x2)
+    few = timed(x3[:PAD_PROBE_ROWS])
     faster = three > two * FLAT_MARGIN
-    return faster, f"{rows} rows: 3-D {three * 1e6:.0f} us, 2-D {two * 1e6:.0f} us"
+    pad = faster and few > two * FLAT_MARGIN
+    return faster, pad, (
+        f"{rows} rows: 3-D {three * 1e6:.0f} us, 2-D {two * 1e6:.0f} us; "
+        f"{PAD_PROBE_ROWS} rows 3-D {few * 1e6:.0f} us"
+    )
 
 
 def apply(model: Any, *, weights: str, flat_qmm: str, max_batch: int) -> KernelChoice:
@@ -210,17 +240,21 @@ def apply(model: Any, *, weights: str, flat_qmm: str, max_batch: int) -> KernelC
     chosen, why = choose_weights(weights, model, max_batch=max_batch)
     if chosen == "bf16":
         dequantize(model)
-    flat = False
+    flat = pad = False
     if quantized_modules(model):
         if flat_qmm == "auto":
-            flat, measured = flat_is_faster(model) if max_batch >= FLAT_MIN_ROWS else (False, "batches too small")
-            why += f"; 2-D qmm input {'on' if flat else 'off'} ({measured})"
+            if max_batch >= PAD_FROM:
+                flat, pad, measured = flat_is_faster(model)
+            else:
+                measured = "no batches"
+            why += (f"; 2-D qmm input {'on' if flat else 'off'}, {PAD_FROM}-{FLAT_MIN_ROWS - 1} rows "
+                    f"padded to {FLAT_MIN_ROWS} {'on' if pad else 'off'} ({measured})")
         else:
-            flat = flat_qmm == "on"
+            flat = pad = flat_qmm == "on"
             why += f"; --flat-qmm {flat_qmm}"
         if flat:
-            flatten_quantized_inputs(model)
-    return KernelChoice(weights=chosen, flat_qmm=flat, reason=why, policy=weights)
+            flatten_quantized_inputs(model, pad_from=PAD_FROM if pad else None)
+    return KernelChoice(weights=chosen, flat_qmm=flat, pad_rows=pad, reason=why, policy=weights)
 
 
 def skip_unpadded_decode_masks() -> None:
