@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pluggy
-from litestar import Litestar, Request
+from litestar import Litestar, Request, Response, get
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
@@ -17,6 +17,8 @@ from litestar.exceptions import NotAuthorizedException
 from mlxhost.api import anthropic, completions, ollama, openai_responses
 from mlxhost.api.controllers import ChatController, ModelsController, health
 from mlxhost.api.errors import EXCEPTION_HANDLERS
+from mlxhost.api.wire_schema import operation
+from mlxhost.metrics import Metrics
 from mlxhost.plugins import make_plugin_manager
 from mlxhost.registry import ModelRegistry
 from mlxhost.runtime.runtime import Runtime
@@ -33,18 +35,32 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
     if settings.model and settings.model not in extra:
         extra.append(settings.model)
     registry = ModelRegistry(pm, settings, extra_models=extra)
+    metrics = Metrics()
     runtime = Runtime(
         pm.hook.mlxhost_make_engine(settings=settings),
         tool_parser_for=lambda info: pm.hook.mlxhost_tool_call_parser(model=info),
         max_waiting=settings.max_queue,
         wait_timeout=settings.queue_timeout,
         max_batch=max(1, settings.max_batch),
+        prefill_chunk=max(1, settings.prefill_chunk),
+        keep_alive=settings.keep_alive,
+        memory_wait=settings.memory_wait,
+        on_load=metrics.on_load,
     )
-    service = ChatService(registry=registry, runtime=runtime, pm=pm, settings=settings)
+    metrics.watch(runtime)
+    service = ChatService(
+        registry=registry, runtime=runtime, pm=pm, settings=settings, metrics=metrics
+    )
+
+    @get("/metrics", operation_class=operation())
+    async def metrics_endpoint() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(content=metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        runtime.start()
+        await runtime.open(settings.max_memory)
         preload = None
         if settings.model:
             # Load in the background: the port opens at once, /health says "loading".
@@ -66,10 +82,15 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
             *openai_responses.routes(),
             *completions.routes(),
             *ollama.routes(),
+            metrics_endpoint,
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
-        before_request=require_api_key(settings.api_key) if settings.api_key else None,
+        middleware=[metrics.middleware],
+        before_request=(
+            require_api_key(settings.api_key, public=_public_paths(settings))
+            if settings.api_key else None
+        ),
         cors_config=CORSConfig(allow_origins=settings.cors_origins) if settings.cors_origins else None,
         request_max_body_size=settings.max_body_bytes,
         state=State({
@@ -78,6 +99,7 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
             "registry": registry,
             "runtime": runtime,
             "service": service,
+            "metrics": metrics,
         }),
         debug=False,
         # Logging is the CLI's (one format, no duplicate lines); tests keep pytest's.
@@ -85,13 +107,18 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
     )
 
 
-def require_api_key(key: str):
-    """A before-request hook: every path but /health needs ``Authorization: Bearer key``
-    (or ``x-api-key: key``, as Anthropic clients send it)."""
+def _public_paths(settings: Settings) -> frozenset[str]:
+    return frozenset({"/health", "/metrics"} if settings.metrics_public else {"/health"})
+
+
+def require_api_key(key: str, public: frozenset[str] = frozenset({"/health"})):
+    """A before-request hook: every path but the ``public`` ones (/health, and
+    /metrics with --metrics-public) needs ``Authorization: Bearer key`` (or
+    ``x-api-key: key``, as Anthropic clients send it)."""
     expected = f"Bearer {key}".encode()
 
     async def check(request: Request) -> None:
-        if request.url.path == "/health" or request.method == "OPTIONS":
+        if request.url.path in public or request.method == "OPTIONS":
             return None
         bearer = request.headers.get("authorization", "").encode()
         header = f"Bearer {request.headers.get('x-api-key', '')}".encode()

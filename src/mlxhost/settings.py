@@ -23,6 +23,8 @@ from typing import Any
 
 import attrs
 
+from mlxhost.runtime.memory import parse_duration, parse_size
+
 MiB = 1024 * 1024
 _KEY = "mlxhost.setting"
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
@@ -180,7 +182,8 @@ class Settings:
         600.0, "seconds a request may wait for the model before 503 (None: no limit; Python only)"
     )
     api_key: str | None = setting(
-        None, "require 'Authorization: Bearer KEY' on every endpoint but /health",
+        None, "require 'Authorization: Bearer KEY' on every endpoint but /health (and "
+        "/metrics with --metrics-public)",
         env="MLXHOST_API_KEY", flag="--api-key", metavar="KEY",
     )
     cors_origins: list[str] = setting(
@@ -200,6 +203,31 @@ class Settings:
         "(the variable is in bytes, the flag in MiB)",
         env="MLXHOST_PREFIX_CACHE_BYTES", flag="--prefix-cache-mib", parse=parse_int,
         flag_parse=parse_mib, metavar="MIB", shown_default="the engine's, 2 GiB",
+    )
+    max_memory: int | float | None = setting(
+        None, "memory budget of the model server: bytes (2900MiB, 3GB, 3G = GiB) or a "
+        "fraction of the device's memory (0.75, 75%); weights, KV cache of the running "
+        "requests and prefix cache must fit in it: a request that never fits gets 400 "
+        "memory_exceeded, one that fits later waits (docs/operations.md, Memory)",
+        env="MLXHOST_MAX_MEMORY", flag="--max-memory", parse=parse_size, metavar="SIZE",
+        shown_default="Metal: the recommended working set; CUDA: 90% of the GPU's memory; "
+        "elsewhere: 75% of RAM",
+    )
+    memory_wait: float = setting(
+        600.0, "seconds a request may wait for memory held by running requests before 503 "
+        "with Retry-After",
+        env="MLXHOST_MEMORY_WAIT", flag="--memory-wait", parse=float, metavar="SECONDS",
+    )
+    keep_alive: float = setting(
+        1800.0, "unload the model after it has been idle this long (4s, 30m, 1h; 0: after "
+        "each request; -1: never); a request's keep_alive (Ollama) or ttl (OpenAI "
+        "endpoints, LM Studio style) overrides it for the time after that request",
+        env="MLXHOST_KEEP_ALIVE", flag="--keep-alive", parse=parse_duration,
+        metavar="DURATION", shown_default="30m",
+    )
+    metrics_public: bool = setting(
+        False, "serve GET /metrics (Prometheus) without the API key",
+        env="MLXHOST_METRICS_PUBLIC", flag="--metrics-public", parse=parse_bool,
     )
     warmup: bool = setting(
         True, "run two tokens through each model right after loading it, so that the first "

@@ -51,6 +51,10 @@ class ModelInfo:
     context_window: int
     # Sampling defaults from generation_config.json (temperature, top_p).
     generation_defaults: Mapping[str, float] = attrs.field(factory=dict)
+    # Seconds this model stays loaded once idle (inf: forever), when a request does
+    # not say; None: the server's --keep-alive. (A per-model default, e.g. from a
+    # configuration file, plugs in here.)
+    keep_alive: float | None = None
 
     @property
     def id(self) -> str:

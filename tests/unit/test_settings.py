@@ -49,6 +49,7 @@ def test_defaults():
         "max_body_bytes": 64 * MiB, "shutdown_grace": 30.0, "prefix_cache_bytes": None,
         "warmup": True, "disabled_plugins": [], "extra_models": [], "log_level": "info",
         "openblas": True, "openblas_path": None, "models_dirs": [], "allow_model_paths": False,
+        "max_memory": None, "memory_wait": 600.0, "keep_alive": 1800.0, "metrics_public": False,
     }
     assert Settings(extra_models=["x"], context_window=128).context_window == 128
     assert Settings().cors_origins is not Settings().cors_origins  # no shared list

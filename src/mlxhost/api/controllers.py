@@ -91,6 +91,8 @@ def model_entry(state: State, info: ModelInfo, alias: str | None = None) -> dict
         "created": 0,
         "owned_by": spec.source or "mlxhost",
         "context_window": info.context_window,
+        # min(context window, the tokens one request can hold in the memory budget).
+        "effective_context_window": state.runtime.memory_window(info),
         "family": spec.family,
         "capabilities": sorted(spec.capabilities),
         "downloaded": info.downloaded,
@@ -138,4 +140,6 @@ async def health(state: State) -> dict[str, Any]:
         "waiting": runtime.waiting,
         "running": runtime.running,
         **runtime.engine,
+        "memory": runtime.memory,
+        "keep_alive": runtime.keep_alive,
     }
