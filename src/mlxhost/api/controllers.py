@@ -137,6 +137,7 @@ async def health(state: State) -> dict[str, Any]:
         "loading": runtime.loading,
         "last_error": runtime.last_error,
         "swaps": runtime.swaps,
+        "loads": runtime.loads,
         "waiting": runtime.waiting,
         "running": runtime.running,
         **runtime.engine,

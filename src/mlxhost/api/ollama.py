@@ -282,9 +282,9 @@ def _keep_alive(body: dict[str, Any]) -> float | None:
     if value is None:
         return None
     try:
-        return duration_seconds(value, "keep_alive")
+        return duration_seconds(value)
     except ValueError as exc:
-        raise InvalidRequest(str(exc), param="keep_alive") from None
+        raise InvalidRequest(f"'keep_alive': {exc}", param="keep_alive") from None
 
 
 def _images(value: Any, where: str) -> tuple[ImagePart, ...]:

@@ -128,14 +128,14 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def duration_seconds(value: Any, field: str) -> float:
+def duration_seconds(value: Any) -> float:
     """A request's keep-alive (a number of seconds or a duration string) as seconds."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"'{field}' must be a duration such as \"5m\" or a number of seconds")
+        raise ValueError("expected a duration such as \"5m\" or a number of seconds")
     if isinstance(value, str):
         return parse_duration(value)
     if math.isnan(value):
-        raise ValueError(f"'{field}' must be a number of seconds")
+        raise ValueError("expected a number of seconds")
     return math.inf if value < 0 else float(value)
 
 
@@ -356,6 +356,7 @@ class Reservation:
 class _Waiter:
     reservation: Reservation
     future: asyncio.Future
+    counted: bool = False  # counted in ``waited`` (it found no room)
 
 
 class MemoryGovernor:
@@ -452,15 +453,12 @@ class MemoryGovernor:
         if not self.active:
             self._admit(reservation)
             return reservation
+        if not self._queue and self._prefix_bytes() <= self._room(reservation):
+            self._admit(reservation)  # fits as things are: no wait, no shrink
+            return reservation
         waiter = _Waiter(reservation, asyncio.get_running_loop().create_future())
         self._queue.append(waiter)
         self._kick()
-        if not waiter.future.done():
-            self.waited += 1
-            log.info(
-                "Memory: a request of %d tokens waits (running KV %s, budget %s)",
-                tokens, format_bytes(self.kv_in_use()), format_bytes(self.budget or 0),
-            )
         try:
             await asyncio.wait_for(asyncio.shield(waiter.future), self.wait_timeout)
         except BaseException as exc:
@@ -515,6 +513,15 @@ class MemoryGovernor:
                 continue
             room = self._room(waiter.reservation)
             if room < 0:
+                for queued in self._queue:
+                    if not queued.counted and not queued.future.done():
+                        queued.counted = True
+                        self.waited += 1
+                        log.info(
+                            "Memory: a request of %d tokens waits (running KV %s, budget %s)",
+                            queued.reservation.tokens, format_bytes(self.kv_in_use()),
+                            format_bytes(self.budget or 0),
+                        )
                 return  # a release kicks the queue again
             cached = self._prefix_bytes()
             if cached > room and self._shrink_prefix is not None:

@@ -54,6 +54,7 @@ class RuntimeStatus:
     loading: str | None
     last_error: str | None
     swaps: int
+    loads: int
     waiting: int
     running: int
     engine: dict[str, Any]
@@ -199,6 +200,7 @@ class Runtime:
             loading=self.loading,
             last_error=self.last_error,
             swaps=self.swaps,
+            loads=self.loads,
             waiting=self.scheduler.waiting,
             running=self.scheduler.running,
             engine=self._engine.stats(),
