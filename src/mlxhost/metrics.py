@@ -42,8 +42,10 @@ class Metrics:
     """The app's metrics; ``watch(runtime)`` adds the scrape-time collector."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 
+        # No *_created series beside every counter and histogram (process-wide switch).
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         self.requests = Counter(

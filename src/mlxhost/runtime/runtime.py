@@ -142,6 +142,7 @@ class Runtime:
         self.keep_alive = keep_alive
         self._keep_alive_now = keep_alive
         self.unloads_at: float | None = None  # wall-clock time of the next idle unload
+        self.unloading: str | None = None  # the model being unloaded now
         self.idle_unloads = 0
         self.last_unloaded: str | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -230,6 +231,7 @@ class Runtime:
             # When the idle model will be unloaded; None while requests run or never.
             "unloads_at": _iso(unloads_at) if unloads_at is not None else None,
             "unloads_in": round(max(0.0, unloads_at - time.time()), 3) if unloads_at else None,
+            "unloading": self.unloading,
             "idle_unloads": self.idle_unloads,
             "last_unloaded": self.last_unloaded,
         }
@@ -366,10 +368,13 @@ class Runtime:
             if self.scheduler.running or self.scheduler.waiting or model is None:
                 return
             self.current = None  # a request arriving now reloads it (after this lock)
+            self.unloading = model.id
             try:
                 await self._worker.run(self._engine.unload)
             except Exception:
                 log.exception("Unloading %s failed", model.id)
+            finally:
+                self.unloading = None
             self.memory.clear_model()
             self.idle_unloads += 1
             self.last_unloaded = model.id
