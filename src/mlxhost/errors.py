@@ -122,6 +122,7 @@ class MemoryExceeded(MlxhostError):
         needed: int,
         budget: int,
         weights: int,
+        workspace: int = 0,
     ):
         from mlxhost.runtime.memory import format_bytes
 
@@ -134,7 +135,8 @@ class MemoryExceeded(MlxhostError):
             f"This request does not fit in memory: {tokens} tokens ({asked}) need "
             f"{format_bytes(needed)} of KV cache, but the memory budget of "
             f"{format_bytes(budget)} (--max-memory) less the model's weights "
-            f"({format_bytes(weights)}) holds at most {fitting} tokens. This is a memory "
+            f"({format_bytes(weights)}) and working memory ({format_bytes(workspace)}) holds "
+            f"at most {fitting} tokens. This is a memory "
             "limit of this server, not the model's context window: send at most "
             f"{fitting} tokens in all (a shorter prompt or a lower max_tokens).",
             param="max_tokens" if max_tokens is not None else "messages",

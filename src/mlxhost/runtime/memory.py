@@ -443,6 +443,7 @@ class MemoryGovernor:
             needed=self.kv_bytes(prompt_tokens + max_tokens),
             budget=self.budget,
             weights=self.weights,
+            workspace=self.workspace,
         )
 
     # -- admission --------------------------------------------------------------------
