@@ -354,15 +354,19 @@ class Runtime:
         delay = self._keep_alive_now
         if math.isinf(delay):
             return
-        self.unloads_at = time.time() + max(0.0, delay)
-        self._idle_timer = asyncio.get_running_loop().call_later(max(0.0, delay), self._idle)
+        deadline = self.unloads_at = time.time() + max(0.0, delay)
+        self._idle_timer = asyncio.get_running_loop().call_later(
+            max(0.0, delay), self._idle, deadline
+        )
 
-    def _idle(self) -> None:
+    def _idle(self, deadline: float) -> None:
         self._idle_timer = None
-        self._idle_task = asyncio.get_running_loop().create_task(self._unload_if_idle())
+        self._idle_task = asyncio.get_running_loop().create_task(self._unload_if_idle(deadline))
 
-    async def _unload_if_idle(self) -> None:
+    async def _unload_if_idle(self, deadline: float) -> None:
         async with self._load_lock:
+            if self.unloads_at != deadline:  # a session came (and maybe went) meanwhile
+                return
             self.unloads_at = None
             model = self.current
             if self.scheduler.running or self.scheduler.waiting or model is None:
