@@ -20,15 +20,30 @@ def _tokens(n: int) -> list[int]:
     return [(i * 7919) % 30_000 + 100 for i in range(n)]
 
 
+@pytest.fixture(scope="module")
+def gemma_engine():
+    """The MLX engine with Gemma loaded (batching on), shared by this module's tests."""
+    from mlxhost.registry import folder_info
+    from mlxhost.runtime.mlx_engine import MLXEngine
+
+    engine = MLXEngine(max_batch=4, warmup=False)
+    engine.load(folder_info(ensure_test_model("gemma")))
+    yield engine
+    engine.unload()
+
+
 @pytest.mark.parametrize(("name", "prompt"), CASES)
-def test_kv_estimate_matches_the_cache_mlx_allocates(name, prompt):
+def test_kv_estimate_matches_the_cache_mlx_allocates(name, prompt, request):
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
     from mlx_lm.utils import load_model
 
     folder = ensure_test_model(name)
-    model, _ = load_model(folder)
-    mx.eval(model.parameters())
+    if name == "gemma":
+        model = request.getfixturevalue("gemma_engine")._model
+    else:
+        model, _ = load_model(folder)
+        mx.eval(model.parameters())
     layout = KVLayout.from_config(json.loads((folder / "config.json").read_text()))
     assert layout is not None
     gc.collect()
@@ -51,47 +66,43 @@ def test_kv_estimate_matches_the_cache_mlx_allocates(name, prompt):
     estimate = layout.bytes_for(prompt + generated)
     assert abs(estimate - held) <= 0.1 * held, (estimate, held)
     assert abs(estimate - allocated) <= 0.1 * allocated, (estimate, allocated)
-    del cache, model
+    del cache
     gc.collect()
     mx.clear_cache()
 
 
-def test_prefix_cache_counts_the_bytes_mlx_holds():
+def test_prefix_cache_counts_the_bytes_mlx_holds(gemma_engine):
     """Sequences decoded in a batch hand their KV to the prefix cache: what the
     cache counts is what stays allocated (not the batch's padded arrays)."""
     import mlx.core as mx
 
-    from mlxhost.registry import folder_info
     from mlxhost.runtime.engine import PreparedPrompt
-    from mlxhost.runtime.mlx_engine import MLXEngine
     from mlxhost.types import SamplingParams
 
-    engine = MLXEngine(max_batch=4, warmup=False)
-    engine.load(folder_info(ensure_test_model("gemma")))
-    try:
-        gc.collect()
-        mx.clear_cache()
-        before = mx.get_active_memory()
-        errors: list[BaseException] = []
+    engine = gemma_engine
+    assert engine.prefix_cache is not None
+    engine.prefix_cache.clear()
+    gc.collect()
+    mx.clear_cache()
+    before = mx.get_active_memory()
+    errors: list[BaseException] = []
 
-        def emit(step, error):
-            if error is not None:
-                errors.append(error)
+    def emit(step, error):
+        if error is not None:
+            errors.append(error)
 
-        for k, length in enumerate((60, 200, 330)):
-            prompt = PreparedPrompt(tokens=tuple(t + k for t in _tokens(length)))
-            engine.join(prompt, SamplingParams(max_tokens=4, temperature=0.0), emit)
-        while engine.step():
-            pass
-        assert not errors
-        engine._batch = None  # the idle batch's last logits are workspace, not cache
-        gc.collect()
-        mx.clear_cache()
-        held = mx.get_active_memory() - before
-        assert engine.prefix_cache is not None
-        counted = engine.prefix_cache.stats().bytes
-        assert len(engine.prefix_cache) == 3
-        assert counted == engine.memory().prefix_cache
-        assert abs(counted - held) <= 0.1 * held, (counted, held)
-    finally:
-        engine.unload()
+    for k, length in enumerate((60, 200, 330)):
+        prompt = PreparedPrompt(tokens=tuple(t + k for t in _tokens(length)))
+        engine.join(prompt, SamplingParams(max_tokens=4, temperature=0.0), emit)
+    while engine.step():
+        pass
+    assert not errors
+    engine._batch = None  # the idle batch's last logits are workspace, not cache
+    gc.collect()
+    mx.clear_cache()
+    held = mx.get_active_memory() - before
+    assert engine.prefix_cache is not None
+    counted = engine.prefix_cache.stats().bytes
+    assert len(engine.prefix_cache) == 3
+    assert counted == engine.memory().prefix_cache
+    assert abs(counted - held) <= 0.1 * held, (counted, held)
