@@ -236,6 +236,21 @@ def test_a_bad_keep_alive_is_a_400_naming_it(plugin, fake_models, value):
         assert "keep_alive" in response.json()["error"]
 
 
+def test_huge_keep_alives_mean_forever(plugin, fake_models):
+    model = fake_models[0]
+    with app_client(plugin, [model]) as client:
+        for body in ({"ttl": 10**400}, {"ttl": 10**12}):
+            response = client.post("/v1/chat/completions", json={
+                "model": model, "messages": [{"role": "user", "content": "Hi"}], **body})
+            assert response.status_code == 200
+            assert client.get("/health").json()["keep_alive"]["duration"] == "never"
+        response = client.post("/api/chat", json={
+            "model": model, "keep_alive": 10**400, "stream": False,
+            "messages": [{"role": "user", "content": "Hi"}]})
+        assert response.status_code == 200
+        assert client.get("/health").json()["keep_alive"]["unloads_at"] is None
+
+
 def test_keep_alive_setting_accepts_durations():
     assert Settings.from_env({"MLXHOST_KEEP_ALIVE": "4s"}).keep_alive == 4.0
     assert Settings.from_env({"MLXHOST_KEEP_ALIVE": "-1"}).keep_alive == math.inf

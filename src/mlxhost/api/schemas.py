@@ -115,7 +115,7 @@ def ttl_seconds(ttl: int | None) -> float | None:
     """A request's ``ttl`` as the domain's keep-alive (None: the server's default)."""
     if ttl is None:
         return None
-    return math.inf if ttl < 0 else float(ttl)
+    return math.inf if ttl < 0 or ttl >= 10**9 else float(ttl)  # ~31 years: forever
 
 
 TOOL_CHOICE = {"anyOf": [

@@ -55,6 +55,8 @@ DEFAULT_DTYPE = "bfloat16"
 # Default budget as a fraction of the device's memory, where --max-memory is not given.
 DEFAULT_FRACTION = {"metal": 1.0, "cuda": 0.9, "cpu": 0.75}
 
+# Keep-alives this long or longer mean forever (and stay clear of datetime's range).
+FOREVER_S = 1e9
 GiB = 1 << 30
 _UNITS = {
     "": 1, "b": 1,
@@ -123,7 +125,7 @@ def parse_duration(text: str) -> float:
         seconds = sum(float(n) * _SECONDS[u] for n, u in parts)
     if math.isnan(seconds):
         raise ValueError(f"expected a duration, got {text!r}")
-    if negative and seconds > 0:
+    if (negative and seconds > 0) or seconds >= FOREVER_S:
         return math.inf
     return seconds
 
@@ -134,9 +136,9 @@ def duration_seconds(value: Any) -> float:
         raise ValueError("expected a duration such as \"5m\" or a number of seconds")
     if isinstance(value, str):
         return parse_duration(value)
-    if math.isnan(value):
+    if isinstance(value, float) and math.isnan(value):
         raise ValueError("expected a number of seconds")
-    return math.inf if value < 0 else float(value)
+    return math.inf if value < 0 or value >= FOREVER_S else float(value)
 
 
 def format_duration(seconds: float) -> str:
