@@ -155,6 +155,10 @@ class ChatRequest:
     # empty), and the text after the gap for fill-in-the-middle.
     raw_prompt: str | None = None
     suffix: str | None = None
+    # Seconds the model stays loaded once idle after this request (inf: forever,
+    # 0: unload at once); None: the model's or the server's default. Ollama's
+    # ``keep_alive`` and the OpenAI endpoints' ``ttl`` (LM Studio) convert to it.
+    keep_alive: float | None = None
 
     @property
     def offered_tools(self) -> tuple[FunctionTool, ...]:

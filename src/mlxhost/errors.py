@@ -103,6 +103,48 @@ class ContextLengthExceeded(MlxhostError):
         self.prompt_tokens = tokens if prompt_tokens is None else prompt_tokens
 
 
+class MemoryExceeded(MlxhostError):
+    """A request whose KV cache cannot fit in the memory budget even alone
+    (distinct from the context window: the model could take that many tokens,
+    this machine cannot hold them)."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "memory_exceeded"
+
+    def __init__(
+        self,
+        *,
+        tokens: int,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        fitting: int,
+        needed: int,
+        budget: int,
+        weights: int,
+        workspace: int = 0,
+    ):
+        from mlxhost.runtime.memory import format_bytes
+
+        asked = (
+            f"{prompt_tokens} prompt tokens + max_tokens {max_tokens}"
+            if max_tokens is not None
+            else f"{prompt_tokens} prompt tokens"
+        )
+        super().__init__(
+            f"This request does not fit in memory: {tokens} tokens ({asked}) need "
+            f"{format_bytes(needed)} of KV cache, but the memory budget of "
+            f"{format_bytes(budget)} (--max-memory) less the model's weights "
+            f"({format_bytes(weights)}) and working memory ({format_bytes(workspace)}) holds "
+            f"at most {fitting} tokens. This is a memory "
+            "limit of this server, not the model's context window: send at most "
+            f"{fitting} tokens in all (a shorter prompt or a lower max_tokens).",
+            param="max_tokens" if max_tokens is not None else "messages",
+        )
+        self.tokens = tokens
+        self.fitting = fitting
+
+
 class EngineError(MlxhostError):
     """Generation failed inside the MLX worker."""
 

@@ -331,6 +331,9 @@ class ModelRegistry:
                     **(generation_defaults(folder) if folder else {}),
                     **spec.defaults.sampling,
                 },
+                # The config file's [models.X] keep_alive (absent when --keep-alive
+                # or its variable is given: mlxhost.config); None: the server's.
+                keep_alive=spec.defaults.keep_alive,
             )
             self._infos[key] = info
         return info

@@ -19,6 +19,7 @@ import pluggy
 from mlxhost.conversation.summarize import Summarizer, split_conversation, with_summary
 from mlxhost.domain import SYSTEM_ROLES, ChatRequest, ImagePart, Message, TextPart, text_message
 from mlxhost.errors import ContextLengthExceeded, InvalidRequest
+from mlxhost.metrics import GenerationObserver, Metrics, note_model
 from mlxhost.registry import ModelRegistry
 from mlxhost.runtime.constrain import json_grammar, lark_grammar
 from mlxhost.runtime.engine import PreparedPrompt
@@ -60,8 +61,10 @@ class Generation:
         stack: AsyncExitStack,
         headers: dict[str, str],
         one_tool_call: bool = False,
+        observer: GenerationObserver | None = None,
     ) -> None:
         self.model = model
+        self._observer = observer
         # parallel_tool_calls: false: the reply ends after its first tool call.
         self._one_tool_call = one_tool_call
         self.prompt_tokens = prepared.num_tokens
@@ -120,8 +123,11 @@ class Generation:
         steps = self._session.generate(self._prepared, self._params)
         started = time.perf_counter()
         first_token: float | None = None
+        observer = self._observer
         try:
             async for step in steps:
+                if observer is not None:
+                    observer.token(time.perf_counter(), started)
                 if first_token is None:
                     first_token = time.perf_counter() - started
                 self.completion_tokens += 1
@@ -143,6 +149,8 @@ class Generation:
                     finish = step.finish
         finally:
             await steps.aclose()  # type: ignore[attr-defined]
+            if observer is not None:
+                observer.done(self.prompt_tokens, self.completion_tokens)
         for event in [*parser.feed(stops.flush()), *parser.finish()]:
             if isinstance(event, ToolCallEvent) and saw_tool_call and self._one_tool_call:
                 continue
@@ -172,17 +180,20 @@ class ChatService:
         runtime: Runtime,
         pm: pluggy.PluginManager,
         settings: Settings,
+        metrics: Metrics | None = None,
     ) -> None:
         self.registry = registry
         self.runtime = runtime
         self.pm = pm
         self.settings = settings
+        self.metrics = metrics
 
     async def start(self, request: ChatRequest) -> Generation:
         """Admit a request: everything that can fail before the first byte happens here."""
         request = self._normalize(request)
         info = self.registry.resolve(request.model)
         request = _with_system_prompt(request, info)
+        note_model(info.id)
         if request.images and VISION not in info.capabilities:
             raise InvalidRequest(
                 f"Model '{info.id}' does not accept images (it has no vision tower); "
@@ -196,21 +207,25 @@ class ChatService:
         headers: dict[str, str] = {}
         stack = AsyncExitStack()
         try:
-            session = await stack.enter_async_context(self.runtime.session(info))
+            session = await stack.enter_async_context(
+                self.runtime.session(info, keep_alive=request.keep_alive)
+            )
             model = session.model
             prepared = await self._prepare(session, request, messages)
             try:
-                params = self._sampling(request, model.info, prepared.num_tokens)
+                params = self._sampling(request, session, prepared.num_tokens)
             except ContextLengthExceeded as too_long:
                 if not (self.settings.summarize and request.summarize) or request.raw_prompt is not None:
                     raise
                 compressed = await self._summarize(session, messages, too_long)
                 prepared = await self._prepare(session, request, compressed)
                 try:
-                    params = self._sampling(request, model.info, prepared.num_tokens)
+                    params = self._sampling(request, session, prepared.num_tokens)
                 except ContextLengthExceeded:
                     raise too_long from None
                 headers["x-mlxhost-context"] = "summarized"
+            # The KV memory it needs, held until the generation ends (may wait: 503).
+            await stack.enter_async_context(session.reserve(prepared, params))
         except BaseException:
             await stack.aclose()
             raise
@@ -224,6 +239,7 @@ class ChatService:
             stack=stack,
             headers=headers,
             one_tool_call=not request.parallel_tool_calls,
+            observer=GenerationObserver(self.metrics, model.id) if self.metrics else None,
         )
 
     async def count_tokens(self, request: ChatRequest) -> int:
@@ -232,9 +248,10 @@ class ChatService:
         request = self._normalize(request)
         info = self.registry.resolve(request.model)
         request = _with_system_prompt(request, info)
+        note_model(info.id)
         info = await self.registry.ensure_local(info)
         messages = await self._decode_images(request.messages)
-        async with self.runtime.session(info) as session:
+        async with self.runtime.session(info, keep_alive=request.keep_alive) as session:
             return (await self._prepare(session, request, messages)).num_tokens
 
     # -- steps ----------------------------------------------------------------
@@ -333,7 +350,8 @@ class ChatService:
         async def generate(prompt: Sequence[Message], max_tokens: int) -> str:
             prepared = await session.prepare(self._render(model, plain, prompt))
             params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
-            return "".join([step.text async for step in session.generate(prepared, params)])
+            async with session.reserve(prepared, params):
+                return "".join([step.text async for step in session.generate(prepared, params)])
 
         async def truncate(text: str, max_tokens: int) -> str:
             tokenizer = model.tokenizer
@@ -361,7 +379,10 @@ class ChatService:
         )
         return compressed
 
-    def _sampling(self, request: ChatRequest, info: ModelInfo, prompt_tokens: int) -> SamplingParams:
+    def _sampling(
+        self, request: ChatRequest, session: ModelSession, prompt_tokens: int
+    ) -> SamplingParams:
+        info = session.model.info
         window = info.context_window
         requested = request.max_tokens
         if prompt_tokens == 0:
@@ -377,6 +398,12 @@ class ChatService:
             raise ContextLengthExceeded(
                 window, prompt_tokens + (requested or 0), prompt_tokens=prompt_tokens
             )
+        # Within the window, but the KV cache must also fit in memory (a 400 of its
+        # own, memory_exceeded). Without max_tokens the reply may run to the
+        # effective window: min(context window, what fits in memory).
+        session.check_memory(prompt_tokens, requested or 1, explicit=requested is not None)
+        fitting = session.memory_tokens
+        effective = window if fitting is None else min(window, fitting)
         vocabulary = _vocab_size(info)
         unknown = [t for t in request.logit_bias if vocabulary is not None and t >= vocabulary]
         if unknown:
@@ -397,8 +424,8 @@ class ChatService:
         if repetition is None and "repetition_penalty" in defaults:
             repetition = defaults["repetition_penalty"]
         return SamplingParams(
-            # Without max_tokens, generate until the context window is full.
-            max_tokens=requested if requested is not None else window - prompt_tokens,
+            # Without max_tokens, generate until the effective window is full.
+            max_tokens=requested if requested is not None else effective - prompt_tokens,
             temperature=pick("temperature", 1.0),
             top_p=pick("top_p", 1.0),
             # MLX seeds are unsigned 64-bit; any JSON integer maps onto one.

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+
+from mlxhost.runtime.memory import parse_duration, parse_size
 
 MiB = 1024 * 1024
 _KEY = "mlxhost.setting"
@@ -55,37 +56,6 @@ def parse_int(text: str) -> int:
 def parse_list(text: str) -> list[str]:
     """Comma-separated, items stripped, empty items dropped."""
     return [item.strip() for item in text.split(",") if item.strip()]
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``30``, ``4s``, ``500ms``, ``30m``, ``1h30m``; a negative number
-    (``-1``) means never and is returned as -1.0."""
-    text = text.strip()
-    try:
-        number = float(text)
-    except ValueError:
-        pass
-    else:
-        if number != number or number in (float("inf"), float("-inf")):
-            raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {text!r}")
-        return -1.0 if number < 0 else number
-    if text.startswith("-"):
-        return -1.0 if text[1:] and _is_duration(text[1:]) else _bad_duration(text)
-    if not _is_duration(text):
-        _bad_duration(text)
-    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
-
-
-def _is_duration(text: str) -> bool:
-    return bool(text) and "".join(m.group(0) for m in _DURATION_PART.finditer(text)) == text
-
-
-def _bad_duration(text: str) -> float:
-    raise ValueError(f"expected a duration such as 30s, 5m or 1h (-1: never), got {text!r}")
 
 
 def parse_mib(text: str) -> int:
@@ -223,7 +193,8 @@ class Settings:
         600.0, "seconds a request may wait for the model before 503 (None: no limit; Python only)"
     )
     api_key: str | None = setting(
-        None, "require 'Authorization: Bearer KEY' on every endpoint but /health",
+        None, "require 'Authorization: Bearer KEY' on every endpoint but /health (and "
+        "/metrics with --metrics-public)",
         env="MLXHOST_API_KEY", flag="--api-key", metavar="KEY",
     )
     cors_origins: list[str] = setting(
@@ -243,6 +214,31 @@ class Settings:
         "(the variable is in bytes, the flag in MiB)",
         env="MLXHOST_PREFIX_CACHE_BYTES", flag="--prefix-cache-mib", parse=parse_int,
         flag_parse=parse_mib, metavar="MIB", shown_default="the engine's, 2 GiB",
+    )
+    max_memory: int | float | None = setting(
+        None, "memory budget of the model server: bytes (2900MiB, 3GB, 3G = GiB) or a "
+        "fraction of the device's memory (0.75, 75%); weights, KV cache of the running "
+        "requests and prefix cache must fit in it: a request that never fits gets 400 "
+        "memory_exceeded, one that fits later waits (docs/operations.md, Memory)",
+        env="MLXHOST_MAX_MEMORY", flag="--max-memory", parse=parse_size, metavar="SIZE",
+        shown_default="Metal: the recommended working set; CUDA: 90% of the GPU's memory; "
+        "elsewhere: 75% of RAM",
+    )
+    memory_wait: float = setting(
+        600.0, "seconds a request may wait for memory held by running requests before 503 "
+        "with Retry-After",
+        env="MLXHOST_MEMORY_WAIT", flag="--memory-wait", parse=float, metavar="SECONDS",
+    )
+    keep_alive: float = setting(
+        1800.0, "unload the model after it has been idle this long (4s, 30m, 1h; 0: after "
+        "each request; -1: never); a request's keep_alive (Ollama) or ttl (OpenAI "
+        "endpoints, LM Studio style) overrides it for the time after that request",
+        env="MLXHOST_KEEP_ALIVE", flag="--keep-alive", parse=parse_duration,
+        metavar="DURATION", shown_default="30m",
+    )
+    metrics_public: bool = setting(
+        False, "serve GET /metrics (Prometheus) without the API key",
+        env="MLXHOST_METRICS_PUBLIC", flag="--metrics-public", parse=parse_bool,
     )
     warmup: bool = setting(
         True, "run two tokens through each model right after loading it, so that the first "

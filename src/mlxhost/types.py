@@ -26,8 +26,8 @@ class ModelDefaults:
     sampling: Mapping[str, float] = attrs.field(factory=dict)
     # Sent as the system message of a conversation that has none.
     system_prompt: str | None = None
-    # Idle seconds before the model is unloaded; negative: never; None: the server's
-    # keep-alive setting. Takes effect with the keep-alive feature (issue #15).
+    # Idle seconds before the model is unloaded (inf: never); None: the server's
+    # --keep-alive. A request's keep_alive / ttl beats it.
     keep_alive: float | None = None
     # The load-time weights policy (auto, as-is, bf16) instead of ``--weights``.
     weights: str | None = None
@@ -72,6 +72,10 @@ class ModelInfo:
     # Sampling defaults for requests that omit the field: generation_config.json
     # (temperature, top_p), overlaid by the config file's (``defaults.sampling``).
     generation_defaults: Mapping[str, float] = attrs.field(factory=dict)
+    # Seconds this model stays loaded once idle (inf: forever), when a request does
+    # not say; None: the server's --keep-alive. (A per-model default, e.g. from a
+    # configuration file, plugs in here.)
+    keep_alive: float | None = None
 
     @property
     def id(self) -> str:

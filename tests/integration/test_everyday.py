@@ -111,11 +111,11 @@ def test_ps_shows_the_running_server(server, env):
     window = httpx.get(f"{server.url}/v1/models/{QWEN}", timeout=30).json()["context_window"]
     assert re.search(rf"^model +{re.escape(QWEN)} \(context window {window:,}\)", text, re.M), text
     assert re.search(r"^sequences +0 running, 0 waiting \(batch max 4, peak \d+\)", text, re.M), text
-    assert re.search(r"^memory +rss \d+(\.\d)? [MG]B", text, re.M), text
+    assert re.search(r"^memory +rss \d+(\.\d)? [MG]B, MLX active \d+(\.\d)? [MG]B", text, re.M), text
     assert re.search(r"^keep-alive +", text, re.M), text
     body = json.loads(cli(env, "ps", "--url", server.url, "--json").stdout)
     assert (body["model"], body["context_window"], body["url"]) == (QWEN, window, server.url)
-    assert body["memory"]["rss_bytes"] > 100_000_000  # a loaded model, in bytes
+    assert body["memory"]["process"]["rss"] > 100_000_000  # a loaded model, in bytes
 
 
 def test_ls_lists_the_test_models_with_config_aliases(env):

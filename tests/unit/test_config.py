@@ -131,13 +131,13 @@ def test_model_tables(tmp_path):
     assert coder.defaults.sampling == {"temperature": 0.2, "top_k": 40.0, "repetition_penalty": 1.1}
     assert (coder.defaults.context_window, coder.defaults.system_prompt) == (8192, "Be brief.")
     assert (coder.defaults.keep_alive, coder.defaults.weights) == (5400.0, "bf16")
-    assert qwen.defaults.keep_alive == -1.0
+    assert qwen.defaults.keep_alive == float("inf")  # -1: never
     assert coder.where.endswith("config.toml:1") and qwen.where.endswith("config.toml:12")
 
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30", 30.0), ("0", 0.0), ("-1", -1.0), ("-5m", -1.0), ("4s", 4.0), ("500ms", 0.5),
+    [("30", 30.0), ("0", 0.0), ("-1", float("inf")), ("-5m", float("inf")), ("4s", 4.0), ("500ms", 0.5),
      ("30m", 1800.0), ("1h30m", 5400.0), ("1.5h", 5400.0)],
 )
 def test_durations(text, seconds):
@@ -290,6 +290,7 @@ def test_aliases_and_models_list(tmp_path, fake_plugin, fake_models):
     assert info.id == str(Path(fake_models[0]).resolve())
     assert info.spec.aliases == ("a", "first", "alpha")
     assert info.defaults.keep_alive == 600.0
+    assert info.keep_alive == 600.0  # what the runtime's idle unload reads (before --keep-alive)
     assert registry.names(info.id) == [info.id, "a", "first", "alpha"]
     remote = registry.resolve("remote")
     assert (remote.id, remote.downloaded, remote.spec.source) == ("org/not-cached", False, "config")

@@ -50,6 +50,7 @@ def test_defaults():
         "warmup": True, "disabled_plugins": [], "extra_models": [], "log_level": "info",
         "openblas": True, "openblas_path": None, "models_dirs": [], "allow_model_paths": False,
         "ui": True, "config_file": None, "model_configs": [],
+        "max_memory": None, "memory_wait": 600.0, "keep_alive": 1800.0, "metrics_public": False,
     }
     assert Settings(extra_models=["x"], context_window=128).context_window == 128
     assert Settings().cors_origins is not Settings().cors_origins  # no shared list

@@ -60,6 +60,6 @@ def test_no_ui_turns_the_page_off(make_client):
 def test_health_reports_uptime_and_memory(client):
     body = client.get("/health").json()
     assert body["uptime_s"] >= 0
-    assert body["memory"]["peak_rss_bytes"] > 0
-    rss = body["memory"]["rss_bytes"]
-    assert rss is None or 0 < rss <= body["memory"]["peak_rss_bytes"] * 1.01
+    process = body["memory"]["process"]
+    assert process["rss_peak"] > 0
+    assert 0 < process["rss"] <= process["rss_peak"] * 1.01

@@ -23,7 +23,16 @@ from litestar.exceptions import HTTPException
 from litestar.response import Stream
 
 from mlxhost.api.controllers import until_disconnect
-from mlxhost.api.schemas import STOP, TEMPERATURE, TOP_P, _describe, check_shape, converter
+from mlxhost.api.schemas import (
+    STOP,
+    TEMPERATURE,
+    TOP_P,
+    TTL,
+    _describe,
+    check_shape,
+    converter,
+    ttl_seconds,
+)
 from mlxhost.api.wire_schema import check_body, constrained, operation, schema_of
 from mlxhost.domain import ChatRequest
 from mlxhost.errors import InvalidRequest, MlxhostError
@@ -62,6 +71,7 @@ class CompletionRequest:
         anyOf=[{"const": 0}, {"type": "null"}], description=_UNSUPPORTED + " or 0")
     logit_bias: dict[str, Any] | None = constrained(
         type=["object", "null"], maxProperties=0, description=_UNSUPPORTED)
+    ttl: int | None = constrained(**TTL)
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -102,6 +112,7 @@ def to_domain(request: CompletionRequest, prompt: str) -> ChatRequest:
         seed=request.seed,
         stop=request.stop_strings,
         summarize=False,
+        keep_alive=ttl_seconds(request.ttl),
     )
 
 

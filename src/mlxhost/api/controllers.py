@@ -92,6 +92,8 @@ def model_entry(state: State, info: ModelInfo, alias: str | None = None) -> dict
         "created": 0,
         "owned_by": spec.source or "mlxhost",
         "context_window": info.context_window,
+        # min(context window, the tokens one request can hold in the memory budget).
+        "effective_context_window": state.runtime.memory_window(info),
         "family": spec.family,
         "capabilities": sorted(spec.capabilities),
         "downloaded": info.downloaded,
@@ -122,22 +124,6 @@ class ModelsController(Controller):
         return model_entry(state, info, name if name in info.spec.aliases else None)
 
 
-def process_memory() -> dict[str, int | None]:
-    """The server process's resident memory now (Linux; None elsewhere) and its peak."""
-    import resource
-    import sys
-
-    rss: int | None = None
-    try:
-        with open("/proc/self/statm") as statm:
-            rss = int(statm.read().split()[1]) * resource.getpagesize()
-    except (OSError, ValueError, IndexError):
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # ru_maxrss is in KiB on Linux, in bytes on macOS.
-    return {"rss_bytes": rss, "peak_rss_bytes": peak if sys.platform == "darwin" else peak * 1024}
-
-
 @get("/health", operation_class=operation())
 async def health(state: State) -> dict[str, Any]:
     runtime = state.runtime.status()
@@ -152,9 +138,11 @@ async def health(state: State) -> dict[str, Any]:
         "loading": runtime.loading,
         "last_error": runtime.last_error,
         "swaps": runtime.swaps,
+        "loads": runtime.loads,
         "waiting": runtime.waiting,
         "running": runtime.running,
         "uptime_s": round(time.time() - state.started, 1),
-        "memory": process_memory(),
         **runtime.engine,
+        "memory": runtime.memory,
+        "keep_alive": runtime.keep_alive,
     }

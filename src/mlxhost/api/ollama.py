@@ -1,7 +1,10 @@
 """The Ollama API subset (``/api/...``): tags, show, ps, version, chat, generate.
 
 Errors leave in Ollama's shape, ``{"error": "message"}``. Chat and generate
-stream NDJSON by default (``stream: false``: one object).
+stream NDJSON by default (``stream: false``: one object). ``keep_alive`` sets
+how long the model stays loaded once idle after the request; a request with
+no prompt (generate) or no messages (chat) only loads the model, or with
+``keep_alive: 0`` unloads it, as Ollama does.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from mlxhost.api.schemas import (
 from mlxhost.api.wire_schema import OLLAMA_ERROR, check_body, operation
 from mlxhost.domain import ChatRequest, FunctionTool, ImagePart, JsonFormat, Message, TextPart
 from mlxhost.errors import InvalidRequest, MlxhostError
+from mlxhost.runtime.memory import duration_seconds
 from mlxhost.service import ChatService, Generation
 from mlxhost.types import TOOLS, VISION, ContentDelta, ModelInfo, ToolCall, ToolCallEvent
 
@@ -67,13 +71,15 @@ _COMMON = {
     "format": {"anyOf": [{"enum": ["json", ""]}, {"type": "object"}, {"type": "null"}],
                "description": '"json" or a JSON schema'},
     "options": _OPTIONS_SCHEMA,
-    "keep_alive": {"type": ["string", "number", "null"]},
+    "keep_alive": {"type": ["string", "number", "null"],
+                   "description": 'how long the model stays loaded once idle: "5m", "1h", '
+                   "seconds; negative: forever; 0: unload after this request"},
 }
 _IMAGES = {"type": ["array", "null"], "items": {"type": "string"}, "description": "base64 images"}
 _FUNCTION = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
 CHAT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
     **_COMMON,
-    "messages": {"type": "array", "minItems": 1, "items": {"type": "object", "properties": {
+    "messages": {"type": "array", "items": {"type": "object", "properties": {
         "role": {"enum": ["system", "user", "assistant", "tool"]},
         "content": {"type": ["string", "null"]},
         "images": _IMAGES,
@@ -84,7 +90,7 @@ CHAT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
     }, "required": ["role"]}},
     "tools": {"type": ["array", "null"], "items": {
         "type": "object", "properties": {"function": _FUNCTION}, "required": ["function"]}},
-}, "required": ["model", "messages"]}
+}, "required": ["model"]}
 GENERATE_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
     **_COMMON,
     "prompt": {"type": "string"},
@@ -92,7 +98,7 @@ GENERATE_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
     "system": {"type": ["string", "null"]},
     "raw": {"type": ["boolean", "null"]},
     "images": _IMAGES,
-}, "required": ["model", "prompt"]}
+}, "required": ["model"]}
 SHOW_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
     "model": {"type": "string", "minLength": 1}, "name": {"type": "string", "minLength": 1}},
     "anyOf": [{"required": ["model"]}, {"required": ["name"]}]}
@@ -179,12 +185,21 @@ async def show(request: Request, state: State) -> dict[str, Any]:
 
 @get("/api/ps", operation_class=operation(errors=OLLAMA_ERROR))
 async def ps(state: State) -> dict[str, Any]:
-    loaded = state.runtime.current
+    runtime = state.runtime
+    loaded = runtime.current
     if loaded is None:
         return {"models": []}
     entry = _entry(loaded.info, loaded.id)
-    # keep_alive is not enforced: the model stays until another one is asked for.
-    entry.update({"expires_at": "9999-12-31T23:59:59Z", "size_vram": entry["size"],
+    # When it unloads: the idle timer's deadline, or (requests running) the
+    # keep-alive counted from now; far in the future when it never unloads.
+    unloads_at = runtime.unloads_at
+    keep_alive = runtime.keep_alive_status()["seconds"]
+    if unloads_at is None and keep_alive is not None:
+        unloads_at = time.time() + keep_alive
+    expires = (datetime.fromtimestamp(unloads_at, timezone.utc).isoformat().replace("+00:00", "Z")
+               if unloads_at is not None else "9999-12-31T23:59:59Z")
+    weights = runtime.memory.weights if runtime.memory.model == loaded.id else 0
+    entry.update({"expires_at": expires, "size_vram": weights or entry["size"],
                   "context_length": loaded.context_window})
     return {"models": [entry]}
 
@@ -257,7 +272,19 @@ def _sampling(body: dict[str, Any], state: State, model: str) -> dict[str, Any]:
         "max_tokens": num_predict if num_predict is not None and num_predict > 0 else None,
         "stop": (stop,) if isinstance(stop, str) else tuple(stop or ()),
         "json_format": _format(body.get("format")),
+        "keep_alive": _keep_alive(body),
     }
+
+
+def _keep_alive(body: dict[str, Any]) -> float | None:
+    """Ollama's ``keep_alive`` ("5m", seconds, negative: forever) as seconds."""
+    value = body.get("keep_alive")
+    if value is None:
+        return None
+    try:
+        return duration_seconds(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"'keep_alive': {exc}", param="keep_alive") from None
 
 
 def _images(value: Any, where: str) -> tuple[ImagePart, ...]:
@@ -426,8 +453,46 @@ async def _ndjson(service: ChatService, chat: ChatRequest, name: str, kind: str)
         await generation.close()
 
 
+def _load_only(body: dict[str, Any], kind: str) -> bool:
+    """Ollama's load/unload form: a chat without messages, a generate without prompt."""
+    if kind == "chat":
+        return body.get("messages") in (None, [])
+    return not body.get("prompt") and not body.get("images") and not body.get("suffix")
+
+
+async def _load_or_unload(body: dict[str, Any], state: State, kind: str) -> dict[str, Any]:
+    """Load the model (and keep it for ``keep_alive``), or with ``keep_alive: 0``
+    unload it once idle; answers Ollama's ``done`` object."""
+    name = _name(body.get("model"))
+    keep_alive = _keep_alive(body)
+    runtime = state.runtime
+    info = state.registry.resolve(name)
+    reason = "load"
+    if keep_alive == 0:
+        reason = "unload"
+        loaded = runtime.current
+        if loaded is not None and loaded.id == info.id:
+            # Hold it for no time: it unloads as soon as no request runs.
+            async with runtime.session(loaded.info, keep_alive=0):
+                pass
+    else:
+        info = await state.registry.ensure_local(info)
+        async with runtime.session(info, keep_alive=keep_alive):
+            pass
+    done: dict[str, Any] = {"model": body["model"], "created_at": _now(), "done": True,
+                            "done_reason": reason}
+    if kind == "chat":
+        done["message"] = {"role": "assistant", "content": ""}
+    else:
+        done["response"] = ""
+    return done
+
+
 async def _answer(request: Request, state: State, kind: str) -> Any:
     body = await _body(request, CHAT_SCHEMA if kind == "chat" else GENERATE_SCHEMA)
+    if _load_only(body, kind):
+        return Response(content=await _load_or_unload(body, state, kind),
+                        media_type="application/json")
     chat = chat_request(body, state) if kind == "chat" else generate_request(body, state)
     name = body["model"]
     stream = body.get("stream", True)

@@ -24,7 +24,7 @@ from litestar.response import Stream
 
 from mlxhost import domain
 from mlxhost.api.controllers import until_disconnect
-from mlxhost.api.schemas import TEMPERATURE, TOP_P, check_shape
+from mlxhost.api.schemas import TEMPERATURE, TOP_P, TTL, check_shape, ttl_seconds
 from mlxhost.api.wire_schema import check_body, nullable, operation, tagged
 from mlxhost.errors import InvalidRequest, MlxhostError
 from mlxhost.service import ChatService, Generation
@@ -99,6 +99,7 @@ REQUEST_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
     "max_tool_calls": {"type": "null", "description": _UNSUPPORTED},
     "conversation": {"type": "null", "description": "use 'previous_response_id'"},
     "prompt": {"type": "null", "description": "prompt templates are not supported"},
+    "ttl": {"type": ["integer", "null"], **TTL},
 }, "required": ["model", "input"]}
 
 
@@ -407,6 +408,7 @@ def parse_request(body: Any, store: ResponseStore) -> Parsed:
         top_p=float(top_p) if top_p is not None else None,
         summarize=truncation != "disabled",
         json_format=json_format,
+        keep_alive=ttl_seconds(_opt(body, "ttl", (int,), "an integer")),
     )
     return Parsed(
         chat=chat,

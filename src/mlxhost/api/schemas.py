@@ -3,6 +3,7 @@ one conversion into the domain request (:func:`to_domain`)."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, ClassVar, Literal
 
@@ -105,6 +106,18 @@ LOGIT_BIAS = {
     "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
     "maxProperties": 1024,
 }
+# LM Studio's per-request idle time-to-live, accepted by the OpenAI-style endpoints.
+TTL = {"minimum": -1, "description": "seconds the model stays loaded once idle after this "
+       "request (LM Studio's ttl; -1: forever, 0: unload at once)"}
+
+
+def ttl_seconds(ttl: int | None) -> float | None:
+    """A request's ``ttl`` as the domain's keep-alive (None: the server's default)."""
+    if ttl is None:
+        return None
+    return math.inf if ttl < 0 or ttl >= 10**9 else float(ttl)  # ~31 years: forever
+
+
 TOOL_CHOICE = {"anyOf": [
     {"enum": ["auto", "none", "required"]},
     {"type": "object", "properties": {
@@ -161,6 +174,7 @@ class ChatCompletionRequest:
     response_format: dict[str, Any] | None = constrained(**RESPONSE_FORMAT)
     logprobs: bool | None = None
     top_logprobs: int | None = constrained(minimum=0, maximum=20)
+    ttl: int | None = constrained(**TTL)
 
     @property
     def completion_limit(self) -> int | None:
@@ -409,6 +423,7 @@ def to_domain(request: ChatCompletionRequest) -> domain.ChatRequest:
         json_format=json_format_of(request.response_format),
         stop=tuple(request.stop_strings),
         summarize=request.truncation != "disabled",
+        keep_alive=ttl_seconds(request.ttl),
     )
 
 

@@ -64,18 +64,16 @@ def describe(url: str, health: dict[str, Any], context_window: int | None) -> li
     lines.append(("sequences", queue))
     memory = health.get("memory")
     if isinstance(memory, dict) and memory:
-        parts = [
-            f"{name.removesuffix('_bytes').replace('_', ' ')} {human_bytes(value)}"
-            for name, value in memory.items()
-            if value is None or isinstance(value, (int, float))
-        ]
-        lines.append(("memory", ", ".join(parts)))
-    unload_at = health.get("unload_at")
-    if isinstance(unload_at, (int, float)):
-        when = time.strftime("%H:%M:%S", time.localtime(unload_at))
-        lines.append(("keep-alive", f"unloads at {when} (in {human_duration(unload_at - time.time())})"))
-    elif model:
+        lines.append(("memory", _memory_line(memory)))
+    keep_alive = health.get("keep_alive")
+    unloads_in = keep_alive.get("unloads_in") if isinstance(keep_alive, dict) else None
+    if isinstance(unloads_in, (int, float)):
+        when = time.strftime("%H:%M:%S", time.localtime(time.time() + unloads_in))
+        lines.append(("keep-alive", f"unloads at {when} (in {human_duration(unloads_in)})"))
+    elif model and isinstance(keep_alive, dict) and keep_alive.get("seconds") is None:
         lines.append(("keep-alive", "stays loaded until a request asks for another model"))
+    elif model and isinstance(keep_alive, dict):
+        lines.append(("keep-alive", f"unloads after {keep_alive.get('duration')} idle"))
     if health.get("last_error"):
         lines.append(("last error", str(health["last_error"])))
     return lines
@@ -97,3 +95,19 @@ def run(args: argparse.Namespace) -> int:
     for label, text in lines:
         print(f"{label.ljust(width)}  {text}")
     return 0
+
+
+def _memory_line(memory: dict[str, Any]) -> str:
+    """The process's resident memory, MLX's active bytes and the budget, where known."""
+    parts = []
+    process = memory.get("process")
+    if isinstance(process, dict) and isinstance(process.get("rss"), int):
+        parts.append(f"rss {human_bytes(process['rss'])}")
+    mlx = memory.get("mlx")
+    if isinstance(mlx, dict) and isinstance(mlx.get("active"), int):
+        parts.append(f"MLX active {human_bytes(mlx['active'])}")
+    if isinstance(memory.get("budget"), int):
+        parts.append(f"budget {human_bytes(memory['budget'])}")
+    if isinstance(memory.get("free"), int):
+        parts.append(f"free {human_bytes(memory['free'])}")
+    return ", ".join(parts) or "unknown"

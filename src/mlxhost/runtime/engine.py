@@ -8,11 +8,14 @@ for concurrent use, so one thread owns all of it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from mlxhost.types import ModelInfo, RenderedPrompt, SamplingParams, TokenStep
+
+if TYPE_CHECKING:
+    from mlxhost.runtime.memory import DeviceMemory
 
 
 @attrs.frozen
@@ -25,6 +28,18 @@ class PreparedPrompt:
     @property
     def num_tokens(self) -> int:
         return len(self.tokens)
+
+
+@attrs.frozen
+class EngineMemory:
+    """What an engine holds, in bytes (None: this engine cannot say)."""
+
+    weights: int = 0  # the loaded model's arrays (0: none loaded)
+    prefix_cache: int = 0  # the KV arrays the prefix cache holds
+    active: int | None = None  # MLX's allocator: arrays alive now
+    cache: int | None = None  # freed buffers MLX keeps for reuse
+    peak: int | None = None  # the most active memory since start
+    limit: int | None = None  # the limit MLX was given (mx.set_memory_limit)
 
 
 class Engine(Protocol):
@@ -75,6 +90,26 @@ class Engine(Protocol):
 
     def step(self) -> bool:
         """Advance the batch one token; True while sequences remain."""
+        ...
+
+    # Memory (``runtime.memory``): the runtime budgets, the engine measures and obeys.
+    def device_memory(self) -> DeviceMemory | None:
+        """The memory the device offers (Metal's recommended working set, CUDA's
+        memory, else RAM); None when unknown (then only a --max-memory in bytes
+        sets a budget)."""
+        ...
+
+    def set_memory_limit(self, budget: int) -> None:
+        """Hand the budget to the backend (MLX: memory, wired and cache limits)."""
+        ...
+
+    def memory(self) -> EngineMemory:
+        """Current figures; safe to call from any thread (it reads counters only)."""
+        ...
+
+    def shrink_prefix_cache(self, max_bytes: int) -> int:
+        """Drop least recently used prefix-cache entries until it holds at most
+        ``max_bytes``; returns the bytes it holds now."""
         ...
 
     def stats(self) -> dict[str, Any]:

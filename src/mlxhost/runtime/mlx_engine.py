@@ -28,7 +28,8 @@ from typing import Any
 
 import attrs
 
-from mlxhost.runtime.engine import PreparedPrompt
+from mlxhost.runtime.engine import EngineMemory, PreparedPrompt
+from mlxhost.runtime.memory import DeviceMemory, ram_bytes
 from mlxhost.runtime.prefix_cache import (
     DEFAULT_PREFIX_CACHE_BYTES,
     MLXCacheAdapter,
@@ -113,6 +114,8 @@ class MLXEngine:
         self._peak = 0  # the batch peak of models unloaded since start
         # Sequences of unloaded models that started alone / moved into a batch.
         self._batch_counts = {"alone": 0, "moved": 0}
+        self._weights = 0  # bytes of the loaded model's arrays
+        self._memory_limit: int | None = None
         if prefix_cache_bytes is None:
             prefix_cache_bytes = DEFAULT_PREFIX_CACHE_BYTES
         # None when disabled. Only touched on the worker thread (its stats are
@@ -150,6 +153,61 @@ class MLXEngine:
             stats["prefix_cache"] = attrs.asdict(self.prefix_cache.stats())
         return stats
 
+    # -- memory ---------------------------------------------------------------
+    def device_memory(self) -> DeviceMemory | None:
+        import mlx.core as mx
+
+        if mx.metal.is_available():
+            info = _device_info(mx)
+            total = info.get("max_recommended_working_set_size")
+            if isinstance(total, int) and total > 0:
+                return DeviceMemory(total, "metal", "max_recommended_working_set_size")
+        cuda = getattr(mx, "cuda", None)
+        if cuda is not None and cuda.is_available():
+            info = mx.device_info()
+            for key in ("memory_size", "total_memory"):
+                total = info.get(key)
+                if isinstance(total, int) and total > 0:
+                    return DeviceMemory(total, "cuda", f"device_info {key}")
+        ram = ram_bytes()
+        return DeviceMemory(ram, "cpu", "RAM") if ram else None
+
+    def set_memory_limit(self, budget: int) -> None:
+        """MLX's own limits: the memory limit (MLX waits for pending work and frees
+        its buffer cache before going past it), the wired limit on Metal (keeps the
+        weights resident), and a buffer-cache limit (freed buffers kept for reuse:
+        MLX's default is the whole memory limit, which RSS would show)."""
+        import mlx.core as mx
+
+        mx.set_memory_limit(budget)
+        mx.set_cache_limit(max(budget // 8, 256 << 20))
+        if mx.metal.is_available():
+            recommended = _device_info(mx).get("max_recommended_working_set_size")
+            wired = min(budget, recommended) if isinstance(recommended, int) else budget
+            try:
+                mx.set_wired_limit(wired)
+            except (RuntimeError, ValueError) as exc:  # an older macOS without wiring
+                log.warning("Could not set MLX's wired limit: %s", exc)
+        self._memory_limit = budget
+
+    def memory(self) -> EngineMemory:
+        import sys
+
+        mx = sys.modules.get("mlx.core")  # counters only; never the first MLX import here
+        pc = self.prefix_cache
+        return EngineMemory(
+            weights=self._weights,
+            prefix_cache=pc.nbytes if pc is not None else 0,
+            active=int(mx.get_active_memory()) if mx else None,
+            cache=int(mx.get_cache_memory()) if mx else None,
+            peak=int(mx.get_peak_memory()) if mx else None,
+            limit=self._memory_limit,
+        )
+
+    def shrink_prefix_cache(self, max_bytes: int) -> int:
+        pc = self.prefix_cache
+        return pc.shrink_to(max_bytes) if pc is not None else 0
+
     # -- loading --------------------------------------------------------------
     def load(self, info: ModelInfo) -> Any:
         from mlx_lm.tokenizer_utils import TokenizerWrapper
@@ -186,6 +244,7 @@ class MLXEngine:
         )
         self._model = model
         self._model_id = model_id
+        self._weights = _array_bytes(model)
         self._tokenizer = tokenizer
         self._detokenizer_source = wrapper
         self._eos = eos_token_ids(path, config, tokenizer)
@@ -299,6 +358,7 @@ class MLXEngine:
             self.prefix_cache.clear_model(self._model_id)
         self._model_id = None
         self._kernels = None
+        self._weights = 0
         if self._batch is not None:
             self._batch.fail(RuntimeError("the model was unloaded"))
             self._peak = max(self._peak, self._batch.peak)
@@ -386,6 +446,12 @@ class MLXEngine:
             return
         held = pc.adapter.length(cache)
         if 0 < held <= len(fed):
+            import mlx.core as mx
+
+            # A batch hands out lazy slices of its padded arrays: evaluated, the
+            # entry holds only its own bytes (what the prefix cache counts), not
+            # the whole batch's arrays.
+            mx.eval([c.state for c in cache])
             pc.insert(self._model_id, fed[:held], cache)
 
     # -- generation -----------------------------------------------------------
@@ -688,6 +754,20 @@ def _prime_vlm_positions(model: Any, tokens: tuple[int, ...], kwargs: dict[str, 
     except ImportError:
         return False
     return bool(_prime_cached_prefix_rope_state(model, mx.array(tokens)[None], None, kwargs))
+
+
+def _device_info(mx: Any) -> dict[str, Any]:
+    """mx.device_info() (MLX >= 0.29), else the older mx.metal.device_info()."""
+    reader = getattr(mx, "device_info", None) or mx.metal.device_info
+    return dict(reader())
+
+
+def _array_bytes(model: Any) -> int:
+    """Bytes of a model's arrays (parameters, quantization scales included)."""
+    from mlx.utils import tree_flatten
+
+    flat: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
+    return sum(int(getattr(v, "nbytes", 0)) for _, v in flat)
 
 
 def _vocab_size(config: Mapping[str, Any]) -> int | None:

@@ -352,6 +352,20 @@ class PrefixCache(Generic[C]):
             self._lru.clear()
             self._bytes = 0
 
+    def shrink_to(self, max_bytes: int) -> int:
+        """Evict least recently used entries until at most ``max_bytes`` are held
+        (the memory governor makes room for a request); returns the bytes held."""
+        with self._lock:
+            while self._bytes > max(0, max_bytes) and self._lru:
+                self._evictions += 1
+                self._remove(next(iter(self._lru)))
+            return self._bytes
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now (cheaper than ``stats()``)."""
+        return self._bytes
+
     def clear_model(self, model_id: str) -> None:
         """Drop every entry of ``model_id`` (whatever its extra key)."""
         with self._lock:

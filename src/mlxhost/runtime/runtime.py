@@ -1,16 +1,18 @@
 """The runtime: the only owner of the engine and the MLX worker thread.
 
 The service asks it for a :class:`ModelSession` on a model (``session(info)``)
-and, through the session, prepares prompts and generates token streams. The
-runtime decides when work runs: today one session at a time (the slot
-scheduler's order, swapping models between sessions); a batching runtime can
-keep the same interface and run several sessions' sequences together.
+and, through the session, prepares prompts, reserves KV memory and generates
+token streams. The runtime decides when work runs (the scheduler's order,
+swapping models between sessions, up to ``max_batch`` sessions decoding
+together), whether a request's KV fits (``runtime.memory``), and when an idle
+model is unloaded (keep-alive).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,6 +22,15 @@ import attrs
 
 from mlxhost.errors import EngineError, MlxhostError, ModelLoadFailed
 from mlxhost.runtime.engine import Engine, PreparedPrompt
+from mlxhost.runtime.memory import (
+    KVLayout,
+    MemoryGovernor,
+    Reservation,
+    format_duration,
+    process_memory,
+    resolve_budget,
+    workspace_bytes,
+)
 from mlxhost.runtime.scheduler import SlotScheduler
 from mlxhost.runtime.worker import LoopOutbox, MLXWorker
 from mlxhost.types import (
@@ -43,9 +54,12 @@ class RuntimeStatus:
     loading: str | None
     last_error: str | None
     swaps: int
+    loads: int
     waiting: int
     running: int
     engine: dict[str, Any]
+    memory: dict[str, Any] = attrs.Factory(dict)
+    keep_alive: dict[str, Any] = attrs.Factory(dict)
 
 
 class ModelSession:
@@ -65,6 +79,29 @@ class ModelSession:
         """The token stream; leaving it early stops generation between two tokens."""
         return self._runtime._generate(prompt, params)
 
+    @property
+    def memory_tokens(self) -> int | None:
+        """The longest sequence (prompt + completion) this model can hold in the
+        memory budget with nothing else running; None: no limit known."""
+        return self._runtime.memory.tokens_fitting()
+
+    def check_memory(self, prompt_tokens: int, max_tokens: int, *, explicit: bool) -> None:
+        """MemoryExceeded (400) when prompt + max_tokens can never fit in memory."""
+        self._runtime.memory.check(prompt_tokens, max_tokens, explicit=explicit)
+
+    @asynccontextmanager
+    async def reserve(self, prompt: PreparedPrompt, params: SamplingParams) -> AsyncIterator[Reservation]:
+        """Hold KV memory for prompt + max_tokens while the generation runs; waits
+        (bounded, then 503) while running requests hold the memory it needs."""
+        runtime = self._runtime
+        reservation = await runtime.memory.reserve(
+            prompt.num_tokens + params.max_tokens, batched=runtime._engine.batchable(prompt)
+        )
+        try:
+            yield reservation
+        finally:
+            runtime.memory.release(reservation)
+
 
 class Runtime:
     def __init__(
@@ -75,7 +112,14 @@ class Runtime:
         max_waiting: int = 64,
         wait_timeout: float | None = None,
         max_batch: int = 1,
+        prefill_chunk: int = 512,
+        keep_alive: float = math.inf,
+        memory_wait: float | None = 600.0,
+        on_load: Callable[[str, float], None] | None = None,
     ) -> None:
+        """``keep_alive``: seconds an idle model stays loaded (inf: forever; a
+        request or the model's facts may say otherwise); ``memory_wait``: seconds a
+        request may wait for memory; ``on_load(model, seconds)`` after each load."""
         self._engine = engine
         self._load_lock = asyncio.Lock()  # sessions that join a batch share one load
         self._ticking = False  # the batch ticker is registered (worker thread only)
@@ -85,7 +129,25 @@ class Runtime:
         self.current: LoadedModel | None = None
         self.loading: str | None = None
         self.swaps = 0
+        self.loads = 0
         self.last_error: str | None = None
+        self._on_load = on_load
+        self._max_batch = max_batch
+        self._prefill_chunk = prefill_chunk
+        self.memory = MemoryGovernor(
+            wait_timeout=memory_wait,
+            prefix_bytes=lambda: engine.memory().prefix_cache,
+            shrink_prefix=lambda max_bytes: self._worker.run(engine.shrink_prefix_cache, max_bytes),
+        )
+        # Idle unload: the keep-alive of the latest session (request > model > server).
+        self.keep_alive = keep_alive
+        self._keep_alive_now = keep_alive
+        self.unloads_at: float | None = None  # wall-clock time of the next idle unload
+        self.unloading: str | None = None  # the model being unloaded now
+        self.idle_unloads = 0
+        self.last_unloaded: str | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_task: asyncio.Task | None = None
         self.scheduler = SlotScheduler(
             lambda: self.current.id if self.current else None,
             max_waiting=max_waiting,
@@ -97,8 +159,33 @@ class Runtime:
     def start(self) -> None:
         self._worker.start()
 
+    async def open(self, max_memory: int | float | None = None) -> None:
+        """Start the worker and set the memory budget (``--max-memory``: bytes, a
+        fraction of the device's memory, or None for the platform default)."""
+        self.start()
+        governor = self.memory
+        try:
+            governor.device = await self._worker.run(self._engine.device_memory)
+            governor.budget = resolve_budget(max_memory, governor.device)
+            if governor.budget is not None:
+                await self._worker.run(self._engine.set_memory_limit, governor.budget)
+        except Exception:  # the server still serves, unbudgeted
+            log.exception("Could not set the memory budget")
+            return
+        if governor.budget is not None:
+            from mlxhost.runtime.memory import format_bytes
+
+            device = governor.device
+            if isinstance(max_memory, int) or device is None:
+                source = "--max-memory"
+            else:
+                fraction = device.default_fraction if max_memory is None else max_memory
+                source = f"{fraction:g} of {format_bytes(device.total)}, {device.source}"
+            log.info("Memory budget %s (%s)", format_bytes(governor.budget), source)
+
     async def close(self) -> None:
         """Unload the model and stop the worker."""
+        self._cancel_idle()
         if self._worker.alive:
             try:
                 await self._worker.run(self._engine.unload)
@@ -115,24 +202,62 @@ class Runtime:
             loading=self.loading,
             last_error=self.last_error,
             swaps=self.swaps,
+            loads=self.loads,
             waiting=self.scheduler.waiting,
             running=self.scheduler.running,
             engine=self._engine.stats(),
+            memory=self.memory_status(),
+            keep_alive=self.keep_alive_status(),
         )
+
+    def memory_status(self) -> dict[str, Any]:
+        """The governor's ledger beside what MLX's allocator and the OS measure."""
+        measured = self._engine.memory()
+        figures = self.memory.stats()
+        figures["mlx"] = {
+            "active": measured.active,
+            "cache": measured.cache,
+            "peak": measured.peak,
+            "limit": measured.limit,
+        }
+        figures["process"] = process_memory()
+        return figures
+
+    def keep_alive_status(self) -> dict[str, Any]:
+        seconds = self._keep_alive_now
+        unloads_at = self.unloads_at
+        return {
+            "seconds": None if math.isinf(seconds) else seconds,
+            "duration": format_duration(seconds),
+            # When the idle model will be unloaded; None while requests run or never.
+            "unloads_at": _iso(unloads_at) if unloads_at is not None else None,
+            "unloads_in": round(max(0.0, unloads_at - time.time()), 3) if unloads_at else None,
+            "unloading": self.unloading,
+            "idle_unloads": self.idle_unloads,
+            "last_unloaded": self.last_unloaded,
+        }
 
     # -- sessions ----------------------------------------------------------------
     @asynccontextmanager
-    async def session(self, info: ModelInfo) -> AsyncIterator[ModelSession]:
+    async def session(
+        self, info: ModelInfo, *, keep_alive: float | None = None
+    ) -> AsyncIterator[ModelSession]:
         """Hold the model (its files already on disk: ``registry.ensure_local``).
 
         A session for another model waits until the sessions in flight end, so a
         swap never kills a request in flight (see ``scheduler`` for the order).
+        ``keep_alive``: how long the model stays loaded once idle after this
+        session (seconds; None: the model's default, else the server's).
         """
+        self._cancel_idle()
         await self.scheduler.acquire(info.id)
         try:
-            yield ModelSession(self, await self._ensure_loaded(info))
+            model = await self._ensure_loaded(info)
+            self._keep_alive_now = _first(keep_alive, info.keep_alive, self.keep_alive)
+            yield ModelSession(self, model)
         finally:
             self.scheduler.release()
+            self._arm_idle()
 
     async def preload(self, info: ModelInfo) -> None:
         async with self.session(info):
@@ -172,14 +297,96 @@ class Runtime:
         self.last_error = None
         if previous is not None:
             self.swaps += 1
-        log.info(
-            "Model %s ready in %.1fs (context window %d)%s",
+        self.loads += 1
+        seconds = time.perf_counter() - started
+        config = info.config
+        self.memory.set_model(
             info.id,
-            time.perf_counter() - started,
+            KVLayout.from_config(config),
+            self._engine.memory().weights,
+            workspace_bytes(config, prefill_chunk=self._prefill_chunk, max_batch=self._max_batch),
+        )
+        if self._on_load is not None:
+            self._on_load(info.id, seconds)
+        log.info(
+            "Model %s ready in %.1fs (context window %d%s)%s",
+            info.id,
+            seconds,
             info.context_window,
+            f", {self.memory.tokens_fitting()} tokens fit in memory"
+            if self.memory.active else "",
             f", swapped out {previous.id}" if previous else "",
         )
         return self.current
+
+    def memory_window(self, info: ModelInfo) -> int | None:
+        """The effective window of a model: min(context window, the tokens one
+        request can hold in the memory budget); None without a budget or KV sizes.
+        For a model not loaded, its weights are its safetensors' size on disk."""
+        from mlxhost.runtime.memory import weights_on_disk
+
+        governor = self.memory
+        if governor.budget is None:
+            return None
+        if self.current is not None and self.current.info == info and governor.layout:
+            fitting = governor.tokens_fitting()
+        else:
+            layout = KVLayout.from_config(info.config)
+            if layout is None or info.path is None:
+                return None
+            workspace = workspace_bytes(
+                info.config, prefill_chunk=self._prefill_chunk, max_batch=self._max_batch
+            )
+            fitting = governor.tokens_fitting(weights_on_disk(info.path), workspace, layout)
+        return None if fitting is None else min(info.context_window, fitting)
+
+    # -- idle unload ---------------------------------------------------------------
+    def _cancel_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self.unloads_at = None
+
+    def _arm_idle(self) -> None:
+        """Once no request holds or waits for the model, unload it after its keep-alive."""
+        self._cancel_idle()
+        if self.scheduler.running or self.scheduler.waiting or self.current is None:
+            return
+        delay = self._keep_alive_now
+        if math.isinf(delay):
+            return
+        deadline = self.unloads_at = time.time() + max(0.0, delay)
+        self._idle_timer = asyncio.get_running_loop().call_later(
+            max(0.0, delay), self._idle, deadline
+        )
+
+    def _idle(self, deadline: float) -> None:
+        self._idle_timer = None
+        self._idle_task = asyncio.get_running_loop().create_task(self._unload_if_idle(deadline))
+
+    async def _unload_if_idle(self, deadline: float) -> None:
+        async with self._load_lock:
+            if self.unloads_at != deadline:  # a session came (and maybe went) meanwhile
+                return
+            self.unloads_at = None
+            model = self.current
+            if self.scheduler.running or self.scheduler.waiting or model is None:
+                return
+            self.current = None  # a request arriving now reloads it (after this lock)
+            self.unloading = model.id
+            try:
+                await self._worker.run(self._engine.unload)
+            except Exception:
+                log.exception("Unloading %s failed", model.id)
+            finally:
+                self.unloading = None
+            self.memory.clear_model()
+            self.idle_unloads += 1
+            self.last_unloaded = model.id
+            log.info(
+                "Unloaded %s: idle for %s (keep-alive)",
+                model.id, format_duration(self._keep_alive_now),
+            )
 
     async def _generate(
         self, prompt: PreparedPrompt, params: SamplingParams
@@ -257,3 +464,17 @@ class Runtime:
         if not going:
             self._ticking = False
         return going
+
+
+def _first(*values: float | None) -> float:
+    """The first value given (the request's, the model's, the server's keep-alive)."""
+    for value in values:
+        if value is not None:
+            return value
+    return math.inf
+
+
+def _iso(timestamp: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat().replace("+00:00", "Z")

@@ -15,17 +15,25 @@ from typing import Any
 
 from mlxhost.domain import ImagePart, Message
 from mlxhost.hookspecs import hookimpl
-from mlxhost.runtime.engine import PreparedPrompt
+from mlxhost.runtime.engine import EngineMemory, PreparedPrompt
+from mlxhost.runtime.memory import DeviceMemory
 from mlxhost.types import LoadedModel, ModelInfo, RenderedPrompt, SamplingParams, TokenStep
 
 FAKE_FAMILY = "fake"
 
 
-def make_fake_model(folder: Path, *, context_window: int = 256, vision: bool = False) -> Path:
+def make_fake_model(
+    folder: Path, *, context_window: int = 256, vision: bool = False, kv: bool = False
+) -> Path:
     """A model folder the fake engine 'loads': just a config.json (``vision``: it
-    declares a vision tower, so it takes images)."""
+    declares a vision tower, so it takes images; ``kv``: it declares the sizes the
+    memory governor reads, 1 KiB of fp32 KV per token: 4 layers x 2 KV heads x
+    head dim 16 x keys and values x 4 bytes)."""
     folder.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {"model_type": "fake", "max_position_embeddings": context_window}
+    if kv:
+        config.update(num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=2,
+                      head_dim=16, torch_dtype="float32")
     if vision:
         config["vision_config"] = {}
     (folder / "config.json").write_text(json.dumps(config))
@@ -109,6 +117,26 @@ class FakeEngine:
     def stats(self) -> dict[str, Any]:
         return {}
 
+    # -- memory: the figures the plugin is told to report --------------------------
+    def device_memory(self) -> DeviceMemory | None:
+        total = self._plugin.device_bytes
+        return DeviceMemory(total, "cpu", "fake") if total else None
+
+    def set_memory_limit(self, budget: int) -> None:
+        self._plugin.memory_limit = budget
+
+    def memory(self) -> EngineMemory:
+        return EngineMemory(
+            weights=self._plugin.weights_bytes if self.loaded else 0,
+            prefix_cache=self._plugin.prefix_bytes,
+            limit=self._plugin.memory_limit,
+        )
+
+    def shrink_prefix_cache(self, max_bytes: int) -> int:
+        self._plugin.prefix_bytes = min(self._plugin.prefix_bytes, max(0, max_bytes))
+        self._plugin.events.append(("shrink", str(max_bytes)))
+        return self._plugin.prefix_bytes
+
     def prepare(self, prompt: RenderedPrompt) -> PreparedPrompt:
         self._plugin.prompts.append(prompt)
         return PreparedPrompt(tokens=tuple(prompt.text.encode()))
@@ -186,6 +214,12 @@ class FakeEnginePlugin:
         self.gate.set()
         # Batch mode: when set, each batch step takes one permit (lock-step tests).
         self.step_permits: threading.Semaphore | None = None
+        # Memory the engine reports (runtime.memory): the device's, the loaded
+        # model's weights, the prefix cache's; and the limit it was given.
+        self.device_bytes = 0
+        self.weights_bytes = 0
+        self.prefix_bytes = 0
+        self.memory_limit: int | None = None
 
     def cancelled(self, model: str | None) -> int:
         """How many generations of ``model`` stopped early (their consumer went away)."""

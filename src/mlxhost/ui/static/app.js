@@ -75,16 +75,20 @@
     if (h.batch) rows.push(["batch", "max " + h.batch.max + ", peak " + h.batch.peak]);
     rows.push(["swaps", String(h.swaps)]);
     if (h.memory) {
-      for (const [name, value] of Object.entries(h.memory)) {
-        rows.push(["memory " + name.replace(/_bytes$/, "").replace(/_/g, " "), bytes(value)]);
-      }
+      const m = h.memory;
+      if (m.process && m.process.rss !== undefined) rows.push(["memory rss", bytes(m.process.rss)]);
+      if (m.mlx && m.mlx.active !== undefined && m.mlx.active !== null) rows.push(["memory MLX active", bytes(m.mlx.active)]);
+      if (m.budget !== undefined && m.budget !== null) rows.push(["memory budget", bytes(m.budget)]);
+      if (m.free !== undefined && m.free !== null) rows.push(["memory free", bytes(m.free)]);
     }
     if (h.prefix_cache) {
       const c = h.prefix_cache;
       rows.push(["prefix cache", c.hits + " hits, " + c.tokens_reused + " tokens reused, " +
                  bytes(c.bytes) + " of " + bytes(c.max_bytes)]);
     }
-    if (h.unload_at) rows.push(["unloads", new Date(h.unload_at * 1000).toLocaleTimeString()]);
+    if (h.keep_alive && h.keep_alive.unloads_at) {
+      rows.push(["unloads", new Date(h.keep_alive.unloads_at).toLocaleTimeString()]);
+    }
     if (h.uptime_s !== undefined) rows.push(["uptime", duration(h.uptime_s)]);
     const figures = $("figures");
     figures.replaceChildren(...rows.flatMap(([name, value]) => {
