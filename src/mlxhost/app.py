@@ -23,6 +23,7 @@ from mlxhost.api.wire_schema import operation
 from mlxhost.metrics import Metrics
 from mlxhost.plugins import make_plugin_manager
 from mlxhost.registry import ModelRegistry
+from mlxhost.runtime.batch import AUTO_BATCH
 from mlxhost.runtime.runtime import Runtime
 from mlxhost.service import ChatService
 from mlxhost.settings import Settings
@@ -43,7 +44,8 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
         tool_parser_for=lambda info: pm.hook.mlxhost_tool_call_parser(model=info),
         max_waiting=settings.max_queue,
         wait_timeout=settings.queue_timeout,
-        max_batch=max(1, settings.max_batch),
+        # auto (0): the engine's provisional limit until a load measures one.
+        max_batch=settings.max_batch or AUTO_BATCH,
         prefill_chunk=max(1, settings.prefill_chunk),
         keep_alive=settings.keep_alive,
         memory_wait=settings.memory_wait,

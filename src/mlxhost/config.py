@@ -40,6 +40,7 @@ from mlxhost.settings import (
     Setting,
     Settings,
     SettingsError,
+    parse_batch,
     parse_bool,
     parse_duration,
     parse_int,
@@ -307,6 +308,8 @@ def convert(row: Setting, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"expected a list of strings, got {_toml_type(value)}")
         return [v.strip() for v in value if v.strip()]
+    if row.parse is parse_batch and _is_int(value):
+        return parse_batch(str(value))
     if row.parse is parse_duration and isinstance(value, (int, float)) and not isinstance(value, bool):
         return parse_duration(str(value))
     if not isinstance(value, str):

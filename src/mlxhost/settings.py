@@ -58,6 +58,16 @@ def parse_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def parse_batch(text: str) -> int:
+    """``auto`` (0: the engine chooses per backend) or a count of at least 1."""
+    if text.strip().lower() == "auto":
+        return 0
+    value = parse_int(text)
+    if value < 1:
+        raise ValueError(f"expected 'auto' or a count of at least 1, got {text!r}")
+    return value
+
+
 def parse_mib(text: str) -> int:
     """A MiB count, as bytes (``--prefix-cache-mib``; its variable is in bytes)."""
     return parse_int(text) * MiB
@@ -166,10 +176,12 @@ class Settings:
         env="MLXHOST_MAX_QUEUE", flag="--max-queue", parse=parse_int, metavar="N",
     )
     max_batch: int = setting(
-        8, "sequences of a text model that decode together in one batch (continuous "
-        "batching); 1 serves one request at a time. Image prompts and vision-model "
-        "requests always run alone",
-        env="MLXHOST_MAX_BATCH", flag="--max-batch", parse=parse_int, metavar="N",
+        0, "sequences of a text model that decode together in one batch (continuous "
+        "batching); 1 serves one request at a time; auto: 8 on CPU, on a GPU measured "
+        "at each model's load (the largest batch, up to 32, whose doubling still adds "
+        "15% aggregate speed). Image prompts and vision-model requests always run alone",
+        env="MLXHOST_MAX_BATCH", flag="--max-batch", parse=parse_batch, metavar="N|auto",
+        shown_default="auto",
     )
     weights: str = setting(
         "auto", "weights of a quantized checkpoint: as-is, or a dequantized bf16 copy "

@@ -1,20 +1,23 @@
-"""The GPU warm-up's paths, run on CPU with the backend reported as CUDA: the
-real engine and the Gemma 270M test model, no server."""
+"""The GPU load path (warm-up, --max-batch auto), run on CPU with the backend
+reported as CUDA: the real engine and the Gemma 270M test model, no server."""
 
 from __future__ import annotations
 
 from mlxhost.registry import folder_info
-from mlxhost.runtime import kernels, mlx_engine, prefix_cache
+from mlxhost.runtime import batch, kernels, mlx_engine, prefix_cache
 from mlxhost.runtime.mlx_engine import MLXEngine
 from mlxhost.starter.builder import ensure_test_model
 
 
-def test_gpu_warmup_compiles_the_cache_hit_paths_in_a_cache_of_its_own(monkeypatch):
+def test_gpu_load_warms_the_cache_hit_paths_and_measures_the_batch_size(monkeypatch):
     """Solo and batched prompts that extend earlier ones hit the warm-up's own
     prefix cache (so CUDA compiles those kernels at load, not at a user's first
-    multi-turn request), and the server's prefix cache stays empty."""
+    multi-turn request), the server's prefix cache stays empty, and
+    --max-batch auto measures decode steps to choose the batch size."""
     monkeypatch.setattr(kernels, "backend", lambda: "cuda")
     monkeypatch.setattr(mlx_engine, "GPU_WARMUP_LENGTHS", (8, 40))  # shorter than on a GPU: CPU time
+    monkeypatch.setattr(batch, "AUTO_BATCH", 3)  # the provisional limit the warm-up batches with
+    monkeypatch.setattr(batch, "AUTO_BATCH_CAP", 4)
     hits: list[tuple[int, int]] = []  # (id of the cache, tokens reused)
     real_fetch = prefix_cache.PrefixCache.fetch_nearest
 
@@ -24,8 +27,16 @@ def test_gpu_warmup_compiles_the_cache_hit_paths_in_a_cache_of_its_own(monkeypat
             hits.append((id(self), len(tokens) - len(fetched.remaining)))
         return fetched
 
+    measured: list[int] = []
+    real_step = batch.decode_step_seconds
+
+    def step(model, size, steps=4):
+        measured.append(size)
+        return real_step(model, size, steps)
+
     monkeypatch.setattr(prefix_cache.PrefixCache, "fetch_nearest", fetch)
-    engine = MLXEngine(warmup=True, prefix_cache_bytes=64 * 2**20, max_batch=3, weights="as-is")
+    monkeypatch.setattr(batch, "decode_step_seconds", step)
+    engine = MLXEngine(warmup=True, prefix_cache_bytes=64 * 2**20, max_batch=0, weights="as-is")
     try:
         engine.load(folder_info(ensure_test_model("gemma")))
         served = engine.prefix_cache
@@ -34,5 +45,10 @@ def test_gpu_warmup_compiles_the_cache_hit_paths_in_a_cache_of_its_own(monkeypat
         # The solo prompt that extends the first, and every turn-2 join of the
         # batches of 1 and of 3, reused KV.
         assert len(hits) >= 1 + 1 + 3 and all(reused > 0 for _, reused in hits)
+        # Sizes 1, 2, ... were timed, up to the cap or the first that did not pay.
+        assert measured[:2] == [1, 2] and measured == [1, 2, 4][: len(measured)]
+        chosen = engine.batch_limit()
+        assert chosen in measured and chosen == engine.max_batch
+        assert engine.stats()["batch"]["chosen"].startswith("auto, measured")
     finally:
         engine.unload()

@@ -100,3 +100,28 @@ def test_the_queue_bound_counts_only_requests_that_cannot_join(fake_plugin, fake
         statuses = [f.result(30).status_code for f in (*running, queued)]
     assert statuses == [200, 200, 200]
     assert rejected.status_code == 503
+
+
+def test_an_engine_chosen_batch_size_bounds_the_batch(fake_plugin, fake_models):
+    """--max-batch auto: after a load, the limit the engine measured is the batch's."""
+    fake_plugin.batch_limit = 2
+    with live(fake_plugin, fake_models, max_batch=0) as url, concurrent.futures.ThreadPoolExecutor(3) as pool:
+        chat(url, fake_models[0], max_tokens=1)  # loaded: the engine chose 2
+        fake_plugin.gate.clear()
+        futures = [pool.submit(chat, url, fake_models[0], max_tokens=4) for _ in range(3)]
+        wait_until(lambda: health(url)["running"] + health(url)["waiting"] == 3, what="all three in")
+        assert health(url)["running"] == 2 and health(url)["waiting"] == 1
+        fake_plugin.gate.set()
+        assert all(f.result(30).status_code == 200 for f in futures)
+    assert fake_plugin.max_active == 2
+
+
+def test_choose_batch_size_doubles_while_it_pays():
+    from mlxhost.runtime.batch import choose_batch_size
+
+    # Aggregate tok/s 100, 190, 340, 400 (+18%), 420 (+5%: stop) at 1..16.
+    step = {1: 1 / 100, 2: 2 / 190, 4: 4 / 340, 8: 8 / 400, 16: 16 / 420, 32: 32 / 900}
+    size, seen = choose_batch_size(step.__getitem__, cap=32)
+    assert size == 8 and seen.startswith("1: 100 tok/s, 2: 190")
+    assert choose_batch_size(step.__getitem__, cap=4)[0] == 4
+    assert choose_batch_size({1: 0.01, 2: 0.02}.__getitem__, cap=32)[0] == 1  # no gain at all

@@ -13,7 +13,7 @@ def mlxhost_make_engine(settings: Settings):
     return MLXEngine(
         prefix_cache_bytes=settings.prefix_cache_bytes,
         warmup=settings.warmup,
-        max_batch=max(1, settings.max_batch),
+        max_batch=settings.max_batch,  # 0: auto
         prefill_chunk=max(1, settings.prefill_chunk),
         weights=settings.weights,
         flat_qmm=settings.flat_qmm,

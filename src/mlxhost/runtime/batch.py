@@ -39,6 +39,56 @@ Emit = Callable[[TokenStep | None, BaseException | None], None]
 # Steps a prompt may be held back before it goes in whatever it costs.
 PATIENCE_STEPS = 4
 
+# --max-batch auto: 8 on CPU (Qwen 0.5B fp32 on 2 cores: 8 streams 4.4x the
+# aggregate of sequential requests, docs/benchmarks.md); on a GPU the largest
+# power of two up to AUTO_BATCH_CAP whose doubling still adds AUTO_BATCH_GAIN
+# aggregate decode speed, measured at load (choose_batch_size).
+AUTO_BATCH = 8
+AUTO_BATCH_CAP = 32
+AUTO_BATCH_GAIN = 1.15
+
+
+def choose_batch_size(
+    step_seconds: Callable[[int], float], cap: int = AUTO_BATCH_CAP, gain: float = AUTO_BATCH_GAIN
+) -> tuple[int, str]:
+    """The largest batch (1, 2, 4, ... up to ``cap``) whose aggregate decode rate
+    is at least ``gain`` times the half-size batch's; ``step_seconds(b)`` times one
+    decode step of ``b`` sequences. Returns the size and the rates seen."""
+    best, best_rate = 1, 1 / step_seconds(1)
+    seen = [f"1: {best_rate:.0f} tok/s"]
+    size = 2
+    while size <= cap:
+        rate = size / step_seconds(size)
+        seen.append(f"{size}: {rate:.0f}")
+        if rate < best_rate * gain:
+            break
+        best, best_rate = size, rate
+        size *= 2
+    return best, ", ".join(seen)
+
+
+def decode_step_seconds(model: Any, size: int, steps: int = 4) -> float:
+    """Seconds of one decode step of ``size`` sequences in ``BatchGenerator``
+    (prompts of unequal lengths, as real traffic pads them), after a warm step."""
+    import time
+
+    from mlx_lm.generate import BatchGenerator
+
+    generator = BatchGenerator(model, stop_tokens=[], completion_batch_size=size, prefill_batch_size=size)
+    try:
+        prompts = [[(7 * k + 3 * i) % 1000 + 1 for k in range(16 + i % 8)] for i in range(size)]
+        generator.insert(prompts, max_tokens=[steps + 4] * size)
+        started: set[int] = set()
+        while len(started) < size:  # prefill, and each sequence's first token
+            started.update(response.uid for response in generator.next_generated())
+        generator.next_generated()  # one more: its kernels are compiled now
+        began = time.perf_counter()
+        for _ in range(steps):
+            generator.next_generated()
+        return (time.perf_counter() - began) / steps
+    finally:
+        generator.close()
+
 
 def admit(
     pending: list[int], prefilling: list[int], chunk: int, waited: list[int] | None = None

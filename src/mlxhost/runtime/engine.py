@@ -92,6 +92,11 @@ class Engine(Protocol):
         """Advance the batch one token; True while sequences remain."""
         ...
 
+    def batch_limit(self) -> int | None:
+        """The most sequences the loaded model should batch, when the engine chose
+        it at load (``--max-batch auto``); None: the configured limit stands."""
+        ...
+
     # Memory (``runtime.memory``): the runtime budgets, the engine measures and obeys.
     def device_memory(self) -> DeviceMemory | None:
         """The memory the device offers (Metal's recommended working set, CUDA's

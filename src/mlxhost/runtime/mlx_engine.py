@@ -104,8 +104,14 @@ class MLXEngine:
         """``prefix_cache_bytes``: the KV prefix cache's budget (None: the default
         2 GiB; 0 disables it). ``max_batch`` > 1 decodes text prompts of a text
         model together (``runtime.batch``), prefilling ``prefill_chunk`` tokens a step.
-        ``weights`` and ``flat_qmm`` are the load-time policies of ``runtime.kernels``."""
-        self.max_batch = max_batch
+        ``weights`` and ``flat_qmm`` are the load-time policies of ``runtime.kernels``.
+        ``max_batch`` 0 is auto: ``runtime.batch.AUTO_BATCH`` on CPU, measured per
+        model at load on a GPU (``batch_limit``)."""
+        from mlxhost.runtime.batch import AUTO_BATCH
+
+        self.configured_batch = max_batch
+        self.max_batch = max_batch or AUTO_BATCH  # the loaded model's limit
+        self._batch_choice = f"--max-batch {max_batch}" if max_batch else "auto"
         self.weights = weights
         self.flat_qmm = flat_qmm
         self._kernels: Any = None  # runtime.kernels.KernelChoice of the loaded model
@@ -141,7 +147,7 @@ class MLXEngine:
         self._guidance = GuidanceTokenizers()
 
     def stats(self) -> dict[str, Any]:
-        batch = {"max": self.max_batch, "peak": self._peak, **self._batch_counts}
+        batch = {"max": self.max_batch, "chosen": self._batch_choice, "peak": self._peak, **self._batch_counts}
         if self._batch is not None:
             batch["peak"] = max(self._peak, self._batch.peak)
             batch["alone"] += self._batch.alone
@@ -236,11 +242,13 @@ class MLXEngine:
         from mlxhost.runtime import kernels
 
         # The config file's per-model weights policy, else --weights.
+        from mlxhost.runtime.batch import AUTO_BATCH_CAP
+
         self._kernels = kernels.apply(
             model,
             weights=info.defaults.weights or self.weights,
             flat_qmm=self.flat_qmm,
-            max_batch=self.max_batch,
+            max_batch=self.configured_batch or AUTO_BATCH_CAP,
         )
         self._model = model
         self._model_id = model_id
@@ -251,8 +259,11 @@ class MLXEngine:
         self._vocab_size = _vocab_size(config) or len(tokenizer)  # type: ignore[arg-type]
         loaded_in = time.perf_counter() - started
         warmup = self._warm_up() if self.warmup else 0.0
+        if not self.configured_batch:
+            self.max_batch, self._batch_choice = self._choose_batch_size()
         log.info(
-            "Loaded %s with %s in %.1fs (+%.2fs warm-up); weights %s, 2-D qmm input %s (%s)",
+            "Loaded %s with %s in %.1fs (+%.2fs warm-up); weights %s, 2-D qmm input %s (%s); "
+            "max batch %d (%s)",
             model_id,
             "mlx-vlm" if self._is_vlm else "mlx-lm",
             loaded_in,
@@ -260,8 +271,33 @@ class MLXEngine:
             self._kernels.weights,
             "on" if self._kernels.flat_qmm else "off",
             self._kernels.reason,
+            self.max_batch,
+            self._batch_choice,
         )
         return tokenizer
+
+    def _choose_batch_size(self) -> tuple[int, str]:
+        """``--max-batch auto`` for the model just loaded: measured on a GPU (a few
+        decode steps per size, after the warm-up compiled the batch kernels)."""
+        from mlxhost.runtime import batch, kernels
+
+        if self._is_vlm:
+            return batch.AUTO_BATCH, "auto: vision models run alone"
+        if kernels.backend() == "cpu":
+            return batch.AUTO_BATCH, f"auto: {batch.AUTO_BATCH} on CPU"
+        started = time.perf_counter()
+        self._batch = None  # the warm-up's batch was made before the size was known
+        try:
+            size, rates = batch.choose_batch_size(
+                lambda n: batch.decode_step_seconds(self._model, n), cap=batch.AUTO_BATCH_CAP
+            )
+        except Exception:  # a failed measurement must not fail the load
+            log.exception("Measuring batch sizes failed")
+            return batch.AUTO_BATCH, f"auto: {batch.AUTO_BATCH} (the measurement failed)"
+        return size, f"auto, measured in {time.perf_counter() - started:.1f}s: {rates} tok/s"
+
+    def batch_limit(self) -> int | None:
+        return None if self.configured_batch else self.max_batch
 
     def _text_tokenizer(self, path: Path, model_config: dict[str, Any]) -> Any:
         """The mlx-lm tokenizer wrapper of a text model, kept across swaps.

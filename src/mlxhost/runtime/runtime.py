@@ -299,6 +299,9 @@ class Runtime:
             self.swaps += 1
         self.loads += 1
         seconds = time.perf_counter() - started
+        chosen = self._engine.batch_limit()
+        if chosen:  # --max-batch auto: the engine measured this model
+            self._max_batch = self.scheduler.capacity = chosen
         config = info.config
         self.memory.set_model(
             info.id,

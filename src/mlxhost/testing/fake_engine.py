@@ -72,6 +72,9 @@ class FakeEngine:
             self._plugin.events.append(("cancelled", self.loaded))
             self._end()
 
+    def batch_limit(self) -> int | None:
+        return self._plugin.batch_limit
+
     def step(self) -> bool:
         if not self._plugin.gate.wait(0.005):
             return bool(self._sequences)
@@ -193,6 +196,8 @@ class FakeEnginePlugin:
         self.batch = batch  # batchable prompts: generations run as one batch (see FakeEngine.step)
         self.token_delay = token_delay
         self.load_delay = 0.0
+        # What the engine says it chose at load (--max-batch auto); None: configured.
+        self.batch_limit: int | None = None
         self.fail_load: str | None = None
         # Raise inside generation after this many tokens (an engine crash).
         self.fail_after: int | None = None
