@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--budget-s", type=float, default=540.0)
     p.add_argument("--render-only", type=Path)
+    p.add_argument("--raw-variants", default="stream_generate,stock,2-D qmm input,bf16",
+                   help="which raw ceilings to run (comma-separated)")
     return p.parse_args(argv)
 
 
@@ -129,11 +131,12 @@ def part_raw(args: argparse.Namespace, path: Path, streams: list[int]) -> dict[s
 
     out: dict[str, Any] = {}
     model, tokenizer = load(str(path))
-    if 1 in streams:
+    wanted = args.raw_variants.split(",")
+    if 1 in streams and "stream_generate" in wanted:
         solo_rate(model, tokenizer, args.tokens, 100)  # compile
         out["stream_generate (one request, no batching)"] = {1: solo_rate(model, tokenizer, args.tokens, 1001)}
         say(f"raw stream_generate n=1: {out['stream_generate (one request, no batching)'][1]:.1f} tok/s")
-    for variant in ("stock", "2-D qmm input", "bf16"):
+    for variant in [v for v in ("stock", "2-D qmm input", "bf16") if v in wanted]:
         if variant == "2-D qmm input":
             kernels.flatten_quantized_inputs(model)
         if variant == "bf16":

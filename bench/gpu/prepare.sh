@@ -53,7 +53,7 @@ version() { "$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.a
 pins=(mlx==0.32.4 mlx-cuda-13==0.32.4 mlx-lm==0.32.2)
 for dist in litestar litestar-htmx msgspec multipart polyfactory faker rich-click sniffio \
             uvicorn cattrs attrs typing-extensions jsonschema \
-            jsonschema-specifications referencing rpds-py llguidance py-spy; do
+            jsonschema-specifications referencing rpds-py llguidance py-spy prometheus-client; do
   pins+=("$dist==$(version "$dist")")
 done
 echo "downloading: ${pins[*]}"
