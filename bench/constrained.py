@@ -6,7 +6,9 @@ grammar mask's cost per token and nothing else. The :data:`VARIANTS` take
 turns: unconstrained, constrained as served (the mask is computed while the
 step that produced the logits still runs, unpacked in numpy), with the mask
 unpacked by ``mx`` ops instead, and with the mask computed after the step
-(``overlap=False``: what it costs on the critical path). Every
+(``overlap=False``: what it costs on the critical path), and with the token
+context scheduled behind the step (``context_first=False``: the mask then
+waits for the step, as it did before the context was scheduled first). Every
 run generates a fixed number of tokens: the schema's strings let the model go
 on, so none stops early. Writes the ``constrained`` section of
 docs/benchmarks.md. ``bench/gpu/constrained_gpu.py`` runs :func:`measure` on
@@ -41,6 +43,7 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "json_schema": {},  # as served: mask overlapped with the step, unpacked in numpy
     "json_schema, mask unpacked with mx": {"unpack": "mx"},
     "json_schema, mask after the step": {"overlap": False},
+    "json_schema, context read after the step": {"context_first": False},
 }
 
 

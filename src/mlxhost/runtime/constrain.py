@@ -74,15 +74,22 @@ class GuidanceTokenizers:
 
 
 def grammar_processor(
-    ll_tokenizer: Any, grammar: str, *, overlap: bool = True, unpack: Literal["numpy", "mx"] = "numpy"
+    ll_tokenizer: Any,
+    grammar: str,
+    *,
+    overlap: bool = True,
+    unpack: Literal["numpy", "mx"] = "numpy",
+    context_first: bool = True,
 ) -> Callable[[Any, Any], Any]:
     """A logits processor enforcing ``grammar`` (fresh matcher per generation).
 
     ``overlap=False`` waits for the step before computing the mask (what the
-    mask costs on the critical path). ``unpack`` says where the packed bitmask
-    (one bit per token) becomes one flag per token: in numpy on the CPU, or
-    with ``mx`` ops on the model's device (an 8x smaller upload). Both are
-    measured by ``bench/constrained.py``; the defaults are the faster ones."""
+    mask costs on the critical path); ``context_first=False`` schedules the
+    token context after the pass (reading it then waits for the pass).
+    ``unpack`` says where the packed bitmask (one bit per token) becomes one
+    flag per token: in numpy on the CPU, or with ``mx`` ops on the model's
+    device (an 8x smaller upload). All are measured by ``bench/constrained.py``;
+    the defaults are the faster ones."""
     import llguidance
     import llguidance.numpy as llnp
     import mlx.core as mx
@@ -113,6 +120,11 @@ def grammar_processor(
         # Start this step's forward pass now: MLX runs it on its own stream
         # while the matcher computes the mask below, so the mask costs only
         # what it takes beyond the step (no-op if the logits are evaluated).
+        # The token context is scheduled first: a stream runs in order, so a
+        # context scheduled after the forward pass (or any new op on it, such
+        # as a slice) would wait for the whole pass before the mask could start.
+        if tokens is not None and context_first:
+            mx.async_eval(tokens)
         if overlap:
             mx.async_eval(logits)
         else:
@@ -122,7 +134,8 @@ def grammar_processor(
             start.append(length)
         generated = length - start[0]
         if generated > consumed[0]:
-            new = tokens.reshape(-1)[length - (generated - consumed[0]) :].tolist()
+            # numpy reads the evaluated buffer: no MLX op queued behind the pass.
+            new = np.asarray(tokens).reshape(-1)[length - (generated - consumed[0]) :].tolist()
             consumed[0] = generated
             if matcher.is_stopped():
                 # The grammar is complete and EOS was sampled; the decoding loop
