@@ -24,6 +24,8 @@ class PreparedPrompt:
 
     tokens: tuple[int, ...]
     extras: Any = None
+    # The images' digests (``ImageInput.digest``), in prompt order: prefix-cache keys.
+    image_digests: tuple[str, ...] = ()
 
     @property
     def num_tokens(self) -> int:
