@@ -56,6 +56,11 @@ class Engine(Protocol):
         """Drop the loaded model and return its memory."""
         ...
 
+    def close(self) -> None:
+        """At shutdown, after the last ``unload``: finish background work (the
+        prefix cache's disk writes)."""
+        ...
+
     def prepare(self, prompt: RenderedPrompt) -> PreparedPrompt:
         """Tokenize a rendered prompt (expanding image tokens, if any)."""
         ...

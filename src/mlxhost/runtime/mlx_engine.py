@@ -49,6 +49,8 @@ TOKENIZERS_KEPT = 4
 PREFILL_STEP = 2048
 # Prompt lengths the GPU warm-up runs alone (each extends the one before).
 GPU_WARMUP_LENGTHS = (8, 64, 512)
+# The disk tier's budget when --prefix-cache-dir is given without --prefix-cache-disk-mib.
+DEFAULT_DISK_BYTES = 8 << 30
 # The warm-up's own prefix cache (GPU): a few short prompts' KV.
 WARMUP_CACHE_BYTES = 256 * 1024 * 1024
 
@@ -102,6 +104,8 @@ class MLXEngine:
         prefill_chunk: int = 512,
         weights: str = "auto",
         flat_qmm: str = "auto",
+        prefix_cache_dir: str | None = None,
+        prefix_cache_disk_bytes: int | None = None,
     ) -> None:
         """``prefix_cache_bytes``: the KV prefix cache's budget (None: the default
         2 GiB; 0 disables it). ``max_batch`` > 1 decodes text prompts of a text
@@ -129,10 +133,21 @@ class MLXEngine:
         # None when disabled. Only touched on the worker thread (its stats are
         # safe to read from anywhere); tests and benchmarks may swap it.
         self.prefix_cache: PrefixCache | None = (
-            PrefixCache(MLXCacheAdapter(), max_bytes=prefix_cache_bytes)
+            PrefixCache(MLXCacheAdapter(), max_bytes=prefix_cache_bytes, spill=self._spill)
             if prefix_cache_bytes > 0
             else None
         )
+        # The disk tier (``runtime.prefix_disk``): entries the RAM tier lets go of.
+        self._disk: Any = None
+        if prefix_cache_dir and self.prefix_cache is not None:
+            from mlxhost.runtime.prefix_disk import DiskTier, MLXCodec
+
+            self._disk = DiskTier(
+                prefix_cache_dir,
+                DEFAULT_DISK_BYTES if prefix_cache_disk_bytes is None else prefix_cache_disk_bytes,
+                MLXCodec(),
+                self.prefix_cache.adapter,
+            )
         self.warmup = warmup
         self._tokenizers: OrderedDict[tuple[str, float], Any] = OrderedDict()
         self._model_id: str | None = None
@@ -159,7 +174,34 @@ class MLXEngine:
             stats["kernels"] = self._kernels.as_dict()
         if self.prefix_cache is not None:
             stats["prefix_cache"] = attrs.asdict(self.prefix_cache.stats())
+            if self._disk is not None:
+                stats["prefix_cache"]["disk"] = attrs.asdict(self._disk.stats())
         return stats
+
+    def close(self) -> None:
+        """Finish the disk tier's writes (after ``unload`` spilled the last entries)."""
+        if self._disk is not None:
+            self._disk.close()
+
+    def _spill(self, model_id: str, extra_key: bytes | None, tokens: tuple[int, ...], cache: Any) -> None:
+        if self._disk is not None:
+            self._disk.spill(model_id, tokens, extra_key, cache)
+
+    def _identity(self, info: ModelInfo) -> dict[str, str]:
+        """What binds a disk entry to this model (``prefix_disk.model_identity``)."""
+        import importlib.metadata
+
+        from mlx.utils import tree_flatten
+
+        from mlxhost.runtime.prefix_disk import model_identity
+
+        assert info.path is not None
+        flat: list[tuple[str, Any]] = tree_flatten(self._model.parameters())  # type: ignore[assignment]
+        dtype = str(flat[0][1].dtype) if flat else "none"
+        return model_identity(
+            info.id, info.path, mlx=importlib.metadata.version("mlx"), dtype=dtype,
+            weights=str(self._kernels.weights), loader="mlx-vlm" if self._is_vlm else "mlx-lm",
+        )
 
     # -- memory ---------------------------------------------------------------
     def device_memory(self) -> DeviceMemory | None:
@@ -260,6 +302,8 @@ class MLXEngine:
         self._eos = eos_token_ids(path, config, tokenizer)
         self._vocab_size = _vocab_size(config) or len(tokenizer)  # type: ignore[arg-type]
         loaded_in = time.perf_counter() - started
+        if self._disk is not None:
+            self._disk.activate(model_id, self._identity(info))
         warmup = self._warm_up() if self.warmup else 0.0
         if not self.configured_batch:
             self.max_batch, self._batch_choice = self._choose_batch_size()
@@ -350,6 +394,7 @@ class MLXEngine:
         if on_gpu and self.prefix_cache is not None:
             warm_cache = PrefixCache(MLXCacheAdapter(), max_bytes=WARMUP_CACHE_BYTES)
         cache, self.prefix_cache = self.prefix_cache, warm_cache
+        disk, self._disk = self._disk, None
         try:
             for length in lengths:
                 tokens = (ids * (length // len(ids) + 1))[:length]
@@ -362,7 +407,7 @@ class MLXEngine:
         except Exception:  # a warm-up failure must not fail the load; requests will tell
             log.exception("Warm-up failed")
         finally:
-            self.prefix_cache = cache
+            self.prefix_cache, self._disk = cache, disk
             mx.clear_cache()
         return time.perf_counter() - started
 
@@ -393,7 +438,9 @@ class MLXEngine:
     def unload(self) -> None:
         # Cached KV is only valid for the model that computed it.
         if self.prefix_cache is not None and self._model_id is not None:
-            self.prefix_cache.clear_model(self._model_id)
+            self.prefix_cache.clear_model(self._model_id)  # to the disk tier, if on
+        if self._disk is not None:
+            self._disk.deactivate()
         self._model_id = None
         self._kernels = None
         self._weights = 0
@@ -696,7 +743,14 @@ class MLXEngine:
         if len(key) != len(tokens):
             raise ValueError("the prefix-cache key must have one id per prompt token")
         fetched = self.prefix_cache.fetch_nearest(self._model_id, key, extra_key=extra_key)
-        return fetched.cache, fetched.reused
+        cache, reused = fetched.cache, fetched.reused
+        if self._disk is not None:
+            found = self._disk.nearest(self._model_id, key, extra_key, better_than=reused)
+            if found is not None:
+                loaded = self._disk.load(*found)
+                if loaded is not None:
+                    cache, reused = loaded, found[1]
+        return cache, reused
 
     def _log_reuse(self, reused: int, total: int, images: int | None = None) -> None:
         if self.prefix_cache is None:
