@@ -67,7 +67,7 @@ def test_image_turns_reuse_the_image_and_match_a_cold_run(name):
         engine.unload()
     assert [t[0] for t in on] == [t[0] for t in off]
     assert on[0][2] == 0
-    reply, prompt, reused = on[1]
+    _, prompt, reused = on[1]
     assert reused >= 0.9 * prompt  # turn 2 re-reads only its own text
     assert on[2][2] >= on[0][1]  # a new image after the cached one: the first stays cached
     assert all(t[2] == 0 for t in off)
