@@ -55,7 +55,8 @@ def main() -> int:
             prompt_total += len(prompt)
         if turn % 2 == 0:  # a tool call, as the model writes it
             path = FILES[(turn // 2) % len(FILES)]
-            raw = '<tool_call>\n{"name": "read_file", "arguments": {"path": "%s"}}\n</tool_call>' % path
+            call = json.dumps({"name": "read_file", "arguments": {"path": path}})
+            raw = f"<tool_call>\n{call}\n</tool_call>"
             reply = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
                 "name": "read_file", "arguments": {"path": path}}}]}
             after = {"role": "tool", "content": json.dumps({"path": path, "text": "print('hi')\n" * 5})}
