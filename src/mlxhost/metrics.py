@@ -192,6 +192,24 @@ class _RuntimeCollector:
                           "Prefix-cache entries evicted (budget or memory)", cache.get("evictions"))
             yield gauge("mlxhost_prefix_cache_bytes", "Bytes of KV the prefix cache holds",
                         cache.get("bytes"))
+            disk = cache.get("disk")
+            if isinstance(disk, dict):
+                yield counter("mlxhost_prefix_cache_disk_hits",
+                              "Prefix-cache lookups served from the disk tier", disk.get("hits"))
+                yield counter("mlxhost_prefix_cache_disk_reused_tokens",
+                              "Prompt tokens served from the disk tier", disk.get("tokens_reused"))
+                yield counter("mlxhost_prefix_cache_disk_written_bytes",
+                              "Bytes of prefix-cache entries written to disk",
+                              disk.get("bytes_written"))
+                yield counter("mlxhost_prefix_cache_disk_read_bytes",
+                              "Bytes of prefix-cache entries read from disk", disk.get("bytes_read"))
+                yield counter("mlxhost_prefix_cache_disk_rejected",
+                              "Disk entries refused (corrupt, another model version)",
+                              disk.get("rejected"))
+                yield counter("mlxhost_prefix_cache_disk_evictions",
+                              "Disk entries deleted for the disk budget", disk.get("evictions"))
+                yield gauge("mlxhost_prefix_cache_disk_bytes",
+                            "Bytes of prefix-cache entries on disk", disk.get("bytes"))
         mlx = memory.get("mlx") or {}
         yield gauge("mlxhost_memory_active_bytes", "MLX arrays alive (mx.get_active_memory)",
                     mlx.get("active"))

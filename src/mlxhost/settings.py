@@ -227,6 +227,19 @@ class Settings:
         env="MLXHOST_PREFIX_CACHE_BYTES", flag="--prefix-cache-mib", parse=parse_int,
         flag_parse=parse_mib, metavar="MIB", shown_default="the engine's, 2 GiB",
     )
+    prefix_cache_dir: str | None = setting(
+        None, "keep prefix-cache entries on disk in this folder (safetensors files bound to "
+        "the model's identity): entries evicted from RAM, and all of a model's on unload, swap "
+        "and shutdown, are written there and loaded back after a swap back or a restart; "
+        "unset: RAM only",
+        env="MLXHOST_PREFIX_CACHE_DIR", flag="--prefix-cache-dir", metavar="DIR",
+    )
+    prefix_cache_disk_bytes: int | None = setting(
+        None, "disk budget of --prefix-cache-dir, least recently used files deleted first "
+        "(the variable is in bytes, the flag in MiB)",
+        env="MLXHOST_PREFIX_CACHE_DISK_BYTES", flag="--prefix-cache-disk-mib", parse=parse_int,
+        flag_parse=parse_mib, metavar="MIB", shown_default="8 GiB",
+    )
     max_memory: int | float | None = setting(
         None, "memory budget of the model server: bytes (2900MiB, 3GB, 3G = GiB) or a "
         "fraction of the device's memory (0.75, 75%); weights, KV cache of the running "

@@ -47,6 +47,7 @@ def test_defaults():
         "max_batch": 0, "prefill_chunk": 512, "weights": "auto", "flat_qmm": "auto",
         "queue_timeout": 600.0, "api_key": None, "cors_origins": [],
         "max_body_bytes": 64 * MiB, "shutdown_grace": 30.0, "prefix_cache_bytes": None,
+        "prefix_cache_dir": None, "prefix_cache_disk_bytes": None,
         "warmup": True, "disabled_plugins": [], "extra_models": [], "log_level": "info",
         "openblas": True, "openblas_path": None, "models_dirs": [], "allow_model_paths": False,
         "ui": True, "config_file": None, "model_configs": [],

@@ -8,9 +8,19 @@ from mlxhost.settings import Settings
 
 @hookimpl(trylast=True)
 def mlxhost_make_engine(settings: Settings):
+    import logging
+
     from mlxhost.runtime.mlx_engine import MLXEngine
 
+    log = logging.getLogger(__name__)
+    if settings.prefix_cache_disk_bytes is not None and not settings.prefix_cache_dir:
+        log.warning("--prefix-cache-disk-mib is set without --prefix-cache-dir: no disk tier")
+    if settings.prefix_cache_dir and settings.prefix_cache_bytes == 0:
+        log.warning("--prefix-cache-dir is set but the prefix cache is off (--prefix-cache-mib 0): "
+                    "no disk tier either")
     return MLXEngine(
+        prefix_cache_dir=settings.prefix_cache_dir,
+        prefix_cache_disk_bytes=settings.prefix_cache_disk_bytes,
         prefix_cache_bytes=settings.prefix_cache_bytes,
         warmup=settings.warmup,
         max_batch=settings.max_batch,  # 0: auto

@@ -24,6 +24,8 @@ class PreparedPrompt:
 
     tokens: tuple[int, ...]
     extras: Any = None
+    # The images' digests (``ImageInput.digest``), in prompt order: prefix-cache keys.
+    image_digests: tuple[str, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -52,6 +54,11 @@ class Engine(Protocol):
 
     def unload(self) -> None:
         """Drop the loaded model and return its memory."""
+        ...
+
+    def close(self) -> None:
+        """At shutdown, after the last ``unload``: finish background work (the
+        prefix cache's disk writes)."""
         ...
 
     def prepare(self, prompt: RenderedPrompt) -> PreparedPrompt:

@@ -18,6 +18,7 @@ token, the snapshot is still an exact prefix of it.
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import time
@@ -35,6 +36,7 @@ from mlxhost.runtime.prefix_cache import (
     MLXCacheAdapter,
     PrefixCache,
     has_window,
+    key_with_images,
 )
 from mlxhost.types import ModelInfo, RenderedPrompt, SamplingParams, TokenLogprob, TokenStep
 
@@ -47,6 +49,8 @@ TOKENIZERS_KEPT = 4
 PREFILL_STEP = 2048
 # Prompt lengths the GPU warm-up runs alone (each extends the one before).
 GPU_WARMUP_LENGTHS = (8, 64, 512)
+# The disk tier's budget when --prefix-cache-dir is given without --prefix-cache-disk-mib.
+DEFAULT_DISK_BYTES = 8 << 30
 # The warm-up's own prefix cache (GPU): a few short prompts' KV.
 WARMUP_CACHE_BYTES = 256 * 1024 * 1024
 
@@ -100,6 +104,8 @@ class MLXEngine:
         prefill_chunk: int = 512,
         weights: str = "auto",
         flat_qmm: str = "auto",
+        prefix_cache_dir: str | None = None,
+        prefix_cache_disk_bytes: int | None = None,
     ) -> None:
         """``prefix_cache_bytes``: the KV prefix cache's budget (None: the default
         2 GiB; 0 disables it). ``max_batch`` > 1 decodes text prompts of a text
@@ -127,10 +133,21 @@ class MLXEngine:
         # None when disabled. Only touched on the worker thread (its stats are
         # safe to read from anywhere); tests and benchmarks may swap it.
         self.prefix_cache: PrefixCache | None = (
-            PrefixCache(MLXCacheAdapter(), max_bytes=prefix_cache_bytes)
+            PrefixCache(MLXCacheAdapter(), max_bytes=prefix_cache_bytes, spill=self._spill)
             if prefix_cache_bytes > 0
             else None
         )
+        # The disk tier (``runtime.prefix_disk``): entries the RAM tier lets go of.
+        self._disk: Any = None
+        if prefix_cache_dir and self.prefix_cache is not None:
+            from mlxhost.runtime.prefix_disk import DiskTier, MLXCodec
+
+            self._disk = DiskTier(
+                prefix_cache_dir,
+                DEFAULT_DISK_BYTES if prefix_cache_disk_bytes is None else prefix_cache_disk_bytes,
+                MLXCodec(),
+                self.prefix_cache.adapter,
+            )
         self.warmup = warmup
         self._tokenizers: OrderedDict[tuple[str, float], Any] = OrderedDict()
         self._model_id: str | None = None
@@ -157,7 +174,34 @@ class MLXEngine:
             stats["kernels"] = self._kernels.as_dict()
         if self.prefix_cache is not None:
             stats["prefix_cache"] = attrs.asdict(self.prefix_cache.stats())
+            if self._disk is not None:
+                stats["prefix_cache"]["disk"] = attrs.asdict(self._disk.stats())
         return stats
+
+    def close(self) -> None:
+        """Finish the disk tier's writes (after ``unload`` spilled the last entries)."""
+        if self._disk is not None:
+            self._disk.close()
+
+    def _spill(self, model_id: str, extra_key: bytes | None, tokens: tuple[int, ...], cache: Any) -> None:
+        if self._disk is not None:
+            self._disk.spill(model_id, tokens, extra_key, cache)
+
+    def _identity(self, info: ModelInfo) -> dict[str, str]:
+        """What binds a disk entry to this model (``prefix_disk.model_identity``)."""
+        import importlib.metadata
+
+        from mlx.utils import tree_flatten
+
+        from mlxhost.runtime.prefix_disk import model_identity
+
+        assert info.path is not None
+        flat: list[tuple[str, Any]] = tree_flatten(self._model.parameters())  # type: ignore[assignment]
+        dtype = str(flat[0][1].dtype) if flat else "none"
+        return model_identity(
+            info.id, info.path, mlx=importlib.metadata.version("mlx"), dtype=dtype,
+            weights=str(self._kernels.weights), loader="mlx-vlm" if self._is_vlm else "mlx-lm",
+        )
 
     # -- memory ---------------------------------------------------------------
     def device_memory(self) -> DeviceMemory | None:
@@ -258,6 +302,8 @@ class MLXEngine:
         self._eos = eos_token_ids(path, config, tokenizer)
         self._vocab_size = _vocab_size(config) or len(tokenizer)  # type: ignore[arg-type]
         loaded_in = time.perf_counter() - started
+        if self._disk is not None:
+            self._disk.activate(model_id, self._identity(info))
         warmup = self._warm_up() if self.warmup else 0.0
         if not self.configured_batch:
             self.max_batch, self._batch_choice = self._choose_batch_size()
@@ -348,6 +394,7 @@ class MLXEngine:
         if on_gpu and self.prefix_cache is not None:
             warm_cache = PrefixCache(MLXCacheAdapter(), max_bytes=WARMUP_CACHE_BYTES)
         cache, self.prefix_cache = self.prefix_cache, warm_cache
+        disk, self._disk = self._disk, None
         try:
             for length in lengths:
                 tokens = (ids * (length // len(ids) + 1))[:length]
@@ -360,7 +407,7 @@ class MLXEngine:
         except Exception:  # a warm-up failure must not fail the load; requests will tell
             log.exception("Warm-up failed")
         finally:
-            self.prefix_cache = cache
+            self.prefix_cache, self._disk = cache, disk
             mx.clear_cache()
         return time.perf_counter() - started
 
@@ -391,7 +438,9 @@ class MLXEngine:
     def unload(self) -> None:
         # Cached KV is only valid for the model that computed it.
         if self.prefix_cache is not None and self._model_id is not None:
-            self.prefix_cache.clear_model(self._model_id)
+            self.prefix_cache.clear_model(self._model_id)  # to the disk tier, if on
+        if self._disk is not None:
+            self._disk.deactivate()
         self._model_id = None
         self._kernels = None
         self._weights = 0
@@ -421,7 +470,11 @@ class MLXEngine:
             tokens, inputs = prepare_vision_inputs(
                 self._processor, self._model, prompt.text, [i.image for i in prompt.images]
             )
-            return PreparedPrompt(tokens=tuple(tokens), extras=inputs)
+            return PreparedPrompt(
+                tokens=tuple(tokens),
+                extras=inputs,
+                image_digests=tuple(i.digest for i in prompt.images),
+            )
         # The template already wrote BOS and every special token it wants.
         tokens = self._tokenizer.encode(prompt.text, add_special_tokens=False)
         return PreparedPrompt(tokens=tuple(tokens))
@@ -505,10 +558,13 @@ class MLXEngine:
         key, extra_key = self._cache_key(prompt)
         vision = prompt.extras  # pixel values etc. of an image prompt
         vlm_kwargs: dict[str, Any]
+        pixel_values = None
         if vision:
-            # Image prompts bypass the prefix cache: their image embeddings must be
-            # computed together with the image tokens, which a cached prefix splits.
-            cache, reused, vlm_kwargs = self._new_cache(), 0, {}
+            # The cached prefix may cover images (their KV, keyed by their digests);
+            # only the images in the uncached suffix go through the vision tower.
+            cache, reused, vlm_kwargs, pixel_values = self._cached_vision_prefix(
+                prompt, key, extra_key
+            )
         else:
             cache, reused, vlm_kwargs = self._cached_prefix(prompt.tokens, key, extra_key)
         snapshots: list[tuple[int, Any]] = []  # (prompt tokens it holds, cache copy)
@@ -516,12 +572,10 @@ class MLXEngine:
         failed = False
         steps = None
         try:
-            if vision:
-                steps = self._vision_steps(prompt, cache, params, sampler, processors or None)
-            elif self._is_vlm:
+            if self._is_vlm:
                 steps = self._vlm_steps(
                     prompt.tokens, reused, cache, params, sampler, snapshots, vlm_kwargs,
-                    processors or None,
+                    processors or None, pixel_values=pixel_values,
                 )
             else:
                 steps = self._lm_steps(
@@ -557,8 +611,7 @@ class MLXEngine:
             if steps is not None:
                 steps.close()
             # Also on GeneratorExit (the client left): what was fed is still valid.
-            if not vision:
-                self._store_prefix(key, extra_key, cache, generated, snapshots, failed)
+            self._store_prefix(key, extra_key, cache, generated, snapshots, failed)
 
     def _token_logprob(self, token: int, logprobs: Any, top: int) -> TokenLogprob:
         """The sampled token's log probability and the ``top`` most likely tokens
@@ -590,35 +643,123 @@ class MLXEngine:
         does not fit, return ``extra_key`` (e.g. a hash of every image) to keep
         such prompts apart. The key must be exactly as long as the prompt.
         """
-        return prompt.tokens, None
+        if not prompt.image_digests:
+            return prompt.tokens, None
+        placeholder = self._image_token_id()
+        if placeholder is not None:
+            try:
+                return key_with_images(prompt.tokens, placeholder, prompt.image_digests), None
+            except ValueError:  # runs that do not map one to one onto images
+                pass
+        # Keep such prompts apart from every other: only the same images match.
+        joined = "\0".join(prompt.image_digests).encode()
+        return prompt.tokens, hashlib.blake2b(joined, digest_size=16).digest()
+
+    def _image_token_id(self) -> int | None:
+        config = getattr(self._model, "config", None)
+        value = getattr(config, "image_token_index", None)
+        if value is None:
+            value = getattr(config, "image_token_id", None)
+        return int(value) if isinstance(value, int) else None
+
+    def _cached_vision_prefix(
+        self, prompt: PreparedPrompt, key: tuple[int, ...], extra_key: bytes | None
+    ) -> tuple[list[Any], int, dict[str, Any], Any]:
+        """``_cached_prefix`` for an image prompt: (cache, reused, generate kwargs,
+        pixel values of the images still to encode, or None).
+
+        A hit never ends inside an image's placeholder run (it is cut back to the
+        run's start, or dropped where the cache cannot be cut back); the images the
+        hit covers are not encoded again. Qwen-VL positions are derived from the
+        whole prompt and every image's grid before the suffix is fed.
+        """
+        from mlxhost.runtime import vision_prefix
+
+        vision = prompt.extras
+        tokens = prompt.tokens
+        cache, reused = self._fetch_prefix(tokens, key, extra_key)
+        placeholder = self._image_token_id()
+        runs = vision_prefix.image_runs(tokens, placeholder) if placeholder is not None else []
+        inputs: dict[str, Any] | None = None
+        if cache is not None and len(runs) == len(prompt.image_digests):
+            cache, reused = self._cut_back(cache, reused, vision_prefix.reuse_point(reused, runs))
+            if cache is not None:
+                first = vision_prefix.first_uncached_image(reused, runs)
+                inputs = vision_prefix.suffix_vision_inputs(vision, first, len(runs))
+                if inputs is None and runs:  # unknown pixel layout: reuse the text before
+                    cache, reused = self._cut_back(cache, reused, runs[0][0])
+                    inputs = vision_prefix.suffix_vision_inputs(vision, 0, len(runs))
+        if inputs is None:
+            cache, reused = None, 0
+        vlm_kwargs: dict[str, Any] = {}
+        if cache is not None and inputs is not None:
+            # Positions of the whole prompt, with every image's grid (Qwen-VL's mRoPE).
+            full_kwargs = dict(vision.get("kwargs") or {})
+            if not _prime_vlm_positions(self._model, tokens, vlm_kwargs, full_kwargs):
+                cache, reused, inputs, vlm_kwargs = None, 0, None, {}
+        if cache is None or inputs is None:
+            cache, reused = self._new_cache(), 0
+            inputs = {"pixel_values": vision.get("pixel_values"), "kwargs": dict(vision.get("kwargs") or {})}
+        mask = vision.get("mask")
+        if mask is not None:
+            vlm_kwargs["mask"] = mask[:, reused:]
+        vlm_kwargs.update({k: v for k, v in inputs["kwargs"].items() if k not in vlm_kwargs})
+        self._log_reuse(reused, len(tokens), images=len(runs) - vision_prefix.first_uncached_image(reused, runs))
+        return cache, reused, vlm_kwargs, inputs["pixel_values"]
 
     def _cached_prefix(
         self, tokens: tuple[int, ...], key: tuple[int, ...], extra_key: bytes | None
     ) -> tuple[list[Any], int, dict[str, Any]]:
         """(cache to extend, prompt tokens it already holds, extra generate_step kwargs)."""
         vlm_kwargs: dict[str, Any] = {}
-        cache, reused = None, 0
-        if self.prefix_cache is not None and self._model_id is not None:
-            if len(key) != len(tokens):
-                raise ValueError("the prefix-cache key must have one id per prompt token")
-            fetched = self.prefix_cache.fetch_nearest(self._model_id, key, extra_key=extra_key)
-            cache, reused = fetched.cache, fetched.reused
-            if (
-                cache is not None
-                and self._is_vlm
-                and not _prime_vlm_positions(self._model, tokens, vlm_kwargs)
-            ):
-                cache, reused = None, 0
+        cache, reused = self._fetch_prefix(tokens, key, extra_key)
+        if (
+            cache is not None
+            and self._is_vlm
+            and not _prime_vlm_positions(self._model, tokens, vlm_kwargs)
+        ):
+            cache, reused = None, 0
         if cache is None:
             cache = self._new_cache()
-        if self.prefix_cache is not None:
-            log.info(
-                "Prefix cache: %d of %d prompt tokens reused, %d to prefill",
-                reused,
-                len(tokens),
-                len(tokens) - reused,
-            )
+        self._log_reuse(reused, len(tokens))
         return cache, reused, vlm_kwargs
+
+    def _cut_back(self, cache: Any, reused: int, point: int) -> tuple[Any, int]:
+        """``cache`` cut back from ``reused`` to ``point`` tokens: (None, 0) where it
+        cannot be (a sliding window past its size) or nothing would be left."""
+        if cache is None or point >= reused:
+            return cache, reused
+        if point < 1 or self.prefix_cache is None or not self.prefix_cache.adapter.can_trim(cache):
+            return None, 0
+        self.prefix_cache.adapter.trim(cache, reused - point)
+        return cache, point
+
+    def _fetch_prefix(
+        self, tokens: tuple[int, ...], key: tuple[int, ...], extra_key: bytes | None
+    ) -> tuple[list[Any] | None, int]:
+        """The nearest cached prefix (a private copy) and the prompt tokens it holds."""
+        if self.prefix_cache is None or self._model_id is None:
+            return None, 0
+        if len(key) != len(tokens):
+            raise ValueError("the prefix-cache key must have one id per prompt token")
+        fetched = self.prefix_cache.fetch_nearest(self._model_id, key, extra_key=extra_key)
+        cache, reused = fetched.cache, fetched.reused
+        if self._disk is not None:
+            found = self._disk.nearest(self._model_id, key, extra_key, better_than=reused)
+            if found is not None:
+                loaded = self._disk.load(*found)
+                if loaded is not None:
+                    cache, reused = loaded, found[1]
+        return cache, reused
+
+    def _log_reuse(self, reused: int, total: int, images: int | None = None) -> None:
+        if self.prefix_cache is None:
+            return
+        encoded = f", {images} image(s) to encode" if images is not None else ""
+        log.info(
+            "Prefix cache: %d of %d prompt tokens reused, %d to prefill%s",
+            reused, total, total - reused, encoded,
+        )
 
     def _new_cache(self) -> list[Any]:
         if self._is_vlm:
@@ -719,10 +860,14 @@ class MLXEngine:
         snapshots: list[tuple[int, Any]],
         extra: dict[str, Any],
         processors: Any = None,
+        *,
+        pixel_values: Any = None,
     ) -> Any:
         import mlx.core as mx
         from mlx_vlm.generate.ar import generate_step as vlm_generate_step
 
+        extra = dict(extra)
+        mask = extra.pop("mask", None)
         todo = tokens[reused:]
         checkpoint_len = len(todo) - 1
 
@@ -734,12 +879,21 @@ class MLXEngine:
                 if snapshot is not None:
                     snapshots.append((reused + processed, snapshot))
 
-        wants_snapshot = self.prefix_cache is not None and checkpoint_len > 0
+        # Images after a cached prefix: one unchunked prefill and no snapshot. A
+        # chunk of the suffix gets Qwen-VL's visual-position mask (suffix-relative)
+        # aligned by the cache's absolute offset in mlx-vlm, which misplaces the
+        # image features (measured: greedy output changed on the tiny Qwen3-VL).
+        images_after_prefix = pixel_values is not None and reused > 0
+        if images_after_prefix:
+            extra["prefill_step_size"] = None
+        wants_snapshot = (
+            self.prefix_cache is not None and checkpoint_len > 0 and not images_after_prefix
+        )
         return vlm_generate_step(
             mx.array(todo)[None],
             self._model,
-            None,
-            None,
+            pixel_values,
+            mask,
             max_tokens=params.max_tokens,
             sampler=sampler,
             logits_processors=processors,
@@ -749,37 +903,21 @@ class MLXEngine:
             **extra,
         )
 
-    def _vision_steps(
-        self,
-        prompt: PreparedPrompt,
-        cache: list[Any],
-        params: SamplingParams,
-        sampler: Any,
-        processors: Any = None,
-    ) -> Any:
-        import mlx.core as mx
-        from mlx_vlm.generate.ar import generate_step as vlm_generate_step
 
-        inputs = prompt.extras
-        return vlm_generate_step(
-            mx.array(prompt.tokens)[None],
-            self._model,
-            inputs["pixel_values"],
-            inputs["mask"],
-            max_tokens=params.max_tokens,
-            sampler=sampler,
-            logits_processors=processors,
-            prompt_cache=cache,
-            **inputs["kwargs"],
-        )
-
-
-def _prime_vlm_positions(model: Any, tokens: tuple[int, ...], kwargs: dict[str, Any]) -> bool:
+def _prime_vlm_positions(
+    model: Any,
+    tokens: tuple[int, ...],
+    kwargs: dict[str, Any],
+    vision_kwargs: Mapping[str, Any] | None = None,
+) -> bool:
     """Let a Qwen-VL style model (mRoPE) continue from a cached prefix; False: cannot.
 
     Its language model derives positions from the whole prompt, which the
     uncached suffix alone does not give: mlx-vlm's own prompt-cache reuse
-    computes them from the full prompt first, and so do we.
+    computes them from the full prompt first, and so do we. An image prompt's
+    ``vision_kwargs`` carry every image's grid (``image_grid_thw``): an image
+    spans fewer positions than tokens, so the text after it continues from
+    there (the rope delta), whether the image is cached or not.
     """
     language_model = getattr(model, "language_model", None)
     if not callable(getattr(language_model, "get_rope_index", None)):
@@ -789,7 +927,13 @@ def _prime_vlm_positions(model: Any, tokens: tuple[int, ...], kwargs: dict[str, 
         from mlx_vlm.generate.dispatch import _prime_cached_prefix_rope_state
     except ImportError:
         return False
-    return bool(_prime_cached_prefix_rope_state(model, mx.array(tokens)[None], None, kwargs))
+    primed = dict(vision_kwargs or {})
+    if not _prime_cached_prefix_rope_state(model, mx.array(tokens)[None], None, primed):
+        return False
+    for name in ("position_ids", "rope_deltas"):
+        if primed.get(name) is not None:
+            kwargs[name] = primed[name]
+    return True
 
 
 def _device_info(mx: Any) -> dict[str, Any]:

@@ -45,14 +45,19 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 
+log = logging.getLogger(__name__)
+
 C = TypeVar("C")
+# (model id, extra key, tokens, cache) of an entry leaving the RAM tier.
+Spill = Callable[[str, "bytes | None", tuple[int, ...], C], None]
 
 DEFAULT_PREFIX_CACHE_BYTES = 2 << 30  # 2 GiB
 
@@ -140,11 +145,22 @@ class PrefixCache(Generic[C]):
     cache passed to :meth:`insert` belongs to the prefix cache afterwards.
     """
 
-    def __init__(self, adapter: CacheAdapter[C], max_bytes: int = DEFAULT_PREFIX_CACHE_BYTES):
+    def __init__(
+        self,
+        adapter: CacheAdapter[C],
+        max_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+        *,
+        spill: Spill[C] | None = None,
+    ):
+        """``spill(model_id, extra_key, tokens, cache)`` is called with every entry
+        that leaves for lack of room (budget, ``shrink_to``) or with its model
+        (``clear_model``), before it goes: the disk tier keeps it
+        (``runtime.prefix_disk``). Entries covered by a longer one are not spilled."""
         if max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
         self.adapter = adapter
         self.max_bytes = max_bytes
+        self._spill = spill
         self._roots: dict[tuple[str, bytes | None], _Node] = {}
         self._lru: OrderedDict[_Entry, None] = OrderedDict()  # oldest first
         self._bytes = 0
@@ -288,6 +304,7 @@ class PrefixCache(Generic[C]):
             while self._bytes > self.max_bytes:
                 oldest = next(iter(self._lru))
                 self._evictions += 1
+                self._spill_entry(oldest)
                 self._remove(oldest)
             return True
 
@@ -358,7 +375,9 @@ class PrefixCache(Generic[C]):
         with self._lock:
             while self._bytes > max(0, max_bytes) and self._lru:
                 self._evictions += 1
-                self._remove(next(iter(self._lru)))
+                oldest = next(iter(self._lru))
+                self._spill_entry(oldest)
+                self._remove(oldest)
             return self._bytes
 
     @property
@@ -369,11 +388,21 @@ class PrefixCache(Generic[C]):
     def clear_model(self, model_id: str) -> None:
         """Drop every entry of ``model_id`` (whatever its extra key)."""
         with self._lock:
+            for entry in [e for e in self._lru if e.root[0] == model_id]:  # oldest first
+                self._spill_entry(entry)
             for root_key in [k for k in self._roots if k[0] == model_id]:
                 del self._roots[root_key]
             for entry in [e for e in self._lru if e.root[0] == model_id]:
                 self._bytes -= entry.nbytes
                 del self._lru[entry]
+
+    def _spill_entry(self, entry: _Entry) -> None:
+        if self._spill is None:
+            return
+        try:
+            self._spill(entry.root[0], entry.root[1], self._tokens_of(entry.node), entry.cache)
+        except Exception:  # never fail a request (or an unload) over the disk tier
+            log.exception("Prefix cache: spilling an entry failed")
 
     def _remove(self, entry: _Entry, *, prune: bool = True) -> None:
         node = entry.node

@@ -189,6 +189,7 @@ class Runtime:
         if self._worker.alive:
             try:
                 await self._worker.run(self._engine.unload)
+                await self._worker.run(self._engine.close)
             finally:
                 self._worker.stop()
 

@@ -117,6 +117,9 @@ class FakeEngine:
             self._plugin.events.append(("unload", self.loaded))
         self.loaded = None
 
+    def close(self) -> None:
+        pass
+
     def stats(self) -> dict[str, Any]:
         return {}
 
