@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mlxhost.hookspecs import hookimpl
 from mlxhost.settings import Settings
 
 
 @hookimpl(trylast=True)
 def mlxhost_make_engine(settings: Settings):
+    return make_mlx_engine(settings)
+
+
+def make_mlx_engine(settings: Settings, sharder: Any = None) -> Any:
+    """The MLX engine as the settings say; ``sharder``: a rank of a distributed group."""
     from mlxhost.runtime.mlx_engine import MLXEngine
 
     return MLXEngine(
+        sharder=sharder,
         prefix_cache_bytes=settings.prefix_cache_bytes,
         warmup=settings.warmup,
         max_batch=settings.max_batch,  # 0: auto
