@@ -190,9 +190,12 @@ class FollowerLink:
     def close(self) -> None:
         self._ending.set()
         try:
-            self._conn.close()
+            # shutdown first: close alone leaves the connection open while the
+            # reader thread is blocked in recv on it.
+            self._conn.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self._conn.close()
 
 
 def _read_exactly(conn: socket.socket, size: int) -> bytes:
