@@ -1,8 +1,8 @@
 """`mlxhost serve --ranks 2`: one model over two local processes (ring backend over
 loopback, tensor parallel), against the real test models.
 
-One 2-rank server serves the chat, streaming, tools, swap and identity tests; a
-second small one is killed halfway through a request. Both ranks get one BLAS
+One 2-rank server serves the chat, streaming, tools, swap and identity tests, and
+last its follower is killed halfway through a request. Both ranks get one BLAS
 thread (``--ranks`` shares the cores out), so this runs on CI's 2 cores.
 """
 
@@ -127,24 +127,24 @@ def test_swap_to_gemma_sharded_by_its_plugin(group_server):
     assert health["distributed"]["sharding"] == "tensor parallel (plugin)"
 
 
-def test_a_killed_follower_fails_the_request_with_503_and_ends_the_group(start_server):
-    server = start_server("--ranks", "2", "--model", GEMMA, "--no-warmup", stop_timeout=30)
-    with server:
-        (follower,) = children(server.process.pid)
-        answers: list[httpx.Response] = []
-        asking = threading.Thread(
-            target=lambda: answers.append(httpx.post(
-                f"{server.url}/v1/chat/completions", timeout=300,
-                json={"model": GEMMA, "messages": [{"role": "user", "content": "Count to 100"}],
-                      "max_tokens": 400, "temperature": 0},
-            ))
-        )
-        asking.start()
-        wait_until(lambda: server.health()["running"] == 1, timeout=120, what="the request running")
-        os.kill(follower, signal.SIGKILL)
-        asking.join(timeout=120)
-        assert answers and answers[0].status_code == 503
-        assert answers[0].json()["error"]["code"] == "distributed_group_lost"
-        # Rank 0 leaves by itself, non-zero, and leaves no process behind.
-        assert server.process.wait(timeout=120) == 3
-        wait_until(lambda: not alive(follower), timeout=30, what="the follower gone")
+def test_a_killed_follower_fails_the_request_with_503_and_ends_the_group(group_server):
+    """Last in this module: it ends the shared server."""
+    server = group_server
+    (follower,) = children(server.process.pid)
+    answers: list[httpx.Response] = []
+    asking = threading.Thread(
+        target=lambda: answers.append(httpx.post(
+            f"{server.url}/v1/chat/completions", timeout=300,
+            json={"model": GEMMA, "messages": [{"role": "user", "content": "Count to 100"}],
+                  "max_tokens": 400, "temperature": 0},
+        ))
+    )
+    asking.start()
+    wait_until(lambda: server.health()["running"] == 1, timeout=120, what="the request running")
+    os.kill(follower, signal.SIGKILL)
+    asking.join(timeout=120)
+    assert answers and answers[0].status_code == 503
+    assert answers[0].json()["error"]["code"] == "distributed_group_lost"
+    # Rank 0 leaves by itself, non-zero, and no rank is left behind.
+    assert server.process.wait(timeout=120) == 3
+    wait_until(lambda: not alive(follower), timeout=30, what="the follower gone")
