@@ -44,6 +44,11 @@ def create_app(
     """``group``: this process is rank 0 of a distributed group (``mlxhost.launch``);
     its engine sends every model call to the followers (``runtime.leader``)."""
     settings = settings or Settings.from_env()
+    if group is None and (settings.ranks > 1 or settings.hostfile is not None):
+        raise ValueError(
+            "settings name a distributed group (ranks/hostfile), which `mlxhost serve` "
+            "starts (mlxhost.launch); pass the group it made"
+        )
     pm = plugin_manager or make_plugin_manager(disabled=settings.disabled_plugins)
     extra = [*settings.extra_models]
     if settings.model and settings.model not in extra:
