@@ -169,15 +169,21 @@ def launch_hostfile(settings: Settings, argv: list[str]) -> int:
         "--", "-m", "mlxhost.cli", *argv,
     ]
     process = subprocess.Popen(command, start_new_session=True)
+    forwarded: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
         # Rank 0 shuts down gracefully on SIGTERM; the followers ignore it and
-        # leave when rank 0 tells them (or its side channel closes).
+        # leave when rank 0 tells them (or its side channel closes). mlx.launch
+        # itself dies of it at once (it has no handler), so rank 0's last log
+        # lines after this may not be relayed.
+        forwarded.append(signum)
         os.killpg(process.pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     code = process.wait()
+    if code < 0:  # mlx.launch ended by a signal: ours is a requested stop
+        return 0 if -code in forwarded else 128 - code
     return code
 
 
