@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import pluggy
 from litestar import Litestar, Request, Response, get
@@ -28,19 +29,35 @@ from mlxhost.runtime.runtime import Runtime
 from mlxhost.service import ChatService
 from mlxhost.settings import Settings
 
+if TYPE_CHECKING:
+    from mlxhost.runtime.leader import GroupPlan, LeaderEngine
+
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginManager | None = None) -> Litestar:
+def create_app(
+    settings: Settings | None = None,
+    plugin_manager: pluggy.PluginManager | None = None,
+    *,
+    group: GroupPlan | None = None,
+) -> Litestar:
+    """``group``: this process is rank 0 of a distributed group (``mlxhost.launch``);
+    its engine sends every model call to the followers (``runtime.leader``)."""
     settings = settings or Settings.from_env()
+    if group is None and (settings.ranks > 1 or settings.hostfile is not None):
+        raise ValueError(
+            "settings name a distributed group (ranks/hostfile), which `mlxhost serve` "
+            "starts (mlxhost.launch); pass the group it made"
+        )
     pm = plugin_manager or make_plugin_manager(disabled=settings.disabled_plugins)
     extra = [*settings.extra_models]
     if settings.model and settings.model not in extra:
         extra.append(settings.model)
     registry = ModelRegistry(pm, settings, extra_models=extra)
     metrics = Metrics()
+    leader = _leader_engine(settings, pm, group) if group is not None else None
     runtime = Runtime(
-        pm.hook.mlxhost_make_engine(settings=settings),
+        leader or pm.hook.mlxhost_make_engine(settings=settings),
         tool_parser_for=lambda info: pm.hook.mlxhost_tool_call_parser(model=info),
         max_waiting=settings.max_queue,
         wait_timeout=settings.queue_timeout,
@@ -50,6 +67,8 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
         keep_alive=settings.keep_alive,
         memory_wait=settings.memory_wait,
         on_load=metrics.on_load,
+        on_idle=leader.park if leader else None,
+        on_stop=leader.shutdown if leader else None,
     )
     metrics.watch(runtime)
     service = ChatService(
@@ -66,11 +85,17 @@ def create_app(settings: Settings | None = None, plugin_manager: pluggy.PluginMa
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        await runtime.open(settings.max_memory)
+        setup = None
+        if leader is not None and group is not None:
+            setup = leader.start
+            _watch_group(runtime, leader, group)
+        await runtime.open(settings.max_memory, setup=setup)
         preload = None
         if settings.model:
             # Load in the background: the port opens at once, /health says "loading".
-            preload = asyncio.create_task(_preload(runtime, registry, settings.model))
+            preload = asyncio.create_task(
+                _preload(runtime, registry, settings.model, fatal=group is not None)
+            )
         try:
             yield
         finally:
@@ -143,8 +168,58 @@ def require_api_key(key: str, public: frozenset[str] = frozenset({"/health"}), *
     return check
 
 
-async def _preload(runtime: Runtime, registry: ModelRegistry, name: str) -> None:
+async def _preload(runtime: Runtime, registry: ModelRegistry, name: str, *, fatal: bool = False) -> None:
+    """``fatal``: a model the group cannot shard ends the server (exit status 2)."""
     try:
         await runtime.preload(await registry.ensure_local(registry.resolve(name)))
     except Exception as exc:  # the server stays up; requests will retry the load
         log.error("Could not load %s at start-up: %s", name, getattr(exc, "message", exc))
+        from mlxhost.runtime.sharding import NotShardable
+
+        if fatal and isinstance(exc, NotShardable):
+            import os
+            import signal
+
+            from mlxhost.launch import NOT_SHARDABLE_EXIT
+
+            runtime.exit_status = NOT_SHARDABLE_EXIT
+            os.kill(os.getpid(), signal.SIGTERM)  # a graceful stop of the whole group
+
+
+def _leader_engine(settings: Settings, pm: pluggy.PluginManager, group: GroupPlan) -> LeaderEngine:
+    from mlxhost.default_plugins.mlx_engine import make_mlx_engine
+    from mlxhost.runtime.leader import LeaderEngine
+    from mlxhost.runtime.sharding import Sharder
+
+    sharder = Sharder(pm, group.pipeline)
+    return LeaderEngine(make_mlx_engine(settings, sharder), group, sharder)
+
+
+# Seconds between a lost rank and rank 0 leaving: the 503s in flight are written.
+GROUP_LOST_EXIT_S = 1.0
+
+
+def _watch_group(runtime: Runtime, leader: LeaderEngine, group: GroupPlan) -> None:
+    """A lost rank: 503 for every request, /health "error", then rank 0 exits
+    non-zero (its worker may be stuck in a collective that never returns)."""
+    loop = asyncio.get_running_loop()
+    runtime.watch_group()
+
+    def leave() -> None:
+        import os
+
+        from mlxhost.launch import GROUP_LOST_EXIT, kill_children
+
+        log.error("Leaving: the distributed group lost a rank (%s)", runtime.lost)
+        kill_children(group)
+        logging.shutdown()
+        os._exit(GROUP_LOST_EXIT)
+
+    def lost(reason: str) -> None:
+        runtime.fail_group(reason)
+        loop.call_later(GROUP_LOST_EXIT_S, leave)
+
+    def from_watchdog(reason: str) -> None:
+        loop.call_soon_threadsafe(lost, reason)
+
+    leader.on_lost(from_watchdog)

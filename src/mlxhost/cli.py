@@ -19,6 +19,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     # Built before the re-exec so that a malformed variable fails at once; cheap.
     settings = settings_from_args(args)
+    from mlxhost import launch
+
+    launch.check(settings)
+    role = launch.role()
+    if role == "outside" and settings.hostfile is not None:
+        return launch.launch_hostfile(settings, sys.argv[1:])  # the ranks re-exec themselves
     reexec_with_openblas(enabled=settings.openblas, path=settings.openblas_path)
     # MLX's CUDA backend compiles kernels on first use and caches them on disk,
     # by default under /tmp; a persistent folder pays the compile once per machine.
@@ -33,11 +39,18 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    group = None
+    if role == "follower":
+        return launch.run_follower(settings)
+    if role == "leader":
+        group = launch.plan_from_env(settings)
+    elif settings.ranks > 1:
+        group = launch.start_local_ranks(settings, sys.argv[1:])
     if settings.model == "auto":
         from mlxhost.starter import choose_startup_model
 
         settings = attrs.evolve(settings, model=choose_startup_model())
-    app = create_app(settings)
+    app = create_app(settings, group=group)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the
     # handler that was installed before it; a no-op one makes that a clean exit 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
@@ -48,7 +61,9 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_grace),
     )
-    return 0
+    if group is not None:
+        launch.end_children(group)
+    return int(app.state.runtime.exit_status)
 
 
 def _exit_now(code: int) -> None:

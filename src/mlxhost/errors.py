@@ -165,3 +165,18 @@ class Busy(MlxhostError):
 
 class ClientDisconnected(Exception):
     """The client went away before its response was ready; nothing to send."""
+
+
+class GroupLost(MlxhostError):
+    """A rank of the distributed group died or hung: rank 0 cannot generate any more."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "distributed_group_lost"
+
+    def __init__(self, reason: str):
+        super().__init__(
+            f"The distributed group serving this model lost a rank ({reason}); "
+            "the server is shutting down."
+        )
+        self.reason = reason

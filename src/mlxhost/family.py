@@ -6,7 +6,7 @@ declares that once, as a :class:`Family`, and exposes ``FamilyPlugin(family)``
 as its entry point. :class:`FamilyPlugin` implements the ordinary hooks
 (``mlxhost_register_models``, ``mlxhost_model_family``,
 ``mlxhost_render_prompt``, ``mlxhost_tool_call_parser``,
-``mlxhost_context_limit``), each answering only for models of its family and
+``mlxhost_context_limit``, ``mlxhost_shard_model``), each answering only for models of its family and
 returning ``None`` otherwise, so the dispatch on ``model.family`` is written
 once, here, rather than in every plugin. A plugin that needs something the
 declaration cannot say still implements a hook directly, next to it.
@@ -34,6 +34,8 @@ ContextLimitFunction = Callable[[ModelSpec, Mapping[str, Any]], "int | None"]
 ToolGrammarFunction = Callable[[Sequence[FunctionTool], ToolChoice], str]
 # (model, prefix, suffix) -> the fill-in-the-middle prompt, or None if this model has none.
 FimFunction = Callable[[LoadedModel, str, str], "str | None"]
+# (model, config, group, pipeline) -> True when it split the model over the group's ranks.
+ShardFunction = Callable[[Any, Mapping[str, Any], Any, bool], "bool | None"]
 
 
 @attrs.frozen
@@ -59,6 +61,7 @@ class Family:
     context_limit: ContextLimitFunction | None = None
     fim: FimFunction | None = None
     tool_grammar: ToolGrammarFunction | None = None
+    shard: ShardFunction | None = None
 
 
 class FamilyPlugin:
@@ -122,3 +125,11 @@ class FamilyPlugin:
         if spec.family != self.family.name or self.family.context_limit is None:
             return None
         return self.family.context_limit(spec, config)
+
+    @hookimpl
+    def mlxhost_shard_model(
+        self, model: Any, config: Mapping[str, Any], group: Any, pipeline: bool
+    ) -> bool | None:
+        if self.family.shard is None or config.get("model_type") not in self.family.model_types:
+            return None
+        return self.family.shard(model, config, group, pipeline)

@@ -132,3 +132,21 @@ def mlxhost_make_engine(settings: Settings) -> Engine | None:
     Called once at server start. Stops at the first non-None result; the
     fallback is the MLX engine (mlx-vlm, with mlx-lm for text-only checkpoints).
     """
+
+
+@hookspec(firstresult=True)
+def mlxhost_shard_model(model: Any, config: Mapping[str, Any], group: Any, pipeline: bool) -> bool | None:
+    """Split a loaded model over the ranks of ``group`` (an ``mx.distributed.Group``)
+    in place, for an architecture mlx-lm cannot shard (or to shard it differently);
+    return True when done, None to leave it to mlx-lm.
+
+    ``model`` is the mlx-lm (or mlx-vlm) model with its weights still lazy, so each
+    rank reads only its part; ``config`` its ``config.json``; ``pipeline`` is True
+    for pipeline parallel (``--pipeline``), else tensor parallel is wanted. Use
+    ``mlx.nn.layers.distributed.shard_linear`` as mlx-lm's ``shard()`` methods do
+    (``mlxhost.runtime.sharding.shard_attention_mlp`` splits standard decoder
+    layers). Called on every rank at each load in a distributed group
+    (``--ranks`` / ``--hostfile``), before mlx-lm's own ``shard()`` /
+    ``pipeline()``. Stops at the first non-None result; without one and without
+    mlx-lm's methods the load fails naming the architecture.
+    """

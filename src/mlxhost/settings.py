@@ -304,6 +304,28 @@ class Settings:
         [], "per-model tables of the config file ([models.ALIAS]: repo or path, aliases, "
         "defaults; docs/config.md), as mlxhost.config.ModelConfig values"
     )
+    ranks: int = setting(
+        1, "run the model over N local processes (ranks) joined by MLX's ring backend over "
+        "loopback; rank 0 serves HTTP, the others hold a shard each (docs/distributed.md)",
+        env="MLXHOST_RANKS", flag="--ranks", parse=parse_int, metavar="N",
+    )
+    hostfile: str | None = setting(
+        None, "an mlx.launch hostfile (JSON, one host per rank): start the group on those "
+        "machines through mlx.launch; the first host is rank 0 and serves HTTP "
+        "(docs/distributed.md)",
+        env="MLXHOST_HOSTFILE", flag="--hostfile", metavar="FILE",
+    )
+    distributed_backend: str = setting(
+        "auto", "the collectives of a group (--ranks takes ring only); auto: the hostfile's "
+        "backend, else nccl on CUDA, else ring (mlx.launch's rule)",
+        env="MLXHOST_DISTRIBUTED_BACKEND", flag="--distributed-backend", metavar="BACKEND",
+        choices=("auto", "ring", "jaccl", "mpi", "nccl"),
+    )
+    pipeline: bool = setting(
+        False, "in a group, give each rank a run of whole layers (pipeline parallel) instead "
+        "of a slice of every layer (tensor parallel)",
+        env="MLXHOST_PIPELINE", flag="--pipeline", parse=parse_bool,
+    )
     log_level: str = setting(
         "info", "log level of mlxhost and uvicorn", flag="--log-level",
         choices=("critical", "error", "warning", "info", "debug"),

@@ -3,6 +3,7 @@
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import attrs
 import pytest
@@ -52,6 +53,7 @@ def test_defaults():
         "openblas": True, "openblas_path": None, "models_dirs": [], "allow_model_paths": False,
         "ui": True, "config_file": None, "model_configs": [],
         "max_memory": None, "memory_wait": 600.0, "keep_alive": 1800.0, "metrics_public": False,
+        "ranks": 1, "hostfile": None, "distributed_backend": "auto", "pipeline": False,
     }
     assert Settings(extra_models=["x"], context_window=128).context_window == 128
     assert Settings().cors_origins is not Settings().cors_origins  # no shared list
@@ -153,7 +155,13 @@ def test_serve_builds_settings_from_flags_and_env(monkeypatch):
     monkeypatch.setenv("MLXHOST_IMAGE_MAX_BYTES", "100")
     monkeypatch.setattr(blas, "reexec_with_openblas", lambda **kw: seen.update(blas=kw))
     monkeypatch.setattr(starter, "choose_startup_model", lambda: "picked")
-    monkeypatch.setattr(mlxhost.app, "create_app", lambda settings: seen.update(settings=settings))
+    stopped = SimpleNamespace(state=SimpleNamespace(runtime=SimpleNamespace(exit_status=0)))
+
+    def create_app(settings, group=None):
+        seen.update(settings=settings, group=group)
+        return stopped
+
+    monkeypatch.setattr(mlxhost.app, "create_app", create_app)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(run=kw))
     monkeypatch.setattr("signal.signal", lambda *args: None)
     assert main(["serve", "--port", "4321", "--no-openblas"]) == 0
@@ -185,3 +193,31 @@ def test_blas_reads_the_tables_variables(tmp_path):
     assert env_value("openblas", {enabled: "no"}) is False
     with pytest.raises(SettingsError, match="MLXHOST_OPENBLAS="):
         blas.wanted({enabled: "maybe"})
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"pipeline": True}, "--pipeline splits a model over a group"),
+        ({"distributed_backend": "ring"}, "--distributed-backend needs a group"),
+        ({"ranks": 0}, "--ranks: expected at least 1"),
+        ({"ranks": 2, "hostfile": "hosts.json"}, "--ranks and --hostfile"),
+        ({"ranks": 2, "distributed_backend": "jaccl"}, "list the ranks in a --hostfile"),
+        ({"ranks": 2, "weights": "bf16"}, "--weights bf16 does not apply to sharded models"),
+    ],
+)
+def test_group_settings_that_cannot_work_are_refused(settings, message):
+    from mlxhost import launch
+
+    with pytest.raises(SettingsError, match=message):
+        launch.check(Settings(**settings))
+    launch.check(Settings())  # one process, nothing to refuse
+
+
+def test_group_settings_come_from_the_config_file_and_the_environment(tmp_path):
+    from mlxhost.config import load_settings
+
+    config = tmp_path / "config.toml"
+    config.write_text('[server]\nranks = 2\npipeline = true\n')
+    settings = load_settings({"config_file": str(config)}, {"MLXHOST_DISTRIBUTED_BACKEND": "ring"})
+    assert (settings.ranks, settings.pipeline, settings.distributed_backend) == (2, True, "ring")

@@ -196,6 +196,11 @@ class SessionServer:
 
         from mlxhost.app import create_app
 
+        if self.settings.ranks > 1 or self.settings.hostfile is not None:
+            raise CommandError(
+                "the server `run` starts is one process: for --ranks / --hostfile start "
+                "`mlxhost serve` with them and point `run --url` at it"
+            )
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         app = create_app(attrs.evolve(self.settings, model=self.model))
         config = uvicorn.Config(app, host=self.settings.host, port=self.settings.port,

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mlxhost.hookspecs import hookimpl
 from mlxhost.settings import Settings
 
 
 @hookimpl(trylast=True)
 def mlxhost_make_engine(settings: Settings):
+    return make_mlx_engine(settings)
+
+
+def make_mlx_engine(settings: Settings, sharder: Any = None) -> Any:
+    """The MLX engine as the settings say; ``sharder``: a rank of a distributed group."""
     import logging
 
     from mlxhost.runtime.mlx_engine import MLXEngine
@@ -21,6 +28,7 @@ def mlxhost_make_engine(settings: Settings):
     return MLXEngine(
         prefix_cache_dir=settings.prefix_cache_dir,
         prefix_cache_disk_bytes=settings.prefix_cache_disk_bytes,
+        sharder=sharder,
         prefix_cache_bytes=settings.prefix_cache_bytes,
         warmup=settings.warmup,
         max_batch=settings.max_batch,  # 0: auto

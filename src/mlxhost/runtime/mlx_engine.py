@@ -106,6 +106,7 @@ class MLXEngine:
         flat_qmm: str = "auto",
         prefix_cache_dir: str | None = None,
         prefix_cache_disk_bytes: int | None = None,
+        sharder: Callable[[Any, Mapping[str, Any]], str] | None = None,
     ) -> None:
         """``prefix_cache_bytes``: the KV prefix cache's budget (None: the default
         2 GiB; 0 disables it). ``max_batch`` > 1 decodes text prompts of a text
@@ -120,6 +121,8 @@ class MLXEngine:
         self._batch_choice = f"--max-batch {max_batch}" if max_batch else "auto"
         self.weights = weights
         self.flat_qmm = flat_qmm
+        self._sharder = sharder
+        self.sharded: str | None = None  # how the loaded model was split (distributed)
         self._kernels: Any = None  # runtime.kernels.KernelChoice of the loaded model
         self.prefill_chunk = prefill_chunk
         self._batch: Any = None  # runtime.batch.TextBatch of the loaded model, made on first use
@@ -271,26 +274,32 @@ class MLXEngine:
         if self._is_vlm:
             import mlx_vlm
 
-            model, processor = mlx_vlm.load(str(path))
+            model, processor = mlx_vlm.load(str(path), lazy=self._sharder is not None)
             tokenizer = getattr(processor, "tokenizer", processor)
             self._processor = processor
             wrapper = TokenizerWrapper(tokenizer)
         else:
             from mlx_lm.utils import load_model
 
-            model, model_config = load_model(path)
+            model, model_config = load_model(path, lazy=self._sharder is not None)
             # The cached wrapper: wrapping again rebuilds its detokenizer tables
             # (measured ~0.5 s for Gemma's 262k vocabulary on every swap).
             wrapper = self._text_tokenizer(path, model_config)
             tokenizer = wrapper._tokenizer
+        if self._sharder is not None:
+            import mlx.core as mx
+
+            self.sharded = self._sharder(model, config)
+            mx.eval(model.parameters())  # each rank reads only its shard
         from mlxhost.runtime import kernels
 
-        # The config file's per-model weights policy, else --weights.
+        # The config file's per-model weights policy, else --weights; a shard keeps
+        # its weights as loaded (mlx-lm's sharded layers are not dequantized).
         from mlxhost.runtime.batch import AUTO_BATCH_CAP
 
         self._kernels = kernels.apply(
             model,
-            weights=info.defaults.weights or self.weights,
+            weights="as-is" if self._sharder is not None else (info.defaults.weights or self.weights),
             flat_qmm=self.flat_qmm,
             max_batch=self.configured_batch or AUTO_BATCH_CAP,
         )
@@ -329,6 +338,8 @@ class MLXEngine:
 
         if self._is_vlm:
             return batch.AUTO_BATCH, "auto: vision models run alone"
+        if self._sharder is not None:  # a measurement on rank 0 alone would desync the ranks
+            return batch.AUTO_BATCH, f"auto: {batch.AUTO_BATCH} in a distributed group"
         if kernels.backend() == "cpu":
             return batch.AUTO_BATCH, f"auto: {batch.AUTO_BATCH} on CPU"
         started = time.perf_counter()
@@ -442,6 +453,7 @@ class MLXEngine:
         if self._disk is not None:
             self._disk.deactivate()
         self._model_id = None
+        self.sharded = None
         self._kernels = None
         self._weights = 0
         if self._batch is not None:

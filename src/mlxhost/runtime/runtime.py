@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from mlxhost.errors import EngineError, MlxhostError, ModelLoadFailed
+from mlxhost.errors import EngineError, GroupLost, MlxhostError, ModelLoadFailed
 from mlxhost.runtime.engine import Engine, PreparedPrompt
 from mlxhost.runtime.memory import (
     KVLayout,
@@ -116,15 +116,22 @@ class Runtime:
         keep_alive: float = math.inf,
         memory_wait: float | None = 600.0,
         on_load: Callable[[str, float], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         """``keep_alive``: seconds an idle model stays loaded (inf: forever; a
         request or the model's facts may say otherwise); ``memory_wait``: seconds a
-        request may wait for memory; ``on_load(model, seconds)`` after each load."""
+        request may wait for memory; ``on_load(model, seconds)`` after each load;
+        ``on_idle`` / ``on_stop``: the worker's hooks (``MLXWorker``)."""
         self._engine = engine
         self._load_lock = asyncio.Lock()  # sessions that join a batch share one load
         self._ticking = False  # the batch ticker is registered (worker thread only)
         self._outbox: LoopOutbox | None = None  # batch steps back to the event loop
-        self._worker = MLXWorker()
+        self._worker = MLXWorker(on_idle=on_idle, on_stop=on_stop)
+        # Set when a distributed group lost a rank (``fail_group``): every request fails.
+        self.lost: str | None = None
+        self.exit_status = 0  # the server's, once it stops (a fatal start-up sets it)
+        self._lost_event: asyncio.Event | None = None
         self._tool_parser_for = tool_parser_for
         self.current: LoadedModel | None = None
         self.loading: str | None = None
@@ -159,10 +166,16 @@ class Runtime:
     def start(self) -> None:
         self._worker.start()
 
-    async def open(self, max_memory: int | float | None = None) -> None:
+    async def open(
+        self, max_memory: int | float | None = None, *, setup: Callable[[], None] | None = None
+    ) -> None:
         """Start the worker and set the memory budget (``--max-memory``: bytes, a
-        fraction of the device's memory, or None for the platform default)."""
+        fraction of the device's memory, or None for the platform default).
+        ``setup()`` runs on the worker first (a distributed rank 0 joins its group);
+        its errors propagate."""
         self.start()
+        if setup is not None:
+            await self._worker.run(setup)
         governor = self.memory
         try:
             governor.device = await self._worker.run(self._engine.device_memory)
@@ -196,9 +209,23 @@ class Runtime:
     def stop(self) -> None:
         self._worker.stop()
 
+    def watch_group(self) -> None:
+        """Distributed: from now on each generation also waits for ``fail_group``."""
+        self._lost_event = asyncio.Event()
+
+    def fail_group(self, reason: str) -> None:
+        """A rank is gone (event loop): fail every request in flight and every new one
+        with 503; the worker may be stuck in a collective, so nothing waits for it."""
+        if self.lost is not None:
+            return
+        self.lost = reason
+        self.last_error = f"distributed group lost: {reason}"
+        if self._lost_event is not None:
+            self._lost_event.set()
+
     def status(self) -> RuntimeStatus:
         return RuntimeStatus(
-            alive=self._worker.alive,
+            alive=self._worker.alive and self.lost is None,
             model=self.current.id if self.current else None,
             loading=self.loading,
             last_error=self.last_error,
@@ -251,6 +278,8 @@ class Runtime:
         session (seconds; None: the model's default, else the server's).
         """
         self._cancel_idle()
+        if self.lost is not None:
+            raise GroupLost(self.lost)
         await self.scheduler.acquire(info.id)
         try:
             model = await self._ensure_loaded(info)
@@ -408,17 +437,44 @@ class Runtime:
                 lambda should_stop: engine.generate(prompt, params, should_stop)
             )
         try:
-            async for step in steps:
+            async for step in self._until_lost(steps):
                 yield step
         except (MlxhostError, asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:
+            if self.lost is not None:
+                raise GroupLost(self.lost) from exc
             log.exception("Generation failed; the model will be reloaded")
             self.last_error = f"generation failed: {type(exc).__name__}: {exc}"
             self.current = None
             raise EngineError(f"Generation failed: {type(exc).__name__}: {exc}") from exc
         finally:
-            await steps.aclose()  # type: ignore[attr-defined]  # an async generator
+            if self.lost is None:  # else the worker may never answer: leave it be
+                await steps.aclose()  # type: ignore[attr-defined]  # an async generator
+
+    async def _until_lost(self, steps: AsyncIterator[TokenStep]) -> AsyncIterator[TokenStep]:
+        """``steps``, or GroupLost as soon as ``fail_group`` runs (distributed only)."""
+        lost = self._lost_event
+        if lost is None:
+            async for step in steps:
+                yield step
+            return
+        iterator = steps.__aiter__()
+        while True:
+            if lost.is_set():
+                raise GroupLost(self.lost or "a rank was lost")
+            following = asyncio.ensure_future(iterator.__anext__())
+            waiting = asyncio.ensure_future(lost.wait())
+            await asyncio.wait({following, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            if not following.done():
+                # The worker may be stuck in a collective: leave that wait behind.
+                raise GroupLost(self.lost or "a rank was lost")
+            waiting.cancel()
+            try:
+                step = following.result()
+            except StopAsyncIteration:
+                return
+            yield step
 
     async def _batched(self, prompt: PreparedPrompt, params: SamplingParams) -> AsyncIterator[TokenStep]:
         """This sequence's steps from the running batch (joined between two steps)."""

@@ -20,6 +20,8 @@ _STOP = object()
 # for the next (an event-loop round trip; a decode step takes 10-500 ms).
 MAX_JOBS_PER_TURN = 64
 JOB_LINGER_S = 0.003
+# Idle this long (no job, no ticker) before ``on_idle`` runs.
+IDLE_AFTER_S = 0.05
 
 
 class MLXWorker:
@@ -30,7 +32,19 @@ class MLXWorker:
     (tokenizing a new request, a cancellation) run between two batch steps.
     """
 
-    def __init__(self, name: str = "mlx-worker") -> None:
+    def __init__(
+        self,
+        name: str = "mlx-worker",
+        *,
+        on_idle: Callable[[], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_idle()`` runs on the thread once it has had nothing to do for
+        ``IDLE_AFTER_S`` (then it waits for the next job); ``on_stop()`` runs on the
+        thread last, at ``stop()`` (a distributed rank 0 parks and releases its
+        followers with them)."""
+        self._on_idle = on_idle
+        self._on_stop = on_stop
         self._jobs: queue.Queue = queue.Queue()
         self._tickers: list[Callable[[], bool]] = []  # touched only on the worker thread
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -56,6 +70,11 @@ class MLXWorker:
     def _loop(self) -> None:
         while True:
             if self._run_jobs() is _STOP:
+                if self._on_stop is not None:
+                    try:
+                        self._on_stop()
+                    except BaseException:
+                        log.exception("MLX worker stop hook failed")
                 _release_mlx_streams()
                 return
             for tick in list(self._tickers):
@@ -79,7 +98,9 @@ class MLXWorker:
         ran = 0
         while ran < MAX_JOBS_PER_TURN:
             try:
-                if ran == 0:
+                if ran == 0 and not self._tickers and self._on_idle is not None:
+                    job = self._wait_idle()
+                elif ran == 0:
                     job = self._jobs.get(block=not self._tickers)
                 else:
                     job = self._jobs.get(timeout=JOB_LINGER_S)
@@ -93,6 +114,18 @@ class MLXWorker:
                 log.exception("MLX worker job failed")
             ran += 1
         return None
+
+    def _wait_idle(self) -> Any:
+        try:
+            return self._jobs.get(timeout=IDLE_AFTER_S)
+        except queue.Empty:
+            pass
+        assert self._on_idle is not None
+        try:
+            self._on_idle()
+        except BaseException:
+            log.exception("MLX worker idle hook failed")
+        return self._jobs.get()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the worker thread and return its result."""

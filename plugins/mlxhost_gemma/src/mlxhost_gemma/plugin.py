@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mlxhost.family import Family, FamilyPlugin, ModelRegistration
 from mlxhost.types import TOOLS, VISION
+from mlxhost_gemma.shard import shard
 from mlxhost_gemma.template import render
 from mlxhost_gemma.tools import call_grammar, make_parser
 
@@ -14,6 +15,7 @@ GEMMA = Family(
     render=lambda model, messages, tools, choice: render(messages, model.tokenizer, tools, choice),
     tool_parser=make_parser,
     tool_grammar=call_grammar,
+    shard=shard,  # tensor parallel over a distributed group (mlx-lm has no shard())
     models=(
         ModelRegistration(
             "mlx-community/gemma-3-4b-it-4bit",
