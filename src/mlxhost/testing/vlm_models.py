@@ -104,24 +104,100 @@ GEMMA_CONFIG: dict = {
     },
 }
 
-GEMMA_PREPROCESSOR = {
-    "image_processor_type": "Gemma3ImageProcessor",
-    "processor_class": "Gemma3Processor",
-    "do_convert_rgb": None,
-    "do_normalize": True,
-    "do_pan_and_scan": None,
-    "do_rescale": True,
-    "do_resize": True,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.5, 0.5, 0.5],
-    "image_seq_length": GEMMA_MM_TOKENS_PER_IMAGE,
-    "pan_and_scan_max_num_crops": None,
-    "pan_and_scan_min_crop_size": None,
-    "pan_and_scan_min_ratio_to_activate": None,
-    "resample": 2,
-    "rescale_factor": 1 / 255,
-    "size": {"height": GEMMA_IMAGE_SIZE, "width": GEMMA_IMAGE_SIZE},
-}
+
+def _gemma_preprocessor(image_size: int, mm_tokens: int) -> dict:
+    return {
+        "image_processor_type": "Gemma3ImageProcessor",
+        "processor_class": "Gemma3Processor",
+        "do_convert_rgb": None,
+        "do_normalize": True,
+        "do_pan_and_scan": None,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "image_seq_length": mm_tokens,
+        "pan_and_scan_max_num_crops": None,
+        "pan_and_scan_min_crop_size": None,
+        "pan_and_scan_min_ratio_to_activate": None,
+        "resample": 2,
+        "rescale_factor": 1 / 255,
+        "size": {"height": image_size, "width": image_size},
+    }
+
+
+GEMMA_PREPROCESSOR = _gemma_preprocessor(GEMMA_IMAGE_SIZE, GEMMA_MM_TOKENS_PER_IMAGE)
+
+# --- gemma3 with the real vision tower (benchmarks only) -----------------------
+#
+# Image-prompt timings on the tiny VLMs are all fixed cost (~20 ms). This one
+# has gemma-3-4b-it's vision tower as is (SigLIP so400m: 27 layers, 896 px,
+# 4096 patches pooled into 256 image tokens; shared/reference/gemma-3-4b-it)
+# and the text tower of Gemma 3 270M (what 2 CPU cores and RAM can take), with
+# random fp32 weights: ~2.6 GB, built in about a minute. Never built by tests.
+
+SHAPED_GEMMA_NAME = "gemma3-4b-vision-270m-text"
+SHAPED_GEMMA_REPO_ID = "mlxhost-bench/gemma3-4b-vision-270m-text"
+SHAPED_GEMMA_IMAGE_SIZE = 896
+SHAPED_GEMMA_MM_TOKENS_PER_IMAGE = 256  # 64x64 patches, average-pooled 4x4 -> 16x16
+
+
+def _shaped_gemma_config() -> dict:
+    config = json.loads(json.dumps(GEMMA_CONFIG))
+    config["mm_tokens_per_image"] = SHAPED_GEMMA_MM_TOKENS_PER_IMAGE
+    config["text_config"].update(
+        {  # Gemma 3 270M (its config.json), with the VLM's vocabulary (+ image tokens)
+            "hidden_size": 640,
+            "intermediate_size": 2048,
+            "num_hidden_layers": 18,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 1,
+            "head_dim": 256,
+            "query_pre_attn_scalar": 256,
+            "sliding_window": 512,
+            "sliding_window_pattern": 6,
+            "mm_tokens_per_image": SHAPED_GEMMA_MM_TOKENS_PER_IMAGE,
+        }
+    )
+    config["text_config"].pop("rope_scaling")  # 270M: none
+    config["vision_config"] = {  # gemma-3-4b-it's, unchanged
+        "model_type": "siglip_vision_model",
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_attention_heads": 16,
+        "num_hidden_layers": 27,
+        "image_size": SHAPED_GEMMA_IMAGE_SIZE,
+        "patch_size": 14,
+        "num_channels": 3,
+        "vision_use_head": False,
+    }
+    return config
+
+
+SHAPED_GEMMA_CONFIG: dict = _shaped_gemma_config()
+
+
+def ensure_shaped_gemma3_vlm(
+    cache_dir: str | Path,
+    log: Log = print,
+    *,
+    text_models_dir: str | Path | None = None,
+) -> Path:
+    """The folder of the gemma3 VLM with the real 4B vision tower, built once into ``cache_dir``.
+
+    Same recipe as the tiny ``gemma3`` (random weights from a fixed seed, the
+    Gemma test model's tokenizer plus ``<image_soft_token>``), other sizes.
+    """
+    text_cache = Path(text_models_dir) if text_models_dir is not None else models_cache_dir()
+
+    def build(out: Path) -> None:
+        log(f"building {SHAPED_GEMMA_NAME} into {out} (~2.6 GB)")
+        out.mkdir(parents=True)
+        _build_gemma3(out, text_cache, log, SHAPED_GEMMA_CONFIG)
+
+    folder = f"{SHAPED_GEMMA_NAME}-v{VLM_RECIPE_VERSION}"
+    return ensure_built(Path(cache_dir), folder, build, log=log)
+
 
 # --- qwen3_vl -----------------------------------------------------------------
 
@@ -289,8 +365,11 @@ def _source_tokenizer(text_model: str, cache: Path, log: Log) -> tuple[Path, dic
     return folder, tokenizer, tokenizer_config
 
 
-def _build_gemma3(out: Path, cache: Path, log: Log) -> None:
+def _build_gemma3(out: Path, cache: Path, log: Log, config: dict = GEMMA_CONFIG) -> None:
     from mlx_vlm.models import gemma3
+
+    mm_tokens = config["mm_tokens_per_image"]
+    image_size = config["vision_config"]["image_size"]
 
     _, tokenizer, tok_config = _source_tokenizer("gemma", cache, log)
     vocab = tokenizer["model"]["vocab"]
@@ -343,18 +422,25 @@ def _build_gemma3(out: Path, cache: Path, log: Log) -> None:
     )
     _write_json(out / "tokenizer_config.json", tok_config)
     (out / "chat_template.jinja").write_text(template)
-    _write_json(out / "preprocessor_config.json", GEMMA_PREPROCESSOR)
+    _write_json(out / "preprocessor_config.json", _gemma_preprocessor(image_size, mm_tokens))
     _write_json(
         out / "processor_config.json",
-        {"image_seq_length": GEMMA_MM_TOKENS_PER_IMAGE, "processor_class": "Gemma3Processor"},
+        {"image_seq_length": mm_tokens, "processor_class": "Gemma3Processor"},
     )
-    _write_json(out / "config.json", GEMMA_CONFIG)
+    _write_json(out / "config.json", config)
     _write_json(
         out / "generation_config.json",
         {"bos_token_id": 2, "eos_token_id": [1, 106], "pad_token_id": 0, "do_sample": False},
     )
-    _save_random_weights(gemma3, GEMMA_CONFIG, out / "model.safetensors", _gemma3_init)
-    (out / "README.md").write_text(_readme("gemma3"))
+    _save_random_weights(gemma3, config, out / "model.safetensors", _gemma3_init)
+    if config is GEMMA_CONFIG:
+        (out / "README.md").write_text(_readme("gemma3"))
+    else:
+        (out / "README.md").write_text(
+            f"# {SHAPED_GEMMA_REPO_ID}\n\nRandom fp32 weights: gemma-3-4b-it's vision tower, "
+            "Gemma 3 270M's text tower (mlxhost.testing.vlm_models); for speed "
+            "measurements only, its outputs are noise.\n"
+        )
 
 
 def _build_qwen3_vl(out: Path, cache: Path, log: Log) -> None:
