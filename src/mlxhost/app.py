@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Seconds shutdown waits for the model's unload (and the prefix cache's writes to
+# --prefix-cache-dir) before it stops the worker anyway.
+UNLOAD_AT_SHUTDOWN_TIMEOUT = 60.0
+
 
 def create_app(
     settings: Settings | None = None,
@@ -101,6 +105,7 @@ def create_app(
         finally:
             if preload is not None:
                 preload.cancel()
+            await _unload_at_shutdown(runtime)
             runtime.stop()
 
     return Litestar(
@@ -223,3 +228,20 @@ def _watch_group(runtime: Runtime, leader: LeaderEngine, group: GroupPlan) -> No
         loop.call_soon_threadsafe(lost, reason)
 
     leader.on_lost(from_watchdog)
+
+
+async def _unload_at_shutdown(runtime: Runtime) -> None:
+    """Unload the model and close the engine (requests in flight have finished):
+    the prefix cache's entries go to its disk tier, if on, and are written before
+    the process exits, so a restart finds them. A lost distributed group skips
+    this (the worker may be stuck in a collective), as does a worker that takes
+    longer than ``UNLOAD_AT_SHUTDOWN_TIMEOUT``."""
+    if runtime.lost is not None:
+        return
+    try:
+        await asyncio.wait_for(runtime.close(), UNLOAD_AT_SHUTDOWN_TIMEOUT)
+    except TimeoutError:
+        log.warning("Shutdown: the model did not unload within %.0f s", UNLOAD_AT_SHUTDOWN_TIMEOUT)
+    except Exception:
+        log.exception("Shutdown: unloading the model failed")
+
