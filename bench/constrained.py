@@ -4,8 +4,8 @@ prompt, interleaved in one process (``python -m bench.constrained``).
 The engine is driven directly (``MLXEngine.generate``), so the figure is the
 grammar mask's cost per token and nothing else. The :data:`VARIANTS` take
 turns: unconstrained, constrained as served (the mask is computed while the
-step that produced the logits still runs, unpacked in numpy), with the mask
-unpacked by ``mx`` ops instead, and with the mask computed after the step
+step that produced the logits still runs, unpacked in numpy on the CPU and with mx on a GPU), with the mask
+unpacked in numpy and by ``mx`` ops explicitly, and with the mask computed after the step
 (``overlap=False``: what it costs on the critical path), and with the token
 context scheduled behind the step (``context_first=False``: the mask then
 waits for the step, as it did before the context was scheduled first). Every
@@ -40,7 +40,8 @@ PROMPT = "<|im_start|>user\nTell me a long story about a lighthouse keeper, as J
 # Each variant: None (no grammar) or the grammar_processor options it runs with.
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "unconstrained": None,
-    "json_schema": {},  # as served: mask overlapped with the step, unpacked in numpy
+    "json_schema": {},  # as served: mask overlapped with the step, unpacked as "auto" picks
+    "json_schema, mask unpacked in numpy": {"unpack": "numpy"},
     "json_schema, mask unpacked with mx": {"unpack": "mx"},
     "json_schema, mask after the step": {"overlap": False},
     "json_schema, context read after the step": {"context_first": False},

@@ -78,7 +78,7 @@ def grammar_processor(
     grammar: str,
     *,
     overlap: bool = True,
-    unpack: Literal["numpy", "mx"] = "numpy",
+    unpack: Literal["auto", "numpy", "mx"] = "auto",
     context_first: bool = True,
 ) -> Callable[[Any, Any], Any]:
     """A logits processor enforcing ``grammar`` (fresh matcher per generation).
@@ -88,13 +88,16 @@ def grammar_processor(
     token context after the pass (reading it then waits for the pass).
     ``unpack`` says where the packed bitmask (one bit per token) becomes one
     flag per token: in numpy on the CPU, or with ``mx`` ops on the model's
-    device (an 8x smaller upload). All are measured by ``bench/constrained.py``;
-    the defaults are the faster ones."""
+    device (an 8x smaller upload); ``auto``: ``mx`` on a GPU (H100: 0.90 of
+    unconstrained vs 0.81 with numpy), numpy on the CPU. All are measured by
+    ``bench/constrained.py``; the defaults are the faster ones."""
     import llguidance
     import llguidance.numpy as llnp
     import mlx.core as mx
     import numpy as np
 
+    if unpack == "auto":
+        unpack = "mx" if mx.default_device().type == mx.DeviceType.gpu else "numpy"
     matcher = llguidance.LLMatcher(ll_tokenizer, grammar)
     vocab = ll_tokenizer.vocab_size
     bitmask = llnp.allocate_token_bitmask(1, vocab)
