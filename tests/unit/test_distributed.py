@@ -230,3 +230,37 @@ def test_a_launched_rank_that_exits_is_a_loss():
     link.watch(reasons.append, processes=[(1, Exited())])
     wait_until(lambda: reasons, timeout=10, what="the exit reported")
     assert reasons == ["rank 1 exited with status -9"]
+
+
+def test_each_rank_keeps_its_prefix_cache_slices_in_its_own_folder(tmp_path):
+    # Ranks hold different slices of the KV: sharing files would serve one
+    # rank another's slice after a restart.
+    from mlxhost.default_plugins.mlx_engine import make_mlx_engine
+    from mlxhost.settings import Settings
+
+    class OneGroup:
+        def __init__(self, rank):
+            self._rank = rank
+
+        def rank(self):
+            return self._rank
+
+        def size(self):
+            return 2
+
+    class FakeSharder:
+        group = None
+
+    settings = Settings(prefix_cache_dir=str(tmp_path))
+    leader = make_mlx_engine(settings, FakeSharder())
+    follower_sharder = FakeSharder()
+    follower_sharder.group = OneGroup(1)
+    follower = make_mlx_engine(settings, follower_sharder)
+    alone = make_mlx_engine(settings)
+    try:
+        assert leader._disk.directory == tmp_path / "rank-0"
+        assert follower._disk.directory == tmp_path / "rank-1"
+        assert alone._disk.directory == tmp_path
+    finally:
+        for engine in (leader, follower, alone):
+            engine.close()

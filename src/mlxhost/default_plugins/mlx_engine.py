@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from mlxhost.hookspecs import hookimpl
@@ -25,8 +26,14 @@ def make_mlx_engine(settings: Settings, sharder: Any = None) -> Any:
     if settings.prefix_cache_dir and settings.prefix_cache_bytes == 0:
         log.warning("--prefix-cache-dir is set but the prefix cache is off (--prefix-cache-mib 0): "
                     "no disk tier either")
+    cache_dir = settings.prefix_cache_dir
+    if cache_dir and sharder is not None:
+        # Each rank caches its own slice of the KV: one folder per rank, so no
+        # rank ever reads another's (rank 0 has no group yet; followers do).
+        group = getattr(sharder, "group", None)
+        cache_dir = str(Path(cache_dir) / f"rank-{group.rank() if group is not None else 0}")
     return MLXEngine(
-        prefix_cache_dir=settings.prefix_cache_dir,
+        prefix_cache_dir=cache_dir,
         prefix_cache_disk_bytes=settings.prefix_cache_disk_bytes,
         sharder=sharder,
         prefix_cache_bytes=settings.prefix_cache_bytes,

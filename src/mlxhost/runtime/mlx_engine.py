@@ -201,9 +201,14 @@ class MLXEngine:
         assert info.path is not None
         flat: list[tuple[str, Any]] = tree_flatten(self._model.parameters())  # type: ignore[assignment]
         dtype = str(flat[0][1].dtype) if flat else "none"
+        extra = {}
+        group = getattr(self._sharder, "group", None)
+        if group is not None:  # a slice of the KV: valid only for this rank of this split
+            extra["shard"] = f"{self.sharded}; rank {group.rank()} of {group.size()}"
         return model_identity(
             info.id, info.path, mlx=importlib.metadata.version("mlx"), dtype=dtype,
             weights=str(self._kernels.weights), loader="mlx-vlm" if self._is_vlm else "mlx-lm",
+            **extra,
         )
 
     # -- memory ---------------------------------------------------------------
