@@ -447,6 +447,9 @@ class FamilyPluginTests(FamilyFacts):
             "mlxhost_tool_call_grammar": {
                 "model": model.info, "tools": [self.sample_tool], "tool_choice": "required"},
             "mlxhost_make_engine": {"settings": Settings()},
+            # Another family's model is never touched: no model object or group needed.
+            "mlxhost_shard_model": {
+                "model": None, "config": dict(model.info.config), "group": None, "pipeline": False},
         }
 
     def test_every_hook_returns_none_for_another_family(self):
