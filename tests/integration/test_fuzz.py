@@ -41,7 +41,7 @@ def test_schemathesis_run_finds_no_server_error_and_no_nonconformance(fuzz_serve
     har = tmp_path / "run.har"
     command = [
         sys.executable, "-m", "schemathesis.cli", "run", f"{fuzz_server.url}/schema/openapi.json",
-        "--phases", "coverage,fuzzing", "--checks", CHECKS, "--max-examples", "10", "--seed", "1",
+        "--phases", "coverage,fuzzing", "--checks", CHECKS, "--max-examples", "5", "--seed", "1",
         "--workers", "1", "--request-timeout", "300", "--suppress-health-check", "all",
         "--report", "har", "--report-har-path", str(har), "--no-color",
     ]
