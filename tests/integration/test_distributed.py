@@ -21,9 +21,11 @@ from mlxhost.starter.builder import TEST_MODELS
 from mlxhost.testing.http import parse_sse, streamed_text
 from mlxhost.testing.live import wait_until
 from mlxhost.testing.tools import QUESTION, WEATHER_TOOL
+from mlxhost.testing.vlm_models import TINY_VLMS
 
 QWEN = TEST_MODELS["qwen"].repo_id
 GEMMA = TEST_MODELS["gemma"].repo_id
+VLM = TINY_VLMS["gemma3"]  # its text tower split by the Gemma plugin, the vision tower whole
 PROMPTS = [
     "What is 2+2?",
     "Write a haiku about the sea.",
@@ -57,7 +59,7 @@ def group_server(start_server):
         yield server
 
 
-def chat(url: str, model: str, content: str, **extra) -> dict:
+def chat(url: str, model: str, content: str | list, **extra) -> dict:
     body = {"model": model, "messages": [{"role": "user", "content": content}], **extra}
     response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=300)
     assert response.status_code == 200, response.text
@@ -127,6 +129,44 @@ def test_swap_to_gemma_sharded_by_its_plugin(group_server):
     assert health["distributed"]["sharding"] == "tensor parallel (plugin)"
 
 
+def square(color: tuple[int, int, int]) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), color).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def first_token(url: str, image: str) -> tuple[dict, dict]:
+    """(usage, the first position's logprobs entry) of an image prompt, greedy."""
+    content = [
+        {"type": "text", "text": "Describe the image."},
+        {"type": "image_url", "image_url": {"url": image}},
+    ]
+    reply = chat(url, VLM, content, temperature=0, max_tokens=2, logprobs=True, top_logprobs=5)
+    return reply["usage"], reply["choices"][0]["logprobs"]["content"][0]
+
+
+def test_an_image_prompt_matches_a_single_process_server(group_server, qwen_server):
+    """The tiny VLM has random weights: its logits are nearly flat, so greedy text
+    soon parts ways where the split's sums round differently (measured: after 3
+    tokens). The first position's distribution is compared instead."""
+    red = square((220, 30, 30))
+    (grouped_usage, grouped), (single_usage, single) = (
+        first_token(server.url, red) for server in (group_server, qwen_server)
+    )
+    assert grouped_usage == single_usage  # the image expanded to the same tokens
+    assert grouped["token"] == single["token"]
+    assert abs(grouped["logprob"] - single["logprob"]) < 1e-3, (grouped, single)
+    assert group_server.health()["distributed"]["sharding"] == "tensor parallel (plugin)"
+    # The image reaches the sharded text tower: another image, another distribution.
+    _, blue = first_token(group_server.url, square((30, 30, 220)))
+    assert blue["top_logprobs"] != grouped["top_logprobs"]
+
+
 def test_a_killed_follower_fails_the_request_with_503_and_ends_the_group(group_server):
     """Last in this module: it ends the shared server."""
     server = group_server
@@ -148,3 +188,28 @@ def test_a_killed_follower_fails_the_request_with_503_and_ends_the_group(group_s
     # Rank 0 leaves by itself, non-zero, and no rank is left behind.
     assert server.process.wait(timeout=120) == 3
     wait_until(lambda: not alive(follower), timeout=30, what="the follower gone")
+
+
+@pytest.fixture(scope="module")
+def pipeline_server(start_server):
+    with start_server("--ranks", "2", "--pipeline", "--model", QWEN, "--no-warmup") as server:
+        yield server
+
+
+def test_pipeline_parallel_matches_a_single_process_server(pipeline_server, qwen_server):
+    grouped = greedy_replies(pipeline_server.url)
+    assert pipeline_server.health()["distributed"] == {
+        "ranks": 2, "backend": "ring", "mode": "pipeline",
+        "sharding": "pipeline (mlx-lm)", "lost": None,
+    }
+    assert all(grouped) and grouped == greedy_replies(qwen_server.url)
+
+
+def test_pipeline_refuses_a_model_it_cannot_split_and_stays_up(pipeline_server):
+    body = {"model": GEMMA, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    response = httpx.post(f"{pipeline_server.url}/v1/chat/completions", json=body, timeout=300)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "model_not_shardable" and "gemma3_text" in error["message"]
+    reply = chat(pipeline_server.url, QWEN, "Say hi", temperature=0, max_tokens=4)
+    assert reply["choices"][0]["message"]["content"]

@@ -25,12 +25,12 @@ MESSAGES = [
 ]
 
 
-def ask(server) -> tuple[str, int]:
+def ask(server, messages: list[dict] = MESSAGES) -> tuple[str, int]:
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=300)
     reply = client.chat.completions.create(
-        model=QWEN, messages=MESSAGES, temperature=0, max_tokens=8  # type: ignore[arg-type]
+        model=QWEN, messages=messages, temperature=0, max_tokens=8  # type: ignore[arg-type]
     )
     assert reply.usage is not None
     return reply.choices[0].message.content or "", reply.usage.prompt_tokens
@@ -58,3 +58,31 @@ def test_restarted_server_serves_the_long_prompt_from_disk(start_server, tmp_pat
     assert reply == cold_reply  # token-identical to the cold prefill
     assert disk["hits"] == 1 and disk["tokens_reused"] == prompt_tokens - 1, disk
     assert f"Prefix cache: {prompt_tokens - 1} prompt tokens loaded from disk" in log, log[-3000:]
+
+
+def test_a_restarted_group_agrees_on_what_its_ranks_found_on_disk(start_server, tmp_path):
+    """``--ranks 2``: each rank keeps its KV slice in DIR/rank-N. Both ranks must
+    prefill the same tokens, so a prefix one rank lost is not used by any."""
+    folder = tmp_path / "prefix"
+    args = ("--ranks", "2", "--model", QWEN, "--no-warmup", "--prefix-cache-dir", str(folder))
+    short = [MESSAGES[0], {"role": "user", "content": "Which crate holds tin?"}]
+
+    first = start_server(*args)
+    with first:
+        cold_reply, prompt_tokens = ask(first)
+        cold_short, short_tokens = ask(first, short)
+    assert first.process is not None and first.process.returncode == 0
+    rank0, rank1 = (sorted((folder / f"rank-{n}").rglob("*.safetensors")) for n in (0, 1))
+    assert len(rank0) == len(rank1) == 2, first.log_tail()
+    # Rank 1 loses the long prompt's entry (the larger file); rank 0 keeps it.
+    max(rank1, key=lambda f: f.stat().st_size).unlink()
+
+    second = start_server(*args)
+    with second:
+        assert ask(second, short) == (cold_short, short_tokens)  # both ranks load it
+        disk = second.health()["prefix_cache"]["disk"]
+        assert disk["hits"] == 1 and disk["tokens_reused"] == short_tokens - 1, disk
+        assert ask(second) == (cold_reply, prompt_tokens)  # rank 0's entry goes unused
+        assert second.log_path is not None
+        log = Path(second.log_path).read_text()
+    assert f"Prefix cache: {prompt_tokens - 1} tokens reused on rank 0, " in log, log[-3000:]

@@ -264,3 +264,50 @@ def test_each_rank_keeps_its_prefix_cache_slices_in_its_own_folder(tmp_path):
     finally:
         for engine in (leader, follower, alone):
             engine.close()
+
+
+class TrimmableCache:
+    """A prefix cache's copy out: trimming removes tokens from the end."""
+
+    def __init__(self, tokens: int, trimmable: bool = True):
+        self.tokens, self.trimmable = tokens, trimmable
+
+
+class FakeAdapter:
+    def can_trim(self, cache):
+        return cache.trimmable
+
+    def trim(self, cache, n):
+        cache.tokens -= n
+
+
+@pytest.mark.parametrize(
+    ("mine", "trimmable", "peer_rounds", "expected"),
+    [
+        (40, True, [40, 40], 40),  # both ranks found the same prefix
+        (40, True, [25, 25], 25),  # the peer found less: cut back to its length
+        (40, False, [25, 25], 0),  # cannot cut (a sliding window): none
+        (25, True, [40, 0], 0),  # the peer could not cut to 25: drop it here too
+        (0, True, [40, 0], 0),  # nothing here: the peer drops its hit
+    ],
+)
+def test_ranks_agree_on_the_prefix_they_all_have(monkeypatch, mine, trimmable, peer_rounds, expected):
+    """Each rank's caches are its own (a disk entry one rank lost), but every rank
+    must prefill the same tokens: two rounds of all_min, then every rank agrees."""
+    import mlx.core as mx
+
+    from mlxhost.runtime.mlx_engine import MLXEngine
+
+    class Sharder:
+        group = mx.distributed.init()  # a group of one; the peer is scripted below
+
+    engine = MLXEngine(sharder=Sharder())
+    engine.prefix_cache = type("PC", (), {"adapter": FakeAdapter()})()
+    rounds = iter(peer_rounds)
+    monkeypatch.setattr(
+        mx.distributed, "all_min", lambda x, group=None: mx.minimum(x, next(rounds))
+    )
+    cache = TrimmableCache(mine, trimmable) if mine else None
+    cache, reused = engine._agree_on_prefix(cache, mine)
+    assert reused == expected and next(rounds, "done") == "done"  # always two rounds
+    assert (cache.tokens if cache is not None else 0) == expected

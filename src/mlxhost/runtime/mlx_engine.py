@@ -767,6 +767,27 @@ class MLXEngine:
                 loaded = self._disk.load(*found)
                 if loaded is not None:
                     cache, reused = loaded, found[1]
+        return self._agree_on_prefix(cache, reused)
+
+    def _agree_on_prefix(self, cache: list[Any] | None, reused: int) -> tuple[list[Any] | None, int]:
+        """In a distributed group, the prefix every rank has: all ranks must prefill
+        the same tokens, but each rank's caches are its own (a disk entry one rank
+        never wrote, RAM tiers whose slices differ in size under an uneven split).
+        Two rounds of ``all_min``, so every rank runs the same collectives: cut to
+        the shortest hit, then drop it everywhere if a rank could not cut."""
+        group = getattr(self._sharder, "group", None)
+        if group is None:
+            return cache, reused
+        import mlx.core as mx
+
+        for _ in range(2):
+            agreed = int(mx.distributed.all_min(mx.array(reused, dtype=mx.int32), group=group).item())
+            if agreed < reused:
+                log.info(
+                    "Prefix cache: %d tokens reused on rank %d, %d on every rank",
+                    reused, group.rank(), agreed,
+                )
+                cache, reused = self._cut_back(cache, reused, agreed)
         return cache, reused
 
     def _log_reuse(self, reused: int, total: int, images: int | None = None) -> None:
