@@ -82,6 +82,10 @@ def stream_one(url: str, model: str, text: str, tokens: int) -> dict[str, float]
             "cached": int((usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0))}
 
 
+def kernel_files(folder: Path) -> set[str]:
+    return {str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file()} if folder.exists() else set()
+
+
 def run_variant(args: argparse.Namespace, path: Path, name: str) -> dict[str, Any]:
     import httpx
 
@@ -97,11 +101,20 @@ def run_variant(args: argparse.Namespace, path: Path, name: str) -> dict[str, An
     started = time.perf_counter()
     with ServerProcess(command=command, port=port, log_path=log, startup_timeout=400, env=env, name=name) as server:
         out["start_s"] = time.perf_counter() - started
+        ptx = Path(env["MLX_PTX_CACHE_DIR"])
+        seen = kernel_files(ptx)
+        out["kernels_at_start"] = len(seen)
         for label in ("a", "a", "b", "c", "d", "b"):
             row = {"prompt": label, **stream_one(server.url, str(path), prompt(label), args.tokens)}
+            now = kernel_files(ptx)
+            new = sorted(now - seen)
+            seen = now
+            # Kernels MLX compiled during this request (its on-disk cache grew by these).
+            row["kernels_compiled"] = len(new)
+            row["kernels_sample"] = new[:12]
             out["requests"].append(row)
             say(f"{name} {label}: ttft {row['ttft_s']:.2f} s, decode {row['decode_tok_s']:.1f} tok/s, "
-                f"prompt {row['prompt_tokens']} (cached {row['cached']})")
+                f"prompt {row['prompt_tokens']} (cached {row['cached']}), {len(new)} kernels compiled")
         health = httpx.get(f"{server.url}/health", timeout=10).json()
         out["kernels"] = health.get("kernels")
         out["batch"] = health.get("batch")

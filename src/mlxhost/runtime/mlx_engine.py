@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -781,7 +781,7 @@ class MLXEngine:
         import mlx.core as mx
 
         for _ in range(2):
-            agreed = int(mx.distributed.all_min(mx.array(reused, dtype=mx.int32), group=group).item())
+            agreed = cast(int, mx.distributed.all_min(mx.array(reused, dtype=mx.int32), group=group).item())
             if agreed < reused:
                 log.info(
                     "Prefix cache: %d tokens reused on rank %d, %d on every rank",
