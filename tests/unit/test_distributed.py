@@ -305,9 +305,22 @@ def test_ranks_agree_on_the_prefix_they_all_have(monkeypatch, mine, trimmable, p
     engine.prefix_cache = type("PC", (), {"adapter": FakeAdapter()})()
     rounds = iter(peer_rounds)
     monkeypatch.setattr(
-        mx.distributed, "all_min", lambda x, group=None: mx.minimum(x, next(rounds))
+        mx.distributed, "all_min", lambda x, group=None, stream=None: mx.minimum(x, next(rounds))
     )
     cache = TrimmableCache(mine, trimmable) if mine else None
     cache, reused = engine._agree_on_prefix(cache, mine)
     assert reused == expected and next(rounds, "done") == "done"  # always two rounds
     assert (cache.tokens if cache is not None else 0) == expected
+
+
+def test_a_group_runs_mlx_vlm_models_on_mlx_lm_s_generation_stream():
+    """Commands go on mlx-lm's stream; a vision model's all-reduces on another
+    stream raced them (a follower read a garbled command and left)."""
+    import importlib
+
+    from mlx_lm.generate import generation_stream
+
+    from mlxhost.runtime.distributed import one_generation_stream
+
+    one_generation_stream()
+    assert importlib.import_module("mlx_vlm.generate.ar").generation_stream is generation_stream

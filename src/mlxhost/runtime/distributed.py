@@ -132,10 +132,17 @@ class MLXGroup:
     forward passes are evaluated there, some asynchronously); a command's
     collectives go on the same stream, so they are ordered after the model's
     on every rank instead of racing them on another stream.
+
+    mlx-vlm runs its models on a stream of its own (``mlx_vlm.generate``'s
+    ``generation_stream``, another worker thread on the CPU): a vision model's
+    all-reduces there raced the next command's on mlx-lm's stream and garbled
+    it (seen: a follower read command -1097881146 after 75 and left). So a
+    group makes mlx-vlm's generation loop use mlx-lm's stream too.
     """
 
     def __init__(self, group: Any) -> None:
         self._group = group
+        one_generation_stream()
 
     @classmethod
     def init(cls, backend: str) -> MLXGroup:
@@ -162,6 +169,19 @@ class MLXGroup:
         summed = mx.distributed.all_sum(mx.array(values), group=self._group, stream=generation_stream)
         mx.eval(summed)
         return np.array(summed, dtype=values.dtype)
+
+
+def one_generation_stream() -> None:
+    """Point mlx-vlm's generation loop at mlx-lm's ``generation_stream`` (both are
+    ``mx.new_thread_local_stream(default_device)``; one is enough), so every
+    collective of this process runs on one stream, in program order."""
+    import importlib
+
+    from mlx_lm.generate import generation_stream
+
+    # importlib: mlx_vlm.generate's __init__ shadows ``ar`` for ``import a.b.ar as x``.
+    vlm_ar = importlib.import_module("mlx_vlm.generate.ar")
+    setattr(vlm_ar, "generation_stream", generation_stream)  # noqa: B010 (typed modules lack it)
 
 
 class FakeGroup:

@@ -21,6 +21,7 @@ import gc
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -122,6 +123,7 @@ class MLXEngine:
         self.weights = weights
         self.flat_qmm = flat_qmm
         self._sharder = sharder
+        self._mlx_thread: int | None = None  # set by load()
         self.sharded: str | None = None  # how the loaded model was split (distributed)
         self._kernels: Any = None  # runtime.kernels.KernelChoice of the loaded model
         self.prefill_chunk = prefill_chunk
@@ -274,6 +276,7 @@ class MLXEngine:
             raise ValueError(f"{info.id} is not on disk")
         model_id, path, config = info.id, info.path, info.config
         self.unload()
+        self._mlx_thread = threading.get_ident()  # the worker thread: it owns MLX
         started = time.perf_counter()
         self._is_vlm = "vision_config" in config
         if self._is_vlm:
@@ -628,7 +631,11 @@ class MLXEngine:
             if steps is not None:
                 steps.close()
             # Also on GeneratorExit (the client left): what was fed is still valid.
-            self._store_prefix(key, extra_key, cache, generated, snapshots, failed)
+            # Not from another thread: a generator abandoned when the worker
+            # stopped (a lost distributed group) is finalized wherever the
+            # garbage collector runs, and MLX belongs to the worker thread.
+            if threading.get_ident() == self._mlx_thread:
+                self._store_prefix(key, extra_key, cache, generated, snapshots, failed)
 
     def _token_logprob(self, token: int, logprobs: Any, top: int) -> TokenLogprob:
         """The sampled token's log probability and the ``top`` most likely tokens
@@ -779,9 +786,12 @@ class MLXEngine:
         if group is None:
             return cache, reused
         import mlx.core as mx
+        from mlx_lm.generate import generation_stream
 
         for _ in range(2):
-            agreed = cast(int, mx.distributed.all_min(mx.array(reused, dtype=mx.int32), group=group).item())
+            agreed = cast(int, mx.distributed.all_min(  # on the commands' stream (runtime.distributed)
+                mx.array(reused, dtype=mx.int32), group=group, stream=generation_stream
+            ).item())
             if agreed < reused:
                 log.info(
                     "Prefix cache: %d tokens reused on rank %d, %d on every rank",
