@@ -213,3 +213,23 @@ def test_pipeline_refuses_a_model_it_cannot_split_and_stays_up(pipeline_server):
     assert error["code"] == "model_not_shardable" and "gemma3_text" in error["message"]
     reply = chat(pipeline_server.url, QWEN, "Say hi", temperature=0, max_tokens=4)
     assert reply["choices"][0]["message"]["content"]
+
+
+def test_a_hung_follower_fails_the_request_with_503_and_ends_the_group(pipeline_server):
+    """A follower that stops answering (SIGSTOP: alive, silent) is found by its
+    missing heartbeats; last in this module: it ends the pipeline server."""
+    server = pipeline_server
+    (follower,) = children(server.process.pid)
+    os.kill(follower, signal.SIGSTOP)
+    try:
+        body = {"model": QWEN, "messages": [{"role": "user", "content": "Count to 50"}],
+                "max_tokens": 100, "temperature": 0}
+        response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120)
+        assert response.status_code == 503
+        error = response.json()["error"]
+        assert error["code"] == "distributed_group_lost" and "no heartbeat" in error["message"], error
+        assert server.process.wait(timeout=60) == 3
+        wait_until(lambda: not alive(follower), timeout=30, what="the stopped follower ended")
+    finally:
+        if alive(follower):
+            os.kill(follower, signal.SIGKILL)

@@ -14,9 +14,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -42,6 +42,7 @@ from mlxhost.types import (
     ToolParserFactory,
 )
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -70,7 +71,8 @@ class ModelSession:
         self.model = model
 
     async def prepare(self, prompt: RenderedPrompt) -> PreparedPrompt:
-        return await self._runtime._worker.run(self._runtime._engine.prepare, prompt)
+        runtime = self._runtime
+        return await runtime.unless_lost(runtime._worker.run(runtime._engine.prepare, prompt))
 
     async def count_tokens(self, prompt: RenderedPrompt) -> int:
         return (await self.prepare(prompt)).num_tokens
@@ -280,9 +282,9 @@ class Runtime:
         self._cancel_idle()
         if self.lost is not None:
             raise GroupLost(self.lost)
-        await self.scheduler.acquire(info.id)
+        await self.unless_lost(self.scheduler.acquire(info.id))
         try:
-            model = await self._ensure_loaded(info)
+            model = await self.unless_lost(self._ensure_loaded(info))
             self._keep_alive_now = _first(keep_alive, info.keep_alive, self.keep_alive)
             yield ModelSession(self, model)
         finally:
@@ -452,6 +454,29 @@ class Runtime:
             if self.lost is None:  # else the worker may never answer: leave it be
                 await steps.aclose()  # type: ignore[attr-defined]  # an async generator
 
+    async def unless_lost(self, awaitable: Awaitable[T]) -> T:
+        """``awaitable``'s result, or GroupLost as soon as ``fail_group`` runs: the
+        worker may be stuck in a collective with a hung rank, and a request
+        waiting on it (a load, a prompt, a join, the queue) gets its 503 now."""
+        lost = self._lost_event
+        if lost is None:
+            return await awaitable
+        if lost.is_set():
+            raise GroupLost(self.lost or "a rank was lost")
+        task = asyncio.ensure_future(awaitable)
+        waiting = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            waiting.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()  # its worker call stays behind; rank 0 is leaving
+        raise GroupLost(self.lost or "a rank was lost")
+
     async def _until_lost(self, steps: AsyncIterator[TokenStep]) -> AsyncIterator[TokenStep]:
         """``steps``, or GroupLost as soon as ``fail_group`` runs (distributed only)."""
         lost = self._lost_event
@@ -484,7 +509,7 @@ class Runtime:
         def emit(step: TokenStep | None, error: BaseException | None) -> None:  # worker thread
             outbox.put(steps.put_nowait, (step, error))
 
-        uid = await self._worker.run(self._join, prompt, params, emit)
+        uid = await self.unless_lost(self._worker.run(self._join, prompt, params, emit))
         done = False
         try:
             while True:
