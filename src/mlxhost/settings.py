@@ -178,8 +178,8 @@ class Settings:
     max_batch: int = setting(
         0, "sequences of a text model that decode together in one batch (continuous "
         "batching); 1 serves one request at a time; auto: 8 on CPU, on a GPU measured "
-        "at each model's load (the largest batch, up to 32, whose doubling still adds "
-        "15% aggregate speed). Image prompts and vision-model requests always run alone",
+        "at each model's load (the largest batch, up to 32, that adds 15% aggregate "
+        "speed over the best smaller one). Image prompts and vision-model requests always run alone",
         env="MLXHOST_MAX_BATCH", flag="--max-batch", parse=parse_batch, metavar="N|auto",
         shown_default="auto",
     )

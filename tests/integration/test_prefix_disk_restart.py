@@ -65,11 +65,15 @@ def test_a_restarted_group_agrees_on_what_its_ranks_found_on_disk(start_server, 
     prefill the same tokens, so a prefix one rank lost is not used by any."""
     folder = tmp_path / "prefix"
     args = ("--ranks", "2", "--model", QWEN, "--no-warmup", "--prefix-cache-dir", str(folder))
+    # Half the facts: ~170 prompt tokens keep the long entry the larger file
+    # and halve the group's cold prefills.
+    half = FACTS[: len(FACTS) // 2].rsplit(".", 1)[0] + "."
+    long = [MESSAGES[0], {"role": "user", "content": f"{half}\nWhich crate leaves first?"}]
     short = [MESSAGES[0], {"role": "user", "content": "Which crate holds tin?"}]
 
     first = start_server(*args)
     with first:
-        cold_reply, prompt_tokens = ask(first)
+        cold_reply, prompt_tokens = ask(first, long)
         cold_short, short_tokens = ask(first, short)
     assert first.process is not None and first.process.returncode == 0
     rank0, rank1 = (sorted((folder / f"rank-{n}").rglob("*.safetensors")) for n in (0, 1))
@@ -82,7 +86,7 @@ def test_a_restarted_group_agrees_on_what_its_ranks_found_on_disk(start_server, 
         assert ask(second, short) == (cold_short, short_tokens)  # both ranks load it
         disk = second.health()["prefix_cache"]["disk"]
         assert disk["hits"] == 1 and disk["tokens_reused"] == short_tokens - 1, disk
-        assert ask(second) == (cold_reply, prompt_tokens)  # rank 0's entry goes unused
+        assert ask(second, long) == (cold_reply, prompt_tokens)  # rank 0's entry goes unused
         assert second.log_path is not None
         log = Path(second.log_path).read_text()
     assert f"Prefix cache: {prompt_tokens - 1} tokens reused on rank 0, " in log, log[-3000:]
