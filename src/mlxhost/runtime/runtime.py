@@ -479,24 +479,14 @@ class Runtime:
 
     async def _until_lost(self, steps: AsyncIterator[TokenStep]) -> AsyncIterator[TokenStep]:
         """``steps``, or GroupLost as soon as ``fail_group`` runs (distributed only)."""
-        lost = self._lost_event
-        if lost is None:
+        if self._lost_event is None:
             async for step in steps:
                 yield step
             return
         iterator = steps.__aiter__()
         while True:
-            if lost.is_set():
-                raise GroupLost(self.lost or "a rank was lost")
-            following = asyncio.ensure_future(iterator.__anext__())
-            waiting = asyncio.ensure_future(lost.wait())
-            await asyncio.wait({following, waiting}, return_when=asyncio.FIRST_COMPLETED)
-            if not following.done():
-                # The worker may be stuck in a collective: leave that wait behind.
-                raise GroupLost(self.lost or "a rank was lost")
-            waiting.cancel()
             try:
-                step = following.result()
+                step = await self.unless_lost(iterator.__anext__())
             except StopAsyncIteration:
                 return
             yield step
