@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                     spy = None
                     if pyspy:
                         spy = subprocess.Popen(
-                            [pyspy, "record", "--pid", str(server.process.pid), "--rate", "250", "--threads",
+                            [pyspy, "record", "--pid", str(server.process.pid), "--rate", "250", "--threads", "--idle",
                              "--format", "raw", "--nonblocking", "--duration", "600",
                              "--output", str(out / f"pyspy-{kind}-{variant}-{n}.txt")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,0 +1,202 @@
+"""mlxhost over HTTP against the raw engine in this process, interleaved round
+by round on one GPU, so each ratio compares runs seconds apart.
+
+Per round and N: raw (``stream_generate`` for N=1, ``BatchGenerator`` with the
+engine's 2-D quantized-matmul input for N>1), then ``mlxhost serve`` with N
+requests at once (or the other order, alternating by round). Figures are
+generated tokens ÷ wall time, prefill included; the report gives per-round
+values, medians and the ratio of medians. For N=1 it also splits mlxhost's
+request into time to first token (streaming) and decode rate after it, and
+raw's into ``stream_generate``'s own prompt and generation rates. With
+``--profile`` (py-spy on PATH), the server is profiled (all threads, idle
+samples included) during the last round of each N: ``OUT/pyspy-side-<N>.txt``.
+
+    python3 bench/gpu/side_by_side.py --models qwen3-4b --streams 1,8,16 --rounds 3 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.gpu.batch_gpu import build, concurrent_rate, prompt, raw_rate, solo_rate  # noqa: E402
+from bench.log import say  # noqa: E402
+
+
+def set_flat(model: Any, on: bool) -> None:
+    """The engine's 2-D qmm input on (as mlxhost chose at load) or off (stock classes)."""
+    import mlx.nn as nn
+
+    from mlxhost.runtime import kernels
+
+    if on:
+        kernels.flatten_quantized_inputs(model, pad_from=kernels.PAD_FROM)
+        return
+    for _, module in kernels.quantized_modules(model):
+        for base in (nn.QuantizedLinear, nn.QuantizedEmbedding):
+            if isinstance(module, base):
+                module.__class__ = base
+
+
+def streamed_split(url: str, model: str, i: int, tokens: int) -> tuple[float, float]:
+    """(TTFT s, decode tok/s after the first token) of one streaming request."""
+    import httpx
+
+    body = {"model": model, "temperature": 0, "max_tokens": tokens, "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": prompt(i)}]}
+    began = time.perf_counter()
+    first = last = None
+    produced = 0
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as reply:
+        for line in reply.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                produced = int(chunk["usage"]["completion_tokens"])
+            if chunk.get("choices"):
+                now = time.perf_counter()
+                first = first or now
+                last = now
+    assert first is not None and last is not None
+    return first - began, (produced - 1) / max(last - first, 1e-9)
+
+
+def raw_split(model: Any, tokenizer: Any, tokens: int, i: int) -> tuple[float, float]:
+    """stream_generate's own (prompt tok/s, generation tok/s) of one request."""
+    from mlx_lm import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt(i)}], add_generation_prompt=True)
+    final = None
+    for final in stream_generate(model, tokenizer, ids, max_tokens=tokens, sampler=make_sampler(temp=0.0)):
+        pass
+    assert final is not None
+    return final.prompt_tps, final.generation_tps
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--tokenizers", type=Path)
+    p.add_argument("--work", type=Path, default=Path("/tmp/bench-gpu"))
+    p.add_argument("--out", type=Path)
+    p.add_argument("--models", default="qwen3-4b")
+    p.add_argument("--streams", default="1,8,16")
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--serve-args", default="--weights as-is")
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--budget-s", type=float, default=540.0)
+    args = p.parse_args(argv)
+    began = time.monotonic()
+    out = args.out or args.work
+    out.mkdir(parents=True, exist_ok=True)
+    ptx = args.work / "ptx-batching"
+    os.environ.setdefault("MLX_PTX_CACHE_DIR", str(ptx))  # the server shares this process's kernels
+
+    import httpx
+    import mlx.core as mx
+    from mlx_lm import load
+
+    from mlxhost.testing.server import ServerProcess, free_port
+
+    streams = [int(n) for n in args.streams.split(",")]
+    pyspy = shutil.which("py-spy") if args.profile else None
+    results: dict[str, Any] = {"tokens": args.tokens, "serve_args": args.serve_args, "mlx": mx.__version__,
+                               "device": mx.device_info().get("device_name", ""), "models": {}}
+    for kind in args.models.split(","):
+        path = build(args, kind)
+        model, tokenizer = load(str(path))
+        say(f"{kind}: compiling the raw shapes")
+        for n in streams:  # compile every shape once, before the server starts (shared kernel cache)
+            if n == 1:
+                set_flat(model, False)
+                solo_rate(model, tokenizer, args.tokens, 7)
+            else:
+                set_flat(model, True)
+                raw_rate(model, tokenizer, n, args.tokens, 7 * n)
+        port = free_port()
+        command = [sys.executable, "-m", "mlxhost.cli", "serve", "--model", str(path), "--allow-model-paths",
+                   "--max-batch", str(max(streams)), "--port", str(port), *args.serve_args.split()]
+        env = {"MLX_PTX_CACHE_DIR": str(ptx), "HF_HUB_CACHE": str(args.work / "hf")}
+        table: dict[str, Any] = {"raw": {}, "mlxhost": {}, "split": {"raw": [], "mlxhost": []}}
+        with ServerProcess(command=command, port=port, log_path=out / f"serve-side-{kind}.log",
+                           startup_timeout=400, env=env, name="mlxhost") as server:
+            assert server.process is not None
+            say(f"{kind}: server up after {time.monotonic() - began:.0f}s")
+            for n in streams:
+                concurrent_rate(server.url, str(path), n, args.tokens, 50 * n)  # compile
+            for r in range(args.rounds):
+                if time.monotonic() - began > args.budget_s:
+                    say(f"stopping after {r} rounds: over --budget-s")
+                    break
+                for n in streams:
+                    offset = 1000 * (r + 1) + 100 * n
+
+                    def raw() -> float:
+                        if n == 1:
+                            set_flat(model, False)
+                            return solo_rate(model, tokenizer, args.tokens, offset)
+                        set_flat(model, True)
+                        return raw_rate(model, tokenizer, n, args.tokens, offset)
+
+                    def served() -> float:
+                        spy = None
+                        if pyspy and r == args.rounds - 1:
+                            spy = subprocess.Popen(
+                                [pyspy, "record", "--pid", str(server.process.pid), "--rate", "500", "--threads",
+                                 "--idle", "--format", "raw", "--nonblocking", "--duration", "600",
+                                 "--output", str(out / f"pyspy-side-{kind}-{n}.txt")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            time.sleep(1.0)
+                        try:
+                            return concurrent_rate(server.url, str(path), n, args.tokens, offset + 50)
+                        finally:
+                            if spy is not None:
+                                spy.send_signal(2)
+                                spy.wait(30)
+
+                    first, second = (raw, served) if r % 2 == 0 else (served, raw)
+                    a, b = first(), second()
+                    got = {"raw": a, "mlxhost": b} if r % 2 == 0 else {"raw": b, "mlxhost": a}
+                    for name, rate in got.items():
+                        table[name].setdefault(str(n), []).append(rate)
+                    say(f"{kind} round {r} n={n}: raw {got['raw']:.1f}, mlxhost {got['mlxhost']:.1f} tok/s")
+                if 1 in streams:
+                    set_flat(model, False)
+                    table["split"]["raw"].append(raw_split(model, tokenizer, args.tokens, 5000 + r))
+                    table["split"]["mlxhost"].append(streamed_split(server.url, str(path), 5000 + r, args.tokens))
+                    say(f"{kind} round {r} split: raw (prompt, gen tok/s) {table['split']['raw'][-1]}, "
+                        f"mlxhost (TTFT s, decode tok/s) {table['split']['mlxhost'][-1]}")
+            try:
+                table["health"] = httpx.get(f"{server.url}/health", timeout=10).json()
+            except (httpx.HTTPError, ValueError):
+                pass
+        table["median"] = {name: {n: statistics.median(v) for n, v in table[name].items()}
+                           for name in ("raw", "mlxhost")}
+        table["ratio"] = {n: table["median"]["mlxhost"][n] / table["median"]["raw"][n]
+                          for n in table["median"]["mlxhost"] if n in table["median"]["raw"]}
+        results["models"][kind] = table
+        (out / "gpu_side_by_side.json").write_text(json.dumps(results, indent=2))
+        say(f"{kind}: medians {table['median']}, mlxhost / raw {table['ratio']}")
+        del model
+        mx.clear_cache()
+    print(json.dumps({k: v.get("ratio") for k, v in results["models"].items()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
