@@ -17,6 +17,7 @@ samples included) during the last round of each N: ``OUT/pyspy-side-<N>.txt``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -81,11 +82,37 @@ def raw_split(model: Any, tokenizer: Any, tokens: int, i: int) -> tuple[float, f
 
     ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt(i)}], add_generation_prompt=True)
     final = None
-    for final in stream_generate(model, tokenizer, ids, max_tokens=tokens, sampler=make_sampler(temp=0.0)):
-        pass
+    for response in stream_generate(model, tokenizer, ids, max_tokens=tokens, sampler=make_sampler(temp=0.0)):
+        final = response
     assert final is not None
     return final.prompt_tps, final.generation_tps
 
+
+def raw_once(model: Any, tokenizer: Any, n: int, tokens: int, offset: int) -> float:
+    """Raw MLX: stream_generate for one stream, the 2-D BatchGenerator for several."""
+    if n == 1:
+        set_flat(model, False)
+        return solo_rate(model, tokenizer, tokens, offset)
+    set_flat(model, True)
+    return raw_rate(model, tokenizer, n, tokens, offset)
+
+
+def served_once(server: Any, path: str, n: int, tokens: int, offset: int,
+                pyspy: str | None, spy_out: Path | None) -> float:
+    """mlxhost over HTTP; with spy_out, py-spy records the server meanwhile."""
+    spy = None
+    if pyspy and spy_out is not None:
+        spy = subprocess.Popen(
+            [pyspy, "record", "--pid", str(server.process.pid), "--rate", "500", "--threads",
+             "--idle", "--format", "raw", "--nonblocking", "--duration", "600", "--output", str(spy_out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+    try:
+        return concurrent_rate(server.url, path, n, tokens, offset)
+    finally:
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -146,29 +173,10 @@ def main(argv: list[str] | None = None) -> int:
                 for n in streams:
                     offset = 1000 * (r + 1) + 100 * n
 
-                    def raw() -> float:
-                        if n == 1:
-                            set_flat(model, False)
-                            return solo_rate(model, tokenizer, args.tokens, offset)
-                        set_flat(model, True)
-                        return raw_rate(model, tokenizer, n, args.tokens, offset)
-
-                    def served() -> float:
-                        spy = None
-                        if pyspy and r == args.rounds - 1:
-                            spy = subprocess.Popen(
-                                [pyspy, "record", "--pid", str(server.process.pid), "--rate", "500", "--threads",
-                                 "--idle", "--format", "raw", "--nonblocking", "--duration", "600",
-                                 "--output", str(out / f"pyspy-side-{kind}-{n}.txt")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                            time.sleep(1.0)
-                        try:
-                            return concurrent_rate(server.url, str(path), n, args.tokens, offset + 50)
-                        finally:
-                            if spy is not None:
-                                spy.send_signal(2)
-                                spy.wait(30)
-
+                    spy_out = out / f"pyspy-side-{kind}-{n}.txt" if pyspy and r == args.rounds - 1 else None
+                    raw = functools.partial(raw_once, model, tokenizer, n, args.tokens, offset)
+                    served = functools.partial(served_once, server, str(path), n, args.tokens, offset + 50,
+                                               pyspy, spy_out)
                     first, second = (raw, served) if r % 2 == 0 else (served, raw)
                     a, b = first(), second()
                     got = {"raw": a, "mlxhost": b} if r % 2 == 0 else {"raw": b, "mlxhost": a}
