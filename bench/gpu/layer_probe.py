@@ -1,0 +1,193 @@
+"""Where does mlxhost's batched decode lose to raw ``BatchGenerator``? The
+batch layer (``TextBatch``) driven directly in this process, beside raw
+``BatchGenerator``, with no HTTP, scheduler or prefix cache in between.
+
+Per round and N, interleaved: ``raw`` (every prompt inserted at once, as
+``batch_gpu.raw_rate``), ``layer`` (``TextBatch``: N joins, then steps),
+``layer-staggered`` (one join, two steps alone, then the other N-1 join: how
+requests reach a server) and ``layer-seq8`` (as staggered, but with
+``prefill_batch_size`` 8 instead of N). For each: generated tokens ÷ wall
+time, seconds until every sequence has its first token, and the median
+decode step (all sequences past their first token).
+
+    python3 bench/gpu/layer_probe.py --models qwen3-4b --streams 8,16 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.gpu.batch_gpu import build, prompt  # noqa: E402
+from bench.gpu.side_by_side import set_flat  # noqa: E402
+from bench.log import say  # noqa: E402
+
+
+def prompts(tokenizer: Any, n: int, offset: int) -> list[list[int]]:
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": prompt(offset + k)}], add_generation_prompt=True)
+        for k in range(n)
+    ]
+
+
+def raw(model: Any, tokenizer: Any, n: int, tokens: int, offset: int) -> dict[str, float]:
+    import mlx.core as mx
+    from mlx_lm.generate import BatchGenerator
+
+    batch = prompts(tokenizer, n, offset)
+    generator = BatchGenerator(model, stop_tokens=[], completion_batch_size=max(n, 8), prefill_batch_size=max(n, 8))
+    started = time.perf_counter()
+    generator.insert(batch, max_tokens=[tokens] * n)
+    produced = finished = 0
+    seen: set[int] = set()
+    all_in = None
+    steps: list[float] = []
+    while finished < n:
+        tic = time.perf_counter()
+        responses = generator.next_generated()
+        if all_in is not None:
+            steps.append(time.perf_counter() - tic)
+        for response in responses:
+            produced += 1
+            seen.add(response.uid)
+            finished += response.finish_reason is not None
+        if all_in is None and len(seen) == n:
+            all_in = time.perf_counter() - started
+    wall = time.perf_counter() - started
+    generator.close()
+    mx.clear_cache()
+    return {"rate": produced / wall, "first_all_s": all_in or wall, "step_ms": 1000 * statistics.median(steps)}
+
+
+def layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagger: bool,
+          prefill_batch: int | None = None) -> dict[str, float]:
+    import mlx.core as mx
+
+    from mlxhost.runtime.batch import TextBatch
+    from mlxhost.runtime.sampling import make_sampler
+    from mlxhost.types import SamplingParams
+
+    batch = TextBatch(
+        model, eos=set(), max_batch=n, prefill_step=2048,
+        detokenizer=lambda: tokenizer.detokenizer,
+        fetch_prefix=lambda tokens: (None, 0), store_prefix=lambda fed, cache: None,
+        token_logprob=lambda *a: None,  # type: ignore[arg-type,return-value]
+    )
+    if prefill_batch is not None:
+        batch._generator.prefill_batch_size = prefill_batch
+    params = SamplingParams(temperature=0.0, max_tokens=tokens)
+    counts: dict[int, int] = {}
+    done: set[int] = set()
+
+    def emitter(uid: list[int]) -> Any:
+        def emit(step: Any, error: BaseException | None) -> None:
+            assert error is None, error
+            counts[uid[0]] = counts.get(uid[0], 0) + 1
+            if step.finish is not None:
+                done.add(uid[0])
+        return emit
+
+    def join(text: list[int]) -> None:
+        box: list[int] = [0]
+        box[0] = batch.join(tuple(text), params, make_sampler(params), [], emitter(box))
+
+    batch_prompts = prompts(tokenizer, n, offset)
+    started = time.perf_counter()
+    if stagger:
+        join(batch_prompts[0])
+        batch.step()
+        batch.step()
+        for text in batch_prompts[1:]:
+            join(text)
+    else:
+        for text in batch_prompts:
+            join(text)
+    all_in = None
+    steps: list[float] = []
+    while len(done) < n:
+        tic = time.perf_counter()
+        batch.step()
+        if all_in is not None:
+            steps.append(time.perf_counter() - tic)
+        if all_in is None and len(counts) == n:
+            all_in = time.perf_counter() - started
+    wall = time.perf_counter() - started
+    produced = sum(counts.values())
+    batch._generator.close()
+    mx.clear_cache()
+    return {"rate": produced / wall, "first_all_s": all_in or wall, "step_ms": 1000 * statistics.median(steps)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--tokenizers", type=Path)
+    p.add_argument("--work", type=Path, default=Path("/tmp/bench-gpu"))
+    p.add_argument("--out", type=Path)
+    p.add_argument("--models", default="qwen3-4b")
+    p.add_argument("--streams", default="8,16")
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--budget-s", type=float, default=540.0)
+    args = p.parse_args(argv)
+    began = time.monotonic()
+    out = args.out or args.work
+    out.mkdir(parents=True, exist_ok=True)
+
+    import mlx.core as mx
+    from mlx_lm import load
+
+    streams = [int(n) for n in args.streams.split(",")]
+    results: dict[str, Any] = {"tokens": args.tokens, "mlx": mx.__version__,
+                               "device": mx.device_info().get("device_name", ""), "models": {}}
+    for kind in args.models.split(","):
+        path = build(args, kind)
+        model, tokenizer = load(str(path))
+        set_flat(model, True)
+        variants = {
+            "raw": functools.partial(raw, model, tokenizer, tokens=args.tokens),
+            "layer": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=False),
+            "layer-staggered": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=True),
+            "layer-staggered-pb8": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=True,
+                                                     prefill_batch=8),
+        }
+        say(f"{kind}: compiling")
+        for n in streams:
+            for run in variants.values():
+                run(n=n, offset=7 * n)
+        table: dict[str, Any] = {name: {} for name in variants}
+        for r in range(args.rounds):
+            if time.monotonic() - began > args.budget_s:
+                say(f"stopping after {r} rounds: over --budget-s")
+                break
+            names = list(variants) if r % 2 == 0 else list(reversed(variants))
+            for n in streams:
+                for name in names:
+                    got = variants[name](n=n, offset=1000 * (r + 1) + 100 * n)
+                    table[name].setdefault(str(n), []).append(got)
+                    say(f"{kind} round {r} n={n} {name}: {got['rate']:.1f} tok/s, all first tokens "
+                        f"{got['first_all_s']:.3f}s, decode step {got['step_ms']:.2f} ms")
+        table["median"] = {
+            name: {n: {key: statistics.median(s[key] for s in samples) for key in samples[0]}
+                   for n, samples in table[name].items()}
+            for name in variants
+        }
+        results["models"][kind] = table
+        (out / "gpu_layer_probe.json").write_text(json.dumps(results, indent=2))
+        say(f"{kind}: medians {json.dumps(table['median'], indent=1)}")
+        del model
+        mx.clear_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
