@@ -3,7 +3,7 @@ prompts are not padded to a long prompt's chunk unless waiting costs more."""
 
 from __future__ import annotations
 
-from mlxhost.runtime.batch import PATIENCE_STEPS, admit
+from mlxhost.runtime.batch import PATIENCE_STEPS, PREFILL_BUDGET_CHUNKS, admit
 
 CHUNK = 512
 
@@ -46,3 +46,21 @@ def test_a_prompt_held_long_enough_goes_in_anyway():
     assert admit([40] * 7, [2000], CHUNK, [held] * 7) == []
     assert admit([40] * 7, [2000], CHUNK, [PATIENCE_STEPS] + [held] * 6) == [0]
     assert admit([900], [40], CHUNK, [PATIENCE_STEPS]) == [0]
+
+
+def test_many_short_prompts_prefill_together():
+    # 16 short prompts pad to 16 x 64 tokens: far within the budget
+    assert admit([64] * 16, [], CHUNK) == list(range(16))
+    assert admit([64] * 15, [64], CHUNK) == list(range(15))
+
+
+def test_long_prompts_go_in_a_budget_at_a_time():
+    first = admit([2000] * 12, [], CHUNK)
+    assert first == list(range(PREFILL_BUDGET_CHUNKS))
+    # the rest wait until the running long prefill has room, oldest first
+    assert admit([2000] * 4, [1500] * PREFILL_BUDGET_CHUNKS, CHUNK, [PATIENCE_STEPS] * 4) == []
+    assert admit([2000] * 4, [1500] * (PREFILL_BUDGET_CHUNKS - 2), CHUNK) == [0, 1]
+
+
+def test_one_prompt_always_goes_in_when_nothing_prefills():
+    assert admit([100_000], [], 100) == [0]

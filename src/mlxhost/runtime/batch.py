@@ -39,6 +39,14 @@ Emit = Callable[[TokenStep | None, BaseException | None], None]
 # Steps a prompt may be held back before it goes in whatever it costs.
 PATIENCE_STEPS = 4
 
+# Prompts prefilling together: at most this many chunks of padded tokens per
+# step (BatchGenerator pads every piece to the longest). Long prompts go in 8
+# at a time (mlx-lm's default prefill batch), short ones all together: 16
+# requests arriving over a few steps then prefill in one or two groups, not
+# in groups of 8 (H100, Qwen3-4B shape 4-bit, 16 staggered arrivals: 724 vs
+# 650 tok/s, bench/gpu/layer_probe.py).
+PREFILL_BUDGET_CHUNKS = 8
+
 # --max-batch auto: 8 on CPU (Qwen 0.5B fp32 on 2 cores: 8 streams 4.4x the
 # aggregate of sequential requests, docs/benchmarks.md); on a GPU the largest
 # power of two up to AUTO_BATCH_CAP that still adds AUTO_BATCH_GAIN
@@ -117,7 +125,23 @@ def admit(
     if longs and not short_in_flight:
         chosen = longs
     overdue = [i for i, steps in enumerate(waited or []) if steps >= PATIENCE_STEPS]
-    return sorted(set(chosen) | set(overdue))
+    return _within_budget(sorted(set(chosen) | set(overdue)), pending, prefilling, chunk)
+
+
+def _within_budget(chosen: list[int], pending: list[int], prefilling: list[int], chunk: int) -> list[int]:
+    """The oldest of ``chosen`` whose step pieces, padded to the longest beside
+    what is prefilling already, stay within ``PREFILL_BUDGET_CHUNKS`` chunks
+    (at least one when nothing prefills, so every prompt gets in)."""
+    budget = PREFILL_BUDGET_CHUNKS * chunk
+    group = [min(n, chunk) for n in prefilling if n > 0]
+    kept: list[int] = []
+    for index in chosen:
+        trial = [*group, min(pending[index], chunk)]
+        if len(trial) * max(trial) > budget and group:
+            continue
+        group = trial
+        kept.append(index)
+    return kept
 
 
 @attrs.define(eq=False)
@@ -197,7 +221,7 @@ class TextBatch:
             model,
             stop_tokens=[[token] for token in sorted(eos)],
             completion_batch_size=max_batch,
-            prefill_batch_size=min(max_batch, 8),
+            prefill_batch_size=max_batch,  # admit() keeps the padded tokens in budget
             prefill_step_size=prefill_step,
         )
         self._eos = eos
