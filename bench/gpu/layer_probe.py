@@ -5,8 +5,10 @@ batch layer (``TextBatch``) driven directly in this process, beside raw
 Per round and N, interleaved: ``raw`` (every prompt inserted at once, as
 ``batch_gpu.raw_rate``), ``layer`` (``TextBatch``: N joins, then steps),
 ``layer-staggered`` (one join, two steps alone, then the other N-1 join: how
-requests reach a server) and ``layer-seq8`` (as staggered, but with
-``prefill_batch_size`` 8 instead of N). For each: generated tokens ÷ wall
+requests reach a server), ``layer-staggered-pb8`` (as staggered, with
+``prefill_batch_size`` 8), ``layer-staggered-nosolo`` (as staggered, but the
+first sequence goes straight into ``BatchGenerator`` instead of the
+single-sequence loop) and ``layer-waves4`` (N/4 join, one step, the next N/4...). For each: generated tokens ÷ wall
 time, seconds until every sequence has its first token, and the median
 decode step (all sequences past their first token).
 
@@ -69,7 +71,7 @@ def raw(model: Any, tokenizer: Any, n: int, tokens: int, offset: int) -> dict[st
 
 
 def layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagger: bool,
-          prefill_batch: int | None = None) -> dict[str, float]:
+          prefill_batch: int | None = None, solo: bool = True, waves: int = 0) -> dict[str, float]:
     import mlx.core as mx
 
     from mlxhost.runtime.batch import TextBatch
@@ -84,6 +86,8 @@ def layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagg
     )
     if prefill_batch is not None:
         batch._generator.prefill_batch_size = prefill_batch
+    if not solo:  # the first sequence goes straight into BatchGenerator
+        batch._start_solo = lambda sequence: None  # type: ignore[method-assign]
     params = SamplingParams(temperature=0.0, max_tokens=tokens)
     counts: dict[int, int] = {}
     done: set[int] = set()
@@ -102,7 +106,14 @@ def layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagg
 
     batch_prompts = prompts(tokenizer, n, offset)
     started = time.perf_counter()
-    if stagger:
+    if waves:
+        # as requests reach a server: a few at a time, a step apart
+        size = max(1, n // waves)
+        for start in range(0, n, size):
+            for text in batch_prompts[start : start + size]:
+                join(text)
+            batch.step()
+    elif stagger:
         join(batch_prompts[0])
         batch.step()
         batch.step()
@@ -159,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             "layer-staggered": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=True),
             "layer-staggered-pb8": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=True,
                                                      prefill_batch=8),
+            "layer-staggered-nosolo": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=True,
+                                                        solo=False),
+            "layer-waves4": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=False, waves=4),
         }
         say(f"{kind}: compiling")
         for n in streams:
