@@ -8,7 +8,8 @@ Per round and N, interleaved: ``raw`` (every prompt inserted at once, as
 requests reach a server), ``layer-staggered-pb8`` (as staggered, with
 ``prefill_batch_size`` 8), ``layer-staggered-nosolo`` (as staggered, but the
 first sequence goes straight into ``BatchGenerator`` instead of the
-single-sequence loop) and ``layer-waves4`` (N/4 join, one step, the next N/4...). For each: generated tokens ÷ wall
+single-sequence loop), ``layer-waves4`` (N/4 join, one step, the next N/4...)
+and ``layer-waves4-keep`` (the same with ``mx.clear_cache`` a no-op). For each: generated tokens ÷ wall
 time, seconds until every sequence has its first token, and the median
 decode step (all sequences past their first token).
 
@@ -71,7 +72,28 @@ def raw(model: Any, tokenizer: Any, n: int, tokens: int, offset: int) -> dict[st
 
 
 def layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagger: bool,
-          prefill_batch: int | None = None, solo: bool = True, waves: int = 0) -> dict[str, float]:
+          prefill_batch: int | None = None, solo: bool = True, waves: int = 0,
+          keep_cache: bool = False) -> dict[str, Any]:
+    import mlx.core as mx
+
+    if not keep_cache:
+        return _layer(model, tokenizer, n, tokens, offset, stagger=stagger, prefill_batch=prefill_batch,
+                      solo=solo, waves=waves)
+    # BatchGenerator's prefill calls mx.clear_cache() after every chunk: on
+    # CUDA the buffers then go back to the driver and the next steps allocate
+    # them again. Skipped here to see what that costs.
+    clear = mx.clear_cache
+    mx.clear_cache = lambda: None
+    try:
+        return _layer(model, tokenizer, n, tokens, offset, stagger=stagger, prefill_batch=prefill_batch,
+                      solo=solo, waves=waves)
+    finally:
+        mx.clear_cache = clear
+        mx.clear_cache()
+
+
+def _layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagger: bool,
+           prefill_batch: int | None, solo: bool, waves: int) -> dict[str, Any]:
     import mlx.core as mx
 
     from mlxhost.runtime.batch import TextBatch
@@ -105,6 +127,7 @@ def layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagg
         box[0] = batch.join(tuple(text), params, make_sampler(params), [], emitter(box))
 
     batch_prompts = prompts(tokenizer, n, offset)
+    early: list[float] = []  # every step until all have a first token
     started = time.perf_counter()
     if waves:
         # as requests reach a server: a few at a time, a step apart
@@ -112,7 +135,9 @@ def layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagg
         for start in range(0, n, size):
             for text in batch_prompts[start : start + size]:
                 join(text)
+            tic = time.perf_counter()
             batch.step()
+            early.append(time.perf_counter() - tic)
     elif stagger:
         join(batch_prompts[0])
         batch.step()
@@ -129,13 +154,16 @@ def layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagg
         batch.step()
         if all_in is not None:
             steps.append(time.perf_counter() - tic)
+        else:
+            early.append(time.perf_counter() - tic)
         if all_in is None and len(counts) == n:
             all_in = time.perf_counter() - started
     wall = time.perf_counter() - started
     produced = sum(counts.values())
     batch._generator.close()
     mx.clear_cache()
-    return {"rate": produced / wall, "first_all_s": all_in or wall, "step_ms": 1000 * statistics.median(steps)}
+    return {"rate": produced / wall, "first_all_s": all_in or wall, "step_ms": 1000 * statistics.median(steps),
+            "early_steps_ms": [round(1000 * t, 1) for t in early]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=540.0)
+    p.add_argument("--variants", default="", help="comma-separated subset (default: all)")
     args = p.parse_args(argv)
     began = time.monotonic()
     out = args.out or args.work
@@ -173,7 +202,11 @@ def main(argv: list[str] | None = None) -> int:
             "layer-staggered-nosolo": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=True,
                                                         solo=False),
             "layer-waves4": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=False, waves=4),
+            "layer-waves4-keep": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=False,
+                                                   waves=4, keep_cache=True),
         }
+        if args.variants:
+            variants = {name: variants[name] for name in args.variants.split(",")}
         say(f"{kind}: compiling")
         for n in streams:
             for run in variants.values():
@@ -189,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
                     got = variants[name](n=n, offset=1000 * (r + 1) + 100 * n)
                     table[name].setdefault(str(n), []).append(got)
                     say(f"{kind} round {r} n={n} {name}: {got['rate']:.1f} tok/s, all first tokens "
-                        f"{got['first_all_s']:.3f}s, decode step {got['step_ms']:.2f} ms")
+                        f"{got['first_all_s']:.3f}s, decode step {got['step_ms']:.2f} ms, "
+                        f"steps until then {got.get('early_steps_ms')}")
         table["median"] = {
-            name: {n: {key: statistics.median(s[key] for s in samples) for key in samples[0]}
+            name: {n: {key: statistics.median(s[key] for s in samples) for key in ("rate", "first_all_s", "step_ms")}
                    for n, samples in table[name].items()}
             for name in variants
         }
