@@ -9,7 +9,11 @@ requests reach a server), ``layer-staggered-pb8`` (as staggered, with
 ``prefill_batch_size`` 8), ``layer-staggered-nosolo`` (as staggered, but the
 first sequence goes straight into ``BatchGenerator`` instead of the
 single-sequence loop), ``layer-waves4`` (N/4 join, one step, the next N/4...)
-and ``layer-waves4-keep`` (the same with ``mx.clear_cache`` a no-op). For each: generated tokens ÷ wall
+``layer-waves4-keep`` (the same with ``mx.clear_cache`` a no-op),
+``layer-waves4-gather`` and ``layer-staggered-gather`` (``TextBatch.gather_steps``
+3: fresh prompts wait while more keep arriving), ``layer-waves4-stockpad`` and
+``layer-staggered-stockpad`` (mlx-lm's own per-layer padding reads:
+``kernels.HOST_PADDING`` off). For each: generated tokens ÷ wall
 time, seconds until every sequence has its first token, and the median
 decode step (all sequences past their first token).
 
@@ -73,12 +77,16 @@ def raw(model: Any, tokenizer: Any, n: int, tokens: int, offset: int) -> dict[st
 
 def layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagger: bool,
           prefill_batch: int | None = None, solo: bool = True, waves: int = 0,
-          keep_cache: bool = False) -> dict[str, Any]:
+          keep_cache: bool = False, gather: int = 0, host_padding: bool = True) -> dict[str, Any]:
     import mlx.core as mx
+
+    from mlxhost.runtime import kernels
+
+    kernels.HOST_PADDING = host_padding
 
     if not keep_cache:
         return _layer(model, tokenizer, n, tokens, offset, stagger=stagger, prefill_batch=prefill_batch,
-                      solo=solo, waves=waves)
+                      solo=solo, waves=waves, gather=gather)
     # BatchGenerator's prefill calls mx.clear_cache() after every chunk: on
     # CUDA the buffers then go back to the driver and the next steps allocate
     # them again. Skipped here to see what that costs.
@@ -86,14 +94,14 @@ def layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagg
     mx.clear_cache = lambda: None
     try:
         return _layer(model, tokenizer, n, tokens, offset, stagger=stagger, prefill_batch=prefill_batch,
-                      solo=solo, waves=waves)
+                      solo=solo, waves=waves, gather=gather)
     finally:
         mx.clear_cache = clear
         mx.clear_cache()
 
 
 def _layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagger: bool,
-           prefill_batch: int | None, solo: bool, waves: int) -> dict[str, Any]:
+           prefill_batch: int | None, solo: bool, waves: int, gather: int) -> dict[str, Any]:
     import mlx.core as mx
 
     from mlxhost.runtime.batch import TextBatch
@@ -106,6 +114,7 @@ def _layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stag
         fetch_prefix=lambda tokens: (None, 0), store_prefix=lambda fed, cache: None,
         token_logprob=lambda *a: None,  # type: ignore[arg-type,return-value]
     )
+    batch.gather_steps = gather
     if prefill_batch is not None:
         batch._generator.prefill_batch_size = prefill_batch
     if not solo:  # the first sequence goes straight into BatchGenerator
@@ -166,6 +175,36 @@ def _layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stag
             "early_steps_ms": [round(1000 * t, 1) for t in early]}
 
 
+TRACED: dict[str, list[float]] = {}
+
+
+def trace_batch_generator() -> None:
+    """Wrap BatchGenerator's parts to time each (mx.synchronize before and after,
+    so a part's time is its own GPU work, not its predecessors')."""
+    import importlib
+
+    import mlx.core as mx
+
+    g = importlib.import_module("mlx_lm.generate")  # the module (mlx_lm.generate is also a function)
+
+    targets = [(g.PromptProcessingBatch, name) for name in ("prompt", "generate", "split", "extend", "filter")]
+    targets += [(g.GenerationBatch, name) for name in ("next", "extend", "filter")]
+    targets += [(g.BatchGenerator, "_make_batch")]
+    for cls, name in targets:
+        original = getattr(cls, name)
+
+        def wrapped(*a: Any, __original: Any = original, __key: str = f"{cls.__name__}.{name}", **k: Any) -> Any:
+            mx.synchronize()
+            tic = time.perf_counter()
+            try:
+                return __original(*a, **k)
+            finally:
+                mx.synchronize()
+                TRACED.setdefault(__key, []).append(time.perf_counter() - tic)
+
+        setattr(cls, name, wrapped)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true")
@@ -178,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=540.0)
     p.add_argument("--variants", default="", help="comma-separated subset (default: all)")
+    p.add_argument("--trace", action="store_true",
+                   help="time BatchGenerator's parts (synchronizing around each) and report totals per variant")
+    p.add_argument("--same-prompts", action="store_true",
+                   help="every round on the compile pass's prompts (shapes seen before: no kernel compilation)")
     args = p.parse_args(argv)
     began = time.monotonic()
     out = args.out or args.work
@@ -187,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     from mlx_lm import load
 
     streams = [int(n) for n in args.streams.split(",")]
+    if args.trace:
+        trace_batch_generator()
     results: dict[str, Any] = {"tokens": args.tokens, "mlx": mx.__version__,
                                "device": mx.device_info().get("device_name", ""), "models": {}}
     for kind in args.models.split(","):
@@ -204,6 +249,14 @@ def main(argv: list[str] | None = None) -> int:
             "layer-waves4": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=False, waves=4),
             "layer-waves4-keep": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=False,
                                                    waves=4, keep_cache=True),
+            "layer-waves4-stockpad": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=False,
+                                                       waves=4, host_padding=False),
+            "layer-staggered-stockpad": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=True,
+                                                          host_padding=False),
+            "layer-waves4-gather": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=False,
+                                                     waves=4, gather=3),
+            "layer-staggered-gather": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=True,
+                                                        gather=3),
         }
         if args.variants:
             variants = {name: variants[name] for name in args.variants.split(",")}
@@ -219,7 +272,13 @@ def main(argv: list[str] | None = None) -> int:
             names = list(variants) if r % 2 == 0 else list(reversed(variants))
             for n in streams:
                 for name in names:
-                    got = variants[name](n=n, offset=1000 * (r + 1) + 100 * n)
+                    offset = 7 * n if args.same_prompts else 1000 * (r + 1) + 100 * n
+                    TRACED.clear()
+                    got = variants[name](n=n, offset=offset)
+                    if args.trace:
+                        got["trace_ms"] = {key: [round(1000 * t, 1) for t in times][:12] + [round(1000 * sum(times), 1)]
+                                           for key, times in TRACED.items()}
+                        say(f"trace {name}: {json.dumps(got['trace_ms'])}")
                     table[name].setdefault(str(n), []).append(got)
                     say(f"{kind} round {r} n={n} {name}: {got['rate']:.1f} tok/s, all first tokens "
                         f"{got['first_all_s']:.3f}s, decode step {got['step_ms']:.2f} ms, "
