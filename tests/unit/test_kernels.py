@@ -211,3 +211,57 @@ def test_unpadded_decode_steps_drop_the_mask_and_keep_the_results(monkeypatch, l
         assert decode_masks == []  # nothing padded: no mask at any decode step
     else:
         assert decode_masks and all(mx.any(p > 0).item() for p in decode_masks)
+
+
+def _staggered_decode(model, waves):
+    """Greedy tokens, last logprobs and returned caches of a BatchGenerator run
+    where each wave of (prompt, max_tokens) joins a step after the one before,
+    so sequences join (extend), finish at different steps (filter, extract) and
+    padding shifts."""
+    from mlx_lm.generate import BatchGenerator
+
+    generator = BatchGenerator(model, stop_tokens=[], completion_batch_size=8, prefill_batch_size=8)
+    pending = list(waves)
+    tokens: dict[int, list[int]] = {}
+    last: dict[int, tuple] = {}
+    total = sum(len(wave) for wave in waves)
+    while len(last) < total:
+        if pending:
+            wave = pending.pop(0)
+            generator.insert([p for p, _ in wave], max_tokens=[m for _, m in wave])
+        for response in generator.next_generated():
+            tokens.setdefault(response.uid, []).append(response.token)
+            if response.finish_reason is not None:
+                keys = [c.state[0] for c in response.prompt_cache]
+                last[response.uid] = (response.logprobs, keys)
+    generator.close()
+    return [tokens[uid] for uid in sorted(tokens)], [last[uid] for uid in sorted(last)]
+
+
+def test_host_side_padding_keeps_every_token_logprob_and_cache(monkeypatch):
+    """mlx-lm's per-layer padding reads against the host-side ones: identical
+    tokens, logprobs and finished sequences' caches through joins, finishes at
+    different steps and left-padding shifts."""
+    model = tiny_quantized()
+    kernels.skip_unpadded_decode_masks()
+    kernels.host_side_padding()
+
+    def prompt(i, n):
+        return [(11 * k + 5 * i) % 512 for k in range(n)]
+
+    waves = [
+        [(prompt(0, 9), 3), (prompt(1, 4), 7)],
+        [(prompt(2, 12), 5)],
+        [(prompt(3, 6), 2), (prompt(4, 15), 6), (prompt(5, 3), 4)],
+    ]
+    monkeypatch.setattr(kernels, "HOST_PADDING", False)
+    stock_tokens, stock_last = _staggered_decode(model, waves)
+    monkeypatch.setattr(kernels, "HOST_PADDING", True)
+    tokens, last = _staggered_decode(model, waves)
+    assert tokens == stock_tokens
+    assert [len(t) for t in tokens] == [3, 7, 5, 2, 6, 4]
+    for (logprobs, keys), (stock_logprobs, stock_keys) in zip(last, stock_last):
+        assert mx.array_equal(logprobs, stock_logprobs).item()
+        assert len(keys) == len(stock_keys)
+        for k, s in zip(keys, stock_keys):
+            assert k.shape == s.shape and mx.array_equal(k, s).item()
