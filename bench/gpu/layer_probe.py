@@ -10,8 +10,7 @@ requests reach a server), ``layer-staggered-pb8`` (as staggered, with
 first sequence goes straight into ``BatchGenerator`` instead of the
 single-sequence loop), ``layer-waves4`` (N/4 join, one step, the next N/4...)
 ``layer-waves4-keep`` (the same with ``mx.clear_cache`` a no-op),
-``layer-waves4-gather`` and ``layer-staggered-gather`` (``TextBatch.gather_steps``
-3: fresh prompts wait while more keep arriving), ``layer-waves4-stockpad`` and
+``layer-waves4-stockpad`` and
 ``layer-staggered-stockpad`` (mlx-lm's own per-layer padding reads:
 ``kernels.HOST_PADDING`` off). For each: generated tokens ÷ wall
 time, seconds until every sequence has its first token, and the median
@@ -77,7 +76,7 @@ def raw(model: Any, tokenizer: Any, n: int, tokens: int, offset: int) -> dict[st
 
 def layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagger: bool,
           prefill_batch: int | None = None, solo: bool = True, waves: int = 0,
-          keep_cache: bool = False, gather: int = 0, host_padding: bool = True) -> dict[str, Any]:
+          keep_cache: bool = False, host_padding: bool = True) -> dict[str, Any]:
     import mlx.core as mx
 
     from mlxhost.runtime import kernels
@@ -86,7 +85,7 @@ def layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagg
 
     if not keep_cache:
         return _layer(model, tokenizer, n, tokens, offset, stagger=stagger, prefill_batch=prefill_batch,
-                      solo=solo, waves=waves, gather=gather)
+                      solo=solo, waves=waves)
     # BatchGenerator's prefill calls mx.clear_cache() after every chunk: on
     # CUDA the buffers then go back to the driver and the next steps allocate
     # them again. Skipped here to see what that costs.
@@ -94,14 +93,14 @@ def layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagg
     mx.clear_cache = lambda: None
     try:
         return _layer(model, tokenizer, n, tokens, offset, stagger=stagger, prefill_batch=prefill_batch,
-                      solo=solo, waves=waves, gather=gather)
+                      solo=solo, waves=waves)
     finally:
         mx.clear_cache = clear
         mx.clear_cache()
 
 
 def _layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagger: bool,
-           prefill_batch: int | None, solo: bool, waves: int, gather: int) -> dict[str, Any]:
+           prefill_batch: int | None, solo: bool, waves: int) -> dict[str, Any]:
     import mlx.core as mx
 
     from mlxhost.runtime.batch import TextBatch
@@ -114,7 +113,6 @@ def _layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stag
         fetch_prefix=lambda tokens: (None, 0), store_prefix=lambda fed, cache: None,
         token_logprob=lambda *a: None,  # type: ignore[arg-type,return-value]
     )
-    batch.gather_steps = gather
     if prefill_batch is not None:
         batch._generator.prefill_batch_size = prefill_batch
     if not solo:  # the first sequence goes straight into BatchGenerator
@@ -253,10 +251,6 @@ def main(argv: list[str] | None = None) -> int:
                                                        waves=4, host_padding=False),
             "layer-staggered-stockpad": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=True,
                                                           host_padding=False),
-            "layer-waves4-gather": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=False,
-                                                     waves=4, gather=3),
-            "layer-staggered-gather": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=True,
-                                                        gather=3),
         }
         if args.variants:
             variants = {name: variants[name] for name in args.variants.split(",")}

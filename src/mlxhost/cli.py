@@ -26,6 +26,9 @@ def _serve(args: argparse.Namespace) -> int:
     if role == "outside" and settings.hostfile is not None:
         return launch.launch_hostfile(settings, sys.argv[1:])  # the ranks re-exec themselves
     reexec_with_openblas(enabled=settings.openblas, path=settings.openblas_path)
+    from mlxhost.lean_imports import hide_torch
+
+    hide_torch()  # before anything imports transformers
     # MLX's CUDA backend compiles kernels on first use and caches them on disk,
     # by default under /tmp; a persistent folder pays the compile once per machine.
     os.environ.setdefault(

@@ -195,7 +195,9 @@ class SessionServer:
         import uvicorn
 
         from mlxhost.app import create_app
+        from mlxhost.lean_imports import hide_torch
 
+        hide_torch()
         if self.settings.ranks > 1 or self.settings.hostfile is not None:
             raise CommandError(
                 "the server `run` starts is one process: for --ranks / --hostfile start "

@@ -47,12 +47,6 @@ PATIENCE_STEPS = 4
 # 650 tok/s, bench/gpu/layer_probe.py).
 PREFILL_BUDGET_CHUNKS = 8
 
-# New prompts arriving while the batch decodes wait while more keep arriving
-# (a join since the last step), up to this many steps, so requests sent
-# together but reaching the MLX thread a few ms apart prefill as one group:
-# each group costs a prefill of its own and a first-token step of its own.
-GATHER_STEPS = 0
-
 # --max-batch auto: 8 on CPU (Qwen 0.5B fp32 on 2 cores: 8 streams 4.4x the
 # aggregate of sequential requests, docs/benchmarks.md); on a GPU the largest
 # power of two up to AUTO_BATCH_CAP that still adds AUTO_BATCH_GAIN
@@ -242,8 +236,6 @@ class TextBatch:
         self._sequences: dict[int, _Sequence] = {}  # our ids (stable from join on)
         self._by_generator: dict[int, int] = {}  # BatchGenerator uid -> our id
         self._ids = 0
-        self._arrived = False  # a sequence joined since the last hand-over
-        self.gather_steps = GATHER_STEPS
         self.peak = 0  # the most sequences decoding together so far (for /health)
         self.alone = 0  # sequences that started alone (mlx-lm's single-sequence loop)
         self.moved = 0  # of those, moved into the batch when another joined
@@ -274,7 +266,6 @@ class TextBatch:
             uncached=len(tokens) - reused,
             uid=self._ids,
         )
-        self._arrived = True
         self.peak = max(self.peak, len(self._sequences))
         return self._ids
 
@@ -300,17 +291,8 @@ class TextBatch:
     def _hand_over(self) -> None:
         """Insert the waiting prompts :func:`admit` lets in now."""
         waiting = [s for s in self._sequences.values() if s.waiting is not None]
-        arrived, self._arrived = self._arrived, False
         if not waiting:
             return
-        if arrived and self._gathering(waiting):
-            # Fresh prompts wait for the rest of their wave; a sequence that
-            # was decoding alone (moved here by _end_solo) never waits.
-            for sequence in waiting:
-                sequence.waited += sequence.count == 0
-            waiting = [s for s in waiting if s.count > 0]
-            if not waiting:
-                return
         prefilling = [
             s.uncached for s in self._sequences.values() if s.generator_uid is not None and s.count == 0
         ]
@@ -333,13 +315,6 @@ class TextBatch:
             )
             sequence.generator_uid = generator_uid
             self._by_generator[generator_uid] = sequence.uid
-
-    def _gathering(self, waiting: list[_Sequence]) -> bool:
-        """Hold fresh prompts back this step: more keep arriving while others decode."""
-        decoding = any(s.generator_uid is not None and s.count > 0 for s in self._sequences.values())
-        decoding = decoding or any(s.count > 0 for s in waiting)
-        oldest = max((s.waited for s in waiting if s.count == 0), default=self.gather_steps)
-        return decoding and oldest < self.gather_steps
 
     def step(self) -> bool:
         """One decode step for every sequence (plus one prefill chunk); True while any run."""
