@@ -1,5 +1,8 @@
 """Integration fixtures: real MLX models in a temporary Hugging Face cache, and a
-real ``mlxhost serve`` subprocess per module (the model loads once per module).
+real ``mlxhost serve`` subprocess per module where a module needs its own flags,
+and one Qwen server (default flags) shared by every module that asks for
+``qwen_server``: on 2 CPU cores a server start costs ~8 s, and these modules
+only need a running Qwen.
 
 Models are built once (minutes) into the test-model cache (``$MLXHOST_TEST_MODELS``,
 default ``~/.cache/mlxhost/test-models``) and reused by later runs."""
@@ -48,7 +51,7 @@ def start_server(hf_hub_cache, tmp_path_factory):
     return start
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def qwen_server(start_server):
     with start_server("--model", QWEN) as server:
         yield server

@@ -16,7 +16,7 @@ from mlxhost.testing.live import wait_until
 
 QWEN = TEST_MODELS["qwen"].repo_id
 GEMMA = TEST_MODELS["gemma"].repo_id
-CHUNK = 32  # --prefill-chunk: small, so a ~500-token prompt takes many steps
+CHUNK = 16  # --prefill-chunk: small, so a ~300-token prompt takes many steps
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +42,14 @@ def body(model: str, content: str, max_tokens: int) -> dict:
 
 
 def test_a_long_prompt_mid_batch_is_prefilled_between_the_running_tokens(server):
-    long_text = " ".join(f"Box {k} holds {k * 13 % 89} marbles." for k in range(60))
+    long_text = " ".join(f"Box {k} holds {k * 13 % 89} marbles." for k in range(30))
     running_tokens: list[str] = []
     started = threading.Event()
     seen: dict = {}  # running_tokens' length at the long prompt's first token; its usage
 
     def runner() -> None:
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", timeout=300,
-                          json=body(QWEN, "Count from 1 to 300, separated by commas.", 80)) as r:
+                          json=body(QWEN, "Count from 1 to 300, separated by commas.", 48)) as r:
             for text in content_deltas(r):
                 running_tokens.append(text)
                 started.set()

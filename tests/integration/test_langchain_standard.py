@@ -17,25 +17,25 @@ from mlxhost.starter.builder import TEST_MODELS
 QWEN = TEST_MODELS["qwen"].repo_id
 
 # Client-side twins of requests other tests here already make: langchain's async
-# client sends the same bodies as the sync one, and a pydantic v1 model, a
+# client sends the same bodies as the sync one, a pydantic v1 model, a
 # TypedDict or a plain JSON schema become the same kind of `json_schema` /
-# tool request on the wire as the pydantic v2 model. They cost ~105 s on 2 CPU
-# cores, so the default run skips them; MLXHOST_TEST_FULL=1 runs them
-# (docs/compatibility.md reports a full run). Keyed by the test's full name.
+# tool request on the wire as the pydantic v2 model, and `output_version="v1"`
+# ([model1]) only changes how langchain builds its message objects from the
+# same replies. They cost ~150 s on 2 CPU cores, so the default run skips
+# them; MLXHOST_TEST_FULL=1 runs them (docs/compatibility.md reports a full
+# run). Keyed by the test's full name.
 CLIENT_SIDE_TWINS = {
     "test_structured_output_async": "test_structured_output",
     "test_tool_calling_async": "test_tool_calling",
     "test_structured_output_pydantic_2_v1": "test_structured_output[pydantic]",
     "test_structured_output[typeddict]": "test_structured_output[pydantic]",
     "test_structured_output[json_schema]": "test_structured_output[pydantic]",
+    "test_agent_loop[model1]": "test_agent_loop[model0]",
+    "test_tool_calling[model1]": "test_tool_calling[model0]",
+    "test_stream[model1]": "test_stream[model0]",
+    "test_astream[model1]": "test_astream[model0]",
 }
 FULL = os.environ.get("MLXHOST_TEST_FULL") == "1"
-
-
-@pytest.fixture(scope="module")
-def langchain_server(start_server):
-    with start_server("--model", QWEN) as server:
-        yield server
 
 
 class TestChatOpenAIOnMlxhost(ChatModelIntegrationTests):
@@ -43,8 +43,8 @@ class TestChatOpenAIOnMlxhost(ChatModelIntegrationTests):
 
     @pytest.fixture(scope="class", autouse=True)
     @classmethod
-    def _point_at_server(cls, langchain_server):
-        cls.server_url = langchain_server.url
+    def _point_at_server(cls, qwen_server):
+        cls.server_url = qwen_server.url
 
     @pytest.fixture(autouse=True)
     def _skip_client_side_twins(self, request):
@@ -52,6 +52,10 @@ class TestChatOpenAIOnMlxhost(ChatModelIntegrationTests):
         twin = CLIENT_SIDE_TWINS.get(node.name) or CLIENT_SIDE_TWINS.get(node.originalname)
         if twin and not FULL:
             pytest.skip(f"client-side twin of {twin} (MLXHOST_TEST_FULL=1 runs it)")
+        if node.get_closest_marker("xfail") and not FULL:
+            # Non-strict xfails pass either way: in the default run they would
+            # cost ~25 s and could not fail.
+            pytest.skip("fails for the 0.5B model's weakness, not the server's (MLXHOST_TEST_FULL=1 runs it)")
 
     @property
     def chat_model_class(self) -> type[ChatOpenAI]:

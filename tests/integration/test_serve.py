@@ -146,6 +146,21 @@ def test_server_preloads_openblas_by_itself(start_server):
     assert "openblas" in maps
 
 
+def test_serving_keeps_torch_out_even_where_it_is_installed(client, qwen_server):
+    """The gguf extra installs torch; a server with a model loaded (transformers,
+    mlx-vlm and the tokenizer imported) and a request answered never loads it."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed here (scripts/setup.sh installs the gguf extra)")
+    reply = client.chat.completions.create(
+        model=QWEN, messages=[{"role": "user", "content": "Hi"}], max_tokens=2, temperature=0
+    )
+    assert reply.choices[0].message.content
+    maps = open(f"/proc/{qwen_server.process.pid}/maps").read()
+    assert "libtorch" not in maps and "libmlx" in maps
+
+
 def test_second_turn_reuses_the_prefix_through_the_server(client, qwen_server):
     messages = [{"role": "user", "content": "Name a fruit that is yellow."}]
     first = client.chat.completions.create(model=QWEN, messages=messages, max_tokens=8, temperature=0)
