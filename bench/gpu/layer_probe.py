@@ -9,10 +9,7 @@ requests reach a server), ``layer-staggered-pb8`` (as staggered, with
 ``prefill_batch_size`` 8), ``layer-staggered-nosolo`` (as staggered, but the
 first sequence goes straight into ``BatchGenerator`` instead of the
 single-sequence loop), ``layer-waves4`` (N/4 join, one step, the next N/4...)
-``layer-waves4-keep`` (the same with ``mx.clear_cache`` a no-op),
-``layer-waves4-stockpad`` and
-``layer-staggered-stockpad`` (mlx-lm's own per-layer padding reads:
-``kernels.HOST_PADDING`` off). For each: generated tokens ÷ wall
+and ``layer-waves4-keep`` (the same with ``mx.clear_cache`` a no-op). For each: generated tokens ÷ wall
 time, seconds until every sequence has its first token, and the median
 decode step (all sequences past their first token).
 
@@ -76,12 +73,8 @@ def raw(model: Any, tokenizer: Any, n: int, tokens: int, offset: int) -> dict[st
 
 def layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stagger: bool,
           prefill_batch: int | None = None, solo: bool = True, waves: int = 0,
-          keep_cache: bool = False, host_padding: bool = True) -> dict[str, Any]:
+          keep_cache: bool = False) -> dict[str, Any]:
     import mlx.core as mx
-
-    from mlxhost.runtime import kernels
-
-    kernels.HOST_PADDING = host_padding
 
     if not keep_cache:
         return _layer(model, tokenizer, n, tokens, offset, stagger=stagger, prefill_batch=prefill_batch,
@@ -247,10 +240,6 @@ def main(argv: list[str] | None = None) -> int:
             "layer-waves4": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=False, waves=4),
             "layer-waves4-keep": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=False,
                                                    waves=4, keep_cache=True),
-            "layer-waves4-stockpad": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=False,
-                                                       waves=4, host_padding=False),
-            "layer-staggered-stockpad": functools.partial(layer, model, tokenizer, tokens=args.tokens, stagger=True,
-                                                          host_padding=False),
         }
         if args.variants:
             variants = {name: variants[name] for name in args.variants.split(",")}

@@ -214,10 +214,9 @@ class TextBatch:
     ) -> None:
         from mlx_lm.generate import BatchGenerator
 
-        from mlxhost.runtime.kernels import host_side_padding, skip_unpadded_decode_masks
+        from mlxhost.runtime.kernels import skip_unpadded_decode_masks
 
         skip_unpadded_decode_masks()
-        host_side_padding()
         self._generator = BatchGenerator(
             model,
             stop_tokens=[[token] for token in sorted(eos)],

@@ -271,6 +271,7 @@ def skip_unpadded_decode_masks() -> None:
 
     if getattr(BatchKVCache, "_mlxhost_unpadded_masks", False):
         return
+    import mlx.core as mx
 
     masked = BatchKVCache.make_mask
 
@@ -285,9 +286,7 @@ def skip_unpadded_decode_masks() -> None:
         if N == 1 and not return_array and kwargs.get("window_size") is None:
             padded = self.__dict__.get("_padded")
             if padded is None:
-                # Host-side: the batch evaluated the padding before the step
-                # (host_side_padding), so this read does not wait for the GPU.
-                padded = self.__dict__["_padded"] = any(p > 0 for p in self.left_padding.tolist())
+                padded = self.__dict__["_padded"] = bool(mx.any(self.left_padding > 0).item())
             if not padded:
                 return None
         return masked(self, N, return_array=return_array, **kwargs)
@@ -295,79 +294,3 @@ def skip_unpadded_decode_masks() -> None:
     BatchKVCache.left_padding = property(get_padding, set_padding)  # type: ignore[assignment]
     BatchKVCache.make_mask = make_mask  # type: ignore[method-assign]
     BatchKVCache._mlxhost_unpadded_masks = True  # type: ignore[attr-defined]
-
-
-# Off: mlx-lm's own BatchKVCache.filter and batch bookkeeping (bench probes flip it).
-HOST_PADDING = True
-
-
-def host_side_padding() -> None:
-    """Keep ``BatchGenerator``'s per-layer padding reads off the GPU's critical path.
-
-    Every ``BatchKVCache`` of a batch (one per layer) holds the same
-    ``left_padding``, and mlx-lm reads it back per layer: ``filter`` (a sequence
-    left or finished, a prompt group moved to decoding) calls ``tolist()`` on a
-    freshly indexed array, ``extract`` (a finished sequence's cache) evaluates
-    it, and the decode mask check reads it; each read of an unevaluated array
-    waits for the GPU, so one change of the batch cost 36 waits on a 36-layer
-    model (H200, Qwen3-4B shape: 13-22 ms per filter, ``bench/gpu/layer_probe.py
-    --trace``). Here the batch evaluates every layer's padding in one call
-    before those reads, and ``filter`` does its arithmetic on the host from the
-    evaluated values. Same results (tested against the stock class).
-    Idempotent; patches the classes once per process.
-    """
-    import importlib
-
-    from mlx_lm.models.cache import BatchKVCache
-
-    generate = importlib.import_module("mlx_lm.generate")  # the module (mlx_lm.generate is a function too)
-    if getattr(BatchKVCache, "_mlxhost_host_padding", False):
-        return
-    import mlx.core as mx
-
-    stock_filter = BatchKVCache.filter
-
-    def filter(self: Any, batch_indices: Any) -> None:
-        if not HOST_PADDING:
-            return stock_filter(self, batch_indices)
-        listed: Any = batch_indices.tolist() if isinstance(batch_indices, mx.array) else batch_indices
-        indices = [int(i) for i in listed]
-        padding = self.left_padding.tolist()  # evaluated by the batch beforehand: no wait
-        kept = [padding[i] for i in indices]
-        index = mx.array(indices)
-        if self.keys is not None:
-            self.keys = self.keys[index]
-            self.values = self.values[index]
-        self.offset = self.offset[index]
-        shift = min(kept, default=0)
-        if shift > 0:  # shift left to reduce padding, as mlx-lm does
-            if self.keys is not None:
-                self.keys = self.keys[..., shift:, :]
-                self.values = self.values[..., shift:, :]
-            self._idx -= shift
-        self.left_padding = mx.array([p - shift for p in kept], dtype=self.left_padding.dtype)
-
-    def evaluated_first(method: Any) -> Any:
-        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if HOST_PADDING:
-                _evaluate_paddings(self.prompt_cache)
-            return method(self, *args, **kwargs)
-
-        run.__wrapped__ = method  # type: ignore[attr-defined]
-        return run
-
-    BatchKVCache.filter = filter  # type: ignore[method-assign]
-    for cls, names in ((generate.GenerationBatch, ("next", "filter", "extract_cache")),
-                       (generate.PromptProcessingBatch, ("filter", "split", "extract_cache", "generate"))):
-        for name in names:
-            setattr(cls, name, evaluated_first(getattr(cls, name)))
-    BatchKVCache._mlxhost_host_padding = True  # type: ignore[attr-defined]
-
-
-def _evaluate_paddings(caches: Any) -> None:
-    """One wait for every layer's ``left_padding`` (none when all are evaluated)."""
-    import mlx.core as mx
-
-    pending = [c.left_padding for c in caches or () if hasattr(c, "left_padding") and c.left_padding is not None]
-    if pending:
-        mx.eval(pending)
