@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 Emit = Callable[[TokenStep | None, BaseException | None], None]
 
 
-# Steps a prompt may be held back before it goes in whatever it costs.
+# Steps a prompt may be held back before it goes in whatever its padding costs
+# (still within PREFILL_BUDGET_CHUNKS, oldest first: it waits for room, not for
+# the short/long rule).
 PATIENCE_STEPS = 4
 
 # Prompts prefilling together: at most this many chunks of padded tokens per
