@@ -51,7 +51,7 @@ def test_flat_input_gives_identical_logits(shape, pad_from):
     tokens = (mx.arange(shape[0] * shape[1]).reshape(shape) * 37 % 512).tolist()
     before = logits(model, tokens)
     changed = kernels.flatten_quantized_inputs(model, pad_from=pad_from)
-    assert changed == len(kernels.quantized_modules(model)) > 0
+    assert len(changed) == len(kernels.quantized_modules(model)) > 0
     after = logits(model, tokens)
     assert after.shape == before.shape
     assert mx.array_equal(before, after).item()
@@ -211,3 +211,75 @@ def test_unpadded_decode_steps_drop_the_mask_and_keep_the_results(monkeypatch, l
         assert decode_masks == []  # nothing padded: no mask at any decode step
     else:
         assert decode_masks and all(mx.any(p > 0).item() for p in decode_masks)
+
+
+def test_flat_layers_switch_back_to_the_stock_classes_and_agree():
+    model = tiny_quantized()
+    tokens = [[5, 17, 300, 2]] * 8
+    stock_types = {name: type(m) for name, m in kernels.quantized_modules(model)}
+    layers = kernels.flatten_quantized_inputs(model, pad_from=kernels.PAD_FROM)
+    flat = logits(model, tokens)
+    layers.set_flat(False)
+    assert {name: type(m) for name, m in kernels.quantized_modules(model)} == stock_types
+    assert mx.array_equal(logits(model, tokens), flat).item()
+    layers.set_flat(True)
+    assert all(type(m) is not stock_types[name] for name, m in kernels.quantized_modules(model))
+
+
+def test_kernel_choice_reports_without_its_layers():
+    model = tiny_quantized()
+    choice = kernels.apply(model, weights="as-is", flat_qmm="on", max_batch=8)
+    assert choice.layers is not None and len(choice.layers) == len(kernels.quantized_modules(model))
+    assert "layers" not in choice.as_dict() and choice.as_dict()["flat_qmm"] is True
+
+
+class _Detokenizer:
+    def __init__(self):
+        self.tokens = []
+        self.last_segment = ""
+
+    def reset(self):
+        self.tokens = []
+
+    def add_token(self, token):
+        self.tokens.append(token)
+        self.last_segment = f"<{token}>"
+
+    def finalize(self):
+        self.last_segment = ""
+
+
+def test_a_lone_sequence_decodes_with_the_stock_classes_and_a_batch_with_the_flat_ones():
+    """TextBatch tells the kernels when one sequence runs alone (mlx-lm's
+    single-sequence loop: one row, where the flat wrapper only costs Python time)."""
+    from mlxhost.runtime.batch import TextBatch
+    from mlxhost.runtime.sampling import make_sampler
+    from mlxhost.types import SamplingParams
+
+    model = tiny_quantized()
+    choice = kernels.apply(model, weights="as-is", flat_qmm="on", max_batch=8)
+    _, layer = kernels.quantized_modules(model)[0]
+    stock = type(layer).__mro__[1]
+    batch = TextBatch(
+        model, eos=set(), max_batch=8, prefill_step=64, detokenizer=_Detokenizer,
+        fetch_prefix=lambda tokens: (None, 0), store_prefix=lambda fed, cache: None,
+        token_logprob=lambda *a: None, alone=choice.alone,
+    )
+    got: dict[int, list[int]] = {1: [], 2: []}
+    params = SamplingParams(max_tokens=6, temperature=0.0)
+
+    def emit_to(key):
+        return lambda step, error: got[key].append(step.token) if step is not None else None
+
+    batch.join((5, 17, 300, 2), params, make_sampler(params), [], emit_to(1))
+    for _ in range(3):
+        batch.step()
+        assert type(layer) is stock  # alone: the stock class
+    batch.join((9, 33, 2), params, make_sampler(params), [], emit_to(2))
+    batch.step()
+    assert type(layer) is not stock and isinstance(layer, stock)  # a batch: the flat one
+    while batch.step():
+        pass
+    assert len(got[1]) == 6 and len(got[2]) == 6
+    # The lone one moved into the batch with the newcomer: one prompt group.
+    assert (batch.alone, batch.moved, batch.groups) == (1, 1, 1)

@@ -213,7 +213,11 @@ class TextBatch:
         fetch_prefix: Callable[[tuple[int, ...]], tuple[list[Any] | None, int]],
         store_prefix: Callable[[tuple[int, ...], list[Any]], None],
         token_logprob: Callable[[int, Any, int], TokenLogprob],
+        alone: Callable[[bool], None] | None = None,
     ) -> None:
+        """``alone(on)`` is told before each step whether one sequence decodes
+        alone (mlx-lm's single-sequence loop) or the batch does, to pick the
+        kernels for it (runtime.kernels.KernelChoice.alone)."""
         from mlx_lm.generate import BatchGenerator
 
         from mlxhost.runtime.kernels import skip_unpadded_decode_masks
@@ -233,6 +237,7 @@ class TextBatch:
         self._token_logprob = token_logprob
         self._prefill_step = prefill_step
         self._model = model
+        self._alone = alone or (lambda on: None)
         self._solo: _Solo | None = None
         self._sequences: dict[int, _Sequence] = {}  # our ids (stable from join on)
         self._by_generator: dict[int, int] = {}  # BatchGenerator uid -> our id
@@ -240,6 +245,9 @@ class TextBatch:
         self.peak = 0  # the most sequences decoding together so far (for /health)
         self.alone = 0  # sequences that started alone (mlx-lm's single-sequence loop)
         self.moved = 0  # of those, moved into the batch when another joined
+        # Prompt groups handed to BatchGenerator (each is one prefill and one
+        # first-token step of its own: arrivals a step apart cost one each).
+        self.groups = 0
 
     def __len__(self) -> int:
         return len(self._sequences)
@@ -302,6 +310,12 @@ class TextBatch:
         )
         for sequence in waiting:
             sequence.waited += 1
+        if chosen:
+            self.groups += 1
+            log.debug(
+                "Batch: %d of %d waiting prompts join (%d tokens to prefill); %d in the batch",
+                len(chosen), len(waiting), sum(waiting[i].uncached for i in chosen), len(self._by_generator),
+            )
         for index in chosen:
             sequence = waiting[index]
             args, sequence.waiting = sequence.waiting, None
@@ -328,6 +342,7 @@ class TextBatch:
                 (only,) = self._sequences.values()
                 if only.waiting is not None:
                     self._start_solo(only)
+            self._alone(self._solo is not None)
             if self._solo is not None:
                 self._solo_step()
                 return bool(self._sequences)

@@ -62,9 +62,16 @@ class KernelChoice:
     pad_rows: bool = False  # 2-7 decode rows padded to 8 for the fast kernel
     # The weights policy asked for (--weights, or the model's config-file value).
     policy: str = "auto"
+    # The flattened layers (to switch to their stock classes for a lone sequence).
+    layers: FlatLayers | None = attrs.field(default=None, eq=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        return attrs.asdict(self, filter=lambda field, _: field.name != "layers")
+
+    def alone(self, on: bool) -> None:
+        """One sequence decodes alone (``on``) or a batch does: the layers' classes for it."""
+        if self.layers is not None:
+            self.layers.set_flat(not on)
 
 
 def backend() -> str:
@@ -186,19 +193,48 @@ def _flat_classes(pad_from: int | None) -> dict[type, type]:
 _FLAT: dict[int | None, dict[type, type]] = {}
 
 
-def flatten_quantized_inputs(model: Any, *, pad_from: int | None = None) -> int:
+@attrs.define(eq=False)
+class FlatLayers:
+    """The layers :func:`flatten_quantized_inputs` changed, switchable back.
+
+    One sequence decoding alone sends one row, which the stock 3-D call runs
+    fastest anyway, and that decode is bound by Python building the graph
+    (H100, Qwen3-4B shape 4-bit: ~5 ms a token for 0.75 ms of weight reads),
+    where the wrapper's few microseconds in each of ~250 quantized calls a
+    token show (one request's decode 159-194 tok/s with it, 192-220 with
+    ``--flat-qmm off``, bench/results/gpu-h100-solo-probe.json). So the batch
+    switches the layers to their stock classes while one sequence runs alone.
+    """
+
+    layers: list[tuple[Any, type, type]]  # module, stock class, flat class
+    flat: bool = True
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def set_flat(self, on: bool) -> None:
+        """Flat classes (``on``) or the stock ones; a no-op when already so."""
+        if on == self.flat:
+            return
+        for module, stock, flat in self.layers:
+            module.__class__ = flat if on else stock
+        self.flat = on
+
+
+def flatten_quantized_inputs(model: Any, *, pad_from: int | None = None) -> FlatLayers:
     """Give the model's quantized layers 2-D inputs from 8 rows up (and, with
-    ``pad_from``, inputs of ``pad_from``..7 rows padded to 8); returns how many."""
+    ``pad_from``, inputs of ``pad_from``..7 rows padded to 8); returns them."""
     if pad_from not in _FLAT:
         _FLAT[pad_from] = _flat_classes(pad_from)
     classes = _FLAT[pad_from]
-    changed = 0
+    changed = []
     for _, module in quantized_modules(model):
-        base = next((b for b in type(module).__mro__ if b in classes), None)
+        stock = type(module)
+        base = next((b for b in stock.__mro__ if b in classes), None)
         if base is not None:
             module.__class__ = classes[base]  # same layout, one method differs
-            changed += 1
-    return changed
+            changed.append((module, stock, classes[base]))
+    return FlatLayers(changed)
 
 
 def flat_is_faster(model: Any, rows: int = FLAT_MIN_ROWS, repeats: int = 20) -> tuple[bool, bool, str]:
@@ -241,6 +277,7 @@ def apply(model: Any, *, weights: str, flat_qmm: str, max_batch: int) -> KernelC
     if chosen == "bf16":
         dequantize(model)
     flat = pad = False
+    layers = None
     if quantized_modules(model):
         if flat_qmm == "auto":
             if max_batch >= PAD_FROM:
@@ -252,9 +289,8 @@ def apply(model: Any, *, weights: str, flat_qmm: str, max_batch: int) -> KernelC
         else:
             flat = pad = flat_qmm == "on"
             why += f"; --flat-qmm {flat_qmm}"
-        if flat:
-            flatten_quantized_inputs(model, pad_from=PAD_FROM if pad else None)
-    return KernelChoice(weights=chosen, flat_qmm=flat, pad_rows=pad, reason=why, policy=weights)
+        layers = flatten_quantized_inputs(model, pad_from=PAD_FROM if pad else None) if flat else None
+    return KernelChoice(weights=chosen, flat_qmm=flat, pad_rows=pad, reason=why, policy=weights, layers=layers)
 
 
 def skip_unpadded_decode_masks() -> None:

@@ -130,7 +130,7 @@ class MLXEngine:
         self._batch: Any = None  # runtime.batch.TextBatch of the loaded model, made on first use
         self._peak = 0  # the batch peak of models unloaded since start
         # Sequences of unloaded models that started alone / moved into a batch.
-        self._batch_counts = {"alone": 0, "moved": 0}
+        self._batch_counts = {"alone": 0, "moved": 0, "groups": 0}
         self._weights = 0  # bytes of the loaded model's arrays
         self._memory_limit: int | None = None
         if prefix_cache_bytes is None:
@@ -172,8 +172,8 @@ class MLXEngine:
         batch = {"max": self.max_batch, "chosen": self._batch_choice, "peak": self._peak, **self._batch_counts}
         if self._batch is not None:
             batch["peak"] = max(self._peak, self._batch.peak)
-            batch["alone"] += self._batch.alone
-            batch["moved"] += self._batch.moved
+            for key in self._batch_counts:
+                batch[key] += getattr(self._batch, key)
         stats: dict[str, Any] = {"batch": batch}
         if self._kernels is not None:
             stats["kernels"] = self._kernels.as_dict()
@@ -467,8 +467,8 @@ class MLXEngine:
         if self._batch is not None:
             self._batch.fail(RuntimeError("the model was unloaded"))
             self._peak = max(self._peak, self._batch.peak)
-            self._batch_counts["alone"] += self._batch.alone
-            self._batch_counts["moved"] += self._batch.moved
+            for key in self._batch_counts:
+                self._batch_counts[key] += getattr(self._batch, key)
             self._batch = None
         if self._model is None:
             return
@@ -520,6 +520,7 @@ class MLXEngine:
                 fetch_prefix=self._batch_prefix,
                 store_prefix=self._store_batch_prefix,
                 token_logprob=self._token_logprob,
+                alone=self._kernels.alone,
             )
         return int(
             self._batch.join(
@@ -570,9 +571,10 @@ class MLXEngine:
         params: SamplingParams,
         should_stop: Callable[[], bool],
     ) -> Iterator[TokenStep]:
-
         from mlxhost.runtime.sampling import make_sampler
 
+        if self._kernels is not None:  # one sequence: the stock quantized classes
+            self._kernels.alone(True)
         sampler = make_sampler(params)
         processors = self._processors(params)
         key, extra_key = self._cache_key(prompt)
