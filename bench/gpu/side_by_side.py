@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serve-args", default="--weights as-is")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--budget-s", type=float, default=540.0)
+    p.add_argument("--server-setup", default="",
+                   help="Python run at the server's start (a sitecustomize), e.g. 'import gc; gc.disable()'")
     args = p.parse_args(argv)
     began = time.monotonic()
     out = args.out or args.work
@@ -159,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, "-m", "mlxhost.cli", "serve", "--model", str(path), "--allow-model-paths",
                    "--max-batch", str(max(streams)), "--port", str(port), *args.serve_args.split()]
         env = {"MLX_PTX_CACHE_DIR": str(ptx), "HF_HUB_CACHE": str(args.work / "hf")}
+        if args.server_setup:
+            setup = out / "server-setup"
+            setup.mkdir(parents=True, exist_ok=True)
+            (setup / "sitecustomize.py").write_text(args.server_setup + "\n")
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(setup), os.environ.get("PYTHONPATH", "")]))
+            results["server_setup"] = args.server_setup
         table: dict[str, Any] = {"raw": {}, "mlxhost": {}, "split": {"raw": [], "mlxhost": []}}
         with ServerProcess(command=command, port=port, log_path=out / f"serve-side-{kind}.log",
                            startup_timeout=400, env=env, name="mlxhost") as server:
