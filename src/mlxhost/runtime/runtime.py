@@ -69,16 +69,6 @@ class ModelSession:
     def __init__(self, runtime: Runtime, model: LoadedModel) -> None:
         self._runtime = runtime
         self.model = model
-        # On its way to the batch until its first generation joins (or the
-        # session ends): the worker holds a step briefly for such requests.
-        self._arriving = True
-        runtime._worker.expect(1)
-
-    def arrived(self) -> None:
-        """The request joined (or will not): no longer on its way. Idempotent."""
-        if self._arriving:
-            self._arriving = False
-            self._runtime._worker.expect(-1)
 
     async def prepare(self, prompt: RenderedPrompt) -> PreparedPrompt:
         runtime = self._runtime
@@ -89,7 +79,7 @@ class ModelSession:
 
     def generate(self, prompt: PreparedPrompt, params: SamplingParams) -> AsyncIterator[TokenStep]:
         """The token stream; leaving it early stops generation between two tokens."""
-        return self._runtime._generate(prompt, params, self.arrived)
+        return self._runtime._generate(prompt, params)
 
     @property
     def memory_tokens(self) -> int | None:
@@ -296,11 +286,7 @@ class Runtime:
         try:
             model = await self.unless_lost(self._ensure_loaded(info))
             self._keep_alive_now = _first(keep_alive, info.keep_alive, self.keep_alive)
-            session = ModelSession(self, model)
-            try:
-                yield session
-            finally:
-                session.arrived()
+            yield ModelSession(self, model)
         finally:
             self.scheduler.release()
             self._arm_idle()
@@ -438,16 +424,14 @@ class Runtime:
             )
 
     async def _generate(
-        self, prompt: PreparedPrompt, params: SamplingParams, joined: Callable[[], None] = lambda: None
+        self, prompt: PreparedPrompt, params: SamplingParams
     ) -> AsyncIterator[TokenStep]:
-        """Engine failures become an EngineError for this request and a reload for the next.
-        ``joined()`` is called once the generation is the worker's (joined the batch, or queued)."""
+        """Engine failures become an EngineError for this request and a reload for the next."""
         engine = self._engine
         steps: AsyncIterator[TokenStep]
         if engine.batchable(prompt):
-            steps = self._batched(prompt, params, joined)
+            steps = self._batched(prompt, params)
         else:
-            joined()
             if self.scheduler.capacity > 1:
                 why = "an image prompt" if prompt.extras else "not a batching model"
                 log.info("Generation runs alone (%s): a running batch pauses meanwhile", why)
@@ -507,9 +491,7 @@ class Runtime:
                 return
             yield step
 
-    async def _batched(
-        self, prompt: PreparedPrompt, params: SamplingParams, joined: Callable[[], None]
-    ) -> AsyncIterator[TokenStep]:
+    async def _batched(self, prompt: PreparedPrompt, params: SamplingParams) -> AsyncIterator[TokenStep]:
         """This sequence's steps from the running batch (joined between two steps)."""
         outbox = self._outbox_for(asyncio.get_running_loop())
         steps: asyncio.Queue = asyncio.Queue()
@@ -517,10 +499,7 @@ class Runtime:
         def emit(step: TokenStep | None, error: BaseException | None) -> None:  # worker thread
             outbox.put(steps.put_nowait, (step, error))
 
-        try:
-            uid = await self.unless_lost(self._worker.run(self._join, prompt, params, emit))
-        finally:
-            joined()
+        uid = await self.unless_lost(self._worker.run(self._join, prompt, params, emit))
         done = False
         try:
             while True:

@@ -8,7 +8,6 @@ import logging
 import queue
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -21,13 +20,6 @@ _STOP = object()
 # for the next (an event-loop round trip; a decode step takes 10-500 ms).
 MAX_JOBS_PER_TURN = 64
 JOB_LINGER_S = 0.003
-# While requests for the loaded model are on their way (``expect``: admitted,
-# their prompt not yet in the batch), the wait for the next job lasts until
-# they have joined, at most this long per turn: requests sent together then
-# start in one step instead of one starting alone (on 2 CPU cores its prompt
-# alone takes ~1 s, the others waiting behind it) or in waves.
-ARRIVING_HOLD_S = 0.03
-ARRIVING_POLL_S = 0.002
 # Idle this long (no job, no ticker) before ``on_idle`` runs.
 IDLE_AFTER_S = 0.05
 
@@ -55,8 +47,6 @@ class MLXWorker:
         self._on_stop = on_stop
         self._jobs: queue.Queue = queue.Queue()
         self._tickers: list[Callable[[], bool]] = []  # touched only on the worker thread
-        self._arriving = 0  # requests on their way to a job (``expect``)
-        self._arriving_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
@@ -70,16 +60,6 @@ class MLXWorker:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
-
-    def expect(self, delta: int) -> None:
-        """``+1`` when a request is on its way to join (its jobs follow shortly),
-        ``-1`` once it has joined or given up. Any thread."""
-        with self._arriving_lock:
-            self._arriving = max(0, self._arriving + delta)
-
-    @property
-    def arriving(self) -> int:
-        return self._arriving
 
     def add_ticker(self, tick: Callable[[], bool]) -> None:
         """Call ``tick()`` once per turn until it returns False. Worker thread only."""
@@ -116,7 +96,6 @@ class MLXWorker:
         one batch instead of one step each.
         """
         ran = 0
-        hold_until = 0.0
         while ran < MAX_JOBS_PER_TURN:
             try:
                 if ran == 0 and not self._tickers and self._on_idle is not None:
@@ -124,7 +103,7 @@ class MLXWorker:
                 elif ran == 0:
                     job = self._jobs.get(block=not self._tickers)
                 else:
-                    job = self._linger(hold_until)
+                    job = self._jobs.get(timeout=JOB_LINGER_S)
             except queue.Empty:
                 return None
             if job is _STOP:
@@ -133,27 +112,8 @@ class MLXWorker:
                 job()
             except BaseException:  # a job reports its own errors; never kill the thread
                 log.exception("MLX worker job failed")
-            if ran == 0:
-                hold_until = time.monotonic() + ARRIVING_HOLD_S
             ran += 1
         return None
-
-    def _linger(self, hold_until: float) -> Any:
-        """The next job: within ``JOB_LINGER_S``, or while requests are on their
-        way (``expect``), until ``hold_until``; queue.Empty when none comes."""
-        try:
-            return self._jobs.get(timeout=JOB_LINGER_S)
-        except queue.Empty:
-            pass
-        while self._arriving > 0:
-            left = hold_until - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                return self._jobs.get(timeout=min(left, ARRIVING_POLL_S))
-            except queue.Empty:
-                continue
-        raise queue.Empty
 
     def _wait_idle(self) -> Any:
         try:
