@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from bench import docs
+from bench.http import client
 from bench.report import md_table
 
 COUNTS = (1, 2, 4, 8)
@@ -40,7 +41,7 @@ def prompt(i: int) -> str:
 def chat(url: str, i: int, tokens: int, model: str) -> int:
     body = {"model": model, "temperature": 0, "max_tokens": tokens,
             "messages": [{"role": "user", "content": prompt(i)}]}
-    reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600).json()
+    reply = client().post(f"{url}/v1/chat/completions", json=body).json()
     return int(reply["usage"]["completion_tokens"])
 
 
@@ -55,7 +56,7 @@ def first_token_after(url: str, content: str, model: str) -> float:
     body = {"model": model, "temperature": 0, "max_tokens": 4, "stream": True,
             "messages": [{"role": "user", "content": content}]}
     started = time.perf_counter()
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as r:
+    with client().stream("POST", f"{url}/v1/chat/completions", json=body) as r:
         for line in r.iter_lines():
             if has_text(line):
                 return time.perf_counter() - started
@@ -75,7 +76,7 @@ def stream_gaps(url: str, i: int, tokens: int, model: str) -> list[float]:
     body = {"model": model, "temperature": 0, "max_tokens": tokens, "stream": True,
             "messages": [{"role": "user", "content": prompt(i)}]}
     stamps = []
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as r:
+    with client().stream("POST", f"{url}/v1/chat/completions", json=body) as r:
         for line in r.iter_lines():
             if has_text(line):
                 stamps.append(time.perf_counter())

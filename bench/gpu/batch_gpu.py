@@ -39,6 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench.http import client  # noqa: E402
 from bench.log import say  # noqa: E402
 from bench.report import md_table  # noqa: E402
 from bench.shaped_models import TOKENIZER_FROM, build_shaped_model, folder_name  # noqa: E402
@@ -154,11 +155,9 @@ def part_raw(args: argparse.Namespace, path: Path, streams: list[int]) -> dict[s
 
 # -- servers over HTTP --------------------------------------------------------------
 def chat(url: str, model: str, i: int, tokens: int) -> int:
-    import httpx
-
     body = {"model": model, "temperature": 0, "max_tokens": tokens,
             "messages": [{"role": "user", "content": prompt(i)}]}
-    reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
+    reply = client().post(f"{url}/v1/chat/completions", json=body)
     reply.raise_for_status()
     return int(reply.json()["usage"]["completion_tokens"])
 

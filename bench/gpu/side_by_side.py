@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.gpu.batch_gpu import build, concurrent_rate, prompt, raw_rate, solo_rate  # noqa: E402
+from bench.http import client  # noqa: E402
 from bench.log import say  # noqa: E402
 
 
@@ -52,7 +53,6 @@ def set_flat(model: Any, on: bool) -> None:
 
 def streamed_split(url: str, model: str, i: int, tokens: int) -> tuple[float, float]:
     """(TTFT s, decode tok/s after the first token) of one streaming request."""
-    import httpx
 
     body = {"model": model, "temperature": 0, "max_tokens": tokens, "stream": True,
             "stream_options": {"include_usage": True},
@@ -60,7 +60,7 @@ def streamed_split(url: str, model: str, i: int, tokens: int) -> tuple[float, fl
     began = time.perf_counter()
     first = last = None
     produced = 0
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as reply:
+    with client().stream("POST", f"{url}/v1/chat/completions", json=body) as reply:
         for line in reply.iter_lines():
             if not line.startswith("data: {"):
                 continue

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.gpu.batch_gpu import build  # noqa: E402
+from bench.http import client  # noqa: E402
 from bench.log import say  # noqa: E402
 
 VARIANTS = {
@@ -52,7 +53,6 @@ def prompt(name: str) -> str:
 
 
 def stream_one(url: str, model: str, text: str, tokens: int) -> dict[str, float]:
-    import httpx
 
     body = {"model": model, "temperature": 0, "max_tokens": tokens, "stream": True,
             "stream_options": {"include_usage": True},
@@ -61,7 +61,7 @@ def stream_one(url: str, model: str, text: str, tokens: int) -> dict[str, float]
     first = None
     chunks = 0
     usage: dict[str, Any] = {}
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as reply:
+    with client().stream("POST", f"{url}/v1/chat/completions", json=body) as reply:
         reply.raise_for_status()
         for line in reply.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
