@@ -198,8 +198,9 @@ class FlatLayers:
     """The layers :func:`flatten_quantized_inputs` changed, switchable back.
 
     One sequence decoding alone sends one row, which the stock 3-D call runs
-    fastest anyway, and that decode is bound by Python building the graph
-    (H100, Qwen3-4B shape 4-bit: ~5 ms a token for 0.75 ms of weight reads),
+    fastest anyway, and that decode is bound by the CPU (H100, Qwen3-4B shape
+    4-bit: ~5 ms a token for 0.75 ms of weight reads; py-spy: 67% launching
+    the step's kernels in ``mx.async_eval``, 25% building the graph in Python),
     where the wrapper's few microseconds in each of ~250 quantized calls a
     token show (one request's decode 159-194 tok/s with it, 192-220 with
     ``--flat-qmm off``, bench/results/gpu-h100-solo-probe.json). So the batch
