@@ -114,8 +114,10 @@ def stream_chat(
     *,
     timeout: float = 1800.0,
 ) -> Sample:
-    """One streaming chat completion, timed chunk by chunk."""
-    import httpx
+    """One streaming chat completion, timed chunk by chunk (through the process's
+    one HTTP client, bench/http.py: a client built per request would add its own
+    construction, tens of ms of CPU, to every HTTP system's TTFT)."""
+    from bench.http import client
 
     body = {
         "model": model,
@@ -130,7 +132,7 @@ def stream_chat(
     pieces: list[str] = []
     started = time.perf_counter()
     try:
-        with httpx.stream(
+        with client().stream(
             "POST", f"{base_url}/v1/chat/completions", json=body, timeout=timeout
         ) as response:
             if response.status_code != 200:
