@@ -196,6 +196,12 @@ class Settings:
         "each on the loaded model, on turns both on",
         env="MLXHOST_FLAT_QMM", flag="--flat-qmm", metavar="POLICY", choices=("auto", "on", "off"),
     )
+    cpu_split: str = setting(
+        "auto", "on a Linux CPU with OpenBLAS, a batch's decode steps multiply each large "
+        "weight in one part per core (one BLAS thread each) instead of OpenBLAS's own "
+        "threads; auto measures both on the loaded model, on forces it",
+        env="MLXHOST_CPU_SPLIT", flag="--cpu-split", metavar="POLICY", choices=("auto", "on", "off"),
+    )
     prefill_chunk: int = setting(
         512, "prompt tokens a batch prefills per step: a long new prompt delays the "
         "running streams by about one chunk",

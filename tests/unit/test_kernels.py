@@ -263,7 +263,7 @@ def test_a_lone_sequence_decodes_with_the_stock_classes_and_a_batch_with_the_fla
     batch = TextBatch(
         model, eos=set(), max_batch=8, prefill_step=64, detokenizer=_Detokenizer,
         fetch_prefix=lambda tokens: (None, 0), store_prefix=lambda fed, cache: None,
-        token_logprob=lambda *a: None, alone=choice.alone,
+        token_logprob=lambda *a: None, kernels=choice.for_step,
     )
     got: dict[int, list[int]] = {1: [], 2: []}
     params = SamplingParams(max_tokens=6, temperature=0.0)

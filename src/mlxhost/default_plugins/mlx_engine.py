@@ -42,4 +42,5 @@ def make_mlx_engine(settings: Settings, sharder: Any = None) -> Any:
         prefill_chunk=max(1, settings.prefill_chunk),
         weights=settings.weights,
         flat_qmm=settings.flat_qmm,
+        cpu_split=settings.cpu_split,
     )

@@ -213,11 +213,12 @@ class TextBatch:
         fetch_prefix: Callable[[tuple[int, ...]], tuple[list[Any] | None, int]],
         store_prefix: Callable[[tuple[int, ...], list[Any]], None],
         token_logprob: Callable[[int, Any, int], TokenLogprob],
-        alone: Callable[[bool], None] | None = None,
+        kernels: Callable[..., None] | None = None,
     ) -> None:
-        """``alone(on)`` is told before each step whether one sequence decodes
-        alone (mlx-lm's single-sequence loop) or the batch does, to pick the
-        kernels for it (runtime.kernels.KernelChoice.alone)."""
+        """``kernels(alone=..., rows=..., prefilling=...)`` is told before each
+        step whether one sequence decodes alone (mlx-lm's single-sequence loop)
+        or a batch of ``rows`` does, and whether the batch prefills a prompt in
+        it, to pick the kernels for it (runtime.kernels.KernelChoice.for_step)."""
         from mlx_lm.generate import BatchGenerator
 
         from mlxhost.runtime.kernels import skip_unpadded_decode_masks
@@ -237,7 +238,7 @@ class TextBatch:
         self._token_logprob = token_logprob
         self._prefill_step = prefill_step
         self._model = model
-        self._alone = alone or (lambda on: None)
+        self._kernels = kernels or (lambda **step: None)
         self._solo: _Solo | None = None
         self._sequences: dict[int, _Sequence] = {}  # our ids (stable from join on)
         self._by_generator: dict[int, int] = {}  # BatchGenerator uid -> our id
@@ -342,11 +343,14 @@ class TextBatch:
                 (only,) = self._sequences.values()
                 if only.waiting is not None:
                     self._start_solo(only)
-            self._alone(self._solo is not None)
             if self._solo is not None:
+                self._kernels(alone=True)
                 self._solo_step()
                 return bool(self._sequences)
             self._hand_over()
+            self._kernels(alone=False, rows=len(self._by_generator), prefilling=any(
+                s.generator_uid is not None and s.count == 0 for s in self._sequences.values()
+            ))
             _, responses = self._generator.next()
         except Exception as exc:
             self.fail(exc)

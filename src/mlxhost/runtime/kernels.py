@@ -1,6 +1,6 @@
 """Backend-aware weights and kernel shapes for a loaded model.
 
-Two load-time choices, each reported in ``/health`` (engine ``kernels``) and the log:
+Three load-time choices, each reported in ``/health`` (engine ``kernels``) and the log:
 
 * **Weights** (``--weights auto|as-is|bf16``): ``bf16`` replaces every quantized
   layer by a dequantized bf16 one. On CUDA, 4-bit decode of a batch is far
@@ -21,6 +21,11 @@ Two load-time choices, each reported in ``/health`` (engine ``kernels``) and the
   padded to 8; H200). ``auto`` measures each on the model's own largest
   quantized projection at load and keeps the faster by a clear margin;
   ``on`` turns both on.
+* **CPU split** (``--cpu-split auto|on|off``, :mod:`runtime.cpu_split`): on a
+  Linux CPU with OpenBLAS, a batch's decode steps multiply each large fp32
+  weight in one part per core, each on its own MLX stream with one BLAS
+  thread, instead of OpenBLAS's own 2-thread split of a few rows. ``auto``
+  measures both on the model's largest layer at load.
 
 And one rule for every batch (:func:`skip_unpadded_decode_masks`): a
 one-token decode step whose sequences are not left-padded needs no attention
@@ -34,9 +39,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+if TYPE_CHECKING:
+    from mlxhost.runtime.cpu_split import SplitLayers
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +72,27 @@ class KernelChoice:
     policy: str = "auto"
     # The flattened layers (to switch to their stock classes for a lone sequence).
     layers: FlatLayers | None = attrs.field(default=None, eq=False, repr=False)
+    cpu_split: bool = False  # batched decode steps split large matmuls across the cores
+    # The split layers (runtime.cpu_split), on only for a batch's decode steps.
+    split: SplitLayers | None = attrs.field(default=None, eq=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self, filter=lambda field, _: field.name != "layers")
+        return attrs.asdict(self, filter=lambda field, _: field.name not in ("layers", "split"))
+
+    def for_step(self, *, alone: bool, prefilling: bool = False, rows: int = 1) -> None:
+        """The layers' classes for the coming step: one sequence decoding alone
+        (``alone``) or a batch of ``rows`` sequences, and whether the batch
+        prefills a prompt in it."""
+        if self.layers is not None:
+            self.layers.set_flat(not alone)
+        if self.split is not None:
+            from mlxhost.runtime.cpu_split import SPLIT_MAX_ROWS
+
+            self.split.set_split(not alone and not prefilling and rows <= SPLIT_MAX_ROWS)
 
     def alone(self, on: bool) -> None:
         """One sequence decodes alone (``on``) or a batch does: the layers' classes for it."""
-        if self.layers is not None:
-            self.layers.set_flat(not on)
+        self.for_step(alone=on)
 
 
 def backend() -> str:
@@ -270,8 +291,12 @@ def flat_is_faster(model: Any, rows: int = FLAT_MIN_ROWS, repeats: int = 20) -> 
     )
 
 
-def apply(model: Any, *, weights: str, flat_qmm: str, max_batch: int) -> KernelChoice:
+def apply(
+    model: Any, *, weights: str, flat_qmm: str, max_batch: int, cpu_split: str = "auto"
+) -> KernelChoice:
     """Apply the weight and kernel-shape policies to a freshly loaded model."""
+    from mlxhost.runtime import cpu_split as split_policy
+
     if flat_qmm not in FLAT_QMM_POLICIES:
         raise ValueError(f"flat-qmm policy must be one of {', '.join(FLAT_QMM_POLICIES)}, not {flat_qmm!r}")
     chosen, why = choose_weights(weights, model, max_batch=max_batch)
@@ -291,7 +316,14 @@ def apply(model: Any, *, weights: str, flat_qmm: str, max_batch: int) -> KernelC
             flat = pad = flat_qmm == "on"
             why += f"; --flat-qmm {flat_qmm}"
         layers = flatten_quantized_inputs(model, pad_from=PAD_FROM if pad else None) if flat else None
-    return KernelChoice(weights=chosen, flat_qmm=flat, pad_rows=pad, reason=why, policy=weights, layers=layers)
+    on = backend()
+    split, split_why = split_policy.choose(cpu_split, model, on=on, max_batch=max_batch)
+    if on == "cpu":
+        why += f"; CPU split {split_why}"
+    return KernelChoice(
+        weights=chosen, flat_qmm=flat, pad_rows=pad, reason=why, policy=weights, layers=layers,
+        cpu_split=split is not None, split=split,
+    )
 
 
 def skip_unpadded_decode_masks() -> None:

@@ -105,6 +105,7 @@ class MLXEngine:
         prefill_chunk: int = 512,
         weights: str = "auto",
         flat_qmm: str = "auto",
+        cpu_split: str = "auto",
         prefix_cache_dir: str | None = None,
         prefix_cache_disk_bytes: int | None = None,
         sharder: Callable[[Any, Mapping[str, Any]], str] | None = None,
@@ -112,7 +113,8 @@ class MLXEngine:
         """``prefix_cache_bytes``: the KV prefix cache's budget (None: the default
         2 GiB; 0 disables it). ``max_batch`` > 1 decodes text prompts of a text
         model together (``runtime.batch``), prefilling ``prefill_chunk`` tokens a step.
-        ``weights`` and ``flat_qmm`` are the load-time policies of ``runtime.kernels``.
+        ``weights``, ``flat_qmm`` and ``cpu_split`` are the load-time policies of
+        ``runtime.kernels``.
         ``max_batch`` 0 is auto: ``runtime.batch.AUTO_BATCH`` on CPU, measured per
         model at load on a GPU (``batch_limit``)."""
         from mlxhost.runtime.batch import AUTO_BATCH
@@ -122,6 +124,7 @@ class MLXEngine:
         self._batch_choice = f"--max-batch {max_batch}" if max_batch else "auto"
         self.weights = weights
         self.flat_qmm = flat_qmm
+        self.cpu_split = cpu_split
         self._sharder = sharder
         self._mlx_thread: int | None = None  # set by load()
         self.sharded: str | None = None  # how the loaded model was split (distributed)
@@ -310,6 +313,8 @@ class MLXEngine:
             weights="as-is" if self._sharder is not None else (info.defaults.weights or self.weights),
             flat_qmm=self.flat_qmm,
             max_batch=self.configured_batch or AUTO_BATCH_CAP,
+            # Ranks must compute alike, and vision models never batch.
+            cpu_split="off" if self._sharder is not None or self._is_vlm else self.cpu_split,
         )
         self._model = model
         self._model_id = model_id
@@ -462,6 +467,8 @@ class MLXEngine:
             self._disk.deactivate()
         self._model_id = None
         self.sharded = None
+        if self._kernels is not None:
+            self._kernels.alone(True)  # the stock layers, OpenBLAS's threads back
         self._kernels = None
         self._weights = 0
         if self._batch is not None:
@@ -520,7 +527,7 @@ class MLXEngine:
                 fetch_prefix=self._batch_prefix,
                 store_prefix=self._store_batch_prefix,
                 token_logprob=self._token_logprob,
-                alone=self._kernels.alone,
+                kernels=self._kernels.for_step,
             )
         return int(
             self._batch.join(
