@@ -53,7 +53,9 @@ def start_server(hf_hub_cache, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def qwen_server(start_server):
-    with start_server("--model", QWEN) as server:
+    # --cpu-split on: the batches these modules run take the split matmuls
+    # wherever OpenBLAS runs (auto would measure first; tests/unit/test_cpu_split.py).
+    with start_server("--model", QWEN, "--cpu-split", "on") as server:
         yield server
 
 

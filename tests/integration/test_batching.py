@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from mlxhost.blas import find_openblas
 from mlxhost.starter.builder import TEST_MODELS
 from mlxhost.testing.live import wait_until
 from mlxhost.testing.tools import QUESTION, WEATHER_TOOL
@@ -46,6 +47,9 @@ def test_concurrent_requests_each_get_what_they_get_alone(client, qwen_server):
     assert [c.finish_reason for c in together] == [c.finish_reason for c in alone]
     assert "\n" not in together[1].message.content
     assert qwen_server.health()["batch"]["peak"] >= 2  # they did decode together
+    if find_openblas() is not None:
+        # The shared server runs --cpu-split on: these batch steps ran the split layers.
+        assert qwen_server.health()["kernels"]["cpu_split"] is True
 
 
 def test_a_tool_call_and_a_json_schema_reply_parse_inside_a_batch(client):
