@@ -9,7 +9,10 @@ This builds a tiny fp32 Qwen3 (random weights, the Qwen test model's tokenizer,
 side by side, round by round: mlx-lm's ``stream_generate`` in this process
 (its own generation tok/s) and ``mlxhost serve`` over HTTP, streamed (decode
 tok/s after the first token). With ``--profile`` (py-spy on PATH) the server is
-recorded during the last round.
+recorded during the last round. ``--streams N`` (N > 1) measures N concurrent
+non-streaming requests against mlx-lm's ``BatchGenerator`` with N sequences in
+this process instead (``bench/gpu/batch_gpu.py``'s ``raw_rate`` and
+``concurrent_rate``: aggregate tok/s, prefill included).
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--serve-args", default="")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--streams", type=int, default=1)
     args = parser.parse_args(argv)
     from mlx_lm import load
 
@@ -102,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load(str(path))
     raw_rate(model, tokenizer, 16)  # warm
     rates: dict[str, list[float]] = {"raw": [], "mlxhost": []}
-    command = ["--model", str(path), "--allow-model-paths", *args.serve_args.split()]
+    command = ["--model", str(path), "--allow-model-paths", "--max-batch", str(max(8, args.streams)),
+               *args.serve_args.split()]
     with ServerProcess(command, env=base_env(), log_path=args.work / "serve.log") as server:
         served_rate(server.url, str(path), 16)  # warm
         for r in range(args.rounds):
@@ -117,8 +122,17 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1.0)
             order = ("raw", "mlxhost") if r % 2 == 0 else ("mlxhost", "raw")
             for name in order:
-                rate, produced = (raw_rate(model, tokenizer, args.tokens) if name == "raw"
-                                  else served_rate(server.url, str(path), args.tokens))
+                if args.streams > 1:
+                    from bench.gpu.batch_gpu import concurrent_rate
+                    from bench.gpu.batch_gpu import raw_rate as batch_rate
+
+                    offset = 100 * r + (0 if name == "raw" else 50)
+                    rate = (batch_rate(model, tokenizer, args.streams, args.tokens, offset) if name == "raw"
+                            else concurrent_rate(server.url, str(path), args.streams, args.tokens, offset))
+                    produced = args.streams * args.tokens
+                else:
+                    rate, produced = (raw_rate(model, tokenizer, args.tokens) if name == "raw"
+                                      else served_rate(server.url, str(path), args.tokens))
                 rates[name].append(rate)
                 print(f"round {r} {name}: {rate:.0f} tok/s ({produced} tokens)", flush=True)
             if spy is not None:
