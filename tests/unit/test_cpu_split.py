@@ -10,21 +10,8 @@ mx = pytest.importorskip("mlx.core")
 nn = pytest.importorskip("mlx.nn")
 
 from mlxhost.runtime import cpu_split, kernels
-
-
-def tiny_fp32(tie: bool = True):
-    from mlx_lm.models import qwen3
-
-    args = qwen3.ModelArgs(
-        model_type="qwen3", hidden_size=128, num_hidden_layers=2, intermediate_size=256,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
-        vocab_size=512, max_position_embeddings=512, rope_theta=10000.0,
-        tie_word_embeddings=tie,
-    )
-    mx.random.seed(0)
-    model = qwen3.Model(args)
-    mx.eval(model.parameters())
-    return model
+from mlxhost.testing.tiny_text import TokenNames
+from mlxhost.testing.tiny_text import tiny_qwen3 as tiny_fp32
 
 
 @attrs.define
@@ -120,20 +107,6 @@ def test_real_openblas_thread_count_changes_and_comes_back():
     assert blas.get_threads() == blas.threads
 
 
-class _Detokenizer:
-    def __init__(self):
-        self.last_segment = ""
-
-    def reset(self):
-        pass
-
-    def add_token(self, token):
-        self.last_segment = f"<{token}>"
-
-    def finalize(self):
-        self.last_segment = ""
-
-
 def test_a_batch_splits_only_its_decode_steps_and_decodes_as_solo_runs_do(monkeypatch):
     """TextBatch asks for the split layers only for a batch's decode steps: a
     lone sequence and a step that prefills run the stock ones. Greedy tokens
@@ -153,7 +126,7 @@ def test_a_batch_splits_only_its_decode_steps_and_decodes_as_solo_runs_do(monkey
     def run(keys, on_step=None):
         got: dict[int, list[int]] = {k: [] for k in keys}
         batch = TextBatch(
-            model, eos=set(), max_batch=8, prefill_step=64, detokenizer=_Detokenizer,
+            model, eos=set(), max_batch=8, prefill_step=64, detokenizer=TokenNames,
             fetch_prefix=lambda tokens: (None, 0), store_prefix=lambda fed, cache: None,
             token_logprob=lambda *a: None, kernels=choice.for_step,
         )
