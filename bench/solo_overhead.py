@@ -18,7 +18,6 @@ this process instead (``bench/gpu/batch_gpu.py``'s ``raw_rate`` and
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.http import client
+from bench.http import streamed
 
 PROMPT = "Write a long story about a lighthouse keeper and the sea."
 
@@ -71,21 +70,8 @@ def served_rate(url: str, model: str, tokens: int) -> tuple[float, int]:
     body = {"model": model, "temperature": 0, "max_tokens": tokens, "stream": True,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": PROMPT}]}
-    first = last = None
-    produced = 0
-    with client().stream("POST", f"{url}/v1/chat/completions", json=body) as reply:
-        for line in reply.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                produced = int(chunk["usage"]["completion_tokens"])
-            if chunk.get("choices"):
-                now = time.perf_counter()
-                first = first or now
-                last = now
-    assert first is not None and last is not None
-    return (produced - 1) / max(last - first, 1e-9), produced
+    _, rate, produced = streamed(url, body)
+    return rate, produced
 
 
 def main(argv: list[str] | None = None) -> int:

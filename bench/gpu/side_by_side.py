@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.gpu.batch_gpu import build, concurrent_rate, prompt, raw_rate, solo_rate  # noqa: E402
-from bench.http import client  # noqa: E402
+from bench.http import streamed  # noqa: E402
 from bench.log import say  # noqa: E402
 
 
@@ -53,26 +53,11 @@ def set_flat(model: Any, on: bool) -> None:
 
 def streamed_split(url: str, model: str, i: int, tokens: int) -> tuple[float, float]:
     """(TTFT s, decode tok/s after the first token) of one streaming request."""
-
     body = {"model": model, "temperature": 0, "max_tokens": tokens, "stream": True,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": prompt(i)}]}
-    began = time.perf_counter()
-    first = last = None
-    produced = 0
-    with client().stream("POST", f"{url}/v1/chat/completions", json=body) as reply:
-        for line in reply.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                produced = int(chunk["usage"]["completion_tokens"])
-            if chunk.get("choices"):
-                now = time.perf_counter()
-                first = first or now
-                last = now
-    assert first is not None and last is not None
-    return first - began, (produced - 1) / max(last - first, 1e-9)
+    ttft, rate, _ = streamed(url, body)
+    return ttft, rate
 
 
 def raw_split(model: Any, tokenizer: Any, tokens: int, i: int) -> tuple[float, float]:

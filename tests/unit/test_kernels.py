@@ -9,19 +9,11 @@ mx = pytest.importorskip("mlx.core")
 nn = pytest.importorskip("mlx.nn")
 
 from mlxhost.runtime import kernels
+from mlxhost.testing.tiny_text import tiny_qwen3
 
 
 def tiny_quantized(tie: bool = True):
-    from mlx_lm.models import qwen3
-
-    args = qwen3.ModelArgs(
-        model_type="qwen3", hidden_size=128, num_hidden_layers=2, intermediate_size=256,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
-        vocab_size=512, max_position_embeddings=512, rope_theta=10000.0,
-        tie_word_embeddings=tie,
-    )
-    mx.random.seed(0)
-    model = qwen3.Model(args)
+    model = tiny_qwen3(tie)
     nn.quantize(model, group_size=64, bits=4)
     model.update(_to_bf16(model.parameters()))
     mx.eval(model.parameters())
