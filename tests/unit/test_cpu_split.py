@@ -161,3 +161,10 @@ def test_batches_past_eight_rows_and_prefill_steps_keep_the_stock_layers(monkeyp
         choice.for_step(**step)
         seen.append(choice.split.split)
     assert seen == [True, False, True, False, False]
+
+
+def test_every_load_shares_the_process_streams():
+    blas = FakeBlas()
+    first = cpu_split.split_layers(tiny_fp32(), blas, 2)  # type: ignore[arg-type]
+    second = cpu_split.split_layers(tiny_fp32(), blas, 2)  # type: ignore[arg-type]
+    assert first.streams == second.streams and len(first.streams) == 2

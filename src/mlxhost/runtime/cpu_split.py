@@ -156,11 +156,20 @@ class SplitLayers:
             mx.synchronize(stream)
 
 
-def split_layers(model: Any, blas: OpenBLAS, parts: int) -> SplitLayers:
-    """Prepare the model's splittable layers (left on their stock classes)."""
+_STREAMS: list[Any] = []  # made once per process: MLX runs a thread per stream
+
+
+def _streams(parts: int) -> list[Any]:
     import mlx.core as mx
 
-    streams = [mx.new_stream(mx.cpu) for _ in range(parts)]
+    while len(_STREAMS) < parts:
+        _STREAMS.append(mx.new_stream(mx.cpu))
+    return _STREAMS[:parts]
+
+
+def split_layers(model: Any, blas: OpenBLAS, parts: int) -> SplitLayers:
+    """Prepare the model's splittable layers (left on their stock classes)."""
+    streams = _streams(parts)
     classes = _split_classes(streams)
     layers = [(module, type(module), classes[type(module)]) for module in splittable(model)]
     return SplitLayers(layers, streams, blas)
