@@ -133,6 +133,7 @@ class SplitLayers:
     streams: list[Any]
     blas: OpenBLAS
     split: bool = False
+    max_rows: int = SPLIT_MAX_ROWS  # larger batches keep the stock layers
 
     def __len__(self) -> int:
         return len(self.layers)

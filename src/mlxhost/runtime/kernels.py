@@ -86,9 +86,7 @@ class KernelChoice:
         if self.layers is not None:
             self.layers.set_flat(not alone)
         if self.split is not None:
-            from mlxhost.runtime.cpu_split import SPLIT_MAX_ROWS
-
-            self.split.set_split(not alone and not prefilling and rows <= SPLIT_MAX_ROWS)
+            self.split.set_split(not alone and not prefilling and rows <= self.split.max_rows)
 
     def alone(self, on: bool) -> None:
         """One sequence decodes alone (``on``) or a batch does: the layers' classes for it."""
