@@ -25,7 +25,7 @@ Three load-time choices, each reported in ``/health`` (engine ``kernels``) and t
   Linux CPU with OpenBLAS, a batch's decode steps multiply each large fp32
   weight in one part per core, each on its own MLX stream with one BLAS
   thread, instead of OpenBLAS's own 2-thread split of a few rows. ``auto``
-  measures both on the model's largest layer at load.
+  measures both on the model's largest weight short of its LM head at load.
 
 And one rule for every batch (:func:`skip_unpadded_decode_masks`): a
 one-token decode step whose sequences are not left-padded needs no attention
