@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--serve-args", default="--weights as-is")
+    p.add_argument("--raw-weights", choices=("as-is", "bf16"), default="as-is",
+                   help="bf16: raw runs a dequantized bf16 copy (compare with --serve-args '--weights bf16')")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--budget-s", type=float, default=540.0)
     p.add_argument("--server-setup", default="",
@@ -129,11 +131,16 @@ def main(argv: list[str] | None = None) -> int:
 
     streams = [int(n) for n in args.streams.split(",")]
     pyspy = shutil.which("py-spy") if args.profile else None
-    results: dict[str, Any] = {"tokens": args.tokens, "serve_args": args.serve_args, "mlx": mx.__version__,
+    results: dict[str, Any] = {"tokens": args.tokens, "serve_args": args.serve_args,
+                               "raw_weights": args.raw_weights, "mlx": mx.__version__,
                                "device": mx.device_info().get("device_name", ""), "models": {}}
     for kind in args.models.split(","):
         path = build(args, kind)
         model, tokenizer = load(str(path))
+        if args.raw_weights == "bf16":
+            from mlxhost.runtime import kernels
+
+            kernels.dequantize(model)  # the engine's own bf16 copy; set_flat then has nothing to switch
         say(f"{kind}: compiling the raw shapes")
         for n in streams:  # compile every shape once, before the server starts (shared kernel cache)
             if n == 1:
