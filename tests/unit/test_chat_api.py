@@ -79,12 +79,22 @@ def test_invalid_body_names_the_field(client, body, param):
     assert error["message"]
 
 
-def test_malformed_json(client):
-    response = client.post(
-        "/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"}
-    )
+@pytest.mark.parametrize(
+    ("path", "error_of"),
+    [
+        ("/v1/chat/completions", lambda body: body["error"]["message"]),
+        ("/v1/completions", lambda body: body["error"]["message"]),
+        ("/v1/responses", lambda body: body["error"]["message"]),
+        ("/v1/messages", lambda body: body["type"] == "error" and body["error"]["message"]),
+        ("/v1/messages/count_tokens", lambda body: body["type"] == "error" and body["error"]["message"]),
+        ("/api/chat", lambda body: body["error"]),
+        ("/api/generate", lambda body: body["error"]),
+    ],
+)
+def test_malformed_json_is_a_400_in_each_apis_shape(client, path, error_of):
+    response = client.post(path, content=b"{nope", headers={"content-type": "application/json"})
     assert response.status_code == 400
-    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert error_of(response.json()) == "The request body is not valid JSON."
 
 
 def test_unknown_path_is_openai_shaped(client):

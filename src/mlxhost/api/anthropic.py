@@ -10,10 +10,10 @@ from typing import Any
 
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException
 from litestar.response import Stream
 
 from mlxhost import domain
+from mlxhost.api.body import read_json
 from mlxhost.api.controllers import until_disconnect
 from mlxhost.api.errors import ApiError, register_error_shape
 from mlxhost.api.schemas import check_shape
@@ -456,22 +456,13 @@ async def _stream(service: ChatService, request: domain.ChatRequest) -> AsyncIte
         await generation.close()
 
 
-async def _json(request: Request) -> Any:
-    try:
-        return await request.json()
-    except HTTPException:
-        raise
-    except Exception:
-        raise InvalidRequest("The request body is not valid JSON.") from None
-
-
 class MessagesController(Controller):
     path = PREFIX
 
     @post(status_code=200, media_type="text/event-stream",
           operation_class=operation(MESSAGES_SCHEMA, ANTHROPIC_ERROR))
     async def create(self, request: Request, state: State) -> Any:
-        chat, stream = parse_messages_request(await _json(request))
+        chat, stream = parse_messages_request(await read_json(request))
         if stream:
             headers, events = await open_message_stream(state.service, chat)
             return Stream(
@@ -489,7 +480,7 @@ class MessagesController(Controller):
     @post("/count_tokens", status_code=200,
           operation_class=operation(COUNT_TOKENS_SCHEMA, ANTHROPIC_ERROR))
     async def count_tokens(self, request: Request, state: State) -> dict[str, int]:
-        chat, _ = parse_messages_request(await _json(request), count_only=True)
+        chat, _ = parse_messages_request(await read_json(request), count_only=True)
         return {"input_tokens": await state.service.count_tokens(chat)}
 
 

@@ -19,9 +19,9 @@ import attrs
 import cattrs
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException
 from litestar.response import Stream
 
+from mlxhost.api.body import read_json
 from mlxhost.api.controllers import until_disconnect
 from mlxhost.api.schemas import (
     STOP,
@@ -221,12 +221,7 @@ class CompletionsController(Controller):
     @post(status_code=200, media_type="text/event-stream",
           operation_class=operation(COMPLETION_REQUEST_SCHEMA))
     async def create(self, request: Request, state: State) -> Any:
-        try:
-            body = await request.json()
-        except HTTPException:
-            raise
-        except Exception:
-            raise InvalidRequest("The request body is not valid JSON.") from None
+        body = await read_json(request)
         wire, prompts = parse_completion_request(body)
         service: ChatService = state.service
         if wire.stream:

@@ -10,14 +10,14 @@ from typing import Any, TypeVar
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.response import Stream
 
+from mlxhost.api.body import read_json
 from mlxhost.api.responses import choice_requests, completion_body, merge_choices, open_sse
 from mlxhost.api.schemas import CHAT_REQUEST_SCHEMA, parse_wire_request, to_domain
 from mlxhost.api.wire_schema import operation
-from mlxhost.errors import ClientDisconnected, InvalidRequest
+from mlxhost.errors import ClientDisconnected
 from mlxhost.types import ModelInfo
 
 T = TypeVar("T")
@@ -31,12 +31,7 @@ class ChatController(Controller):
     @post(status_code=200, media_type="text/event-stream",
           operation_class=operation(CHAT_REQUEST_SCHEMA))
     async def create(self, request: Request, state: State) -> Any:
-        try:
-            body = await request.json()
-        except HTTPException:  # 413 from the body size cap
-            raise
-        except Exception:
-            raise InvalidRequest("The request body is not valid JSON.") from None
+        body = await read_json(request)
         wire = parse_wire_request(body)
         chat = to_domain(wire)
         if wire.stream:

@@ -18,9 +18,9 @@ from typing import Any
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException
 from litestar.response import Stream
 
+from mlxhost.api.body import read_json
 from mlxhost.api.controllers import until_disconnect
 from mlxhost.api.errors import ApiError, register_error_shape
 from mlxhost.api.schemas import (
@@ -210,12 +210,7 @@ async def version() -> dict[str, str]:
 
 
 async def _body(request: Request, schema: dict[str, Any]) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except HTTPException:
-        raise
-    except Exception:
-        raise InvalidRequest("The request body is not valid JSON.") from None
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     check_shape(body)

@@ -18,11 +18,11 @@ from typing import Any
 import attrs
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.response import Stream
 
 from mlxhost import domain
+from mlxhost.api.body import read_json
 from mlxhost.api.controllers import until_disconnect
 from mlxhost.api.schemas import TEMPERATURE, TOP_P, TTL, check_shape, ttl_seconds
 from mlxhost.api.wire_schema import check_body, nullable, operation, tagged
@@ -653,12 +653,7 @@ class ResponsesController(Controller):
 
     @post(status_code=200, media_type="text/event-stream", operation_class=operation(REQUEST_SCHEMA))
     async def create(self, request: Request, state: State) -> Any:
-        try:
-            body = await request.json()
-        except HTTPException:
-            raise
-        except Exception:
-            raise InvalidRequest("The request body is not valid JSON.") from None
+        body = await read_json(request)
         store = store_of(state)
         parsed = parse_request(body, store)
         if parsed.stream:

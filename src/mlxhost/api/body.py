@@ -1,0 +1,22 @@
+"""Reading a request's JSON body, the same way for every wire format."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+from litestar.exceptions import HTTPException
+
+from mlxhost.errors import InvalidRequest
+
+
+async def read_json(request: Request) -> Any:
+    """The parsed body; a body that is not JSON is a 400 in the endpoint's own
+    error shape (``InvalidRequest``), while Litestar's own HTTP errors (the
+    413 of the body size cap) pass through."""
+    try:
+        return await request.json()
+    except HTTPException:
+        raise
+    except Exception:
+        raise InvalidRequest("The request body is not valid JSON.") from None
