@@ -37,13 +37,14 @@ from bench.log import say  # noqa: E402
 
 
 def set_flat(model: Any, on: bool) -> None:
-    """The engine's 2-D qmm input on (as mlxhost chose at load) or off (stock classes)."""
+    """The engine's 2-D qmm input on (as mlxhost's ``--flat-qmm auto`` chooses on CUDA:
+    8 rows and more, no padding of fewer) or off (stock classes)."""
     import mlx.nn as nn
 
     from mlxhost.runtime import kernels
 
     if on:
-        kernels.flatten_quantized_inputs(model, pad_from=kernels.PAD_FROM)
+        kernels.flatten_quantized_inputs(model)
         return
     for _, module in kernels.quantized_modules(model):
         for base in (nn.QuantizedLinear, nn.QuantizedEmbedding):

@@ -16,11 +16,13 @@ Three load-time choices, each reported in ``/health`` (engine ``kernels``) and t
   input, while for one row the 3-D call is the fast one. With it on,
   quantized linear layers and the tied-embedding LM head reshape inputs of 8
   or more rows to 2-D and back (the same arithmetic; tests check identical
-  outputs). Fewer rows (2-7, a small batch) run row by row in either shape,
-  so they are padded with zero rows to 8 (4 rows: 66 us as they are, 26 us
-  padded to 8; H200). ``auto`` measures each on the model's own largest
-  quantized projection at load and keeps the faster by a clear margin;
-  ``on`` turns both on.
+  outputs). ``auto`` measures both shapes on the model's own largest
+  quantized projection at load and keeps the faster by a clear margin.
+  Fewer rows (2-7, a small batch) run row by row in either shape; ``on`` also
+  pads them with zero rows to 8. That wins one call in isolation (4 rows: 66
+  us as they are, 26 us padded to 8; H200) but lost end to end (H100, Gemma 3
+  4B shape, raw ``BatchGenerator`` at 2 / 4 streams: 206 / 300 tok/s without
+  the padding, 82 / 152 with it; docs/benchmarks.md), so ``auto`` never pads.
 * **CPU split** (``--cpu-split auto|on|off``, :mod:`runtime.cpu_split`): on a
   Linux CPU with OpenBLAS, a batch's decode steps multiply each large fp32
   weight in one part per core, each on its own MLX stream with one BLAS
@@ -54,9 +56,7 @@ FLAT_MIN_ROWS = 8  # fewer rows: the 3-D call is the fast one (one row: 21 vs 58
 BF16_MEMORY_SHARE = 0.5  # auto keeps a bf16 copy only when it leaves half the memory free
 BF16_MIN_BATCH = 8  # below this the 4-bit kernels hold their own (H200: 1 stream 155 vs 201)
 FLAT_MARGIN = 1.2  # auto flattens only when the 2-D call is this much faster
-# Fewer rows (2-7) run row by row on CUDA (H200, 2560x9728: 4 rows 66 us, 8 rows
-# 26 us): padded to 8 they take the fast kernel. Probed with this many rows.
-PAD_PROBE_ROWS = 4
+# --flat-qmm on pads 2-7 rows to 8 (auto does not: docstring above).
 PAD_FROM = 2
 
 
@@ -67,7 +67,7 @@ class KernelChoice:
     weights: str  # "as-is" or "bf16"
     flat_qmm: bool
     reason: str
-    pad_rows: bool = False  # 2-7 decode rows padded to 8 for the fast kernel
+    pad_rows: bool = False  # 2-7 decode rows padded to 8 for the fast kernel (--flat-qmm on only)
     # The weights policy asked for (--weights, or the model's config-file value).
     policy: str = "auto"
     # The flattened layers (to switch to their stock classes for a lone sequence).
@@ -257,16 +257,15 @@ def flatten_quantized_inputs(model: Any, *, pad_from: int | None = None) -> Flat
     return FlatLayers(changed)
 
 
-def flat_is_faster(model: Any, rows: int = FLAT_MIN_ROWS, repeats: int = 20) -> tuple[bool, bool, str]:
-    """Time decode rows through the largest quantized projection: ``rows`` as
-    3-D vs 2-D input (flatten?), and ``PAD_PROBE_ROWS`` as 3-D vs padded to
-    ``rows`` in 2-D (pad?)."""
+def flat_is_faster(model: Any, rows: int = FLAT_MIN_ROWS, repeats: int = 20) -> tuple[bool, str]:
+    """Time ``rows`` decode rows through the largest quantized projection as
+    3-D vs 2-D input: flatten?"""
     import mlx.core as mx
     import mlx.nn as nn
 
     layers = [m for _, m in quantized_modules(model) if isinstance(m, nn.QuantizedLinear)]
     if not layers:
-        return False, False, "no quantized linear layers"
+        return False, "no quantized linear layers"
     layer = max(layers, key=lambda m: m.weight.size)
     k = layer.weight.shape[1] * 32 // layer.bits
     x3 = mx.random.normal((rows, 1, k)).astype(layer.scales.dtype)
@@ -280,13 +279,7 @@ def flat_is_faster(model: Any, rows: int = FLAT_MIN_ROWS, repeats: int = 20) -> 
         return (time.perf_counter() - started) / repeats
 
     three, two = timed(x3), timed(x2)
-    few = timed(x3[:PAD_PROBE_ROWS])
-    faster = three > two * FLAT_MARGIN
-    pad = faster and few > two * FLAT_MARGIN
-    return faster, pad, (
-        f"{rows} rows: 3-D {three * 1e6:.0f} us, 2-D {two * 1e6:.0f} us; "
-        f"{PAD_PROBE_ROWS} rows 3-D {few * 1e6:.0f} us"
-    )
+    return three > two * FLAT_MARGIN, f"{rows} rows: 3-D {three * 1e6:.0f} us, 2-D {two * 1e6:.0f} us"
 
 
 def apply(
@@ -305,11 +298,10 @@ def apply(
     if quantized_modules(model):
         if flat_qmm == "auto":
             if max_batch >= PAD_FROM:
-                flat, pad, measured = flat_is_faster(model)
+                flat, measured = flat_is_faster(model)
             else:
                 measured = "no batches"
-            why += (f"; 2-D qmm input {'on' if flat else 'off'}, {PAD_FROM}-{FLAT_MIN_ROWS - 1} rows "
-                    f"padded to {FLAT_MIN_ROWS} {'on' if pad else 'off'} ({measured})")
+            why += f"; 2-D qmm input {'on' if flat else 'off'} ({measured})"
         else:
             flat = pad = flat_qmm == "on"
             why += f"; --flat-qmm {flat_qmm}"
