@@ -10,6 +10,8 @@ request into time to first token (streaming) and decode rate after it, and
 raw's into ``stream_generate``'s own prompt and generation rates. With
 ``--profile`` (py-spy on PATH), the server is profiled (all threads, idle
 samples included) during the last round of each N: ``OUT/pyspy-side-<N>.txt``.
+With ``--raw-weights bf16`` the raw side runs the engine's own dequantized
+bf16 copy, to compare with ``--serve-args "--weights bf16"``.
 
     python3 bench/gpu/side_by_side.py --models qwen3-4b --streams 1,8,16 --rounds 3 --profile
 """
