@@ -191,9 +191,9 @@ class Settings:
         choices=("auto", "as-is", "bf16"),
     )
     flat_qmm: str = setting(
-        "auto", "give quantized matmuls 2-D inputs from 8 rows up, and pad 2-7 decode rows "
-        "to 8 (CUDA runs 3-D batched inputs and small 2-D ones row by row); auto measures "
-        "each on the loaded model, on turns both on",
+        "auto", "give quantized matmuls 2-D inputs from 8 rows up (CUDA runs 3-D batched "
+        "inputs row by row); auto measures it on the loaded model; on also pads 2-7 decode "
+        "rows to 8, which auto never does (it lost end to end on an H100: docs/benchmarks.md)",
         env="MLXHOST_FLAT_QMM", flag="--flat-qmm", metavar="POLICY", choices=("auto", "on", "off"),
     )
     cpu_split: str = setting(
