@@ -29,6 +29,7 @@ import keyword
 import re
 import textwrap
 import tokenize
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -251,14 +252,24 @@ def _escape_keywords(source: str) -> str | None:
     return source
 
 
+def _parse(source: str) -> ast.Module:
+    # A model's string literal with an unknown escape ("\`") makes the compiler
+    # warn (DeprecationWarning, SyntaxWarning from 3.12) on the server's
+    # stderr; Python keeps such a backslash, and so does the argument.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", SyntaxWarning)
+        return ast.parse(source, mode="exec")
+
+
 def _parse_module(source: str) -> ast.Module:
     try:
-        return ast.parse(source, mode="exec")
+        return _parse(source)
     except SyntaxError as exc:
         escaped = _escape_keywords(source)
         if escaped is not None:
             try:
-                return ast.parse(escaped, mode="exec")
+                return _parse(escaped)
             except SyntaxError:
                 pass
         raise InvalidToolCall(f"not valid Python ({exc.msg})") from None
