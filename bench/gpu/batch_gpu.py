@@ -39,6 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench.gpu.cli import probe_parser  # noqa: E402
 from bench.http import client  # noqa: E402
 from bench.log import say  # noqa: E402
 from bench.report import md_table  # noqa: E402
@@ -49,13 +50,8 @@ LABELS = {"gemma3-4b": "Gemma 3 4B shape", "qwen3-4b": "Qwen3-4B shape"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--tokenizers", type=Path)
-    p.add_argument("--work", type=Path, default=Path("/tmp/bench-gpu"))
-    p.add_argument("--out", type=Path)
+    p = probe_parser(__doc__)
     p.add_argument("--parts", default=",".join(PARTS))
-    p.add_argument("--models", default="qwen3-4b")
     p.add_argument("--streams", default="1,8,16")
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--budget-s", type=float, default=540.0)

@@ -14,7 +14,6 @@ Writes OUT/gpu_constrained.{md,json}.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.constrained import PROMPT, measure, table  # noqa: E402
+from bench.gpu.cli import probe_parser  # noqa: E402
 from bench.log import say  # noqa: E402
 from bench.shaped_models import TOKENIZER_FROM, build_shaped_model, folder_name  # noqa: E402
 
@@ -36,12 +36,7 @@ SCHEMA = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--tokenizers", type=Path)
-    p.add_argument("--work", type=Path, default=Path("/tmp/bench-gpu"))
-    p.add_argument("--out", type=Path)
-    p.add_argument("--models", default="qwen3-4b")
+    p = probe_parser(__doc__)
     p.add_argument("--weights", default="as-is,bf16")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--tokens", type=int, default=128)

@@ -18,7 +18,6 @@ decode step (all sequences past their first token).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import statistics
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.gpu.batch_gpu import build, prompt  # noqa: E402
+from bench.gpu.cli import probe_parser  # noqa: E402
 from bench.gpu.side_by_side import set_flat  # noqa: E402
 from bench.log import say  # noqa: E402
 
@@ -197,12 +197,7 @@ def trace_batch_generator() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--tokenizers", type=Path)
-    p.add_argument("--work", type=Path, default=Path("/tmp/bench-gpu"))
-    p.add_argument("--out", type=Path)
-    p.add_argument("--models", default="qwen3-4b")
+    p = probe_parser(__doc__)
     p.add_argument("--streams", default="8,16")
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3)

@@ -14,7 +14,6 @@ one file per variant and N: ``OUT/pyspy-<variant>-<N>.txt``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.gpu.batch_gpu import build, concurrent_rate  # noqa: E402
+from bench.gpu.cli import probe_parser  # noqa: E402
 from bench.log import say  # noqa: E402
 
 
@@ -38,12 +38,7 @@ def sitecustomize(work: Path, interval: float) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--tokenizers", type=Path)
-    p.add_argument("--work", type=Path, default=Path("/tmp/bench-gpu"))
-    p.add_argument("--out", type=Path)
-    p.add_argument("--models", default="qwen3-4b")
+    p = probe_parser(__doc__)
     p.add_argument("--streams", default="1,8,16")
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--variants", default="base")

@@ -18,7 +18,6 @@ bf16 copy, to compare with ``--serve-args "--weights bf16"``.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.gpu.batch_gpu import build, concurrent_rate, prompt, raw_rate, solo_rate  # noqa: E402
+from bench.gpu.cli import probe_parser  # noqa: E402
 from bench.http import streamed  # noqa: E402
 from bench.log import say  # noqa: E402
 
@@ -103,12 +103,7 @@ def served_once(server: Any, path: str, n: int, tokens: int, offset: int,
             spy.wait(30)
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--tokenizers", type=Path)
-    p.add_argument("--work", type=Path, default=Path("/tmp/bench-gpu"))
-    p.add_argument("--out", type=Path)
-    p.add_argument("--models", default="qwen3-4b")
+    p = probe_parser(__doc__)
     p.add_argument("--streams", default="1,8,16")
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3)

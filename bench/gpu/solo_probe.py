@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.gpu.batch_gpu import build  # noqa: E402
+from bench.gpu.cli import probe_parser  # noqa: E402
 from bench.http import client  # noqa: E402
 from bench.log import say  # noqa: E402
 
@@ -123,12 +124,7 @@ def run_variant(args: argparse.Namespace, path: Path, name: str) -> dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--tokenizers", type=Path)
-    p.add_argument("--work", type=Path, default=Path("/tmp/bench-gpu"))
-    p.add_argument("--out", type=Path)
-    p.add_argument("--models", default="qwen3-4b")
+    p = probe_parser(__doc__)
     p.add_argument("--tokens", type=int, default=48)
     p.add_argument("--variants", default="base,no-prefix,flat-off,batch1,base#2")
     p.add_argument("--budget-s", type=float, default=540.0)

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.gpu.batch_gpu import build, prompt  # noqa: E402
+from bench.gpu.cli import probe_parser  # noqa: E402
 from bench.log import say  # noqa: E402
 from bench.report import md_table  # noqa: E402
 
@@ -127,12 +128,7 @@ def probe(args: argparse.Namespace, kind: str, streams: list[int]) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--tokenizers", type=Path)
-    p.add_argument("--work", type=Path, default=Path("/tmp/bench-gpu"))
-    p.add_argument("--out", type=Path)
-    p.add_argument("--models", default="qwen3-4b")
+    p = probe_parser(__doc__)
     p.add_argument("--streams", default="8,16")
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--budget-s", type=float, default=540.0)
