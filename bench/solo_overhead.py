@@ -5,7 +5,8 @@ On a GPU one 4B stream is bound by the CPU launching each step (py-spy on an
 H100: 67% of the MLX thread in ``mx.async_eval``), so every microsecond the
 server adds per token shows. On a CPU with a real model the matmuls hide it.
 This builds a tiny fp32 Qwen3 (random weights, the Qwen test model's tokenizer,
-2 layers of width 64: a few ms a token on CPU) and measures one greedy stream
+2 layers of width 64: a few ms a token on CPU; ``--shape gemma3``: Gemma 3's
+text model, one sliding-window and one global layer, Gemma's tokenizer) and measures one greedy stream
 side by side, round by round: mlx-lm's ``stream_generate`` in this process
 (its own generation tok/s) and ``mlxhost serve`` over HTTP, streamed (decode
 tok/s after the first token). With ``--profile`` (py-spy on PATH) the server is
@@ -30,27 +31,32 @@ from bench.http import streamed
 PROMPT = "Write a long story about a lighthouse keeper and the sea."
 
 
-def build(out: Path) -> Path:
-    """The tiny fp32 Qwen3 folder (made once)."""
+def build(out: Path, shape: str = "qwen3") -> Path:
+    """The tiny fp32 model folder of ``shape`` (made once): Qwen3, or Gemma 3's
+    text model (sliding-window layers, the 262k vocabulary, Gemma's tokenizer)."""
     if (out / "config.json").is_file():
         return out
     import mlx.core as mx
-    from mlx_lm.models import qwen3
+    from mlx_lm.models import gemma3_text, qwen3
     from mlx_lm.utils import save_config, save_model
 
     from bench.shaped_models import _copy_tokenizer, shape_config
     from mlxhost.starter.builder import ensure_test_model
 
-    config = shape_config("qwen3-4b", tiny=True)
+    module, family = (gemma3_text, "gemma") if shape == "gemma3" else (qwen3, "qwen")
+    config = shape_config(f"{shape}-4b", tiny=True)
     config.update(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1,
                   head_dim=32)
+    if shape == "gemma3":
+        # Two layers: one sliding-window (rotating cache), one global.
+        config.update(num_hidden_layers=2, sliding_window_pattern=2, query_pre_attn_scalar=32)
     mx.random.seed(0)
-    model = qwen3.Model(qwen3.ModelArgs.from_dict(config))
+    model = module.Model(module.ModelArgs.from_dict(config))
     mx.eval(model.parameters())
     out.mkdir(parents=True, exist_ok=True)
     save_model(out, model, donate_model=True)
     save_config(config, out / "config.json")
-    _copy_tokenizer(ensure_test_model("qwen"), out, vocab_size=config["vocab_size"])
+    _copy_tokenizer(ensure_test_model(family), out, vocab_size=config["vocab_size"])
     return out
 
 
@@ -82,13 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-args", default="")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument("--shape", choices=("qwen3", "gemma3"), default="qwen3")
     args = parser.parse_args(argv)
     from mlx_lm import load
 
     from bench.systems import base_env
     from mlxhost.testing.server import ServerProcess
 
-    path = build(args.work / "tiny-qwen3-fp32")
+    path = build(args.work / f"tiny-{args.shape}-fp32", args.shape)
     model, tokenizer = load(str(path))
     raw_rate(model, tokenizer, 16)  # warm
     rates: dict[str, list[float]] = {"raw": [], "mlxhost": []}
