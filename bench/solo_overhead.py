@@ -6,8 +6,8 @@ H100: 67% of the MLX thread in ``mx.async_eval``), so every microsecond the
 server adds per token shows. On a CPU with a real model the matmuls hide it.
 This builds a tiny fp32 Qwen3 (random weights, the Qwen test model's tokenizer,
 2 layers of width 64: a few ms a token on CPU; ``--shape gemma3``: Gemma 3's
-text model, one sliding-window and one global layer, Gemma's tokenizer) and measures one greedy stream
-side by side, round by round: mlx-lm's ``stream_generate`` in this process
+text model, one sliding-window and one global layer, Gemma's tokenizer) and
+measures one greedy stream side by side, round by round: mlx-lm's ``stream_generate`` in this process
 (its own generation tok/s) and ``mlxhost serve`` over HTTP, streamed (decode
 tok/s after the first token). With ``--profile`` (py-spy on PATH) the server is
 recorded during the last round. ``--streams N`` (N > 1) measures N concurrent

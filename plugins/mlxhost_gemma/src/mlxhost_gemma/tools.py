@@ -255,7 +255,9 @@ def _escape_keywords(source: str) -> str | None:
 def _parse(source: str) -> ast.Module:
     # A model's string literal with an unknown escape ("\`") makes the compiler
     # warn (DeprecationWarning, SyntaxWarning from 3.12) on the server's
-    # stderr; Python keeps such a backslash, and so does the argument.
+    # stderr; Python keeps such a backslash, and so does the argument. (Filters
+    # are process-wide: a parse racing another thread's could leave these two
+    # categories ignored, which is harmless here.)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", SyntaxWarning)
