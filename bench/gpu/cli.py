@@ -6,15 +6,15 @@ import argparse
 from pathlib import Path
 
 
-def probe_parser(doc: str | None, models: str = "qwen3-4b") -> argparse.ArgumentParser:
+def probe_parser(doc: str | None) -> argparse.ArgumentParser:
     """A parser with --tiny (small layers: a dry run), --tokenizers (gemma/ and
     qwen/ tokenizer files; default: the test models), --work (models, logs,
     kernel caches), --out (the results JSON) and --models (shapes, comma-separated)."""
-    p = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    p = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
     p.add_argument("--tiny", action="store_true", help="small layers: a dry run")
     p.add_argument("--tokenizers", type=Path, help="folder with gemma/ and qwen/ tokenizer files")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench-gpu"),
                    help="models, logs, kernel caches (default: %(default)s)")
     p.add_argument("--out", type=Path, help="the results JSON")
-    p.add_argument("--models", default=models, help="model shapes, comma-separated (default: %(default)s)")
+    p.add_argument("--models", default="qwen3-4b", help="model shapes, comma-separated (default: %(default)s)")
     return p
