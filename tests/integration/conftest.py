@@ -1,8 +1,10 @@
 """Integration fixtures: real MLX models in a temporary Hugging Face cache, and a
 real ``mlxhost serve`` subprocess per module where a module needs its own flags,
-and one Qwen server (default flags) shared by every module that asks for
-``qwen_server``: on 2 CPU cores a server start costs ~8 s, and these modules
-only need a running Qwen.
+and two shared servers (default flags): one Qwen for every module that asks for
+``qwen_server`` and one SmolLM2 for ``smol_server``. On 2 CPU cores a server
+start costs ~8 s, and these modules only need a running model. SmolLM2 (135M,
+fp32) is the fast default; Qwen stays where a test needs a coherent answer or a
+Qwen feature (tool calls, FIM).
 
 Models are built once (minutes) into the test-model cache (``$MLXHOST_TEST_MODELS``,
 default ``~/.cache/mlxhost/test-models``) and reused by later runs."""
@@ -20,6 +22,7 @@ from mlxhost.testing.vlm_models import TINY_VLMS, ensure_tiny_vlm
 
 QWEN = TEST_MODELS["qwen"].repo_id
 GEMMA = TEST_MODELS["gemma"].repo_id
+SMOL = TEST_MODELS["smollm2"].repo_id
 
 
 def pytest_collection_modifyitems(items):
@@ -32,7 +35,7 @@ def pytest_collection_modifyitems(items):
 def hf_hub_cache() -> Path:
     """The temporary HF cache (set in tests/conftest.py) holding the test models."""
     cache = Path(os.environ["HF_HUB_CACHE"])
-    for name in ("qwen", "gemma"):
+    for name in ("qwen", "gemma", "smollm2"):
         install_into_hf_cache(ensure_test_model(name), TEST_MODELS[name].repo_id, cache)
     for name, repo_id in TINY_VLMS.items():
         install_into_hf_cache(ensure_tiny_vlm(name), repo_id, cache)
@@ -57,6 +60,20 @@ def qwen_server(start_server):
     # wherever OpenBLAS runs (auto would measure first; tests/unit/test_cpu_split.py).
     with start_server("--model", QWEN, "--cpu-split", "on") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def smol_server(start_server):
+    # Named at start-up: a repo of no family plugin is served only when the operator names it.
+    with start_server("--model", SMOL, "--cpu-split", "on") as server:
+        yield server
+
+
+@pytest.fixture
+def smol_client(smol_server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{smol_server.url}/v1", api_key="unused", max_retries=0, timeout=300)
 
 
 @pytest.fixture

