@@ -50,9 +50,14 @@ def _serve(args: argparse.Namespace) -> int:
     elif settings.ranks > 1:
         group = launch.start_local_ranks(settings, sys.argv[1:])
     if settings.model == "auto":
+        from mlxhost.commands import CommandError
         from mlxhost.starter import choose_startup_model
+        from mlxhost.starter.child import StarterBuildFailed
 
-        settings = attrs.evolve(settings, model=choose_startup_model())
+        try:  # torch is hidden here: a starter model that needs building is built by a child
+            settings = attrs.evolve(settings, model=choose_startup_model())
+        except StarterBuildFailed as error:
+            raise CommandError(str(error)) from None
     app = create_app(settings, group=group)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the
     # handler that was installed before it; a no-op one makes that a clean exit 0.

@@ -1,9 +1,11 @@
 """``mlxhost serve --model auto``: the seed Qwen model if it can be had, else a
 small model built offline from PyPI packages (no hub needed).
 
-The offline model is built by :mod:`mlxhost.starter.builder` into the model
-cache (``$MLXHOST_TEST_MODELS``, default ``~/.cache/mlxhost/test-models``; the
-same folder holds the models the test suite uses, so one build serves both).
+The offline model is built by :mod:`mlxhost.starter.builder` in a child
+process (``mlxhost.starter.child``: the conversion needs torch, which serving
+processes hide) into the model cache (``$MLXHOST_TEST_MODELS``, default
+``~/.cache/mlxhost/test-models``; the same folder holds the models the test
+suite uses, so one build serves both).
 """
 
 from __future__ import annotations
@@ -35,14 +37,17 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def choose_startup_model() -> str:
-    """The model ``--model auto`` loads."""
+    """The model ``--model auto`` loads (builds the offline one if needed: minutes).
+
+    Raises ``StarterBuildFailed`` when that build fails."""
     from mlxhost.runtime.locate import cached_config_path
 
     if cached_config_path(SEED_REPO) is not None or hub_reachable():
         return SEED_ALIAS
     from huggingface_hub import constants
 
-    from mlxhost.starter.builder import TEST_MODELS, ensure_model, install_into_hf_cache
+    from mlxhost.starter.builder import TEST_MODELS, install_into_hf_cache
+    from mlxhost.starter.child import ensure_model_in_child
 
     spec = TEST_MODELS["qwen"]
     log.warning(
@@ -51,6 +56,6 @@ def choose_startup_model() -> str:
         SEED_REPO,
         spec.repo_id,
     )
-    folder = ensure_model("qwen", log=lambda message: log.info("%s", message))
+    folder = ensure_model_in_child("qwen", log=lambda message: log.info("%s", message))
     install_into_hf_cache(folder, spec.repo_id, constants.HF_HUB_CACHE)
     return spec.repo_id
