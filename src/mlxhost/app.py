@@ -18,7 +18,13 @@ from litestar.exceptions import NotAuthorizedException
 
 from mlxhost import ui
 from mlxhost.api import anthropic, completions, ollama, openai_responses
-from mlxhost.api.controllers import ChatController, ModelsController, health
+from mlxhost.api.controllers import (
+    ChatController,
+    ModelsController,
+    health,
+    health_live,
+    health_ready,
+)
 from mlxhost.api.errors import EXCEPTION_HANDLERS
 from mlxhost.api.wire_schema import operation
 from mlxhost.metrics import Metrics
@@ -96,7 +102,8 @@ def create_app(
         await runtime.open(settings.max_memory, setup=setup)
         preload = None
         if settings.model:
-            # Load in the background: the port opens at once, /health says "loading".
+            # Load in the background: the port opens at once, /health says "loading",
+            # then "warming"; /health/ready answers 200 once it is done.
             preload = asyncio.create_task(
                 _preload(runtime, registry, settings.model, fatal=group is not None)
             )
@@ -113,6 +120,8 @@ def create_app(
             ChatController,
             ModelsController,
             health,
+            health_live,
+            health_ready,
             # Thin adapters over the same service, one module per wire format.
             *anthropic.routes(),
             *openai_responses.routes(),
@@ -146,12 +155,16 @@ def create_app(
     )
 
 
+# Probes and status: no API key (a load balancer or service manager has none).
+HEALTH_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
+
+
 def _public_paths(settings: Settings) -> frozenset[str]:
-    return frozenset({"/health", "/metrics"} if settings.metrics_public else {"/health"})
+    return HEALTH_PATHS | {"/metrics"} if settings.metrics_public else HEALTH_PATHS
 
 
-def require_api_key(key: str, public: frozenset[str] = frozenset({"/health"}), *, page: bool = False):
-    """A before-request hook: every path but the ``public`` ones (/health, and
+def require_api_key(key: str, public: frozenset[str] = HEALTH_PATHS, *, page: bool = False):
+    """A before-request hook: every path but the ``public`` ones (the health probes, and
     /metrics with --metrics-public) needs ``Authorization: Bearer key`` (or
     ``x-api-key: key``, as Anthropic clients send it). With ``page``, the status
     page's static files load without it too: they hold no data, and the page sends

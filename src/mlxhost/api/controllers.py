@@ -18,6 +18,7 @@ from mlxhost.api.responses import choice_requests, completion_body, merge_choice
 from mlxhost.api.schemas import CHAT_REQUEST_SCHEMA, parse_wire_request, to_domain
 from mlxhost.api.wire_schema import operation
 from mlxhost.errors import ClientDisconnected
+from mlxhost.runtime.runtime import RuntimeStatus
 from mlxhost.types import ModelInfo
 
 T = TypeVar("T")
@@ -119,18 +120,70 @@ class ModelsController(Controller):
         return model_entry(state, info, name if name in info.spec.aliases else None)
 
 
+def server_state(runtime: RuntimeStatus) -> str:
+    """``/health``'s ``status``: ``error`` (the worker is gone, or a distributed
+    group lost a rank), ``loading`` (a model's weights are loading), ``warming``
+    (they are in; the warm-up compiles kernels and measures batch sizes), else ``ok``."""
+    if not runtime.alive:
+        return "error"
+    if runtime.loading:
+        return "loading"
+    if runtime.warming:
+        return "warming"
+    return "ok"
+
+
+def not_ready_because(state: State, runtime: RuntimeStatus) -> str | None:
+    """Why ``/health/ready`` says 503 now; None: ready.
+
+    Ready means a request is answered without waiting for a start-up cost: the
+    state is ``ok`` and a model has been loaded and warmed since start (or no
+    start-up model was named: then each request loads its own). A swap later
+    (``loading``/``warming`` again) is not ready until it ends; an idle unload
+    (keep-alive) stays ready."""
+    status = server_state(runtime)
+    if status == "error":
+        return runtime.last_error or "the server cannot serve"
+    if status != "ok":
+        return f"{status} {runtime.loading or runtime.warming}"
+    if runtime.loads == 0 and state.settings.model:
+        if runtime.last_error:
+            return f"the start-up model failed to load: {runtime.last_error}"
+        return f"the start-up model {state.settings.model} is not loaded yet"
+    return None
+
+
+@get("/health/live", operation_class=operation())
+async def health_live() -> dict[str, Any]:
+    """200 while the process serves HTTP (a liveness probe)."""
+    return {"status": "live"}
+
+
+@get("/health/ready", operation_class=operation())
+async def health_ready(state: State) -> Response:
+    """200 once a model is loaded and warm, 503 before (a readiness probe)."""
+    runtime = state.runtime.status()
+    reason = not_ready_because(state, runtime)
+    body = {
+        "status": "ready" if reason is None else server_state(runtime),
+        "model": runtime.model,
+        "last_error": runtime.last_error,
+    }
+    if reason is not None:
+        body["reason"] = reason
+    return Response(content=body, status_code=200 if reason is None else 503,
+                    media_type="application/json")
+
+
 @get("/health", operation_class=operation())
 async def health(state: State) -> dict[str, Any]:
     runtime = state.runtime.status()
-    status = "ok"
-    if not runtime.alive:
-        status = "error"
-    elif runtime.loading:
-        status = "loading"
     return {
-        "status": status,
+        "status": server_state(runtime),
+        "ready": not_ready_because(state, runtime) is None,
         "model": runtime.model,
         "loading": runtime.loading,
+        "warming": runtime.warming,
         "last_error": runtime.last_error,
         "swaps": runtime.swaps,
         "loads": runtime.loads,

@@ -1,5 +1,7 @@
-"""``mlxhost ps``: what a running server is doing (its ``/health``): the loaded model,
-memory, running and waiting sequences, uptime, and when the model unloads."""
+"""``mlxhost ps``: what a running server is doing (its ``/health``): whether it is
+ready, the loaded model, memory, running and waiting sequences, uptime, and when
+the model unloads. ``--wait`` first waits until the server is ready (its start-up
+model loaded and warm), for scripts that must not send into a cold server."""
 
 from __future__ import annotations
 
@@ -28,9 +30,32 @@ def add_parser(sub: Any) -> None:
         description="Show a running server's loaded model, memory, queue and uptime.",
     )
     add_url_argument(parser)
+    parser.add_argument(
+        "--wait", nargs="?", type=float, const=600.0, metavar="SECONDS",
+        help="first wait until the server is ready (default at most 600 s; "
+        "exit status 1 if it is not by then)",
+    )
     add_json_argument(parser)
     add_config_argument(parser)
     parser.set_defaults(func=run)
+
+
+def wait_until_ready(url: str, seconds: float, poll: float = 0.5) -> dict[str, Any]:
+    """Poll ``/health`` until it says ``ready``; CommandError after ``seconds``, or
+    at once when the server is in ``error`` or its start-up model failed to load."""
+    deadline = time.monotonic() + seconds
+    while True:
+        health = get_health(url)
+        if health is not None:
+            if health.get("ready"):
+                return health
+            failed = health.get("status") == "ok" and health.get("last_error")
+            if health.get("status") == "error" or failed:
+                raise CommandError(f"the server at {url} is not ready: {health.get('last_error')}")
+        if time.monotonic() >= deadline:
+            state = health.get("status") if health else "not answering"
+            raise CommandError(f"the server at {url} was not ready after {seconds:g} s ({state})")
+        time.sleep(poll)
 
 
 def _context_window(url: str, model: str, headers: dict[str, str]) -> int | None:
@@ -47,7 +72,10 @@ def _context_window(url: str, model: str, headers: dict[str, str]) -> int | None
 def describe(url: str, health: dict[str, Any], context_window: int | None) -> list[tuple[str, str]]:
     """The ``ps`` lines as (label, text)."""
     uptime = health.get("uptime_s")
-    state = health.get("status", "?") + (f", up {human_duration(uptime)}" if uptime is not None else "")
+    status = health.get("status", "?")
+    if status == "ok" and health.get("ready") is False:
+        status = "ok, not ready"  # the start-up model is not loaded (yet, or it failed)
+    state = status + (f", up {human_duration(uptime)}" if uptime is not None else "")
     lines = [("server", f"{url} ({state})")]
     model = health.get("model")
     if model:
@@ -57,6 +85,8 @@ def describe(url: str, health: dict[str, Any], context_window: int | None) -> li
         lines.append(("model", "none loaded (the next request loads its model)"))
     if health.get("loading"):
         lines.append(("loading", health["loading"]))
+    if health.get("warming"):
+        lines.append(("warming up", f"{health['warming']} (compiling kernels, measuring batch sizes)"))
     queue = f"{health.get('running', 0)} running, {health.get('waiting', 0)} waiting"
     batch = health.get("batch")
     if isinstance(batch, dict):
@@ -82,7 +112,7 @@ def describe(url: str, health: dict[str, Any], context_window: int | None) -> li
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     url = server_url(settings, args.url)
-    health = get_health(url)
+    health = get_health(url) if args.wait is None else wait_until_ready(url, args.wait)
     if health is None:
         raise CommandError(f"no mlxhost server answers at {url} (start one with: mlxhost serve)")
     model = health.get("model")

@@ -215,9 +215,9 @@ class SessionServer:
             if not self._thread.is_alive():
                 raise CommandError(f"could not start a server at {self.url} (is the port in use?)")
             health = get_health(self.url, timeout=2)
-            if health and health.get("model") and not health.get("loading"):
+            if health and health.get("ready"):  # loaded and warm
                 return
-            if health and health.get("last_error") and not health.get("loading"):
+            if health and health.get("last_error") and health.get("status") == "ok":
                 raise CommandError(f"could not load {self.model}: {health['last_error']}")
             time.sleep(0.2)
         raise CommandError(f"the server at {self.url} did not load {self.model} in time")

@@ -47,9 +47,12 @@ class EngineMemory:
 class Engine(Protocol):
     name: str
 
-    def load(self, info: ModelInfo) -> Any:
+    def load(self, info: ModelInfo, on_warm_up: Callable[[], None] | None = None) -> Any:
         """Load the model from ``info.path`` (on disk already), replacing any
-        loaded one (which is unloaded first, once); return its HF tokenizer."""
+        loaded one (which is unloaded first, once), and warm it up; return its HF
+        tokenizer. ``on_warm_up()`` is called (on this thread) when the weights
+        are in and the warm-up begins (``/health`` says ``warming`` from then on);
+        an engine without a warm-up need not call it."""
         ...
 
     def unload(self) -> None:

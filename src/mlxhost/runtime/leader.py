@@ -142,9 +142,9 @@ class LeaderEngine:
         self._link.close()
 
     # -- mirrored calls -------------------------------------------------------------
-    def load(self, info: ModelInfo) -> Any:
+    def load(self, info: ModelInfo, on_warm_up: Callable[[], None] | None = None) -> Any:
         self._send(Op.LOAD, info)
-        return self._run(self._inner.load, info)
+        return self._run(self._inner.load, info, on_warm_up)
 
     def close(self) -> None:
         # Local: each follower closes its own engine when SHUTDOWN reaches it.

@@ -272,7 +272,7 @@ class MLXEngine:
         return pc.shrink_to(max_bytes) if pc is not None else 0
 
     # -- loading --------------------------------------------------------------
-    def load(self, info: ModelInfo) -> Any:
+    def load(self, info: ModelInfo, on_warm_up: Callable[[], None] | None = None) -> Any:
         from mlx_lm.tokenizer_utils import TokenizerWrapper
 
         if info.path is None:
@@ -326,6 +326,8 @@ class MLXEngine:
         loaded_in = time.perf_counter() - started
         if self._disk is not None:
             self._disk.activate(model_id, self._identity(info))
+        if on_warm_up is not None:
+            on_warm_up()
         warmup = self._warm_up() if self.warmup else 0.0
         if not self.configured_batch:
             self.max_batch, self._batch_choice = self._choose_batch_size()

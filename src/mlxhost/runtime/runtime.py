@@ -52,7 +52,8 @@ class RuntimeStatus:
 
     alive: bool
     model: str | None
-    loading: str | None
+    loading: str | None  # the model whose weights are loading
+    warming: str | None  # the model whose weights are in, warming up (kernels, batch probe)
     last_error: str | None
     swaps: int
     loads: int
@@ -137,6 +138,7 @@ class Runtime:
         self._tool_parser_for = tool_parser_for
         self.current: LoadedModel | None = None
         self.loading: str | None = None
+        self.warming: str | None = None
         self.swaps = 0
         self.loads = 0
         self.last_error: str | None = None
@@ -230,6 +232,7 @@ class Runtime:
             alive=self._worker.alive and self.lost is None,
             model=self.current.id if self.current else None,
             loading=self.loading,
+            warming=self.warming,
             last_error=self.last_error,
             swaps=self.swaps,
             loads=self.loads,
@@ -306,11 +309,15 @@ class Runtime:
         self.current = None
         self.loading = info.id
         started = time.perf_counter()
+
+        def warming() -> None:  # worker thread: the weights are in, the warm-up starts
+            self.loading, self.warming = None, info.id
+
         try:
             if info.path is None:
                 raise ModelLoadFailed(f"Model '{info.id}' has no files on disk to load.")
             # engine.load unloads the previous model first (once).
-            tokenizer = await self._worker.run(self._engine.load, info)
+            tokenizer = await self._worker.run(self._engine.load, info, warming)
         except MlxhostError as exc:
             self.last_error = exc.message
             raise
@@ -319,7 +326,7 @@ class Runtime:
             log.exception("Loading %s failed", info.id)
             raise ModelLoadFailed(f"Model '{info.id}' failed to load: {exc}") from exc
         finally:
-            self.loading = None
+            self.loading = self.warming = None
         self.current = LoadedModel(
             info=info,
             tokenizer=tokenizer,

@@ -102,12 +102,19 @@ class FakeEngine:
         with self._plugin.active_lock:
             self._plugin.active -= 1
 
-    def load(self, info: ModelInfo) -> Any:
+    def load(self, info: ModelInfo, on_warm_up: Callable[[], None] | None = None) -> Any:
         model_id = info.id
         self.unload()
         if self._plugin.fail_load:
             raise RuntimeError(self._plugin.fail_load)
-        time.sleep(self._plugin.load_delay)
+        plugin = self._plugin
+        plugin.loading.set()
+        plugin.load_gate.wait()  # a test holds the load here to look at it
+        time.sleep(plugin.load_delay)
+        if on_warm_up is not None:
+            on_warm_up()
+        plugin.warming.set()
+        plugin.warm_gate.wait()  # a test holds the warm-up here to look at it
         self.loaded = model_id
         self._plugin.events.append(("load", model_id))
         return None
@@ -222,6 +229,14 @@ class FakeEnginePlugin:
         self.gate.set()
         # Batch mode: when set, each batch step takes one permit (lock-step tests).
         self.step_permits: threading.Semaphore | None = None
+        # Loading: ``loading`` is set when a load starts, ``warming`` when its
+        # warm-up starts; each waits while its gate is clear (they start open).
+        self.loading = threading.Event()
+        self.load_gate = threading.Event()
+        self.load_gate.set()
+        self.warming = threading.Event()
+        self.warm_gate = threading.Event()
+        self.warm_gate.set()
         # Memory the engine reports (runtime.memory): the device's, the loaded
         # model's weights, the prefix cache's; and the limit it was given.
         self.device_bytes = 0

@@ -25,16 +25,20 @@ def free_port() -> int:
 
 
 def mlxhost_ready(server: ServerProcess) -> bool:
-    """Poll ``/health`` once: True once a model is loaded (or, with
-    ``wait_for_model=False``, once the server answers); a failed load raises."""
+    """Poll once: True once ``/health/ready`` answers 200 (the start-up model is
+    loaded and warm: timings taken from then on are not a cold start), or, with
+    ``wait_for_model=False``, once ``/health/live`` does. A failed start-up
+    load, or a server in ``error``, raises."""
+    path = "/health/ready" if server.wait_for_model else "/health/live"
     try:
-        health = httpx.get(f"{server.url}/health", timeout=2).json()
+        response = httpx.get(f"{server.url}{path}", timeout=2)
+        if response.status_code == 200:
+            return True
+        body = response.json()
     except (httpx.HTTPError, ValueError):
         return False
-    if not server.wait_for_model or (health["model"] and not health["loading"]):
-        return True
-    if health.get("last_error") and not health["loading"]:
-        raise RuntimeError(f"model failed to load: {health['last_error']}")
+    if body.get("status") == "error" or (body.get("status") == "ok" and body.get("last_error")):
+        raise RuntimeError(f"model failed to load: {body.get('reason') or body.get('last_error')}")
     return False
 
 

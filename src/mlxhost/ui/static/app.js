@@ -65,10 +65,15 @@
     const badge = $("status");
     badge.dataset.status = h.status;
     badge.textContent = h.status;
-    $("loaded-model").textContent = h.loading ? "loading " + h.loading : (h.model || "no model loaded");
+    // Not ready: the start-up model is still loading or warming up (a request
+    // sent now waits for it), or it failed to load.
+    $("loaded-model").textContent = h.loading ? "loading " + h.loading
+      : h.warming ? "warming up " + h.warming + " (not ready yet)"
+      : (h.model || "no model loaded");
     const rows = [
+      ["ready", h.ready === false ? "no" : "yes"],
       ["loaded model", h.model || "none"],
-      ["loading", h.loading || "—"],
+      ["loading", h.loading || h.warming || "—"],
       ["running", String(h.running)],
       ["waiting", String(h.waiting)],
     ];
