@@ -17,15 +17,21 @@ from mlxhost.testing.server import free_port
 POLL_INTERVAL = 0.005
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
+def wait_until(
+    condition: Callable[[], object],
+    timeout: float = 30.0,
+    what: str = "condition",
+    interval: float = POLL_INTERVAL,
+) -> None:
     """Return as soon as ``condition()`` is true; ``TimeoutError`` after ``timeout`` seconds.
 
-    The timeout is a generous bound for a broken build, not a measurement."""
+    The timeout is a generous bound for a broken build, not a measurement;
+    ``interval``: seconds between polls (longer for conditions that take minutes)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not reached within {timeout:g}s")
-        time.sleep(POLL_INTERVAL)
+        time.sleep(interval)
 
 
 async def async_wait_until(
