@@ -27,8 +27,8 @@
 # mlx-cuda-13 and mlx-lm at the project's pins; what `mlxhost serve` imports and
 # the machine lacks (litestar and its own needs, uvicorn, cattrs, attrs,
 # typing-extensions, jsonschema and its own needs, llguidance for constrained
-# decoding, py-spy for bench/gpu/profile_serve.py), at this
-# environment's versions; and wheels of mlxhost and
+# decoding), at this environment's versions; py-spy for bench/gpu/profile_serve.py
+# at a version pinned here (a fresh .venv has no py-spy); and wheels of mlxhost and
 # its two plugins built from this checkout (for their entry points; the code
 # itself runs from the carried working tree). mlx-vlm stays behind: text-only
 # models never import it. Model weights stay behind too: run_gpu.py makes
@@ -49,12 +49,20 @@ LIMIT=$((60 * 1024 * 1024)) # per carried set
 rm -rf "$W" .wa .wb
 mkdir -p "$W" .wa/tok .wb
 
-version() { "$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
-pins=(mlx==0.32.4 mlx-cuda-13==0.32.4 mlx-lm==0.32.2)
+version() {
+  "$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1" 2>/dev/null || {
+    echo "error: $1 is not installed in $PY (bash scripts/setup.sh installs what mlxhost serve imports)" >&2
+    return 1
+  }
+}
+# A tool the GPU runs use and the server never imports: not in .venv, so pinned here.
+PY_SPY=py-spy==0.4.3
+pins=(mlx==0.32.4 mlx-cuda-13==0.32.4 mlx-lm==0.32.2 "$PY_SPY")
 for dist in litestar litestar-htmx msgspec multipart polyfactory faker rich-click sniffio \
             uvicorn cattrs attrs typing-extensions jsonschema \
-            jsonschema-specifications referencing rpds-py llguidance py-spy prometheus-client; do
-  pins+=("$dist==$(version "$dist")")
+            jsonschema-specifications referencing rpds-py llguidance prometheus-client; do
+  v=$(version "$dist")
+  pins+=("$dist==$v")
 done
 echo "downloading: ${pins[*]}"
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
