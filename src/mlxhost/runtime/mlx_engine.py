@@ -109,6 +109,7 @@ class MLXEngine:
         prefix_cache_dir: str | None = None,
         prefix_cache_disk_bytes: int | None = None,
         sharder: Callable[[Any, Mapping[str, Any]], str] | None = None,
+        batch_probe_dir: str | Path | None = None,
     ) -> None:
         """``prefix_cache_bytes``: the KV prefix cache's budget (None: the default
         2 GiB; 0 disables it). ``max_batch`` > 1 decodes text prompts of a text
@@ -116,12 +117,16 @@ class MLXEngine:
         ``weights``, ``flat_qmm`` and ``cpu_split`` are the load-time policies of
         ``runtime.kernels``.
         ``max_batch`` 0 is auto: ``runtime.batch.AUTO_BATCH`` on CPU, measured per
-        model at load on a GPU (``batch_limit``)."""
+        model at load on a GPU (``batch_limit``), once: the measurement is kept in
+        ``batch_probe_dir`` (default ``~/.cache/mlxhost/batch-probe``,
+        ``runtime.batch_probe``)."""
         from mlxhost.runtime.batch import AUTO_BATCH
+        from mlxhost.runtime.batch_probe import BatchProbeCache
 
         self.configured_batch = max_batch
         self.max_batch = max_batch or AUTO_BATCH  # the loaded model's limit
         self._batch_choice = f"--max-batch {max_batch}" if max_batch else "auto"
+        self._batch_probes = BatchProbeCache(batch_probe_dir)
         self.weights = weights
         self.flat_qmm = flat_qmm
         self.cpu_split = cpu_split
@@ -328,9 +333,14 @@ class MLXEngine:
             self._disk.activate(model_id, self._identity(info))
         if on_warm_up is not None:
             on_warm_up()
+        # A size measured on an earlier start is known before the warm-up, which
+        # then warms the batch path at that size.
+        remembered = None if self.configured_batch else self._remembered_batch_size(info)
+        if remembered is not None:
+            self.max_batch, self._batch_choice = remembered
         warmup = self._warm_up() if self.warmup else 0.0
-        if not self.configured_batch:
-            self.max_batch, self._batch_choice = self._choose_batch_size()
+        if not self.configured_batch and remembered is None:
+            self.max_batch, self._batch_choice = self._choose_batch_size(info)
         log.info(
             "Loaded %s with %s in %.1fs (+%.2fs warm-up); weights %s, 2-D qmm input %s (%s); "
             "max batch %d (%s)",
@@ -346,9 +356,43 @@ class MLXEngine:
         )
         return tokenizer
 
-    def _choose_batch_size(self) -> tuple[int, str]:
+    def _batch_probe_key(self, info: ModelInfo) -> dict[str, str] | None:
+        """What the ``--max-batch auto`` measurement depends on: the model's files,
+        the weights policy in force, the device, the MLX stack and the rule; None
+        where nothing is measured (CPU, vision models, a distributed group)."""
+        import importlib.metadata
+
+        import mlx.core as mx
+
+        from mlxhost.runtime import batch, kernels
+        from mlxhost.runtime.prefix_disk import model_identity
+
+        backend = kernels.backend()
+        if self._is_vlm or self._sharder is not None or backend == "cpu" or info.path is None:
+            return None
+        device = mx.device_info()
+        return model_identity(
+            info.id, info.path,
+            weights_policy=str(self._kernels.weights),
+            flat_qmm=str(self._kernels.flat_qmm),
+            pad_rows=str(self._kernels.pad_rows),
+            device=f"{backend}: {device.get('device_name', '?')}, {device.get('architecture', '?')}",
+            mlx=importlib.metadata.version("mlx"),
+            mlx_lm=importlib.metadata.version("mlx-lm"),
+            rule=f"cap {batch.AUTO_BATCH_CAP}, gain {batch.AUTO_BATCH_GAIN}",
+        )
+
+    def _remembered_batch_size(self, info: ModelInfo) -> tuple[int, str] | None:
+        key = self._batch_probe_key(info)
+        found = self._batch_probes.get(key) if key is not None else None
+        if found is None:
+            return None
+        return found.size, f"auto, measured {found.measured_at}: {found.rates} tok/s"
+
+    def _choose_batch_size(self, info: ModelInfo) -> tuple[int, str]:
         """``--max-batch auto`` for the model just loaded: measured on a GPU (a few
-        decode steps per size, after the warm-up compiled the batch kernels)."""
+        decode steps per size, after the warm-up compiled the batch kernels), then
+        kept on disk for the next start (``runtime.batch_probe``)."""
         from mlxhost.runtime import batch, kernels
 
         if self._is_vlm:
@@ -366,7 +410,12 @@ class MLXEngine:
         except Exception:  # a failed measurement must not fail the load
             log.exception("Measuring batch sizes failed")
             return batch.AUTO_BATCH, f"auto: {batch.AUTO_BATCH} (the measurement failed)"
-        return size, f"auto, measured in {time.perf_counter() - started:.1f}s: {rates} tok/s"
+        seconds = time.perf_counter() - started
+        key = self._batch_probe_key(info)
+        kept = self._batch_probes.put(key, size, rates) if key is not None else None
+        if kept is not None:
+            log.info("Batch size %d measured in %.1fs, kept in %s for later starts", size, seconds, kept)
+        return size, f"auto, measured in {seconds:.1f}s: {rates} tok/s"
 
     def batch_limit(self) -> int | None:
         return None if self.configured_batch else self.max_batch
