@@ -9,7 +9,8 @@ Cases, in this order, each a new process:
 - ``second start, measurement forgotten``: the warm kernel cache, the
   measurement folder emptied (what every start cost before it was kept on disk);
 - ``bare mlx_lm``: ``python -c "mlx_lm.load(PATH); stream_generate(..., max_tokens=8)"``
-  on the warm kernel cache (OpenBLAS preloaded as ``serve`` does on Linux CPU).
+  on the warm kernel cache and the same ``HOME`` (the CUDA driver's own JIT cache
+  lives there), OpenBLAS preloaded as ``serve`` does on Linux CPU.
 
 Each time runs from the process start (interpreter and imports included) to
 ready, or for the bare case to the end of its request. After ready, one request
@@ -142,10 +143,11 @@ def serve_start(args: Any, path: Path, home: Path, ptx: Path, log: Path) -> dict
     }
 
 
-def bare_start(path: Path, ptx: Path) -> dict[str, Any]:
+def bare_start(path: Path, home: Path, ptx: Path) -> dict[str, Any]:
     from mlxhost.blas import preload_env
 
-    env = {**preload_env(os.environ), "MLX_PTX_CACHE_DIR": str(ptx)}
+    # The same HOME as the servers: the CUDA driver keeps its own JIT cache there (~/.nv).
+    env = {**preload_env(os.environ), "HOME": str(home), "MLX_PTX_CACHE_DIR": str(ptx)}
     began = time.time()
     done = subprocess.run([sys.executable, "-c", BARE, str(path)], env=env, capture_output=True, text=True)
     ended = time.time()
@@ -173,7 +175,7 @@ def one_round(args: Any, name: str, path: Path, index: int) -> dict[str, Any]:
     cases["second start, measurement forgotten"] = serve_start(args, path, home, ptx, logs / "forgotten.log")
     say(f"  {cases['second start, measurement forgotten']}")
     say(f"{name} round {index}: bare mlx_lm.load + one request")
-    cases["bare mlx_lm"] = bare_start(path, ptx)
+    cases["bare mlx_lm"] = bare_start(path, home, ptx)
     say(f"  {cases['bare mlx_lm']}")
     return cases
 
