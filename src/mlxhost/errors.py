@@ -47,6 +47,21 @@ class ModelNotFound(MlxhostError):
         )
 
 
+class UnsupportedArchitecture(MlxhostError):
+    """A model whose ``model_type`` neither mlx-lm nor mlx-vlm can load."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "unsupported_architecture"
+
+    def __init__(self, model: str, model_type: object):
+        super().__init__(
+            f"The model '{model}' has model_type {model_type!r}, an architecture neither "
+            "mlx-lm nor mlx-vlm can load (nor any installed mlxhost plugin).",
+            param="model",
+        )
+
+
 class ModelNotDownloaded(MlxhostError):
     """A known model whose weights are not on this machine and cannot be fetched now."""
 

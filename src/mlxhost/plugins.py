@@ -15,9 +15,8 @@ ENTRY_POINT_GROUP = "mlxhost"
 # Built-in plugins use the same hooks as external ones; each is marked trylast
 # so an installed family plugin answers first.
 DEFAULT_PLUGINS = (
-    "mlxhost.default_plugins.chat_template",
+    "mlxhost.default_plugins.generic_family",
     "mlxhost.default_plugins.config_context",
-    "mlxhost.default_plugins.plain_text_tools",
     "mlxhost.default_plugins.mlx_engine",
     "mlxhost.default_plugins.claude_code",
 )

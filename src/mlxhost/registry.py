@@ -19,7 +19,13 @@ from typing import Any
 import attrs
 import pluggy
 
-from mlxhost.errors import ModelDownloadFailed, ModelNotDownloaded, ModelNotFound
+from mlxhost.chat_facts import read_chat_facts
+from mlxhost.errors import (
+    ModelDownloadFailed,
+    ModelNotDownloaded,
+    ModelNotFound,
+    UnsupportedArchitecture,
+)
 from mlxhost.runtime.locate import (
     DownloadFailed,
     HubUnavailable,
@@ -28,7 +34,14 @@ from mlxhost.runtime.locate import (
     find_cached_repo_ids,
 )
 from mlxhost.settings import Settings
-from mlxhost.types import DEFAULT_CONTEXT_WINDOW, TOOLS, VISION, ModelInfo, ModelSpec
+from mlxhost.types import (
+    DEFAULT_CONTEXT_WINDOW,
+    GENERIC_FAMILY,
+    TOOLS,
+    VISION,
+    ModelInfo,
+    ModelSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +261,9 @@ class ModelRegistry:
             if config_path is not None:
                 spec = self._spec_from_config(name, config_path, "cache", None)
                 # Only repos a family plugin can serve (or that the operator opened up).
-                return spec if spec.family is not None or trusted else None
+                if spec.family is None and not trusted:
+                    raise UnsupportedArchitecture(name, self._read_config(config_path).get("model_type"))
+                return spec
         return None
 
     def _in_models_dirs(self, name: str) -> ModelSpec | None:
@@ -287,8 +302,10 @@ class ModelRegistry:
             return self._discovered[key]
         config = self._read_config(config_path)
         family = self._pm.hook.mlxhost_model_family(config=config)
-        capabilities = {TOOLS} if family else set()
-        if "vision_config" in config:
+        # A family plugin handles tools itself; the generic family's capabilities
+        # come from the model's chat template (ModelInfo.chat).
+        capabilities = {TOOLS} if family and family != GENERIC_FAMILY else set()
+        if "vision_config" in config and family != GENERIC_FAMILY:
             capabilities.add(VISION)
         spec = ModelSpec(
             id=model_id,
@@ -334,6 +351,7 @@ class ModelRegistry:
                 # The config file's [models.X] keep_alive (absent when --keep-alive
                 # or its variable is given: mlxhost.config); None: the server's.
                 keep_alive=spec.defaults.keep_alive,
+                chat=read_chat_facts(folder, config),
             )
             self._infos[key] = info
         return info
@@ -388,7 +406,10 @@ class ModelRegistry:
                 known.add(repo_id)
         for repo_id in find_cached_repo_ids():
             if repo_id not in known:
-                spec = self._discover(repo_id)
+                try:
+                    spec = self._discover(repo_id)
+                except UnsupportedArchitecture:
+                    continue  # listed are the repos this server can serve
                 if spec is not None:
                     specs.append(spec)
         return [self._configure(spec) for spec in specs]

@@ -17,7 +17,15 @@ import attrs
 import pluggy
 
 from mlxhost.conversation.summarize import Summarizer, split_conversation, with_summary
-from mlxhost.domain import SYSTEM_ROLES, ChatRequest, ImagePart, Message, TextPart, text_message
+from mlxhost.domain import (
+    SYSTEM_ROLES,
+    ChatRequest,
+    ImagePart,
+    Message,
+    NamedToolChoice,
+    TextPart,
+    text_message,
+)
 from mlxhost.errors import ContextLengthExceeded, InvalidRequest
 from mlxhost.metrics import GenerationObserver, Metrics, note_model
 from mlxhost.registry import ModelRegistry
@@ -28,8 +36,9 @@ from mlxhost.runtime.runtime import ModelSession, Runtime
 from mlxhost.runtime.stop import StopStringMatcher
 from mlxhost.settings import Settings
 from mlxhost.templating import TemplateError
-from mlxhost.toolcalls import enforced_call_tools
+from mlxhost.toolcalls import enforced_call_tools, forced_tools
 from mlxhost.types import (
+    TOOL_PATH_NONE,
     VISION,
     ImageInput,
     LoadedModel,
@@ -191,6 +200,7 @@ class ChatService:
     async def start(self, request: ChatRequest) -> Generation:
         """Admit a request: everything that can fail before the first byte happens here."""
         request = self._normalize(request)
+        _check_tool_choice(request)
         info = self.registry.resolve(request.model)
         request = _with_system_prompt(request, info)
         note_model(info.id)
@@ -452,6 +462,15 @@ class ChatService:
             model=info, tools=tools, tool_choice=request.tool_choice
         )
         if text is None:
+            if forced_tools(request.offered_tools, request.tool_choice) and (
+                info.chat.tool_path != TOOL_PATH_NONE
+            ):
+                fmt = info.chat.tool_format or "not one mlxhost parses"
+                raise InvalidRequest(
+                    f"Model '{info.id}' cannot be forced to call a tool: its tool-call format "
+                    f"({fmt}) cannot be enforced for these tools; use tool_choice 'auto'.",
+                    param="tool_choice",
+                )
             return None  # the family cannot constrain calls: the prompt's instruction only
         try:
             return lark_grammar(text)
@@ -463,6 +482,18 @@ class ChatService:
 
 
 __all__ = ["ChatService", "Generation", "TextPart", "text_message"]
+
+
+def _check_tool_choice(request: ChatRequest) -> None:
+    """A tool_choice naming a function must name an offered one (OpenAI: 400)."""
+    choice = request.tool_choice
+    if isinstance(choice, NamedToolChoice) and choice.name not in {t.name for t in request.tools}:
+        offered = ", ".join(repr(t.name) for t in request.tools) or "none"
+        raise InvalidRequest(
+            f"tool_choice names the function '{choice.name}', which is not among the "
+            f"offered tools ({offered}).",
+            param="tool_choice",
+        )
 
 
 def _with_system_prompt(request: ChatRequest, info: ModelInfo) -> ChatRequest:

@@ -47,6 +47,7 @@ __all__ = [
     "new_call_id",
     "offered_functions",
     "schema_errors",
+    "strict_parameters",
     "tool_choice_instruction",
 ]
 
@@ -97,6 +98,37 @@ def offered_functions(tools: Iterable[FunctionTool] | None) -> dict[str, dict[st
     }
 
 
+def strict_parameters(parameters: Any) -> dict[str, Any]:
+    """A tool's parameter schema as a forced call is constrained by it: an object
+    schema that says nothing about ``additionalProperties`` allows only its declared
+    properties (none for ``{"type": "object", "properties": {}}`` or no schema), as
+    OpenAI's strict mode does. A schema that allows more keeps allowing it."""
+    if not isinstance(parameters, Mapping):
+        return {"type": "object", "properties": {}, "additionalProperties": False}
+    return _closed(parameters)
+
+
+def _closed(schema: Any) -> Any:
+    if isinstance(schema, list):
+        return [_closed(item) for item in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, Mapping):
+            out[key] = {name: _closed(sub) for name, sub in value.items()}
+        elif key in ("items", "anyOf", "oneOf", "allOf", "additionalProperties", "prefixItems"):
+            out[key] = _closed(value)
+        else:
+            out[key] = value
+    kind = out.get("type")
+    is_object = kind == "object" or (isinstance(kind, list) and "object" in kind) or "properties" in out
+    if is_object and "additionalProperties" not in out and "patternProperties" not in out:
+        out.setdefault("properties", {})
+        out["additionalProperties"] = False
+    return out
+
+
 def call_arguments(value: Any) -> dict[str, Any]:
     """Arguments as a model wrote them: an object, or a JSON string holding one
     (small models copy OpenAI's wire format). Missing arguments are ``{}``."""
@@ -139,9 +171,9 @@ def call_object_schema(tools: Sequence[FunctionTool], *, strict_only: bool = Fal
     arguments matching each tool's parameters (with ``strict_only``, only a strict
     tool's; any object for the others)."""
     def arguments(tool: FunctionTool) -> dict[str, Any]:
-        if tool.parameters is None or (strict_only and not tool.strict):
+        if strict_only and not tool.strict:
             return {"type": "object"}
-        return dict(tool.parameters)
+        return strict_parameters(tool.parameters)
 
     return {"anyOf": [
         {"type": "object",

@@ -13,6 +13,12 @@ if TYPE_CHECKING:
 
 VISION = "vision"
 TOOLS = "tools"
+# Reasoning / thinking output (inferred from the template; the reasoning issue splits it out).
+REASONING = "reasoning"
+# Fill-in-the-middle tokens (legacy completions with ``suffix``).
+FIM = "fim"
+# The family of models no family plugin claims (mlxhost.default_plugins.generic_family).
+GENERIC_FAMILY = "generic"
 
 
 @attrs.frozen
@@ -54,6 +60,57 @@ class ModelSpec:
 DEFAULT_CONTEXT_WINDOW = 4096  # when neither config, plugin nor settings say
 
 
+# How tools reach the model and come back (reported by ``mlxhost show``/``/api/show``):
+TOOL_PATH_TEMPLATE = "template"  # the template renders the tool list; calls in its format
+TOOL_PATH_DEFAULT = "default"  # no tool syntax: mlxhost's default format (docs/plugins.md)
+TOOL_PATH_UNPARSED = "template-unparsed"  # the template renders tools in a format not parsed here
+TOOL_PATH_NONE = "none"  # no chat template at all
+
+
+@attrs.frozen
+class ChatFacts:
+    """A model's chat facts. Empty (no template) for engines without files."""
+
+    # Template name -> Jinja text; the one used without tools is "default".
+    templates: Mapping[str, str] = attrs.field(factory=dict)
+    # The file the default template came from.
+    template_file: str | None = None
+    # Added tokens of the vocabulary (special tokens and the like).
+    special_tokens: frozenset[str] = frozenset()
+    # A key of mlxhost.tool_formats.FORMATS (None: calls are not parsed).
+    tool_format: str | None = None
+    tool_path: str = TOOL_PATH_NONE
+    fim_tokens: tuple[str, str, str] | None = None
+    vision: bool = False
+    reasoning: bool = False
+    # Why the template files could not be read (reported when rendering).
+    error: str | None = None
+
+    @property
+    def template(self) -> str | None:
+        return self.templates.get("default")
+
+    def template_for(self, with_tools: bool) -> str | None:
+        """The template a request renders with: ``tool_use`` when tools are
+        offered and the model names one (transformers' rule), else the default."""
+        if with_tools and "tool_use" in self.templates:
+            return self.templates["tool_use"]
+        return self.template
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        caps = set()
+        if self.template and self.tool_path in (TOOL_PATH_TEMPLATE, TOOL_PATH_DEFAULT):
+            caps.add(TOOLS)
+        if self.vision:
+            caps.add(VISION)
+        if self.reasoning:
+            caps.add(REASONING)
+        if self.fim_tokens:
+            caps.add(FIM)
+        return frozenset(caps)
+
+
 @attrs.frozen
 class ModelInfo:
     """Every fact about one version of a model, resolved once (``ModelRegistry.info``).
@@ -76,6 +133,9 @@ class ModelInfo:
     # not say; None: the server's --keep-alive. (A per-model default, e.g. from a
     # configuration file, plugs in here.)
     keep_alive: float | None = None
+    # The chat template, tool format and inferred capabilities (mlxhost.chat_facts),
+    # read from the model's files with the rest of its facts.
+    chat: ChatFacts = attrs.field(factory=lambda: ChatFacts())
 
     @property
     def id(self) -> str:
@@ -87,7 +147,8 @@ class ModelInfo:
 
     @property
     def capabilities(self) -> frozenset[str]:
-        return self.spec.capabilities
+        """What the registering plugin declared, plus what the files show."""
+        return self.spec.capabilities | self.chat.capabilities
 
     @property
     def defaults(self) -> ModelDefaults:

@@ -45,6 +45,10 @@ REPOS = {
         "config.json": json.dumps({"model_type": "llama"}).encode(),
         "model.safetensors": b"\0" * 1000,
     },
+    "org/unknown-arch": {
+        "config.json": json.dumps({"model_type": "no_such_arch"}).encode(),
+        "model.safetensors": b"\0" * 1000,
+    },
 }
 
 
@@ -123,12 +127,21 @@ def test_pull_of_a_cached_model_downloads_nothing(env, hub):
     assert gone.returncode == 0 and "the hub could not be reached" in gone.stderr
 
 
-def test_pull_refuses_a_family_no_plugin_serves(env, hub):
-    line = one_line_error(cli(env, "pull", "org/llama"), "pull")
-    assert "model_type 'llama' is not served by an installed plugin" in line
+def test_pull_refuses_an_architecture_nothing_loads(env, hub):
+    line = one_line_error(cli(env, "pull", "org/unknown-arch"), "pull")
+    assert "model_type 'no_such_arch' is an architecture neither mlx-lm nor mlx-vlm can load" in line
     assert "qwen" in line and "gemma" in line
     assert hub.gets("model.safetensors") == 0  # decided on config.json alone
-    assert not repo_dir(env, "org/llama").exists()
+    assert not repo_dir(env, "org/unknown-arch").exists()
+
+
+def test_pull_takes_any_architecture_mlx_loads_and_ls_lists_it(env, hub):
+    result = cli(env, "pull", "org/llama", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["family"] == "generic"
+    assert hub.gets("model.safetensors") == 1
+    rows = json.loads(cli(env, "ls", "--json").stdout)
+    assert [row["family"] for row in rows if row["id"] == "org/llama"] == ["generic"]
 
 
 def test_pull_with_the_hub_offline_fails_cleanly(env, hub):
@@ -183,7 +196,7 @@ def test_ls_lists_downloaded_models_with_their_facts(env):
     assert body == [{
         "id": "org/tiny-qwen", "aliases": [], "family": "qwen",
         "size_bytes": body[0]["size_bytes"], "context_window": 2048, "capabilities": ["tools"],
-        "downloaded": True, "path": body[0]["path"], "source": "cache",
+        "tool_format": "qwen plugin", "tool_path": "plugin", "downloaded": True, "path": body[0]["path"], "source": "cache",
     }]
     # Blobs on disk: the weights, the config and the tokenizer, each once.
     assert body[0]["size_bytes"] == len(WEIGHTS) + len(json.dumps(QWEN_CONFIG)) + 2

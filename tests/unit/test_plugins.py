@@ -177,7 +177,10 @@ def test_family_hook_per_model_type():
     pm = make_plugin_manager()
     assert pm.hook.mlxhost_model_family(config={"model_type": "gemma3_text"}) == "gemma"
     assert pm.hook.mlxhost_model_family(config={"model_type": "qwen3_vl"}) == "qwen"
-    assert pm.hook.mlxhost_model_family(config={"model_type": "llama"}) is None
+    # Architectures no family plugin claims: the built-in generic family, when
+    # mlx-lm or mlx-vlm can load them.
+    assert pm.hook.mlxhost_model_family(config={"model_type": "llama"}) == "generic"
+    assert pm.hook.mlxhost_model_family(config={"model_type": "no_such_arch"}) is None
 
 
 def test_plugins_command_lists_versions_and_hooks(capsys):
@@ -185,7 +188,7 @@ def test_plugins_command_lists_versions_and_hooks(capsys):
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["mlxhost-qwen"]["version"] == "0.1.0"
     assert "mlxhost_register_models" in rows["mlxhost-qwen"]["hooks"]
-    assert re.match(r"\d+\.\d+", rows["mlxhost.default_plugins.chat_template"]["version"])
+    assert re.match(r"\d+\.\d+", rows["mlxhost.default_plugins.generic_family"]["version"])
 
 
 def test_disabled_plugins_from_the_environment(monkeypatch, capsys):

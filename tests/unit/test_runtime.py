@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlxhost.default_plugins.chat_template import mlxhost_render_prompt
-from mlxhost.default_plugins.plain_text_tools import mlxhost_tool_call_parser, plain_text_parser
+from mlxhost.default_plugins.generic_family import mlxhost_render_prompt, mlxhost_tool_call_parser
 from mlxhost.domain import Message, TextPart
 from mlxhost.errors import InvalidRequest
 from mlxhost.runtime.stop import StopStringMatcher
 from mlxhost.runtime.worker import MLXWorker
+from mlxhost.toolcalls import ContentOnlyParser
 from mlxhost.types import ContentDelta, LoadedModel, ModelInfo, ModelSpec
 
 
@@ -147,13 +147,16 @@ async def test_worker_stream_stops_between_items_when_consumer_leaves():
 class TemplateTokenizer:
     chat_template = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}<gen>"
 
-    def apply_chat_template(self, messages, tools=None, add_generation_prompt=True, tokenize=False):
+    def apply_chat_template(
+        self, messages, tools=None, chat_template=None, add_generation_prompt=True, tokenize=False
+    ):
+        assert chat_template == self.chat_template
         return "".join(f"[{m['role']}]{m['content']}" for m in messages) + "<gen>"
 
 
 def loaded(tokenizer):
     info = ModelInfo(spec=ModelSpec(id="m"), config={}, path=None, context_window=4096)
-    return LoadedModel(info=info, tokenizer=tokenizer, tool_parser=plain_text_parser, loaded_at=0.0)
+    return LoadedModel(info=info, tokenizer=tokenizer, tool_parser=lambda tools: ContentOnlyParser(), loaded_at=0.0)
 
 
 def test_fallback_renders_with_the_models_template():
@@ -170,7 +173,7 @@ def test_fallback_without_template_is_a_clear_error():
 
 
 def test_fallback_parser_passes_text_through():
-    parser = mlxhost_tool_call_parser(model=None)(())
+    parser = mlxhost_tool_call_parser(model=loaded(None).info)(())
     assert parser.feed("<tool_call>x") == [ContentDelta("<tool_call>x")]
     assert parser.finish() == []
 

@@ -91,7 +91,7 @@ def model_entry(state: State, info: ModelInfo, alias: str | None = None) -> dict
         # min(context window, the tokens one request can hold in the memory budget).
         "effective_context_window": state.runtime.memory_window(info),
         "family": spec.family,
-        "capabilities": sorted(spec.capabilities),
+        "capabilities": sorted(info.capabilities),
         "downloaded": info.downloaded,
         "loaded": loaded is not None and loaded.id == spec.id,
     }

@@ -222,8 +222,9 @@ def pull(name: str, revision: str | None = None, *, settings: Any = None, stream
             shutil.rmtree(repo_dir, ignore_errors=True)
         known = sorted({f for f in _families(pm) if f})
         raise CommandError(
-            f"{repo_id}: model_type {config.get('model_type')!r} is not served by an installed "
-            f"plugin (families: {', '.join(known) or 'none'}); nothing downloaded"
+            f"{repo_id}: model_type {config.get('model_type')!r} is an architecture neither "
+            f"mlx-lm nor mlx-vlm can load, nor an installed plugin (families: "
+            f"{', '.join(known) or 'none'}); nothing downloaded"
         )
     result["family"] = family
     snapshot = repo_dir / "snapshots" / commit

@@ -283,6 +283,11 @@ class MLXEngine:
         if info.path is None:
             raise ValueError(f"{info.id} is not on disk")
         model_id, path, config = info.id, info.path, info.config
+        from mlxhost.architectures import loader_for
+        from mlxhost.errors import UnsupportedArchitecture
+
+        if loader_for(config) is None:  # before unloading: the loaded model stays
+            raise UnsupportedArchitecture(model_id, config.get("model_type"))
         self.unload()
         self._mlx_thread = threading.get_ident()  # the worker thread: it owns MLX
         started = time.perf_counter()
