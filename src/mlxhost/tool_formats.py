@@ -8,10 +8,12 @@ at a time through :class:`~mlxhost.toolcalls.ToolCallStreamParser`, which holds
 back half markers while streaming, and turns a call of a tool that was not
 offered (or a block mlx-lm cannot read) into content.
 
-Two formats have no parser in mlx-lm and are written here:
+Three formats have no parser in mlx-lm and are handled here (two of them
+reuse mlx-lm's ``json_tools`` for the block body):
 
 - ``llama3_json``: Llama 3.x answers with ``<|python_tag|>{...}`` or a bare
   ``{"name": ..., "parameters": {...}}`` reply (mlx-lm's server reads neither).
+- ``phi4_mini``: Phi-4-mini writes ``<|tool_call|>{...}<|/tool_call|>``.
 - ``default``: for templates without tool syntax (SmolLM2, many fine-tunes) the
   tool list goes in the system turn and calls come back as
   ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (Hermes' shape,
@@ -86,6 +88,8 @@ FORMATS: dict[str, ToolFormat] = {f.name: f for f in (
                        "</invoke>\n</minimax:tool_call>"),
     ToolFormat("llama3_json", "<|python_tag|>", _TO_THE_END, None, bare_key="parameters",
                example='{"name": "f", "parameters": {"x": 1}}'),
+    ToolFormat("phi4_mini", "<|tool_call|>", "<|/tool_call|>", "json_tools",
+               example='<|tool_call|>{"name": "f", "arguments": {"x": 1}}<|/tool_call|>'),
     ToolFormat("default", "<tool_call>", "</tool_call>", "json_tools", bare_key="arguments",
                example='<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>'),
 )}
@@ -123,6 +127,8 @@ def detect_tool_format(template: str | None, special_tokens: Collection[str]) ->
         return None
     if "<tool_call>" in t and "tool_call.name" in t:
         return "json_tools"
+    if "<|tool_call|>" in t:  # Phi-4-mini: JSON between <|tool_call|> and <|/tool_call|>
+        return "phi4_mini"
     if "<|python_tag|>" in t or ('"parameters": ' in t and "function name" in t):
         return "llama3_json"
     if "<|tool_call_start|>" in special_tokens and "<|tool_call_end|>" in special_tokens:
@@ -332,7 +338,8 @@ _TEXT = "TEXT: /[^<]*/"  # a string argument written raw (XML-like formats): no 
 def _xml_call(kind: str) -> _CallBuilder:
     def build(tool: FunctionTool, i: int, rules: list[str], special: Collection[str]) -> str | None:
         def item(name: str, rule: str, prop: Any, j: int) -> str:
-            value = _value(rules, rule, prop, "TEXT")
+            # Qwen3-Coder puts the value on its own lines: a raw string there is one line.
+            value = _value(rules, rule, prop, "LINE" if kind == "qwen3_coder" else "TEXT")
             if kind == "qwen3_coder":
                 return f'{json.dumps(f"<parameter={name}>" + chr(10))} {value} "\\n</parameter>\\n"'
             if kind == "glm47":
@@ -385,6 +392,7 @@ _GRAMMARS: dict[str, _CallBuilder] = {
     "glm47": _xml_call("glm47"),
     "minimax_m2": _xml_call("minimax_m2"),
     "pythonic": _pythonic_call,
+    "phi4_mini": _json_call("arguments"),
     "gemma4": _gemma_call('<|"|>', nested=True),
     "function_gemma": _gemma_call("<escape>", nested=False),
 }
@@ -414,9 +422,9 @@ def forced_call_grammar(
         start = f"start: {calls}"
     elif fmt.name == "mistral":
         start = f"start: {_lit(fmt.open, special)} ({calls})"
-    elif fmt.name in ("json_tools", "default"):
+    elif fmt.name in ("json_tools", "default"):  # the layout Hermes/Qwen templates show
         start = f'start: {_lit(fmt.open, special)} "\\n" ({calls}) "\\n" {_lit(fmt.close, special)}'
     else:
         start = f"start: {_lit(fmt.open, special)} ({calls}) {_lit(fmt.close, special)}"
-    lines = ["%llguidance {}", start, *rules, _TEXT, 'QTEXT: /[^<"]*/']
+    lines = ["%llguidance {}", start, *rules, _TEXT, "LINE: /[^<\\n]*/", 'QTEXT: /[^<"]*/']
     return "\n".join(lines)
