@@ -10,6 +10,11 @@ as its entry point. :class:`FamilyPlugin` implements the ordinary hooks
 returning ``None`` otherwise, so the dispatch on ``model.family`` is written
 once, here, rather than in every plugin. A plugin that needs something the
 declaration cannot say still implements a hook directly, next to it.
+
+A family is an override: whatever it leaves out (its render function, its tool
+parser or grammar) falls through to the built-in generic family
+(``mlxhost.default_plugins.generic_family``), which serves every model mlx-lm or
+mlx-vlm loads from its own chat template and tool-call format.
 """
 
 from __future__ import annotations
@@ -55,7 +60,9 @@ class Family:
     name: str
     # config.json ``model_type`` values of this family.
     model_types: frozenset[str]
-    render: RenderFunction
+    # Each field left None is answered by the generic family (the model's own
+    # template and tool format): a family declares only its quirks.
+    render: RenderFunction | None = None
     tool_parser: ToolParserFactory | None = None
     models: tuple[ModelRegistration, ...] = ()
     context_limit: ContextLimitFunction | None = None
@@ -98,7 +105,7 @@ class FamilyPlugin:
         tools: Sequence[FunctionTool],
         tool_choice: ToolChoice,
     ) -> RenderedPrompt | None:
-        if model.family != self.family.name:
+        if model.family != self.family.name or self.family.render is None:
             return None
         return self.family.render(model, messages, tools, tool_choice)
 

@@ -397,7 +397,9 @@ class ModelRegistry:
         known = set(self._specs)
         for name in self._models_dir_names():
             spec = self._in_models_dirs(name) if name not in known else None
-            if spec is not None:
+            # Listed are the models this server can serve (asked by name, another
+            # answers why not: UnsupportedArchitecture).
+            if spec is not None and spec.family is not None:
                 specs.append(spec)
                 known.add(name)
         for repo_id in self._config_repos:

@@ -242,7 +242,13 @@ def _lit(marker: str, special: Collection[str]) -> str:
     return marker if marker in special else json.dumps(marker)
 
 
+# JSON as json.dumps writes it: a model that may put any whitespace between
+# tokens can pad a forced call with newlines until max_tokens (random weights did).
+_COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
 def _schema_rule(rules: list[str], name: str, schema: Any) -> str:
+    schema = {**schema, "x-guidance": _COMPACT_JSON} if isinstance(schema, Mapping) else schema
     rules.append(f"{name}: %json {json.dumps(schema, ensure_ascii=False)}")
     return name
 

@@ -130,15 +130,6 @@ class TestChatOpenAIOnMlxhost(ChatModelIntegrationTests):
     # Fail only because the 0.5B model is too weak: the server's answers are
     # right (see docs/compatibility.md for each request and output).
     @pytest.mark.xfail(
-        reason="0.5B model: with tool_choice forced, it fills the no-argument call's "
-        "arguments with the tool's own schema ({'properties': {}, 'type': 'object'}), "
-        "which that schema allows (no additionalProperties: false)",
-        strict=False,
-    )
-    def test_tool_calling_with_no_arguments(self, model) -> None:
-        super().test_tool_calling_with_no_arguments(model)
-
-    @pytest.mark.xfail(
         reason="0.5B model: the schema-valid JSON reply repeats one sentence inside "
         "'setup' until max_tokens, so finish_reason is length",
         strict=False,

@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 
 from mlxhost.domain import FunctionTool
 from mlxhost.testing.plugin_kit import feed, pieces_at
-from mlxhost.tool_formats import FORMATS, detect_tool_format, forced_call_grammar, make_format_parser
+from mlxhost.tool_formats import (
+    FORMATS,
+    detect_tool_format,
+    forced_call_grammar,
+    make_format_parser,
+)
 from mlxhost.toolcalls import merge_events, strict_parameters
 from mlxhost.types import ContentDelta, ToolCallEvent
 

@@ -37,7 +37,16 @@ from mlxhost.domain import ChatRequest, FunctionTool, ImagePart, JsonFormat, Mes
 from mlxhost.errors import InvalidRequest, MlxhostError
 from mlxhost.runtime.memory import duration_seconds
 from mlxhost.service import ChatService, Generation
-from mlxhost.types import TOOLS, VISION, ContentDelta, ModelInfo, ToolCall, ToolCallEvent
+from mlxhost.types import (
+    FIM,
+    REASONING,
+    TOOLS,
+    VISION,
+    ContentDelta,
+    ModelInfo,
+    ToolCall,
+    ToolCallEvent,
+)
 
 # Ollama clients parse the server version as semver; this is the Ollama API level
 # mlxhost speaks (not mlxhost's own version).
@@ -151,6 +160,11 @@ def _capabilities(info: ModelInfo) -> list[str]:
         caps.append("tools")
     if VISION in info.capabilities:
         caps.append("vision")
+    # Ollama's names: "thinking" for reasoning output, "insert" for fill-in-the-middle.
+    if REASONING in info.capabilities:
+        caps.append("thinking")
+    if FIM in info.capabilities:
+        caps.append("insert")
     return caps
 
 
