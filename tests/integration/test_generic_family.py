@@ -18,7 +18,14 @@ from mlxhost.plugins import make_plugin_manager
 from mlxhost.registry import ModelRegistry
 from mlxhost.settings import Settings
 from mlxhost.testing.plugin_kit import messages_from_openai
-from mlxhost.testing.tiny_archs import ARCHS, SMOL_TOKENIZER, TEST_MODELS, TinyArch, build_tiny_arch
+from mlxhost.testing.tiny_archs import (
+    ARCHS,
+    SMOL_TOKENIZER,
+    TEST_MODELS,
+    TinyArch,
+    build_tiny_arch,
+    build_tiny_qwen3_5_vlm,
+)
 from mlxhost.toolcalls import ContentOnlyParser
 from mlxhost.types import GENERIC_FAMILY, TOOL_PATH_DEFAULT, TOOLS, LoadedModel
 
@@ -52,6 +59,7 @@ def models_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("archs")
     for arch in ARCHS:
         build_tiny_arch(arch, root, TEMPLATES)
+    build_tiny_qwen3_5_vlm(root)
     smol = root / NAMES["llama (SmolLM2)"]
     # Bad models: a template that raises, no template at all, an architecture nothing loads.
     for name in ("raising-template", "no-template", "unknown-arch"):
@@ -201,3 +209,45 @@ def test_bad_models_are_clear_4xx_in_each_apis_shape_and_the_server_stays_up(ser
 
 def test_smol_tokenizer_is_the_stand_in():
     assert (TEST_MODELS / SMOL_TOKENIZER / "tokenizer.json").is_file()
+
+
+def _png_uri(color: str, size: tuple[int, int] = (64, 64)) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_a_vlm_architecture_no_plugin_claims_takes_images(server, registry):
+    """Qwen3.5 (mlx-vlm ``qwen3_5``): the generic family renders the image parts with
+    the model's template and mlx-vlm's processor expands them into image tokens."""
+    from mlxhost.testing.vlm_models import expected_image_tokens
+
+    info = registry.resolve("qwen3_5-vlm")
+    assert info.family == GENERIC_FAMILY and "vision" in info.capabilities
+
+    def ask(*images: str) -> dict:
+        content = [{"type": "text", "text": "Describe."},
+                   *({"type": "image_url", "image_url": {"url": url}} for url in images)]
+        reply = httpx.post(f"{server}/v1/chat/completions", timeout=300, json={
+            "model": "qwen3_5-vlm", "messages": [{"role": "user", "content": content}],
+            "max_tokens": 4, "temperature": 0})
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    none = ask()["usage"]["prompt_tokens"]
+    red = ask(_png_uri("red"))
+    wide = ask(_png_uri("green", (200, 150)))["usage"]["prompt_tokens"]
+    # The processor's expansion (same arithmetic as Qwen3-VL's: the same vision tower).
+    assert red["usage"]["prompt_tokens"] - none > expected_image_tokens("qwen3_vl", 64, 64)
+    assert wide - red["usage"]["prompt_tokens"] == (
+        expected_image_tokens("qwen3_vl", 200, 150) - expected_image_tokens("qwen3_vl", 64, 64))
+    # The image reaches the model: another image, another reply; the same, the same.
+    blue = ask(_png_uri("blue"))["choices"][0]["message"]["content"]
+    again = ask(_png_uri("red"))["choices"][0]["message"]["content"]
+    assert again == red["choices"][0]["message"]["content"]
+    assert blue != again

@@ -127,3 +127,40 @@ def build_tiny_arch(arch: TinyArch, out: Path, templates: Path) -> Path:
     eos = json.loads((source / "config.json").read_text()).get("eos_token_id")
     (folder / "config.json").write_text(json.dumps({**config, "eos_token_id": eos}, indent=1))
     return folder
+
+
+def build_tiny_qwen3_5_vlm(out: Path) -> Path:
+    """A tiny random Qwen3.5 VLM (mlx-vlm ``qwen3_5``: gated-delta text layers and a
+    Qwen3-VL vision tower; no family plugin claims it, so the generic family serves
+    it). The tokenizer, processor files and chat template are the tiny Qwen3-VL
+    test model's (Qwen's vocabulary, whose vision tokens Qwen3.5 shares by name)."""
+    import copy
+
+    from mlx_vlm.models import qwen3_5
+
+    from mlxhost.testing.vlm_models import (
+        QWEN_CONFIG,
+        _qwen3_vl_init,
+        _save_random_weights,
+        ensure_tiny_vlm,
+    )
+
+    folder = out / "qwen3_5-vlm"
+    if (folder / "model.safetensors").is_file():
+        return folder
+    shutil.copytree(ensure_tiny_vlm("qwen3_vl"), folder, ignore=shutil.ignore_patterns("model.safetensors"))
+    config = copy.deepcopy(QWEN_CONFIG)
+    config.update(architectures=["Qwen3_5ForConditionalGeneration"], model_type="qwen3_5", vocab_size=151936)
+    text = config["text_config"]
+    text.pop("rope_scaling", None)
+    text.update(
+        model_type="qwen3_5_text", linear_num_value_heads=2, linear_num_key_heads=2,
+        linear_key_head_dim=16, linear_value_head_dim=16, linear_conv_kernel_dim=4,
+        full_attention_interval=2,
+        rope_parameters={"type": "default", "mrope_section": [2, 1, 1], "rope_theta": 5000000,
+                         "partial_rotary_factor": 0.25, "mrope_interleaved": True},
+    )
+    config["vision_config"].update(model_type="qwen3_5", deepstack_visual_indexes=[])
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    _save_random_weights(qwen3_5, config, folder / "model.safetensors", _qwen3_vl_init)
+    return folder
