@@ -6,7 +6,9 @@ H100: 67% of the MLX thread in ``mx.async_eval``), so every microsecond the
 server adds per token shows. On a CPU with a real model the matmuls hide it.
 This builds a tiny fp32 Qwen3 (random weights, the Qwen test model's tokenizer,
 2 layers of width 64: a few ms a token on CPU; ``--shape gemma3``: Gemma 3's
-text model, one sliding-window and one global layer, Gemma's tokenizer) and
+text model, one sliding-window and one global layer, Gemma's tokenizer;
+``--shape smollm2``: the real SmolLM2-135M test model through the generic
+family) and
 measures one greedy stream side by side, round by round: mlx-lm's ``stream_generate`` in this process
 (its own generation tok/s) and ``mlxhost serve`` over HTTP, streamed (decode
 tok/s after the first token). With ``--profile`` (py-spy on PATH) the server is
@@ -33,7 +35,13 @@ PROMPT = "Write a long story about a lighthouse keeper and the sea."
 
 def build(out: Path, shape: str = "qwen3") -> Path:
     """The tiny fp32 model folder of ``shape`` (made once): Qwen3, or Gemma 3's
-    text model (sliding-window layers, the 262k vocabulary, Gemma's tokenizer)."""
+    text model (sliding-window layers, the 262k vocabulary, Gemma's tokenizer);
+    ``smollm2``: the real SmolLM2-135M test model, served by the generic family
+    (llama architecture, no family plugin)."""
+    if shape == "smollm2":
+        from mlxhost.starter.builder import ensure_test_model
+
+        return ensure_test_model("smollm2")
     if (out / "config.json").is_file():
         return out
     import mlx.core as mx
@@ -88,13 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-args", default="")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--streams", type=int, default=1)
-    parser.add_argument("--shape", choices=("qwen3", "gemma3"), default="qwen3")
+    parser.add_argument("--shape", choices=("qwen3", "gemma3", "smollm2"), default="qwen3")
     args = parser.parse_args(argv)
     from mlx_lm import load
 
     from bench.systems import base_env
     from mlxhost.testing.server import ServerProcess
 
+    args.work.mkdir(parents=True, exist_ok=True)
     path = build(args.work / f"tiny-{args.shape}-fp32", args.shape)
     model, tokenizer = load(str(path))
     raw_rate(model, tokenizer, 16)  # warm

@@ -104,7 +104,7 @@ def _added_tokens(folder: Path) -> frozenset[str]:
 def read_chat_facts(folder: Path | None, config: Mapping[str, Any]) -> ChatFacts:
     """The chat facts of the model in ``folder`` (None: not downloaded yet)."""
     from mlxhost.architectures import is_vision
-    from mlxhost.tool_formats import detect_tool_format
+    from mlxhost.tool_formats import FORMATS, detect_tool_format
 
     vision = is_vision(config)
     if folder is None:
@@ -119,7 +119,12 @@ def read_chat_facts(folder: Path | None, config: Mapping[str, Any]) -> ChatFacts
     fim = next((s for s in FIM_TOKEN_SETS if all(t in tokens for t in s)), None)
     if template is None:
         return ChatFacts(special_tokens=tokens, fim_tokens=fim, vision=vision)
-    if _USES_TOOLS.search(every):
+    declared = _read_json(folder / "tokenizer_config.json").get("tool_parser_type")
+    fmt: str | None
+    if isinstance(declared, str) and declared in FORMATS:
+        # The checkpoint names its format (mlx-lm reads the same key): no inference.
+        fmt, path = declared, TOOL_PATH_TEMPLATE
+    elif _USES_TOOLS.search(every):
         fmt = detect_tool_format(every, tokens)
         path = TOOL_PATH_TEMPLATE if fmt else TOOL_PATH_UNPARSED
     else:

@@ -89,8 +89,11 @@ def mlxhost_tool_call_grammar(
     (``mlxhost.toolcalls.calls_in_free_text`` builds that shape).
 
     Called per request that forces a call or offers a strict tool. Stops at the
-    first non-None result; without one the choice is an instruction in the
-    prompt only (not enforced).
+    first non-None result; the fallback (the generic family) writes the grammar
+    of the model's own tool format. A forced choice that no plugin can express
+    is a 400 naming the model (for a model without a chat template it stays an
+    instruction in the prompt). Arguments are limited to the declared
+    properties unless the schema allows more (``toolcalls.strict_parameters``).
     """
 
 

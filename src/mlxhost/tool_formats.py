@@ -388,7 +388,7 @@ def _gemma_call(quote: str, nested: bool) -> _CallBuilder:
     return build
 
 
-# name -> (how one call is written, the text around the calls' alternatives)
+# format name -> how one call of a tool is written (the markers around it: forced_call_grammar)
 _GRAMMARS: dict[str, _CallBuilder] = {
     "json_tools": _json_call("arguments"),
     "default": _json_call("arguments"),

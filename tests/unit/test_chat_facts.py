@@ -119,3 +119,10 @@ def test_render_without_a_template_is_a_clear_400(tmp_path):
     model = LoadedModel(info=info, tokenizer=None, tool_parser=lambda t: ContentOnlyParser(), loaded_at=0)
     with pytest.raises(InvalidRequest, match="has no chat template"):
         render(model, messages_from_openai([{"role": "user", "content": "hi"}]), (), "auto")
+
+
+def test_a_checkpoint_that_names_its_tool_parser_is_believed(tmp_path):
+    folder = folder_with(tmp_path, chat_template__jinja="{{ tools }}",
+                         tokenizer_config__json={"tool_parser_type": "pythonic"})
+    facts = read_chat_facts(folder, {})
+    assert (facts.tool_format, facts.tool_path) == ("pythonic", TOOL_PATH_TEMPLATE)
