@@ -155,6 +155,14 @@ class ModelInfo:
         return self.spec.defaults
 
     @property
+    def tool_route(self) -> dict[str, str | None]:
+        """How tool calls are written (reported by /v1/models and ``mlxhost ls``): the
+        generic family's format and path, or the family plugin that handles them."""
+        if self.family in (None, GENERIC_FAMILY):
+            return {"tool_format": self.chat.tool_format, "tool_path": self.chat.tool_path}
+        return {"tool_format": f"{self.family} plugin", "tool_path": "plugin"}
+
+    @property
     def model_type(self) -> str | None:
         value = self.config.get("model_type")
         return value if isinstance(value, str) else None

@@ -148,6 +148,9 @@ def test_models_endpoint_lists_each_architecture(server):
     for arch in ARCHS:
         entry = entries[NAMES[arch.name]]
         assert entry["family"] == GENERIC_FAMILY and "tools" in entry["capabilities"]
+        # Which path the model's tools take.
+        assert entry["tool_format"] == arch.tool_format
+        assert entry["tool_path"] == ("default" if arch.tool_format == "default" else "template")
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.name)

@@ -92,6 +92,8 @@ def model_entry(state: State, info: ModelInfo, alias: str | None = None) -> dict
         "effective_context_window": state.runtime.memory_window(info),
         "family": spec.family,
         "capabilities": sorted(info.capabilities),
+        # The path tools take (docs/plugins.md, "The generic family and overrides").
+        **info.tool_route,
         "downloaded": info.downloaded,
         "loaded": loaded is not None and loaded.id == spec.id,
     }

@@ -32,14 +32,6 @@ def add_parser(sub: Any) -> None:
         parser.set_defaults(func=run)
 
 
-def tool_route(info: Any) -> dict[str, Any]:
-    from mlxhost.types import GENERIC_FAMILY
-
-    if info.family in (None, GENERIC_FAMILY):
-        return {"tool_format": info.chat.tool_format, "tool_path": info.chat.tool_path}
-    return {"tool_format": f"{info.family} plugin", "tool_path": "plugin"}
-
-
 def model_rows(settings: Settings, *, include_all: bool = False) -> list[dict[str, Any]]:
     """One row per model (the facts ``/v1/models`` reports, plus size on disk)."""
     from mlxhost.plugins import make_plugin_manager
@@ -65,7 +57,7 @@ def model_rows(settings: Settings, *, include_all: bool = False) -> list[dict[st
             "capabilities": sorted(info.capabilities),
             # How tool calls are written: the generic family's format and path
             # (docs/plugins.md), or the family plugin that handles them.
-            **tool_route(info),
+            **info.tool_route,
             "downloaded": info.downloaded,
             "path": str(info.path) if info.path else None,
             "source": spec.source,
