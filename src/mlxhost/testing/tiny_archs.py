@@ -25,7 +25,6 @@ TEST_MODELS = Path.home() / ".cache" / "mlxhost" / "test-models"
 QWEN_TOKENIZER = "Qwen2.5-Coder-0.5B-Instruct-fp32"
 GEMMA_TOKENIZER = "gemma-3-270m-fp32"
 SMOL_TOKENIZER = "SmolLM2-135M-Instruct-fp32"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 _SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
           "num_key_value_heads": 2, "max_position_embeddings": 4096}
@@ -111,8 +110,13 @@ def build_tiny_arch(arch: TinyArch, out: Path, templates: Path) -> Path:
         return folder
     source = TEST_MODELS / arch.tokenizer
     folder.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        shutil.copy(source / name, folder / name)
+    shutil.copy(source / "tokenizer.json", folder / "tokenizer.json")
+    # The donor's tokenizer_config without what belongs to the donor's template:
+    # its template and the tool parser mlx-lm inferred from it at conversion.
+    tok_config = json.loads((source / "tokenizer_config.json").read_text())
+    for key in ("chat_template", "tool_parser_type"):
+        tok_config.pop(key, None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=1))
     if arch.template is None:
         shutil.copy(source / "chat_template.jinja", folder / "chat_template.jinja")
     else:
