@@ -404,13 +404,11 @@ _GRAMMARS: dict[str, _CallBuilder] = {
 }
 
 
-def forced_call_grammar(
-    fmt: ToolFormat, tools: Sequence[FunctionTool], special: Collection[str], *, template: str = ""
-) -> str | None:
-    """The Lark grammar of a reply that is one call of one of ``tools`` in
-    ``fmt`` (arguments limited to the declared properties unless the schema
-    allows more), or None when the format cannot spell out these tools'
-    arguments (e.g. function_gemma with an object argument)."""
+def _calls(
+    fmt: ToolFormat, tools: Sequence[FunctionTool], special: Collection[str], template: str
+) -> tuple[str, list[str]] | None:
+    """One call of one of ``tools`` in ``fmt`` as a Lark expression (without the
+    opening marker) and the rules it uses; None when the format cannot spell them."""
     build = _GRAMMARS.get(fmt.name)
     if fmt.name == "mistral":
         build = _mistral_call(header="[ARGS]" in template)
@@ -424,13 +422,51 @@ def forced_call_grammar(
             return None
         alternatives.append(expr)
     calls = " | ".join(f"({a})" for a in alternatives)
-    if fmt.name == "llama3_json":
-        start = f"start: {calls}"
-    elif fmt.name == "mistral":
-        start = f"start: {_lit(fmt.open, special)} ({calls})"
+    if fmt.name in ("llama3_json", "mistral"):  # no closing marker
+        body = f"({calls})"
     elif fmt.name in ("json_tools", "default"):  # the layout Hermes/Qwen templates show
-        start = f'start: {_lit(fmt.open, special)} "\\n" ({calls}) "\\n" {_lit(fmt.close, special)}'
+        body = f'"\\n" ({calls}) "\\n" {_lit(fmt.close, special)}'
     else:
-        start = f"start: {_lit(fmt.open, special)} ({calls}) {_lit(fmt.close, special)}"
-    lines = ["%llguidance {}", start, *rules, _TEXT, "LINE: /[^<\\n]*/", 'QTEXT: /[^<"]*/']
-    return "\n".join(lines)
+        body = f"({calls}) {_lit(fmt.close, special)}"
+    return body, [*rules, _TEXT, "LINE: /[^<\\n]*/", 'QTEXT: /[^<"]*/']
+
+
+def forced_call_grammar(
+    fmt: ToolFormat, tools: Sequence[FunctionTool], special: Collection[str], *, template: str = ""
+) -> str | None:
+    """The Lark grammar of a reply that is one call of one of ``tools`` in
+    ``fmt`` (arguments limited to the declared properties unless the schema
+    allows more), or None when the format cannot spell out these tools'
+    arguments (e.g. function_gemma with an object argument)."""
+    found = _calls(fmt, tools, special, template)
+    if found is None:
+        return None
+    body, rules = found
+    # Llama 3's call is the bare JSON object (its <|python_tag|> form is optional).
+    opening = "" if fmt.name == "llama3_json" else _lit(fmt.open, special)
+    return "\n".join(["%llguidance {}", f"start: {opening} {body}", *rules])
+
+
+def strict_calls_grammar(
+    fmt: ToolFormat, tools: Sequence[FunctionTool], special: Collection[str], *, template: str = ""
+) -> str | None:
+    """tool_choice "auto" with a strict tool: free text, in which every call (from
+    its opening marker on) names an offered tool and a strict tool's arguments
+    match its schema (the others' are any object). None for formats that spell
+    out each argument (a non-strict tool's undeclared arguments cannot be
+    written there) and for Llama 3's bare-JSON calls."""
+    from mlxhost.toolcalls import calls_in_free_text
+
+    if fmt.name not in ("json_tools", "default", "phi4_mini", "kimi_k2", "mistral"):
+        return None
+    loose = [
+        tool if tool.strict else attrs.evolve(tool, parameters={"type": "object", "additionalProperties": True})
+        for tool in tools
+    ]
+    found = _calls(fmt, loose, special, template)
+    if found is None:
+        return None
+    body, rules = found
+    return calls_in_free_text(
+        fmt.open, body, "\n".join(rules), special_token=fmt.open in special
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -302,3 +303,23 @@ def test_a_forced_call_of_a_no_argument_tool_has_no_arguments(fmt, qwen_tokenize
 def test_function_gemma_cannot_spell_an_object_argument():
     tool = FunctionTool(name="f", parameters={"type": "object", "properties": {"o": {"type": "object"}}})
     assert forced_call_grammar(FORMATS["function_gemma"], (tool,), ()) is None
+
+
+@pytest.mark.parametrize("fmt", ["json_tools", "default", "phi4_mini", "kimi_k2", "mistral"])
+def test_strict_tools_under_auto_constrain_only_the_calls(fmt, qwen_tokenizer):
+    from mlxhost.tool_formats import strict_calls_grammar
+
+    special = set(qwen_tokenizer.get_added_vocab())
+    strict = attrs.evolve(WEATHER, strict=True)
+    grammar = strict_calls_grammar(FORMATS[fmt], (strict, NO_ARGS), special)
+    assert grammar is not None
+    assert accepts(qwen_tokenizer, grammar, "Just text, no call.")
+    call = "Checking. " + FORCED[fmt]
+    assert accepts(qwen_tokenizer, grammar, call)
+    assert not accepts(qwen_tokenizer, grammar, call.replace('"days": 3', '"days": "three"'))
+
+
+def test_strict_tools_under_auto_are_not_constrained_where_each_argument_is_spelled_out():
+    from mlxhost.tool_formats import strict_calls_grammar
+
+    assert strict_calls_grammar(FORMATS["qwen3_coder"], (attrs.evolve(WEATHER, strict=True),), ()) is None

@@ -34,7 +34,12 @@ from mlxhost.templating import (
     template_messages,
     template_tools,
 )
-from mlxhost.tool_formats import FORMATS, forced_call_grammar, make_format_parser
+from mlxhost.tool_formats import (
+    FORMATS,
+    forced_call_grammar,
+    make_format_parser,
+    strict_calls_grammar,
+)
 from mlxhost.toolcalls import ContentOnlyParser, tool_choice_instruction
 from mlxhost.types import (
     GENERIC_FAMILY,
@@ -189,11 +194,12 @@ def mlxhost_tool_call_grammar(
     model: ModelInfo, tools: Sequence[FunctionTool], tool_choice: ToolChoice
 ) -> str | None:
     fmt = FORMATS.get(model.chat.tool_format or "")
-    if fmt is None or tool_choice == "auto":
-        return None  # "auto" with strict tools: the calls are checked, not constrained
-    return forced_call_grammar(
-        fmt, tools, model.chat.special_tokens, template="\n".join(model.chat.templates.values())
-    )
+    if fmt is None:
+        return None
+    template = "\n".join(model.chat.templates.values())
+    if tool_choice == "auto":  # some tool is strict
+        return strict_calls_grammar(fmt, tools, model.chat.special_tokens, template=template)
+    return forced_call_grammar(fmt, tools, model.chat.special_tokens, template=template)
 
 
 @hookimpl(trylast=True)
