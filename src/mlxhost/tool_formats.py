@@ -43,6 +43,7 @@ from mlxhost.toolcalls import (
     call_arguments,
     make_tool_call,
     offered_functions,
+    schema_errors,
     strict_parameters,
 )
 from mlxhost.types import StreamParser, ToolCall
@@ -146,7 +147,10 @@ def _mlx_lm_parser(module: str) -> Callable[[str, Any], Any]:
     return parse
 
 
-def _as_calls(parsed: Any, functions: Mapping[str, Any], key: str = "arguments") -> list[ToolCall]:
+def _as_calls(
+    parsed: Any, functions: Mapping[str, Any], key: str = "arguments", strict: Mapping[str, Any] = {}
+) -> list[ToolCall]:
+    """Calls of offered functions (a strict one's arguments fitting its schema), else InvalidToolCall."""
     items = parsed if isinstance(parsed, list) else [parsed]
     calls = []
     for item in items:
@@ -155,7 +159,11 @@ def _as_calls(parsed: Any, functions: Mapping[str, Any], key: str = "arguments")
         name = item["name"]
         if name not in functions:
             raise InvalidToolCall(f"function {name!r} was not offered")
-        calls.append(make_tool_call(name, call_arguments(item.get(key, item.get("arguments")))))
+        arguments = call_arguments(item.get(key, item.get("arguments")))
+        problems = schema_errors(arguments, strict[name]) if name in strict else []
+        if problems:
+            raise InvalidToolCall("; ".join(problems[:3]))
+        calls.append(make_tool_call(name, arguments))
     if not calls:
         raise InvalidToolCall("no call")
     return calls
@@ -177,9 +185,10 @@ class _BareCallMatcher:
     """A whole reply that is a bare call object (``{"name": ..., "<key>": {...}}``):
     held while it can still be one (it starts with ``{``), decided at the end."""
 
-    def __init__(self, functions: Mapping[str, Any], key: str) -> None:
+    def __init__(self, functions: Mapping[str, Any], key: str, strict: Mapping[str, Any]) -> None:
         self._functions = functions
         self._key = key
+        self._strict = strict
         self._seen = ""
 
     def feed(self, text: str) -> bool:
@@ -194,7 +203,7 @@ class _BareCallMatcher:
             return None
         if not values or not all(isinstance(v, dict) and isinstance(v.get("name"), str) for v in values):
             return None
-        return _as_calls(values, self._functions, self._key)
+        return _as_calls(values, self._functions, self._key, self._strict)
 
 
 def make_format_parser(fmt: ToolFormat, tools: Sequence[FunctionTool]) -> StreamParser:
@@ -202,13 +211,14 @@ def make_format_parser(fmt: ToolFormat, tools: Sequence[FunctionTool]) -> Stream
     functions = offered_functions(tools)
     if not functions:
         return ContentOnlyParser()
+    strict = {tool.name: strict_parameters(tool.parameters) for tool in tools if tool.strict}
     openai_tools = [tool.as_openai() for tool in tools]
     key = fmt.bare_key or "arguments"
 
     if fmt.module is None:  # llama3_json: the body is JSON call objects
         def parse_block(body: str, closed: bool) -> list[ToolCall]:
             try:
-                return _as_calls(_json_calls(body, key), functions, key)
+                return _as_calls(_json_calls(body, key), functions, key, strict)
             except ValueError as exc:
                 raise InvalidToolCall(str(exc)) from None
     else:
@@ -221,13 +231,13 @@ def make_format_parser(fmt: ToolFormat, tools: Sequence[FunctionTool]) -> Stream
                 raise
             except Exception as exc:  # mlx-lm's parsers raise ValueError, KeyError, ...
                 raise InvalidToolCall(f"{fmt.name}: {type(exc).__name__}: {exc}") from None
-            return _as_calls(parsed, functions)
+            return _as_calls(parsed, functions, strict=strict)
 
     never = fmt.close == _TO_THE_END
     return ToolCallStreamParser(
         [(fmt.open, fmt.close)],
         parse_block,
-        whole=_BareCallMatcher(functions, key) if fmt.bare_key else None,
+        whole=_BareCallMatcher(functions, key, strict) if fmt.bare_key else None,
         find_close=(lambda body, close: -1) if never else None,
         name=f"{fmt.name} tool calls",
     )

@@ -323,3 +323,11 @@ def test_strict_tools_under_auto_are_not_constrained_where_each_argument_is_spel
     from mlxhost.tool_formats import strict_calls_grammar
 
     assert strict_calls_grammar(FORMATS["qwen3_coder"], (attrs.evolve(WEATHER, strict=True),), ()) is None
+
+
+@pytest.mark.parametrize(("fmt", "text", "content", "calls"), [c for c in CASES if "get_weather" in c[1]])
+def test_a_strict_tools_call_that_does_not_fit_its_schema_is_content(fmt, text, content, calls):
+    strict = attrs.evolve(WEATHER, strict=True, parameters={**WEATHER.parameters, "additionalProperties": False,
+                                                            "required": ["city", "unit"]})
+    events = feed(make_format_parser(FORMATS[fmt], (strict, NO_ARGS)), [text])
+    assert "get_weather" not in [e.call.name for e in events if isinstance(e, ToolCallEvent)]
