@@ -3,7 +3,7 @@
 Each :class:`TinyArch` names an mlx-lm ``model_type``, a small config for it,
 the real chat template of its family (``tests/unit/data/chat_templates``,
 provenance in SOURCES.md there) and the tokenizer it borrows from a test model
-(``~/.cache/mlxhost/test-models``): the families' own tokenizers are tens of MB
+(``mlxhost.starter.builder.models_cache_dir()``): the families' own tokenizers are tens of MB
 to fetch, so a model of the same vocabulary family stands in where there is one
 (Qwen for Qwen, Gemma 3 for Gemma 4), and SmolLM2's small BPE elsewhere. The
 weights are built at test time (a second or two each; nothing large in git):
@@ -21,7 +21,10 @@ from typing import Any
 
 import attrs
 
-TEST_MODELS = Path.home() / ".cache" / "mlxhost" / "test-models"
+from mlxhost.starter.builder import models_cache_dir
+
+# The built test models ($MLXHOST_TEST_MODELS, else ~/.cache/mlxhost/test-models).
+TEST_MODELS = models_cache_dir()
 QWEN_TOKENIZER = "Qwen2.5-Coder-0.5B-Instruct-fp32"
 GEMMA_TOKENIZER = "gemma-3-270m-fp32"
 SMOL_TOKENIZER = "SmolLM2-135M-Instruct-fp32"
