@@ -41,6 +41,7 @@ from mlxhost.toolcalls import (
     InvalidToolCall,
     ToolCallStreamParser,
     call_arguments,
+    find_close_outside_json_strings,
     make_tool_call,
     offered_functions,
     schema_errors,
@@ -238,7 +239,12 @@ def make_format_parser(fmt: ToolFormat, tools: Sequence[FunctionTool]) -> Stream
         [(fmt.open, fmt.close)],
         parse_block,
         whole=_BareCallMatcher(functions, key, strict) if fmt.bare_key else None,
-        find_close=(lambda body, close: -1) if never else None,
+        find_close=(
+            (lambda body, close: -1)
+            if never
+            # A JSON body: a string argument may hold the closing marker.
+            else find_close_outside_json_strings if fmt.module == "json_tools" else None
+        ),
         name=f"{fmt.name} tool calls",
     )
 

@@ -357,6 +357,34 @@ class _Mode(enum.Enum):
     BLOCK = "block"  # inside a call block, waiting for its closing marker
 
 
+def find_close_outside_json_strings(body: str, close: str) -> int:
+    """Where a JSON-bodied block ends: the first ``close`` outside a JSON string.
+
+    A call's string argument may itself hold the closing marker (code that
+    writes ``</tool_call>``); ``str.find`` would cut the block there. Quotes
+    and backslash escapes are tracked only after the first ``{`` or ``[``, so
+    prose before the JSON cannot open a string. -1 while the block is open.
+    """
+    in_string = escaped = False
+    started = False
+    for index, char in enumerate(body):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+            continue
+        if body.startswith(close, index):
+            return index
+        if char in "{[":
+            started = True
+        elif char == '"' and started:
+            in_string = True
+    return -1
+
+
 def _split_trailing_space(text: str) -> tuple[str, str]:
     stripped = text.rstrip()
     return stripped, text[len(stripped) :]

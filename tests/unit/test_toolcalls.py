@@ -394,3 +394,14 @@ def test_every_single_split_point_and_one_character_at_a_time():
     for cut in range(len(text) + 1):
         assert run(text, pieces=[text[:cut], text[cut:]]) == expected
     assert run(text, pieces=list(text)) == expected
+
+
+def test_find_close_outside_json_strings():
+    from mlxhost.toolcalls import find_close_outside_json_strings as find
+
+    close = "</tool_call>"
+    assert find('{"a": "</tool_call>"}</tool_call>', close) == len('{"a": "</tool_call>"}')
+    assert find('{"a": "x\\"</tool_call>"}\n</tool_call>', close) == len('{"a": "x\\"</tool_call>"}\n')
+    assert find('{"a": "</tool_call>', close) == -1  # still inside the string
+    # Prose before the JSON cannot open a string.
+    assert find('say "hi </tool_call>', close) == len('say "hi ')

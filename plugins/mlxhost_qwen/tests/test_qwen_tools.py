@@ -291,3 +291,11 @@ def test_random_replies_split_anywhere(case):
     whole = run(text)
     assert whole == expected
     assert run(text, pieces=pieces) == whole
+
+
+def test_a_closing_marker_inside_a_string_argument_does_not_end_the_block():
+    # Found by hypothesis: an argument that itself holds "</tool_call>".
+    text = block("search", {"query": "</tool_call>", "options": {}})
+    expected = [calls("search", {"query": "</tool_call>", "options": {}})]
+    assert run(text) == expected
+    assert run(text, pieces=[text[:40], text[40:60], text[60:]]) == expected

@@ -26,6 +26,7 @@ from mlxhost.toolcalls import (
     InvalidToolCall,
     ToolCallStreamParser,
     call_arguments,
+    find_close_outside_json_strings,
     make_tool_call,
     offered_functions,
     schema_errors,
@@ -249,6 +250,7 @@ def make_parser(tools: Sequence[FunctionTool]) -> StreamParser:
         [(TOOL_CALL_OPEN, TOOL_CALL_CLOSE)],
         lambda body, closed: parse_tool_call_block(body, functions),
         whole=JsonReplyMatcher(functions),
+        find_close=find_close_outside_json_strings,
         name="qwen tool calls",
     )
 
