@@ -17,7 +17,7 @@ from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
 
 from mlxhost import ui
-from mlxhost.api import anthropic, completions, ollama, openai_responses
+from mlxhost.api import anthropic, completions, embeddings, ollama, openai_responses
 from mlxhost.api.controllers import (
     ChatController,
     ModelsController,
@@ -27,6 +27,7 @@ from mlxhost.api.controllers import (
 )
 from mlxhost.api.errors import EXCEPTION_HANDLERS
 from mlxhost.api.wire_schema import operation
+from mlxhost.embedding.service import EmbeddingService
 from mlxhost.metrics import Metrics
 from mlxhost.plugins import make_plugin_manager
 from mlxhost.registry import ModelRegistry
@@ -79,6 +80,12 @@ def create_app(
         on_load=metrics.on_load,
         on_idle=leader.park if leader else None,
         on_stop=leader.shutdown if leader else None,
+        side_models={
+            "max_models": settings.embed_max_models,
+            "max_tokens": settings.embed_batch_tokens,
+            **({"keep_alive": settings.embed_keep_alive}
+               if settings.embed_keep_alive is not None else {}),
+        },
     )
     metrics.watch(runtime)
     service = ChatService(
@@ -127,6 +134,7 @@ def create_app(
             *openai_responses.routes(),
             *completions.routes(),
             *ollama.routes(),
+            *embeddings.routes(),
             metrics_endpoint,
             # The status and playground page (static files; its API calls follow the key rules).
             *(ui.routes() if settings.ui else []),
@@ -146,6 +154,7 @@ def create_app(
             "registry": registry,
             "runtime": runtime,
             "service": service,
+            "embeddings": EmbeddingService(registry, runtime.side),
             "started": started,
             "metrics": metrics,
         }),

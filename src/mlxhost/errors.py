@@ -160,6 +160,26 @@ class MemoryExceeded(MlxhostError):
         self.fitting = fitting
 
 
+class SideModelTooLarge(MlxhostError):
+    """An embedding or rerank model that cannot fit beside the loaded models in the
+    memory budget, even with no request running."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "memory_exceeded"
+
+    def __init__(self, model: str, needed: int, room: int, budget: int, loaded: int):
+        from mlxhost.runtime.memory import format_bytes
+
+        super().__init__(
+            f"The model '{model}' needs {format_bytes(needed)} of memory, but the memory budget "
+            f"of {format_bytes(budget)} (--max-memory) less the loaded models "
+            f"({format_bytes(loaded)} and their working memory) leaves {format_bytes(room)}. "
+            "Raise --max-memory or use a smaller model.",
+            param="model",
+        )
+
+
 class EngineError(MlxhostError):
     """Generation failed inside the MLX worker."""
 

@@ -20,6 +20,7 @@ import attrs
 import pluggy
 
 from mlxhost.chat_facts import read_chat_facts
+from mlxhost.embedding.facts import model_kind
 from mlxhost.errors import (
     ModelDownloadFailed,
     ModelNotDownloaded,
@@ -36,7 +37,9 @@ from mlxhost.runtime.locate import (
 from mlxhost.settings import Settings
 from mlxhost.types import (
     DEFAULT_CONTEXT_WINDOW,
+    EMBEDDING,
     GENERIC_FAMILY,
+    RERANK,
     TOOLS,
     VISION,
     ModelInfo,
@@ -260,8 +263,10 @@ class ModelRegistry:
             config_path = cached_config_path(name)
             if config_path is not None:
                 spec = self._spec_from_config(name, config_path, "cache", None)
-                # Only repos a family plugin can serve (or that the operator opened up).
-                if spec.family is None and not trusted:
+                # Only repos a family plugin or the embedding runtime can serve (or
+                # that the operator opened up).
+                encoder = spec.capabilities & {EMBEDDING, RERANK}
+                if spec.family is None and not encoder and not trusted:
                     raise UnsupportedArchitecture(name, self._read_config(config_path).get("model_type"))
                 return spec
         return None
@@ -301,10 +306,15 @@ class ModelRegistry:
         if key in self._discovered:
             return self._discovered[key]
         config = self._read_config(config_path)
-        family = self._pm.hook.mlxhost_model_family(config=config)
+        # An embedding or rerank model (modules.json, an encoder architecture) is
+        # served beside the chat model (mlxhost.embedding), whatever its family.
+        kind = model_kind(config_path.parent, config)
+        family = None if kind else self._pm.hook.mlxhost_model_family(config=config)
         # A family plugin handles tools itself; the generic family's capabilities
         # come from the model's chat template (ModelInfo.chat).
         capabilities = {TOOLS} if family and family != GENERIC_FAMILY else set()
+        if kind:
+            capabilities = {kind}
         if "vision_config" in config and family != GENERIC_FAMILY:
             capabilities.add(VISION)
         spec = ModelSpec(

@@ -267,6 +267,23 @@ class Settings:
         env="MLXHOST_KEEP_ALIVE", flag="--keep-alive", parse=parse_duration,
         metavar="DURATION", shown_default="30m",
     )
+    embed_max_models: int = setting(
+        2, "embedding and rerank models loaded at once beside the chat model, each in a slot "
+        "of its own (the least recently used idle one makes room for another)",
+        env="MLXHOST_EMBED_MAX_MODELS", flag="--embed-max-models", parse=parse_int, metavar="N",
+    )
+    embed_keep_alive: float | None = setting(
+        None, "unload an embedding or rerank model after it has been idle this long (4s, 30m, "
+        "1h; -1: never); a request's keep_alive overrides it",
+        env="MLXHOST_EMBED_KEEP_ALIVE", flag="--embed-keep-alive", parse=parse_duration,
+        metavar="DURATION", shown_default="--keep-alive",
+    )
+    embed_batch_tokens: int = setting(
+        8192, "padded tokens in one embedding/rerank forward pass: inputs of concurrent "
+        "requests share passes, and a running chat decodes one step between two passes",
+        env="MLXHOST_EMBED_BATCH_TOKENS", flag="--embed-batch-tokens", parse=parse_int,
+        metavar="N",
+    )
     metrics_public: bool = setting(
         False, "serve GET /metrics (Prometheus) without the API key",
         env="MLXHOST_METRICS_PUBLIC", flag="--metrics-public", parse=parse_bool,

@@ -19,6 +19,9 @@ REASONING = "reasoning"
 FIM = "fim"
 # The family of models no family plugin claims (mlxhost.default_plugins.generic_family).
 GENERIC_FAMILY = "generic"
+# Encoder models served beside the chat model (mlxhost.embedding).
+EMBEDDING = "embedding"
+RERANK = "rerank"
 
 
 @attrs.frozen

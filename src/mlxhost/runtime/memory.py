@@ -16,7 +16,10 @@ The model (docs/operations.md, "Memory"):
   one batch share padded arrays, so a batch of n costs n times its longest
   sequence;
 * **prefix cache**: the bytes its stored KV arrays hold; it is shrunk (least
-  recently used first) before a request has to wait.
+  recently used first) before a request has to wait;
+* **side models**: embedding and rerank models loaded beside the chat model
+  (``mlxhost.embedding.slots``), their weights and one pass's activations. One
+  is admitted only when it fits beside the rest (:meth:`MemoryGovernor.admit_side`).
 
 A request that cannot fit even alone (nothing running, prefix cache empty) is
 refused at once (:class:`~mlxhost.errors.MemoryExceeded`, a 400 saying how
@@ -386,6 +389,8 @@ class MemoryGovernor:
         self._prefix_bytes = prefix_bytes
         self._shrink_prefix = shrink_prefix
         self._held: list[Reservation] = []
+        # Side models (embedding / rerank) by id: the bytes each holds.
+        self.side: dict[str, int] = {}
         self._queue: deque[_Waiter] = deque()
         self._draining: asyncio.Task | None = None
         # Figures for /health and /metrics.
@@ -429,7 +434,7 @@ class MemoryGovernor:
             return None
         room = self.budget - (self.weights if weights is None else weights) - (
             self.workspace if workspace is None else workspace
-        )
+        ) - self.side_bytes
         return layout.tokens_within(max(0, room))
 
     def check(self, prompt_tokens: int, max_tokens: int, *, explicit: bool) -> None:
@@ -497,7 +502,41 @@ class MemoryGovernor:
     def _room(self, reservation: Reservation) -> int:
         """Bytes left for the prefix cache once ``reservation`` runs (negative: no room)."""
         assert self.budget is not None
-        return self.budget - self.weights - self.workspace - self.kv_in_use(reservation)
+        return (self.budget - self.weights - self.workspace - self.side_bytes
+                - self.kv_in_use(reservation))
+
+    # -- side models ------------------------------------------------------------------
+    @property
+    def side_bytes(self) -> int:
+        return sum(self.side.values())
+
+    def admit_side(self, model: str, nbytes: int) -> None:
+        """Count a side model's ``nbytes`` if they fit beside the chat model's weights,
+        workspace, the running requests' KV and the other side models. Never fits
+        (even with no request running): MemoryExceeded-like 400
+        (:class:`~mlxhost.errors.SideModelTooLarge`); fits once requests finish: 503."""
+        if self.budget is None:
+            self.side[model] = nbytes
+            return
+        others = sum(v for k, v in self.side.items() if k != model)
+        fixed = self.budget - self.weights - self.workspace - others
+        if nbytes > fixed:
+            from mlxhost.errors import SideModelTooLarge
+
+            self.refused += 1
+            raise SideModelTooLarge(model, nbytes, max(0, fixed), self.budget, self.weights + others)
+        if nbytes > fixed - self.kv_in_use():
+            raise Busy(
+                f"The model '{model}' needs {format_bytes(nbytes)} beside the loaded models; "
+                f"the running requests hold {format_bytes(self.kv_in_use())} of KV cache "
+                "until they finish. Retry shortly.",
+                retry_after=self._retry_after(),
+            )
+        self.side[model] = nbytes
+
+    def release_side(self, model: str) -> None:
+        if self.side.pop(model, None) is not None:
+            self._kick()
 
     def _kick(self) -> None:
         if (self._queue or self.active) and (self._draining is None or self._draining.done()):
@@ -556,7 +595,7 @@ class MemoryGovernor:
         if not self.active or self._shrink_prefix is None or self._queue:
             return
         assert self.budget is not None
-        room = self.budget - self.weights - self.workspace - self.kv_in_use()
+        room = self.budget - self.weights - self.workspace - self.side_bytes - self.kv_in_use()
         if self._prefix_bytes() > max(0, room):
             try:
                 await self._shrink_prefix(max(0, room))
@@ -584,6 +623,7 @@ class MemoryGovernor:
             "budget_source": self.device.source if self.device else None,
             "weights": self.weights,
             "workspace": self.workspace,
+            "side_models": self.side_bytes,
             "kv_reserved": kv,
             "prefix_cache": cached,
             "free": None,
@@ -599,5 +639,6 @@ class MemoryGovernor:
             "prefix_shrinks": self.prefix_shrinks,
         }
         if self.budget is not None:
-            figures["free"] = self.budget - self.weights - self.workspace - kv - cached
+            figures["free"] = (self.budget - self.weights - self.workspace - self.side_bytes
+                               - kv - cached)
         return figures

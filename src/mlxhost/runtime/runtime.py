@@ -14,12 +14,13 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import attrs
 
+from mlxhost.embedding.slots import SideSlots
 from mlxhost.errors import EngineError, GroupLost, MlxhostError, ModelLoadFailed
 from mlxhost.runtime.engine import Engine, PreparedPrompt
 from mlxhost.runtime.memory import (
@@ -62,6 +63,8 @@ class RuntimeStatus:
     engine: dict[str, Any]
     memory: dict[str, Any] = attrs.Factory(dict)
     keep_alive: dict[str, Any] = attrs.Factory(dict)
+    # Embedding / rerank models loaded beside the chat model (mlxhost.embedding.slots).
+    side_models: dict[str, Any] = attrs.Factory(dict)
 
 
 class ModelSession:
@@ -121,11 +124,14 @@ class Runtime:
         on_load: Callable[[str, float], None] | None = None,
         on_idle: Callable[[], None] | None = None,
         on_stop: Callable[[], None] | None = None,
+        side_models: Mapping[str, Any] | None = None,
     ) -> None:
         """``keep_alive``: seconds an idle model stays loaded (inf: forever; a
         request or the model's facts may say otherwise); ``memory_wait``: seconds a
         request may wait for memory; ``on_load(model, seconds)`` after each load;
-        ``on_idle`` / ``on_stop``: the worker's hooks (``MLXWorker``)."""
+        ``on_idle`` / ``on_stop``: the worker's hooks (``MLXWorker``);
+        ``side_models``: keyword arguments of the embedding/rerank slots
+        (``SideSlots``: max_models, keep_alive, max_tokens)."""
         self._engine = engine
         self._load_lock = asyncio.Lock()  # sessions that join a batch share one load
         self._ticking = False  # the batch ticker is registered (worker thread only)
@@ -159,6 +165,10 @@ class Runtime:
         self.last_unloaded: str | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_task: asyncio.Task | None = None
+        # Embedding and rerank models: their own slots beside the generation slot,
+        # on the same MLX thread and memory budget.
+        self.side = SideSlots(self._worker, self.memory, **{
+            "keep_alive": keep_alive, **(side_models or {})})
         self.scheduler = SlotScheduler(
             lambda: self.current.id if self.current else None,
             max_waiting=max_waiting,
@@ -205,6 +215,7 @@ class Runtime:
         self._cancel_idle()
         if self._worker.alive:
             try:
+                await self.side.close()
                 await self._worker.run(self._engine.unload)
                 await self._worker.run(self._engine.close)
             finally:
@@ -241,6 +252,7 @@ class Runtime:
             engine=self._engine.stats(),
             memory=self.memory_status(),
             keep_alive=self.keep_alive_status(),
+            side_models=self.side.status(),
         )
 
     def memory_status(self) -> dict[str, Any]:
