@@ -224,6 +224,9 @@ class _RuntimeCollector:
         yield gauge("mlxhost_memory_kv_reserved_bytes",
                     "KV memory reserved by running requests (prompt + max_tokens)",
                     memory.get("kv_reserved"))
+        yield gauge("mlxhost_memory_side_models_bytes",
+                    "Bytes counted for embedding / rerank models beside the chat model",
+                    memory.get("side_models"))
         process = memory.get("process") or {}
         yield gauge("mlxhost_process_resident_bytes", "Resident memory of the server process",
                     process.get("rss"))
@@ -231,3 +234,31 @@ class _RuntimeCollector:
                       memory.get("refused"))
         yield counter("mlxhost_memory_waited", "Requests that waited for memory",
                       memory.get("waited"))
+        yield from _side_metrics(status.side_models, gauge, counter)
+
+
+def _side_metrics(side: dict[str, Any], gauge: Any, counter: Any) -> Any:
+    """Embedding / rerank models beside the chat model (``embedding.slots``)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    loaded = GaugeMetricFamily(
+        "mlxhost_side_model_loaded", "1 for each embedding or rerank model loaded beside the "
+        "chat model", labels=["model", "kind"])
+    nbytes = GaugeMetricFamily("mlxhost_side_model_bytes", "Bytes of a side model's weights",
+                               labels=["model"])
+    for entry in side.get("models", []):
+        loaded.add_metric([entry["model"], entry["kind"]], 1)
+        nbytes.add_metric([entry["model"]], entry["bytes"])
+    yield loaded
+    yield nbytes
+    yield counter("mlxhost_side_model_loads", "Embedding / rerank model loads", side.get("loads"))
+    batch = side.get("batch") or {}
+    yield counter("mlxhost_embed_passes", "Encoder forward passes run (embedding and rerank)",
+                  batch.get("passes"))
+    yield counter("mlxhost_embed_inputs", "Inputs embedded or scored", batch.get("inputs"))
+    yield counter("mlxhost_embed_tokens", "Tokens of the inputs embedded or scored",
+                  batch.get("tokens"))
+    yield counter("mlxhost_embed_padded_tokens",
+                  "Tokens the encoder passes ran, padding included", batch.get("padded_tokens"))
+    yield gauge("mlxhost_embed_largest_pass", "Most inputs run in one encoder pass",
+                batch.get("largest_pass"))

@@ -20,7 +20,7 @@ import attrs
 import pluggy
 
 from mlxhost.chat_facts import read_chat_facts
-from mlxhost.embedding.facts import model_kind
+from mlxhost.embedding.facts import encoder_facts, model_kind
 from mlxhost.errors import (
     ModelDownloadFailed,
     ModelNotDownloaded,
@@ -353,7 +353,7 @@ class ModelRegistry:
                 spec=spec,
                 config=config,
                 path=folder,
-                context_window=self._context_window(spec, config),
+                context_window=self._context_window(spec, config, folder),
                 generation_defaults={
                     **(generation_defaults(folder) if folder else {}),
                     **spec.defaults.sampling,
@@ -366,11 +366,16 @@ class ModelRegistry:
             self._infos[key] = info
         return info
 
-    def _context_window(self, spec: ModelSpec, config: Mapping[str, Any]) -> int:
+    def _context_window(
+        self, spec: ModelSpec, config: Mapping[str, Any], folder: Path | None = None
+    ) -> int:
         """The config file's [models.X] value (absent when a flag or variable sets one for
         every model: mlxhost.config) > settings override > the context-limit hook >
         the plugin's declared value > 4096."""
         settings = self._settings
+        if folder is not None and spec.capabilities & {EMBEDDING, RERANK}:
+            # An encoder's window: tokens per input (sentence-transformers' max_seq_length).
+            return encoder_facts(folder, config).max_tokens
         if spec.defaults.context_window:
             return spec.defaults.context_window
         if settings.context_window:

@@ -17,6 +17,12 @@ from pathlib import Path
 import pytest
 
 from mlxhost.starter.builder import TEST_MODELS, ensure_test_model, install_into_hf_cache
+from mlxhost.testing.embed_models import (
+    MINILM_REPO,
+    TINY_RERANKER_REPO,
+    ensure_minilm,
+    ensure_tiny_reranker,
+)
 from mlxhost.testing.server import ServerProcess
 from mlxhost.testing.vlm_models import TINY_VLMS, ensure_tiny_vlm
 
@@ -39,6 +45,9 @@ def hf_hub_cache() -> Path:
         install_into_hf_cache(ensure_test_model(name), TEST_MODELS[name].repo_id, cache)
     for name, repo_id in TINY_VLMS.items():
         install_into_hf_cache(ensure_tiny_vlm(name), repo_id, cache)
+    # Embedding and rerank models, served beside the chat model (test_embeddings.py).
+    install_into_hf_cache(ensure_minilm(), MINILM_REPO, cache)
+    install_into_hf_cache(ensure_tiny_reranker(), TINY_RERANKER_REPO, cache)
     return cache
 
 

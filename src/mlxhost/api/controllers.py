@@ -95,7 +95,7 @@ def model_entry(state: State, info: ModelInfo, alias: str | None = None) -> dict
         # The path tools take (docs/plugins.md, "The generic family and overrides").
         **info.tool_route,
         "downloaded": info.downloaded,
-        "loaded": loaded is not None and loaded.id == spec.id,
+        "loaded": (loaded is not None and loaded.id == spec.id) or spec.id in state.runtime.side.loaded,
     }
     if alias:
         entry["alias_for"] = spec.id
@@ -195,4 +195,6 @@ async def health(state: State) -> dict[str, Any]:
         **runtime.engine,
         "memory": runtime.memory,
         "keep_alive": runtime.keep_alive,
+        # Embedding and rerank models loaded beside the chat model.
+        "side_models": runtime.side_models,
     }

@@ -38,8 +38,10 @@ from mlxhost.errors import InvalidRequest, MlxhostError
 from mlxhost.runtime.memory import duration_seconds
 from mlxhost.service import ChatService, Generation
 from mlxhost.types import (
+    EMBEDDING,
     FIM,
     REASONING,
+    RERANK,
     TOOLS,
     VISION,
     ContentDelta,
@@ -155,6 +157,8 @@ def _entry(info: ModelInfo, name: str) -> dict[str, Any]:
 
 
 def _capabilities(info: ModelInfo) -> list[str]:
+    if EMBEDDING in info.capabilities or RERANK in info.capabilities:
+        return sorted(info.capabilities & {EMBEDDING, RERANK})
     caps = ["completion"]
     if TOOLS in info.capabilities:
         caps.append("tools")
@@ -201,8 +205,9 @@ async def show(request: Request, state: State) -> dict[str, Any]:
 async def ps(state: State) -> dict[str, Any]:
     runtime = state.runtime
     loaded = runtime.current
+    side = _side_entries(state)
     if loaded is None:
-        return {"models": []}
+        return {"models": side}
     entry = _entry(loaded.info, loaded.id)
     # When it unloads: the idle timer's deadline, or (requests running) the
     # keep-alive counted from now; far in the future when it never unloads.
@@ -215,7 +220,24 @@ async def ps(state: State) -> dict[str, Any]:
     weights = runtime.memory.weights if runtime.memory.model == loaded.id else 0
     entry.update({"expires_at": expires, "size_vram": weights or entry["size"],
                   "context_length": loaded.context_window})
-    return {"models": [entry]}
+    return {"models": [entry, *side]}
+
+
+def _side_entries(state: State) -> list[dict[str, Any]]:
+    """Embedding and rerank models loaded beside the chat model (their own keep-alive)."""
+    entries = []
+    now = time.time()
+    for side in state.runtime.side.loaded.values():
+        entry = _entry(side.info, side.info.id)
+        unloads_at = side.unloads_at
+        if unloads_at is None and side.keep_alive != float("inf"):
+            unloads_at = now + side.keep_alive
+        expires = (datetime.fromtimestamp(unloads_at, timezone.utc).isoformat().replace("+00:00", "Z")
+                   if unloads_at is not None else "9999-12-31T23:59:59Z")
+        entry.update({"expires_at": expires, "size_vram": side.nbytes,
+                      "context_length": side.facts.max_tokens})
+        entries.append(entry)
+    return entries
 
 
 @get("/api/version", operation_class=operation(errors=OLLAMA_ERROR))

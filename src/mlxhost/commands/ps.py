@@ -104,8 +104,24 @@ def describe(url: str, health: dict[str, Any], context_window: int | None) -> li
         lines.append(("keep-alive", "stays loaded until a request asks for another model"))
     elif model and isinstance(keep_alive, dict):
         lines.append(("keep-alive", f"unloads after {keep_alive.get('duration')} idle"))
+    lines.extend(_side_lines(health.get("side_models")))
     if health.get("last_error"):
         lines.append(("last error", str(health["last_error"])))
+    return lines
+
+
+def _side_lines(side: Any) -> list[tuple[str, str]]:
+    """One line per embedding / rerank model loaded beside the chat model."""
+    if not isinstance(side, dict):
+        return []
+    lines = []
+    for entry in side.get("models") or []:
+        unloads_in = entry.get("unloads_in")
+        when = (f"unloads in {human_duration(unloads_in)}" if isinstance(unloads_in, (int, float))
+                else f"keep-alive {entry.get('keep_alive')}")
+        lines.append((str(entry.get("kind", "side")),
+                      f"{entry.get('model')} ({human_bytes(entry.get('bytes') or 0)}, "
+                      f"{entry.get('running', 0)} running, {when})"))
     return lines
 
 

@@ -214,8 +214,14 @@ def pull(name: str, revision: str | None = None, *, settings: Any = None, stream
     except Exception as error:
         raise _hub_error(repo_id, revision, error) from None
     config = read_json(config_path)
+    from mlxhost.embedding.facts import kind_from_config
+
     family = pm.hook.mlxhost_model_family(config=config)
-    if family is None:
+    kind = kind_from_config(config)
+    if kind is not None:  # an embedding / rerank model, served beside the chat model
+        family = None
+        result["kind"] = kind
+    elif family is None:
         if not existed:
             import shutil
 

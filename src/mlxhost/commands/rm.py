@@ -71,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
     repo_id = cached_repo(args.model, settings)
     url = server_url(settings, args.url)
     health = get_health(url)
-    if health is not None and repo_id in (health.get("model"), health.get("loading")):
+    side = health.get("side_models") if health is not None else None
+    side_ids = {m.get("model") for m in side.get("models") or []} if isinstance(side, dict) else set()
+    if health is not None and (repo_id in (health.get("model"), health.get("loading"))
+                               or repo_id in side_ids):
         raise CommandError(
             f"{repo_id} is loaded by the server at {url}; have it load another model "
             "(or stop it) first"
