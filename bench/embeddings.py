@@ -34,10 +34,7 @@ from mlxhost.starter.builder import TEST_MODELS, ensure_test_model, install_into
 from mlxhost.testing.embed_models import MINILM_REPO, ensure_minilm
 from mlxhost.testing.server import ServerProcess
 
-WORDS = ("the a river mountain city model server memory quick brown fox jumps over lazy dog "
-         "market price rises falls under new old green system network language learning data "
-         "vector search engine query answer cat house window light night morning rain sun "
-         "travel train station music song garden tree flower computer program test").split()
+WORDS = ["the", "a", "river", "mountain", "city", "model", "server", "memory", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "market", "price", "rises", "falls", "under", "new", "old", "green", "system", "network", "language", "learning", "data", "vector", "search", "engine", "query", "answer", "cat", "house", "window", "light", "night", "morning", "rain", "sun", "travel", "train", "station", "music", "song", "garden", "tree", "flower", "computer", "program", "test"]
 
 
 def sentences(n: int, seed: int = 0) -> list[str]:
@@ -148,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     chat = TEST_MODELS["qwen"].repo_id
     install_into_hf_cache(ensure_test_model("qwen"), chat, hub)
 
-    from sentence_transformers import SentenceTransformer
     import torch
+    from sentence_transformers import SentenceTransformer
 
     reference = SentenceTransformer(str(folder), device="cpu")
     rates: dict[tuple[str, int], list[float]] = {}
