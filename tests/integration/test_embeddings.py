@@ -23,6 +23,7 @@ from mlxhost.testing.embed_models import (
     ensure_minilm,
     ensure_tiny_reranker,
 )
+from mlxhost.testing.live import wait_until
 
 QWEN = TEST_MODELS["qwen"].repo_id
 TEXTS = [
@@ -192,10 +193,9 @@ def test_side_models_are_reported_and_keep_their_own_keep_alive(qwen_server, cli
     reply = httpx.post(f"{qwen_server.url}/api/embed", timeout=120,
                        json={"model": MINILM_REPO, "input": "bye", "keep_alive": 0})
     assert reply.status_code == 200
-    deadline = time.monotonic() + 30
-    while MINILM_REPO in [m["model"] for m in qwen_server.health()["side_models"]["models"]]:
-        assert time.monotonic() < deadline, "the embedder was not unloaded"
-        time.sleep(0.2)
+    wait_until(lambda: MINILM_REPO not in [
+        m["model"] for m in qwen_server.health()["side_models"]["models"]], 30,
+        "the embedder unloaded after keep_alive 0")
     assert qwen_server.health()["model"]
 
 

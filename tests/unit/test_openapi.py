@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlxhost.api import anthropic, completions, ollama, openai_responses, schemas
+from mlxhost.api import anthropic, completions, embeddings, ollama, openai_responses, schemas
 
 ENFORCED = {
     ("/v1/chat/completions", "post"): schemas.CHAT_REQUEST_SCHEMA,
@@ -16,6 +16,11 @@ ENFORCED = {
     ("/api/chat", "post"): ollama.CHAT_SCHEMA,
     ("/api/generate", "post"): ollama.GENERATE_SCHEMA,
     ("/api/show", "post"): ollama.SHOW_SCHEMA,
+    ("/v1/embeddings", "post"): embeddings.OPENAI_EMBEDDINGS_SCHEMA,
+    ("/api/embed", "post"): embeddings.OLLAMA_EMBED_SCHEMA,
+    ("/api/embeddings", "post"): embeddings.OLLAMA_EMBEDDINGS_SCHEMA,
+    ("/v1/rerank", "post"): embeddings.RERANK_SCHEMA,
+    ("/rerank", "post"): embeddings.RERANK_SCHEMA,
 }
 
 
@@ -50,6 +55,8 @@ def test_generated_chat_schema_carries_the_field_constraints():
         ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "x"}], "top_k": -1}, "top_k"),
         ("/v1/completions", {"model": "m", "prompt": "x", "n": 3}, "n"),
         ("/v1/responses", {"model": "m", "input": "x", "top_p": 0}, "top_p"),
+        ("/v1/embeddings", {"model": "m", "input": "x", "dimensions": 0}, "dimensions"),
+        ("/v1/rerank", {"model": "m", "query": "q", "documents": [{"title": "x"}]}, "documents[0].text"),
     ],
 )
 def test_a_schema_violation_is_a_400_naming_the_field(client, path, body, param):

@@ -52,7 +52,9 @@ def test_defaults():
         "warmup": True, "disabled_plugins": [], "extra_models": [], "log_level": "info",
         "openblas": True, "openblas_path": None, "models_dirs": [], "allow_model_paths": False,
         "ui": True, "config_file": None, "model_configs": [],
-        "max_memory": None, "memory_wait": 600.0, "keep_alive": 1800.0, "metrics_public": False,
+        "max_memory": None, "memory_wait": 600.0, "keep_alive": 1800.0,
+        "embed_max_models": 2, "embed_keep_alive": None, "embed_batch_tokens": 8192,
+        "metrics_public": False,
         "ranks": 1, "hostfile": None, "distributed_backend": "auto", "pipeline": False,
     }
     assert Settings(extra_models=["x"], context_window=128).context_window == 128

@@ -218,9 +218,14 @@ def pull(name: str, revision: str | None = None, *, settings: Any = None, stream
 
     family = pm.hook.mlxhost_model_family(config=config)
     kind = kind_from_config(config)
+    patterns = list(MODEL_FILE_PATTERNS)
     if kind is not None:  # an embedding / rerank model, served beside the chat model
         family = None
         result["kind"] = kind
+        # Its model card says whether it was trained for shortened (Matryoshka) vectors.
+        patterns.append("README.md")
+        files.update({s.rfilename: int(s.size or 0) for s in (info.siblings or [])
+                      if s.rfilename == "README.md"})
     elif family is None:
         if not existed:
             import shutil
@@ -243,7 +248,7 @@ def pull(name: str, revision: str | None = None, *, settings: Any = None, stream
     disable_progress_bars()  # ours is one bar for all files
     try:
         with _Progress(repo_dir, commit, todo, stream):
-            folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=MODEL_FILE_PATTERNS))
+            folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except KeyboardInterrupt:
         raise CommandError("interrupted; run the same command again to resume") from None
     except Exception as error:

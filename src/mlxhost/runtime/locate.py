@@ -17,9 +17,6 @@ MODEL_FILE_PATTERNS = [
     "*.tiktoken",
     "*.txt",
     "*.py",
-    # The model card: embedding models say there whether they were trained for
-    # shortened (Matryoshka) vectors (mlxhost.embedding.facts).
-    "README.md",
 ]
 
 
