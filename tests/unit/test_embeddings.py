@@ -212,3 +212,31 @@ def test_while_a_chat_decodes_a_pass_takes_a_share_of_its_step():
     assert batcher.token_budget(1) == int(CHAT_SHARE * 0.5 / 0.001)
     batcher._token_s[1] = 1e-9
     assert batcher.token_budget(1) == 8192  # never above max_tokens
+
+
+# -- where they show: the registry, mlxhost ps ---------------------------------------------
+def test_the_registry_serves_an_embedding_folder_by_its_files(tmp_path):
+    from mlxhost.plugins import make_plugin_manager
+    from mlxhost.registry import ModelRegistry
+    from mlxhost.settings import Settings
+
+    root = tmp_path / "models"
+    (root / "minilm").mkdir(parents=True)
+    _st_folder(root / "minilm", {"pooling_mode_mean_tokens": True})
+    registry = ModelRegistry(make_plugin_manager(load_entrypoints=False),
+                             Settings(models_dirs=[str(root)]))
+    info = registry.resolve("minilm")
+    assert info.capabilities == frozenset({EMBEDDING})
+    assert info.family is None
+    assert info.context_window == 256  # tokens per input (sentence_bert_config.json)
+
+
+def test_ps_lists_the_side_models():
+    from mlxhost.commands.ps import describe
+
+    health = {"status": "ok", "model": "chat", "side_models": {"models": [
+        {"model": "minilm", "kind": "embedding", "bytes": 90 << 20, "running": 1,
+         "keep_alive": "30m", "unloads_in": None}]}}
+    lines = dict(describe("http://x", health, None))
+    assert lines["embedding"].startswith("minilm (")
+    assert "1 running" in lines["embedding"]
