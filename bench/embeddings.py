@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -73,11 +76,28 @@ def engine_rate(folder: Path, texts: list[str], batch: int) -> float:
         worker.stop()
 
 
-def st_rate(model: Any, texts: list[str], batch: int) -> float:
-    model.encode(texts[:8], batch_size=8)  # warm
-    started = time.perf_counter()
-    model.encode(texts, batch_size=batch)
-    return len(texts) / (time.perf_counter() - started)
+_ST_CHILD = """
+import json, sys, time
+import torch
+from sentence_transformers import SentenceTransformer
+folder, texts_file, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+texts = json.load(open(texts_file))
+model = SentenceTransformer(folder, device="cpu")
+model.encode(texts[:8], batch_size=8)
+started = time.perf_counter()
+model.encode(texts, batch_size=batch)
+print(json.dumps({"rate": len(texts) / (time.perf_counter() - started),
+                  "torch": torch.__version__, "threads": torch.get_num_threads()}))
+"""
+
+
+def st_rate(folder: Path, texts_file: Path, batch: int) -> dict[str, Any]:
+    """sentence-transformers as its users run it: a process of its own, torch's
+    default threads, no OpenBLAS preload (mlxhost's serving processes add it)."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    out = subprocess.run([sys.executable, "-c", _ST_CHILD, str(folder), str(texts_file), str(batch)],
+                         env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def http_rate(url: str, texts: list[str], batch: int) -> float:
@@ -145,10 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     chat = TEST_MODELS["qwen"].repo_id
     install_into_hf_cache(ensure_test_model("qwen"), chat, hub)
 
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    reference = SentenceTransformer(str(folder), device="cpu")
+    texts_file = hub / "sentences.json"
+    texts_file.write_text(json.dumps(texts))
+    torch_info: dict[str, Any] = {}
     rates: dict[tuple[str, int], list[float]] = {}
     decode: dict[str, list[float]] = {"alone": [], "load": []}
     loaded_sent = []
@@ -156,8 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     with ServerProcess(["--model", chat], env=env, log_path=hub / "serve.log") as server:
         for round_ in range(args.rounds):
             for batch in batches:
+                def st(b: int) -> float:
+                    result = st_rate(folder, texts_file, b)
+                    torch_info.update(result)
+                    return float(result["rate"])
+
                 for system, measure in (
-                    ("sentence-transformers", lambda b: st_rate(reference, texts, b)),
+                    ("sentence-transformers", st),
                     ("mlxhost engine", lambda b: engine_rate(folder, texts, b)),
                     ("mlxhost HTTP", lambda b: http_rate(server.url, texts, b)),
                 ):
@@ -179,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"`python -m bench.embeddings --sentences {args.sentences} --batches {args.batches} "
         f"--chat-tokens {args.chat_tokens} --rounds {args.rounds}` on {os.cpu_count()} CPU cores "
-        f"(Linux x86_64, no GPU; OpenBLAS preloaded; torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads). all-MiniLM-L6-v2 (fp32), {args.sentences} sentences "
+        f"(Linux x86_64, no GPU; mlxhost with OpenBLAS preloaded as `mlxhost serve` runs; "
+        f"sentence-transformers in its own process, torch {torch_info.get('torch')} with "
+        f"{torch_info.get('threads')} threads, no preload). all-MiniLM-L6-v2 (fp32), {args.sentences} sentences "
         "of 8-40 words; medians of the rounds, every system measured in each round, one after "
         "the other.",
         "",

@@ -90,8 +90,19 @@ class BatchStats:
 class EncodeBatcher:
     """Pools encoder inputs and runs them as bounded passes, one per worker turn."""
 
-    def __init__(self, worker: Worker, *, max_tokens: int = 8192, max_rows: int = 128) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        *,
+        max_tokens: int = 8192,
+        max_rows: int = 128,
+        decoding: Callable[[], bool] | None = None,
+    ) -> None:
+        """``decoding()``: whether a chat batch is decoding in the worker's turns
+        (then passes are held to ``CHAT_SHARE`` of the rest of a turn); None: judge
+        by the time the rest of a turn takes."""
         self._worker = worker
+        self._decoding = decoding
         self.max_tokens = max(1, max_tokens)
         self.max_rows = max(1, max_rows)
         self._pools: dict[int, list[_Item]] = {}  # id(model) -> items sorted by (length, seq)
@@ -148,6 +159,8 @@ class EncodeBatcher:
         self._turn += 1
         now = time.perf_counter()
         self._other_s = now - self._tick_ended if self._tick_ended is not None else 0.0
+        if self._decoding is not None and not self._decoding():
+            self._other_s = 0.0  # jobs and the event loop's GIL, not a chat to protect
         for key in [k for k, pool in self._pools.items() if not pool]:
             del self._pools[key]
         if not self._pools:

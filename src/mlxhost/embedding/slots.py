@@ -68,14 +68,18 @@ class SideSlots:
         max_tokens: int = 8192,
         max_rows: int = 128,
         load: Callable[[ModelInfo, EncoderFacts], Any] | None = None,
+        decoding: Callable[[], bool] | None = None,
     ) -> None:
         """``load(info, facts)`` builds the model on the worker (default: MLX);
-        ``max_tokens``/``max_rows`` bound one forward pass."""
+        ``max_tokens``/``max_rows`` bound one forward pass; ``decoding()`` says
+        whether a chat batch decodes in the worker's turns (``EncodeBatcher``)."""
         self._worker = worker
         self._governor = governor
         self.max_models = max(1, max_models)
         self.keep_alive = keep_alive
-        self.batcher = EncodeBatcher(worker, max_tokens=max_tokens, max_rows=max_rows)
+        self.batcher = EncodeBatcher(worker, max_tokens=max_tokens, max_rows=max_rows,
+                                     decoding=decoding)
+        self._tasks: set[asyncio.Task] = set()  # keep-alive unloads in flight
         self._load_model = load or _load_mlx
         self.loaded: dict[str, SideModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -190,7 +194,12 @@ class SideSlots:
         delay = max(0.0, side.keep_alive)
         side.unloads_at = time.time() + delay
         loop = asyncio.get_running_loop()
-        side.timer = loop.call_later(delay, lambda: loop.create_task(self._expire(side)))
+        side.timer = loop.call_later(delay, self._start_expiry, side)
+
+    def _start_expiry(self, side: SideModel) -> None:
+        task = asyncio.get_running_loop().create_task(self._expire(side))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _expire(self, side: SideModel) -> None:
         async with self._locks.setdefault(side.info.id, asyncio.Lock()):

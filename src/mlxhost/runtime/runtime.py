@@ -167,7 +167,7 @@ class Runtime:
         self._idle_task: asyncio.Task | None = None
         # Embedding and rerank models: their own slots beside the generation slot,
         # on the same MLX thread and memory budget.
-        self.side = SideSlots(self._worker, self.memory, **{
+        self.side = SideSlots(self._worker, self.memory, decoding=lambda: self._ticking, **{
             "keep_alive": keep_alive, **(side_models or {})})
         self.scheduler = SlotScheduler(
             lambda: self.current.id if self.current else None,
