@@ -240,3 +240,37 @@ def test_ps_lists_the_side_models():
     lines = dict(describe("http://x", health, None))
     assert lines["embedding"].startswith("minilm (")
     assert "1 running" in lines["embedding"]
+
+
+# -- the MLX forward against transformers, on tiny random XLM-RoBERTa models ---------------
+@pytest.mark.parametrize("head", ["embedding", "rerank"])
+def test_xlm_roberta_matches_transformers(tmp_path, head):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from mlxhost.embedding.mlx_model import EncoderModel
+
+    torch.manual_seed(0)
+    config = transformers.XLMRobertaConfig(
+        vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64, pad_token_id=1,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=1)
+    cls = (transformers.XLMRobertaModel if head == "embedding"
+           else transformers.XLMRobertaForSequenceClassification)
+    model = cls(config).eval()
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    facts = encoder_facts(tmp_path, saved)
+    assert facts.kind == head
+    ids = [[0, 5, 6, 7, 2], [0, 9, 2]]
+    ours = EncoderModel(tmp_path, saved, facts).run(ids)
+    batch = torch.tensor([ids[0], [*ids[1], 1, 1]])
+    mask = (batch != 1).long()
+    with torch.no_grad():
+        out = model(input_ids=batch, attention_mask=mask)
+    if head == "embedding":
+        pooled = (out.last_hidden_state * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        expected = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        assert np.abs(ours - expected).max() < 1e-5
+    else:
+        expected = torch.sigmoid(out.logits[:, 0]).tolist()
+        assert [relevance(row) for row in ours] == pytest.approx(expected, abs=1e-5)

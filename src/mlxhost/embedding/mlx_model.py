@@ -1,7 +1,7 @@
 """The forward pass of an embedding or rerank model, on MLX (worker thread only).
 
 The encoders themselves are mlx-embeddings' model code (``mlx_embeddings.models.*``:
-BERT, XLM-RoBERTa, ModernBERT); pooling, normalization and the cross-encoder
+BERT, XLM-RoBERTa); pooling, normalization and the cross-encoder
 heads are here, because they follow the model's sentence-transformers files
 (``facts.EncoderFacts``) and mlx-embeddings' models always mean-pool.
 """
@@ -18,7 +18,7 @@ from mlxhost.embedding.facts import EncoderFacts
 from mlxhost.types import RERANK
 
 # Checkpoint prefixes of the encoder inside a *ForSequenceClassification model.
-_ENCODER_PREFIXES = ("bert.", "roberta.", "model.")
+_ENCODER_PREFIXES = ("bert.", "roberta.")
 
 
 class EncoderModel:
