@@ -167,8 +167,8 @@ async def _load_only(state: State, body: dict[str, Any], keep_alive: float | Non
 @post("/api/embeddings", status_code=200,
       operation_class=operation(OLLAMA_EMBEDDINGS_SCHEMA, OLLAMA_ERROR))
 async def ollama_embeddings(request: Request, state: State) -> dict[str, Any]:
-    """The legacy endpoint: one ``prompt``, one unnormalized-by-request vector,
-    truncated to the window as Ollama does."""
+    """The legacy endpoint: one ``prompt``, one vector, truncated to the window as
+    Ollama does."""
     body = await _body(request, OLLAMA_EMBEDDINGS_SCHEMA)
     result = await state.embeddings.embed(
         body["model"], [body["prompt"]], truncate=True, keep_alive=_keep_alive(body),

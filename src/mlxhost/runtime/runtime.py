@@ -35,6 +35,8 @@ from mlxhost.runtime.memory import (
 from mlxhost.runtime.scheduler import SlotScheduler
 from mlxhost.runtime.worker import LoopOutbox, MLXWorker
 from mlxhost.types import (
+    EMBEDDING,
+    RERANK,
     LoadedModel,
     ModelInfo,
     RenderedPrompt,
@@ -382,6 +384,8 @@ class Runtime:
         governor = self.memory
         if governor.budget is None:
             return None
+        if info.capabilities & {EMBEDDING, RERANK}:
+            return info.context_window  # an encoder keeps no KV cache: its window is its limit
         if self.current is not None and self.current.info == info and governor.layout:
             fitting = governor.tokens_fitting()
         else:
