@@ -65,6 +65,7 @@ class EncoderModel:
             if self.head is None:
                 raise ValueError(f"{folder}: a cross-encoder without classifier weights")
         self.encoder.eval()
+        _compile_gelu(self.encoder, nn)
         mx.eval(self.encoder.parameters())
         self.nbytes = sum(v.nbytes for _, v in params)
         self.nbytes += sum(v.nbytes for v in head.values())
@@ -99,6 +100,19 @@ class EncoderModel:
                 result = result / mx.maximum(mx.linalg.norm(result, axis=-1, keepdims=True), 1e-12)
         mx.eval(result)
         return np.array(result.astype(mx.float32))
+
+
+def _compile_gelu(model: Any, nn: Any) -> None:
+    """Exact GELU as one compiled kernel: on the CPU, MLX's uncompiled ``nn.gelu``
+    (erf and the multiplies, one pass over memory each) took 85% of MiniLM's
+    forward pass; compiled it is ~3x faster, the same values (2e-7 apart)."""
+    import mlx.core as mx
+
+    compiled = mx.compile(nn.gelu, shapeless=True)
+    for _, module in model.named_modules():
+        act = getattr(module, "intermediate_act_fn", None)
+        if isinstance(act, nn.GELU) and getattr(act, "_approx", None) == "none":
+            module.intermediate_act_fn = compiled
 
 
 def pool(hidden: Any, mask: Any, mode: str, lengths: Any) -> Any:
