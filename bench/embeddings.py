@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{statistics.median(loaded_sent):.0f} sentences were embedded during each loaded chat. "
         f"The server ran {side['passes']} encoder passes of at most {side['largest_pass']} inputs.",
         "",
-        "The cores were shared with other work: load average %.1f / %.1f / %.1f (1 / 5 / 15 min) "
-        "when the run ended." % os.getloadavg(),
+        "The cores were shared with other work: load average "
+        + " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " (1 / 5 / 15 min) when the run ended.",
         "",
         "GPU: not run.",
     ]
