@@ -70,6 +70,9 @@ def create_app(
     runtime = Runtime(
         leader or pm.hook.mlxhost_make_engine(settings=settings),
         tool_parser_for=lambda info: pm.hook.mlxhost_tool_call_parser(model=info),
+        reasoning_for=lambda info, tokenizer: pm.hook.mlxhost_reasoning_format(
+            model=info, tokenizer=tokenizer
+        ),
         max_waiting=settings.max_queue,
         wait_timeout=settings.queue_timeout,
         # auto (0): the engine's provisional limit until a load measures one.

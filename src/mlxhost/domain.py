@@ -53,6 +53,9 @@ class Message:
     # A tool result answers this call.
     tool_call_id: str | None = None
     name: str | None = None
+    # An earlier assistant turn's thinking, as the client sent it back (templates
+    # that replay it, e.g. Qwen3's within a tool-calling turn, render it).
+    reasoning: str | None = None
 
     @property
     def text(self) -> str:
@@ -121,6 +124,38 @@ class JsonFormat:
     where: str = "response_format"
 
 
+# Reasoning effort levels, lowest first ("none": do not think).
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+
+
+@attrs.frozen
+class ReasoningControl:
+    """What a request asks of a thinking model, whatever API it came through.
+
+    On a model that does not think every field is accepted and changes nothing
+    (agents send ``reasoning_effort`` with every request).
+    """
+
+    # None: the model's default.
+    effort: Effort | None = None
+    # False: do not think; True: think; None: the model's default (or the effort's).
+    enabled: bool | None = None
+    # Thinking tokens allowed before the server closes the thought (None: no limit).
+    budget: int | None = None
+    # Extra chat-template variables (``chat_template_kwargs``), passed as given.
+    template_kwargs: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def thinks(self) -> bool | None:
+        """Whether thinking is wanted (None: the model's default)."""
+        if self.enabled is not None:
+            return self.enabled
+        if self.effort is not None:
+            return self.effort != "none"
+        return None
+
+
 @attrs.frozen
 class ChatRequest:
     """One chat request, whatever API it came through."""
@@ -159,6 +194,8 @@ class ChatRequest:
     # 0: unload at once); None: the model's or the server's default. Ollama's
     # ``keep_alive`` and the OpenAI endpoints' ``ttl`` (LM Studio) convert to it.
     keep_alive: float | None = None
+    # Thinking controls (reasoning_effort, think, thinking, chat_template_kwargs).
+    reasoning: ReasoningControl = attrs.field(factory=ReasoningControl)
 
     @property
     def offered_tools(self) -> tuple[FunctionTool, ...]:

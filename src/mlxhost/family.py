@@ -30,9 +30,9 @@ from mlxhost.hookspecs import hookimpl
 from mlxhost.types import LoadedModel, ModelInfo, ModelSpec, RenderedPrompt, ToolParserFactory
 
 # (model, messages, offered tools, tool choice) -> the prompt and the images it placed.
-RenderFunction = Callable[
-    [LoadedModel, Sequence[Message], Sequence[FunctionTool], ToolChoice], RenderedPrompt
-]
+# A render that also takes a ``variables`` keyword gets the request's chat-template
+# variables (``enable_thinking``, ``reasoning_effort``, ``chat_template_kwargs``).
+RenderFunction = Callable[..., RenderedPrompt]
 # (spec, config) -> the context window, or None to leave it to the config.
 ContextLimitFunction = Callable[[ModelSpec, Mapping[str, Any]], "int | None"]
 # (tools, choice) -> the Lark grammar a reply that must call one of them matches.
@@ -77,6 +77,9 @@ class FamilyPlugin:
 
     def __init__(self, family: Family) -> None:
         self.family = family
+        self._render_takes_variables = family.render is not None and _takes_keyword(
+            family.render, "variables"
+        )
 
     def __repr__(self) -> str:
         return f"FamilyPlugin({self.family.name!r})"
@@ -104,9 +107,14 @@ class FamilyPlugin:
         messages: Sequence[Message],
         tools: Sequence[FunctionTool],
         tool_choice: ToolChoice,
+        template_variables: Mapping[str, Any],
     ) -> RenderedPrompt | None:
         if model.family != self.family.name or self.family.render is None:
             return None
+        if self._render_takes_variables:
+            return self.family.render(
+                model, messages, tools, tool_choice, variables=template_variables
+            )
         return self.family.render(model, messages, tools, tool_choice)
 
     @hookimpl
@@ -140,3 +148,15 @@ class FamilyPlugin:
         if self.family.shard is None or config.get("model_type") not in self.family.model_types:
             return None
         return self.family.shard(model, config, group, pipeline)
+
+
+def _takes_keyword(function: Callable[..., Any], name: str) -> bool:
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )

@@ -17,7 +17,14 @@ if TYPE_CHECKING:
     from mlxhost.domain import ChatRequest, FunctionTool, Message, ToolChoice
     from mlxhost.runtime.engine import Engine
     from mlxhost.settings import Settings
-    from mlxhost.types import LoadedModel, ModelInfo, ModelSpec, RenderedPrompt, ToolParserFactory
+    from mlxhost.types import (
+        LoadedModel,
+        ModelInfo,
+        ModelSpec,
+        ReasoningFormat,
+        RenderedPrompt,
+        ToolParserFactory,
+    )
 
 hookspec = pluggy.HookspecMarker("mlxhost")
 hookimpl = pluggy.HookimplMarker("mlxhost")
@@ -48,6 +55,7 @@ def mlxhost_render_prompt(
     messages: Sequence[Message],
     tools: Sequence[FunctionTool],
     tool_choice: ToolChoice,
+    template_variables: Mapping[str, Any],
 ) -> RenderedPrompt | None:
     """Render the conversation (domain ``Message`` objects, content already
     normalized into ``TextPart``/``ImagePart``) and the offered ``tools`` into
@@ -55,7 +63,10 @@ def mlxhost_render_prompt(
 
     ``tools`` is empty when none are offered (or ``tool_choice`` is ``"none"``);
     ``tool_choice`` is ``"auto"``, ``"none"``, ``"required"`` or a
-    ``NamedToolChoice``. The result lists the images it placed, in prompt order
+    ``NamedToolChoice``. ``template_variables`` are the chat-template variables
+    the request sets (``enable_thinking``, ``reasoning_effort``, the request's
+    ``chat_template_kwargs``; empty when it sets none): a template render passes
+    them to the template. The result lists the images it placed, in prompt order
     (``RenderedPrompt.images``); the core rejects a request whose images the
     template did not place.
 
@@ -94,6 +105,20 @@ def mlxhost_tool_call_grammar(
     is a 400 naming the model (for a model without a chat template it stays an
     instruction in the prompt). Arguments are limited to the declared
     properties unless the schema allows more (``toolcalls.strict_parameters``).
+    """
+
+
+@hookspec(firstresult=True)
+def mlxhost_reasoning_format(model: ModelInfo, tokenizer: Any) -> ReasoningFormat | None:
+    """Return how the model marks its thinking: ``ThinkTags`` (start/end markers
+    as text and token ids) or ``Harmony`` (gpt-oss's channels), from its
+    tokenizer (the Hugging Face tokenizer the engine loaded; None for engines
+    without one).
+
+    Called once per model load. Stops at the first non-None result; the
+    fallback reads the vocabulary (mlx-lm's thinking-marker inference, and
+    harmony's ``<|channel|>``/``<|message|>`` tokens); a model without markers
+    does not think (its whole reply is the answer).
     """
 
 

@@ -19,6 +19,7 @@ DEFAULT_PLUGINS = (
     "mlxhost.default_plugins.config_context",
     "mlxhost.default_plugins.mlx_engine",
     "mlxhost.default_plugins.claude_code",
+    "mlxhost.default_plugins.reasoning_markers",
 )
 
 

@@ -27,6 +27,7 @@ from mlxhost.errors import (
     ModelNotFound,
     UnsupportedArchitecture,
 )
+from mlxhost.reasoning.formats import thinking_kind_on_disk
 from mlxhost.runtime.locate import (
     DownloadFailed,
     HubUnavailable,
@@ -39,6 +40,7 @@ from mlxhost.types import (
     DEFAULT_CONTEXT_WINDOW,
     EMBEDDING,
     GENERIC_FAMILY,
+    REASONING,
     RERANK,
     TOOLS,
     VISION,
@@ -317,6 +319,8 @@ class ModelRegistry:
             capabilities = {kind}
         if "vision_config" in config and family != GENERIC_FAMILY:
             capabilities.add(VISION)
+        if thinking_kind_on_disk(config_path.parent) is not None:
+            capabilities.add(REASONING)
         spec = ModelSpec(
             id=model_id,
             family=family,

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
+from typing import Any
 
 import attrs
 import pluggy
@@ -28,6 +29,13 @@ from mlxhost.domain import (
 )
 from mlxhost.errors import ContextLengthExceeded, InvalidRequest
 from mlxhost.metrics import GenerationObserver, Metrics, note_model
+from mlxhost.reasoning import ReplySplitter, splitter_for
+from mlxhost.reasoning.controls import (
+    prompt_opens_thought,
+    template_variables,
+    thinking_budget,
+    thinking_plan,
+)
 from mlxhost.registry import ModelRegistry
 from mlxhost.runtime.constrain import json_grammar, lark_grammar
 from mlxhost.runtime.engine import PreparedPrompt
@@ -40,10 +48,12 @@ from mlxhost.toolcalls import enforced_call_tools, forced_tools
 from mlxhost.types import (
     TOOL_PATH_NONE,
     VISION,
+    ContentDelta,
+    GenerationEvent,
     ImageInput,
     LoadedModel,
     ModelInfo,
-    ParserEvent,
+    ReasoningDelta,
     RenderedPrompt,
     SamplingParams,
     StreamParser,
@@ -71,6 +81,7 @@ class Generation:
         headers: dict[str, str],
         one_tool_call: bool = False,
         observer: GenerationObserver | None = None,
+        splitter: ReplySplitter | None = None,
     ) -> None:
         self.model = model
         self._observer = observer
@@ -79,6 +90,10 @@ class Generation:
         self.prompt_tokens = prepared.num_tokens
         self.headers = headers
         self.completion_tokens = 0
+        # Completion tokens spent thinking (markers included).
+        self.reasoning_tokens = 0
+        # Thinking apart from the answer (None: the model does not think).
+        self._splitter = splitter
         # Prompt tokens the engine served from its prefix cache (0 when it cannot say).
         self.cached_tokens = 0
         self.finish_reason: str | None = None
@@ -98,11 +113,12 @@ class Generation:
         return self.model.id
 
     @property
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         }
 
     @property
@@ -118,14 +134,35 @@ class Generation:
         """Release the session (idempotent); also when events() never ran."""
         await self._stack.aclose()
 
-    async def events(self) -> AsyncIterator[ParserEvent]:
+    async def events(self) -> AsyncIterator[GenerationEvent]:
         try:
             async for event in self._run():
                 yield event
         finally:
             await self.close()
 
-    async def _run(self) -> AsyncIterator[ParserEvent]:
+    def _answer(self, pieces: list[GenerationEvent]) -> list[GenerationEvent]:
+        """Thinking passes as it is; the answer's text goes through stop strings
+        (which never fire inside a thought) and the tool-call parser."""
+        out: list[GenerationEvent] = []
+        for piece in pieces:
+            if isinstance(piece, ContentDelta):
+                out.extend(self._parser.feed(self._stops.feed(piece.text)))
+            else:
+                out.append(piece)
+        return out
+
+    def _split(self, text: str) -> list[GenerationEvent]:
+        splitter = self._splitter
+        if splitter is None:
+            return self._answer([ContentDelta(text)])
+        was_thinking = splitter.thinking
+        pieces = splitter.feed(text)
+        if was_thinking or splitter.thinking or any(isinstance(p, ReasoningDelta) for p in pieces):
+            self.reasoning_tokens += 1
+        return self._answer(pieces)
+
+    async def _run(self) -> AsyncIterator[GenerationEvent]:
         parser, stops = self._parser, self._stops
         saw_tool_call = False
         finish = "stop"
@@ -144,7 +181,7 @@ class Generation:
                     self.cached_tokens = step.cached_tokens
                 if step.logprob is not None:
                     self._logprobs.append(step.logprob)
-                for event in parser.feed(stops.feed(step.text)):
+                for event in self._split(step.text):
                     if isinstance(event, ToolCallEvent) and saw_tool_call and self._one_tool_call:
                         continue
                     saw_tool_call |= isinstance(event, ToolCallEvent)
@@ -160,7 +197,8 @@ class Generation:
             await steps.aclose()  # type: ignore[attr-defined]
             if observer is not None:
                 observer.done(self.prompt_tokens, self.completion_tokens)
-        for event in [*parser.feed(stops.flush()), *parser.finish()]:
+        held = self._answer(self._splitter.finish()) if self._splitter is not None else []
+        for event in [*held, *parser.feed(stops.flush()), *parser.finish()]:
             if isinstance(event, ToolCallEvent) and saw_tool_call and self._one_tool_call:
                 continue
             saw_tool_call |= isinstance(event, ToolCallEvent)
@@ -170,10 +208,12 @@ class Generation:
         elapsed = time.perf_counter() - started
         decode = elapsed - (first_token or 0.0)
         log.info(
-            "%s: %d prompt + %d completion tokens in %.2fs (TTFT %.2fs, %.1f tok/s after it), finish=%s",
+            "%s: %d prompt + %d completion tokens (%d thinking) in %.2fs (TTFT %.2fs, "
+            "%.1f tok/s after it), finish=%s",
             self.model_id,
             self.prompt_tokens,
             self.completion_tokens,
+            self.reasoning_tokens,
             elapsed,
             first_token or 0.0,
             (self.completion_tokens - 1) / decode if decode > 0 and self.completion_tokens > 1 else 0.0,
@@ -234,6 +274,7 @@ class ChatService:
                 except ContextLengthExceeded:
                     raise too_long from None
                 headers["x-mlxhost-context"] = "summarized"
+            params, splitter = self._thinking(request, model, prepared, params)
             # The KV memory it needs, held until the generation ends (may wait: 503).
             await stack.enter_async_context(session.reserve(prepared, params))
         except BaseException:
@@ -250,7 +291,25 @@ class ChatService:
             headers=headers,
             one_tool_call=not request.parallel_tool_calls,
             observer=GenerationObserver(self.metrics, model.id) if self.metrics else None,
+            splitter=splitter,
         )
+
+    def _thinking(
+        self, request: ChatRequest, model: LoadedModel, prepared: PreparedPrompt, params: SamplingParams
+    ) -> tuple[SamplingParams, ReplySplitter | None]:
+        """The splitter for the model's thinking, and the plan the engine follows
+        when a budget or a grammar needs it (a legacy completion stays raw text)."""
+        fmt = model.reasoning
+        if fmt is None or request.raw_prompt is not None:
+            return params, None
+        inside = prompt_opens_thought(fmt, prepared.tokens)
+        budget = thinking_budget(
+            request.reasoning, request.max_tokens, answer_needs_room=params.grammar is not None
+        )
+        if budget is not None or params.grammar is not None:
+            params = attrs.evolve(params, thinking=thinking_plan(fmt, inside=inside, budget=budget))
+        offered = frozenset(tool.name for tool in request.offered_tools)
+        return params, splitter_for(fmt, inside=inside, offered=offered)
 
     async def count_tokens(self, request: ChatRequest) -> int:
         """Prompt tokens the request would take (rendered and tokenized by the
@@ -314,6 +373,7 @@ class ChatService:
                 messages=tuple(messages),
                 tools=request.offered_tools,
                 tool_choice=request.tool_choice,
+                template_variables=template_variables(request.reasoning),
             )
         except TemplateError as exc:
             raise InvalidRequest(f"The chat template rejected the messages: {exc}") from exc
@@ -360,8 +420,16 @@ class ChatService:
         async def generate(prompt: Sequence[Message], max_tokens: int) -> str:
             prepared = await session.prepare(self._render(model, plain, prompt))
             params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+            # A thinking model's thought is no part of the summary.
+            splitter = splitter_for(
+                model.reasoning, inside=prompt_opens_thought(model.reasoning, prepared.tokens)
+            )
             async with session.reserve(prepared, params):
-                return "".join([step.text async for step in session.generate(prepared, params)])
+                text = "".join([step.text async for step in session.generate(prepared, params)])
+            if splitter is None:
+                return text
+            events = [*splitter.feed(text), *splitter.finish()]
+            return "".join(e.text for e in events if isinstance(e, ContentDelta))
 
         async def truncate(text: str, max_tokens: int) -> str:
             tokenizer = model.tokenizer

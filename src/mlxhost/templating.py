@@ -116,6 +116,12 @@ def template_messages(
             item["content"] = content
         if message.tool_calls:
             item["tool_calls"] = [template_tool_call(call) for call in message.tool_calls]
+        if message.reasoning:
+            # Qwen3, DeepSeek, GLM templates read reasoning_content; gpt-oss's reads
+            # thinking (and refuses it beside content in a tool-calling turn).
+            item["reasoning_content"] = message.reasoning
+            if not item["content"]:
+                item["thinking"] = message.reasoning
         if message.tool_call_id:
             item["tool_call_id"] = message.tool_call_id
         if message.name:

@@ -184,6 +184,8 @@ class LoadedModel:
     tokenizer: Any
     tool_parser: ToolParserFactory
     loaded_at: float
+    # How the model marks thinking (resolved once per load; None: it does not think).
+    reasoning: ReasoningFormat | None = None
 
     @property
     def id(self) -> str:
@@ -232,7 +234,47 @@ class ToolCallEvent:
     call: ToolCall
 
 
+@attrs.frozen
+class ReasoningDelta:
+    """Generated thinking (never part of the answer): an API's reasoning field."""
+
+    text: str
+
+
 ParserEvent = ContentDelta | ToolCallEvent
+# What a generation yields: the answer's events, and thinking beside them.
+GenerationEvent = ContentDelta | ToolCallEvent | ReasoningDelta
+
+
+@attrs.frozen
+class ThinkTags:
+    """A model that thinks between two markers (``<think>`` … ``</think>``,
+    Gemma 4's ``<|channel>thought`` … ``<channel|>``), as text and as token ids."""
+
+    start: str
+    end: str
+    start_ids: tuple[int, ...]
+    end_ids: tuple[int, ...]
+
+
+@attrs.frozen
+class Harmony:
+    """gpt-oss's harmony format: ``analysis`` is thinking, ``final`` the answer,
+    ``commentary`` to ``functions.NAME`` a tool call. The ids are what the budget
+    watches and inserts (the tokenizer's encoding of each marker string)."""
+
+    # "<|channel|>analysis<|message|>": thinking opens.
+    analysis_ids: tuple[int, ...] = ()
+    # "<|end|>": a message closes.
+    end_ids: tuple[int, ...] = ()
+    # "<|channel|>final<|message|>": the answer opens.
+    final_ids: tuple[int, ...] = ()
+    # "<|end|><|start|>assistant<|channel|>final<|message|>": what closes a thought early.
+    close_ids: tuple[int, ...] = ()
+
+
+# How a model marks its thinking (None: it does not think).
+ReasoningFormat = ThinkTags | Harmony
 
 
 class StreamParser(Protocol):
@@ -269,8 +311,34 @@ class SamplingParams:
     logit_bias: Mapping[int, float] = attrs.field(factory=dict)
     # Report each token's log probability with this many alternatives (None: off).
     logprobs: int | None = None
-    # An llguidance grammar the output must match (None: free text).
+    # An llguidance grammar the output must match (None: free text). With
+    # ``thinking`` it applies to the answer, from the end of the thought on.
     grammar: str | None = None
+    # Where thinking starts and ends in token ids, and its budget (None: the
+    # model does not think, or nothing watches it).
+    thinking: ThinkingPlan | None = None
+
+
+@attrs.frozen
+class ThinkingPlan:
+    """What the engine watches in one generation's token ids
+    (``mlxhost.reasoning.budget.ThoughtTracker`` follows it)."""
+
+    # Sequences that open a thought.
+    opens: tuple[tuple[int, ...], ...]
+    # The sequence that ends a thought.
+    closes: tuple[int, ...]
+    # The answer (and a grammar) starts after this sequence.
+    answer_opens: tuple[int, ...]
+    # Inserted when the budget is spent: it closes the thought and opens the answer.
+    force: tuple[int, ...]
+    # The prompt opened the thought (a template that starts the think block).
+    inside: bool = False
+    # A reply that does not open a thought with its first tokens is all answer
+    # (``<think>`` models); False: the answer waits for ``answer_opens`` (harmony).
+    may_skip: bool = True
+    # Thinking tokens allowed before the thought is closed (None: no limit).
+    budget: int | None = None
 
 
 @attrs.frozen

@@ -162,14 +162,16 @@ def loaded(tokenizer):
 def test_fallback_renders_with_the_models_template():
     messages = (Message("user", (TextPart("a"), TextPart("b"))),)
     rendered = mlxhost_render_prompt(
-        model=loaded(TemplateTokenizer()), messages=messages, tools=(), tool_choice="auto"
+        model=loaded(TemplateTokenizer()), messages=messages, tools=(), tool_choice="auto",
+        template_variables={},
     )
     assert rendered.text == "[user]ab<gen>"
 
 
 def test_fallback_without_template_is_a_clear_error():
     with pytest.raises(InvalidRequest, match="no chat template"):
-        mlxhost_render_prompt(model=loaded(None), messages=(), tools=(), tool_choice="auto")
+        mlxhost_render_prompt(model=loaded(None), messages=(), tools=(), tool_choice="auto",
+                              template_variables={})
 
 
 def test_fallback_parser_passes_text_through():

@@ -17,10 +17,11 @@ from mlxhost.api.body import read_json
 from mlxhost.api.controllers import until_disconnect
 from mlxhost.api.errors import ApiError, register_error_shape
 from mlxhost.api.schemas import check_shape
+from mlxhost.api.thinking import anthropic_control, signature
 from mlxhost.api.wire_schema import ANTHROPIC_ERROR, check_body, operation, tagged
 from mlxhost.errors import InvalidRequest, MlxhostError
 from mlxhost.service import ChatService, Generation
-from mlxhost.types import ContentDelta, ToolCall, ToolCallEvent
+from mlxhost.types import ContentDelta, ReasoningDelta, ToolCall, ToolCallEvent
 
 PREFIX = "/v1/messages"
 
@@ -119,7 +120,12 @@ def _request_schema(count_only: bool) -> dict[str, Any]:
         "system": _SYSTEM_TEXT,
         "tools": {"type": "array", "items": _TOOL},
         "tool_choice": _TOOL_CHOICE,
-        "thinking": {"type": "object"},
+        "thinking": tagged("type", {
+            "enabled": {"properties": {"budget_tokens": {"type": "integer", "minimum": 1}},
+                        "required": ["budget_tokens"]},
+            "disabled": {}, "adaptive": {}},
+            description="closes the model's thought after budget_tokens (a model that does "
+            "not think ignores it)"),
     }, "required": ["model", "messages"]}
     if not count_only:
         schema["properties"].update({
@@ -228,6 +234,7 @@ def _messages(body: dict[str, Any]) -> list[domain.Message]:
         parts: list[domain.ContentPart] = []
         calls: list[ToolCall] = []
         results: list[domain.Message] = []
+        thoughts: list[str] = []
         for j, block in enumerate(content):
             at = f"{where}.content.{j}"
             if not isinstance(block, dict):
@@ -251,13 +258,17 @@ def _messages(body: dict[str, Any]) -> list[domain.Message]:
                 results.append(
                     domain.Message(role="tool", content=_tool_result_parts(block, at), tool_call_id=call_id)
                 )
-            elif kind in ("thinking", "redacted_thinking") and role == "assistant":
-                continue  # earlier thinking: not replayed to models without it
+            elif kind == "thinking" and role == "assistant":
+                if isinstance(block.get("thinking"), str):
+                    thoughts.append(block["thinking"])  # the template decides whether to replay it
+            elif kind == "redacted_thinking" and role == "assistant":
+                continue  # opaque: nothing to replay
             else:
                 raise _bad(f"unsupported content block type {kind!r} in a {role} message", f"{at}.type")
         out.extend(results)  # tool results answer the previous assistant turn first
         if parts or calls or not results:
-            out.append(domain.Message(role=role, content=tuple(parts), tool_calls=tuple(calls)))
+            out.append(domain.Message(role=role, content=tuple(parts), tool_calls=tuple(calls),
+                                      reasoning="".join(thoughts) or None))
     return out
 
 
@@ -329,6 +340,7 @@ def parse_messages_request(body: Any, *, count_only: bool = False) -> tuple[doma
         top_p=_number(body, "top_p"),
         top_k=body.get("top_k"),
         stop=tuple(stops),
+        reasoning=anthropic_control(body.get("thinking")),
     )
     return request, stream
 
@@ -368,6 +380,12 @@ def _message_id() -> str:
 async def message_body(generation: Generation) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     async for event in generation.events():
+        if isinstance(event, ReasoningDelta):
+            if content and content[-1]["type"] == "thinking":
+                content[-1]["thinking"] += event.text
+            else:
+                content.append({"type": "thinking", "thinking": event.text, "signature": ""})
+            continue
         if isinstance(event, ContentDelta):
             if not event.text:
                 continue
@@ -378,6 +396,9 @@ async def message_body(generation: Generation) -> dict[str, Any]:
         elif isinstance(event, ToolCallEvent):
             call = event.call
             content.append({"type": "tool_use", "id": tool_use_id(call), "name": call.name, "input": _input(call)})
+    for block in content:
+        if block["type"] == "thinking":
+            block["signature"] = signature(block["thinking"])
     return {
         "id": _message_id(),
         "type": "message",
@@ -417,8 +438,41 @@ async def _stream(service: ChatService, request: domain.ChatRequest) -> AsyncIte
         yield _event("ping", {})
         index = 0
         text_open = False
+        # The thinking block being streamed (its text so far), if one is open.
+        thought: list[str] | None = None
+
+        def close_thought() -> list[bytes]:
+            nonlocal thought, index
+            if thought is None:
+                return []
+            frames = [
+                _event("content_block_delta", {"index": index, "delta": {
+                    "type": "signature_delta", "signature": signature("".join(thought))}}),
+                _event("content_block_stop", {"index": index}),
+            ]
+            thought = None
+            index += 1
+            return frames
+
         try:
             async for event in generation.events():
+                if isinstance(event, ReasoningDelta):
+                    if not event.text:
+                        continue
+                    if text_open:
+                        yield _event("content_block_stop", {"index": index})
+                        index += 1
+                        text_open = False
+                    if thought is None:
+                        thought = []
+                        yield _event("content_block_start", {"index": index, "content_block": {
+                            "type": "thinking", "thinking": "", "signature": ""}})
+                    thought.append(event.text)
+                    yield _event("content_block_delta", {"index": index,
+                                 "delta": {"type": "thinking_delta", "thinking": event.text}})
+                    continue
+                for frame in close_thought():
+                    yield frame
                 if isinstance(event, ContentDelta):
                     if not event.text:
                         continue
@@ -443,6 +497,8 @@ async def _stream(service: ChatService, request: domain.ChatRequest) -> AsyncIte
         except MlxhostError as exc:
             yield _event("error", {"error": exc_body(exc)["error"]})
             return
+        for frame in close_thought():
+            yield frame
         if text_open:
             yield _event("content_block_stop", {"index": index})
         yield _event("message_delta", {

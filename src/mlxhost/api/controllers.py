@@ -18,8 +18,9 @@ from mlxhost.api.responses import choice_requests, completion_body, merge_choice
 from mlxhost.api.schemas import CHAT_REQUEST_SCHEMA, parse_wire_request, to_domain
 from mlxhost.api.wire_schema import operation
 from mlxhost.errors import ClientDisconnected
+from mlxhost.reasoning.formats import levels_of_kind, thinking_kind_on_disk
 from mlxhost.runtime.runtime import RuntimeStatus
-from mlxhost.types import ModelInfo
+from mlxhost.types import REASONING, ModelInfo
 
 T = TypeVar("T")
 
@@ -97,6 +98,10 @@ def model_entry(state: State, info: ModelInfo, alias: str | None = None) -> dict
         "downloaded": info.downloaded,
         "loaded": (loaded is not None and loaded.id == spec.id) or spec.id in state.runtime.side.loaded,
     }
+    if REASONING in info.capabilities:
+        # The effort levels it takes (reasoning_effort, Ollama think, Responses reasoning.effort).
+        kind = thinking_kind_on_disk(info.path) or "think"
+        entry["reasoning"] = {"levels": list(levels_of_kind(kind))}
     if alias:
         entry["alias_for"] = spec.id
     else:

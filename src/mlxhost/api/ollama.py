@@ -32,9 +32,11 @@ from mlxhost.api.schemas import (
     TOP_P,
     check_shape,
 )
+from mlxhost.api.thinking import OLLAMA_LEVELS, ollama_control
 from mlxhost.api.wire_schema import OLLAMA_ERROR, check_body, operation
 from mlxhost.domain import ChatRequest, FunctionTool, ImagePart, JsonFormat, Message, TextPart
 from mlxhost.errors import InvalidRequest, MlxhostError
+from mlxhost.reasoning.formats import levels_of_kind, thinking_kind_on_disk
 from mlxhost.runtime.memory import duration_seconds
 from mlxhost.service import ChatService, Generation
 from mlxhost.types import (
@@ -46,6 +48,7 @@ from mlxhost.types import (
     VISION,
     ContentDelta,
     ModelInfo,
+    ReasoningDelta,
     ToolCall,
     ToolCallEvent,
 )
@@ -85,6 +88,9 @@ _COMMON = {
     "keep_alive": {"type": ["string", "number", "null"],
                    "description": 'how long the model stays loaded once idle: "5m", "1h", '
                    "seconds; negative: forever; 0: unload after this request"},
+    "think": {"anyOf": [{"type": "boolean"}, {"enum": list(OLLAMA_LEVELS)}, {"type": "null"}],
+              "description": "think before answering (true/false or a level); the thinking "
+              "comes back apart from the answer"},
 }
 _IMAGES = {"type": ["array", "null"], "items": {"type": "string"}, "description": "base64 images"}
 _FUNCTION = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
@@ -98,6 +104,7 @@ CHAT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
             "type": "object", "properties": {"function": _FUNCTION}, "required": ["function"]}},
         "tool_name": {"type": "string"},
         "tool_call_id": {"type": "string"},
+        "thinking": {"type": ["string", "null"]},
     }, "required": ["role"]}},
     "tools": {"type": ["array", "null"], "items": {
         "type": "object", "properties": {"function": _FUNCTION}, "required": ["function"]}},
@@ -198,6 +205,8 @@ async def show(request: Request, state: State) -> dict[str, Any]:
         "model_info": {"general.architecture": arch, f"{arch}.context_length": info.context_window},
         "capabilities": _capabilities(info),
         "modified_at": _entry(info, name)["modified_at"],
+        **({"think_levels": list(levels_of_kind(thinking_kind_on_disk(info.path) or "think"))}
+           if REASONING in info.capabilities else {}),
     }
 
 
@@ -304,6 +313,7 @@ def _sampling(body: dict[str, Any], state: State, model: str) -> dict[str, Any]:
         "stop": (stop,) if isinstance(stop, str) else tuple(stop or ()),
         "json_format": _format(body.get("format")),
         "keep_alive": _keep_alive(body),
+        "reasoning": ollama_control(body.get("think")),
     }
 
 
@@ -374,7 +384,9 @@ def _messages(value: Any) -> tuple[Message, ...]:
         tool_call_id = None
         if role == "tool":
             tool_call_id = message.get("tool_call_id") or f"tool_{i}"
+        thinking = message.get("thinking")
         out.append(Message(role=role, content=tuple(parts), tool_calls=tuple(calls),
+                           reasoning=thinking if isinstance(thinking, str) and thinking else None,
                            tool_call_id=tool_call_id, name=message.get("tool_name") or message.get("name")))
     if not out:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
@@ -436,14 +448,20 @@ def _final(generation: Generation, name: str, started: float, kind: str) -> dict
     return final
 
 
-def _piece(name: str, kind: str, text: str, calls: list[ToolCall] | None = None) -> dict[str, Any]:
+def _piece(
+    name: str, kind: str, text: str, calls: list[ToolCall] | None = None, thinking: str = ""
+) -> dict[str, Any]:
     body: dict[str, Any] = {"model": name, "created_at": _now(), "done": False}
     if kind == "chat":
         body["message"] = {"role": "assistant", "content": text}
+        if thinking:
+            body["message"]["thinking"] = thinking
         if calls:
             body["message"]["tool_calls"] = [_call_json(c) for c in calls]
     else:
         body["response"] = text
+        if thinking:
+            body["thinking"] = thinking
     return body
 
 
@@ -452,16 +470,19 @@ def _line(data: dict[str, Any]) -> bytes:
 
 
 async def _whole(generation: Generation, name: str, kind: str, started: float) -> dict[str, Any]:
-    text, calls = [], []
+    text, calls, thinking = [], [], []
     async for event in generation.events():
         if isinstance(event, ContentDelta):
             text.append(event.text)
+        elif isinstance(event, ReasoningDelta):
+            thinking.append(event.text)
         elif isinstance(event, ToolCallEvent):
             calls.append(event.call)
     final = _final(generation, name, started, kind)
-    piece = _piece(name, kind, "".join(text), calls)
-    key = "message" if kind == "chat" else "response"
-    final[key] = piece[key]
+    piece = _piece(name, kind, "".join(text), calls, "".join(thinking))
+    for key in ("message", "response", "thinking"):
+        if key in piece:
+            final[key] = piece[key]
     return final
 
 
@@ -474,6 +495,8 @@ async def _ndjson(service: ChatService, chat: ChatRequest, name: str, kind: str)
             async for event in generation.events():
                 if isinstance(event, ContentDelta) and event.text:
                     yield _line(_piece(name, kind, event.text))
+                elif isinstance(event, ReasoningDelta) and event.text:
+                    yield _line(_piece(name, kind, "", thinking=event.text))
                 elif isinstance(event, ToolCallEvent):
                     yield _line(_piece(name, kind, "", [event.call]))
         except MlxhostError as exc:

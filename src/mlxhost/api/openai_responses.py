@@ -25,10 +25,11 @@ from mlxhost import domain
 from mlxhost.api.body import read_json
 from mlxhost.api.controllers import until_disconnect
 from mlxhost.api.schemas import TEMPERATURE, TOP_P, TTL, check_shape, ttl_seconds
+from mlxhost.api.thinking import EFFORT_SCHEMA, responses_control
 from mlxhost.api.wire_schema import check_body, nullable, operation, tagged
 from mlxhost.errors import InvalidRequest, MlxhostError
 from mlxhost.service import ChatService, Generation
-from mlxhost.types import ContentDelta, ToolCall, ToolCallEvent
+from mlxhost.types import ContentDelta, ReasoningDelta, ToolCall, ToolCallEvent
 
 STORE_SIZE = 256
 
@@ -100,6 +101,11 @@ REQUEST_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
     "conversation": {"type": "null", "description": "use 'previous_response_id'"},
     "prompt": {"type": "null", "description": "prompt templates are not supported"},
     "ttl": {"type": ["integer", "null"], **TTL},
+    "reasoning": {"type": ["object", "null"], "properties": {
+        "effort": EFFORT_SCHEMA,
+        "summary": {"enum": ["auto", "concise", "detailed", None],
+                    "description": "accepted; the thinking itself is returned as reasoning_text"}}},
+    "chat_template_kwargs": {"type": ["object", "null"]},
 }, "required": ["model", "input"]}
 
 
@@ -217,6 +223,8 @@ def _content(content: Any, role: str, where: str) -> tuple[domain.ContentPart, .
 def items_to_messages(items: list[Any], param: str = "input") -> list[domain.Message]:
     """Responses input items as domain messages (consecutive calls join one turn)."""
     messages: list[domain.Message] = []
+    # A reasoning item's text, for the assistant turn that follows it.
+    thought: str | None = None
     for index, item in enumerate(items):
         at = f"{param}[{index}]"
         _type_check(item, (dict,), "an input item object", at)
@@ -228,8 +236,10 @@ def items_to_messages(items: list[Any], param: str = "input") -> list[domain.Mes
                     f"'{at}.role' must be one of {', '.join(_ROLES)}; got {role!r}.", f"{at}.role"
                 )
             messages.append(
-                domain.Message(role=role, content=_content(item.get("content", ""), role, f"{at}.content"))
+                domain.Message(role=role, content=_content(item.get("content", ""), role, f"{at}.content"),
+                               reasoning=thought if role == "assistant" else None)
             )
+            thought = None
         elif kind == "function_call":
             call = ToolCall(
                 name=_text(item.get("name"), f"{at}.name"),
@@ -243,7 +253,8 @@ def items_to_messages(items: list[Any], param: str = "input") -> list[domain.Mes
                 # The text the model said before calling: one assistant turn.
                 messages[-1] = attrs.evolve(last, tool_calls=(call,))
             else:
-                messages.append(domain.Message(role="assistant", tool_calls=(call,)))
+                messages.append(domain.Message(role="assistant", tool_calls=(call,), reasoning=thought))
+            thought = None
         elif kind == "function_call_output":
             call_id = _text(item.get("call_id"), f"{at}.call_id")
             output = item.get("output", "")
@@ -253,7 +264,11 @@ def items_to_messages(items: list[Any], param: str = "input") -> list[domain.Mes
                 content = (domain.TextPart(_text(output, f"{at}.output")),)
             messages.append(domain.Message(role="tool", content=content, tool_call_id=call_id))
         elif kind == "reasoning":
-            continue  # a reasoning summary from a previous turn: not replayed
+            # Its text (or summary), replayed where the model's template asks for it.
+            parts = [*(item.get("content") or []), *(item.get("summary") or [])]
+            text = "".join(p.get("text", "") for p in parts if isinstance(p, dict)
+                           and isinstance(p.get("text"), str))
+            thought = text or None
         else:
             raise _bad(
                 f"'{at}.type': unsupported input item type {kind!r} "
@@ -409,6 +424,7 @@ def parse_request(body: Any, store: ResponseStore) -> Parsed:
         summarize=truncation != "disabled",
         json_format=json_format,
         keep_alive=ttl_seconds(_opt(body, "ttl", (int,), "an integer")),
+        reasoning=responses_control(body.get("reasoning"), body.get("chat_template_kwargs")),
     )
     return Parsed(
         chat=chat,
@@ -434,6 +450,18 @@ def message_item(text: str, item_id: str, status: str = "completed") -> dict[str
         "role": "assistant",
         "status": status,
         "content": [{"type": "output_text", "text": text, "annotations": []}] if status == "completed" else [],
+    }
+
+
+def reasoning_item(text: str, item_id: str, status: str = "completed") -> dict[str, Any]:
+    """The model's thinking as a ``reasoning`` output item (its text as
+    ``reasoning_text`` content; no summary is made)."""
+    return {
+        "type": "reasoning",
+        "id": item_id,
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}] if status == "completed" else [],
+        "status": status,
     }
 
 
@@ -500,7 +528,7 @@ class Builder:
             "input_tokens": generation.prompt_tokens,
             "input_tokens_details": {"cached_tokens": generation.cached_tokens, "cache_write_tokens": 0},
             "output_tokens": generation.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": generation.reasoning_tokens},
             "total_tokens": generation.prompt_tokens + generation.completion_tokens,
         }
         return response
@@ -520,14 +548,23 @@ async def response_body(generation: Generation, builder: Builder) -> dict[str, A
     text: list[str] = []
     output = builder.response["output"]
     async for event in generation.events():
-        if isinstance(event, ContentDelta):
+        if isinstance(event, ReasoningDelta):
+            if "".join(text):
+                output.append(message_item("".join(text), _id("msg")))
+                text = []
+            last = output[-1] if output else None
+            if last is not None and last["type"] == "reasoning":
+                last["content"][0]["text"] += event.text
+            else:
+                output.append(reasoning_item(event.text, _id("rs")))
+        elif isinstance(event, ContentDelta):
             text.append(event.text)
         elif isinstance(event, ToolCallEvent):
             if "".join(text):
                 output.append(message_item("".join(text), _id("msg")))
             text = []
             output.append(call_item(event.call, _id("fc")))
-    if "".join(text) or not output:
+    if "".join(text) or not any(item["type"] != "reasoning" for item in output):
         output.append(message_item("".join(text), _id("msg")))
     return builder.finish(generation)
 
@@ -594,8 +631,48 @@ async def _stream(service: ChatService, parsed: Parsed, store: ResponseStore) ->
                       content_index=0, part={"type": "output_text", "text": "", "annotations": []}),
             ]
 
+        open_thought: list[str] | None = None
+        rs_id = ""
+
+        def close_thought() -> list[bytes]:
+            nonlocal open_thought
+            if open_thought is None:
+                return []
+            text = "".join(open_thought)
+            index = len(output)
+            item = reasoning_item(text, rs_id)
+            output.append(item)
+            open_thought = None
+            return [
+                event("response.reasoning_text.done", item_id=rs_id, output_index=index,
+                      content_index=0, text=text),
+                event("response.content_part.done", item_id=rs_id, output_index=index,
+                      content_index=0, part={"type": "reasoning_text", "text": text}),
+                event("response.output_item.done", output_index=index, item=item),
+            ]
+
         try:
             async for ev in generation.events():
+                if isinstance(ev, ReasoningDelta):
+                    if not ev.text:
+                        continue
+                    if open_text is not None:
+                        for chunk in close_message():
+                            yield chunk
+                    if open_thought is None:
+                        open_thought = []
+                        rs_id = _id("rs")
+                        yield event("response.output_item.added", output_index=len(output),
+                                    item=reasoning_item("", rs_id, "in_progress"))
+                        yield event("response.content_part.added", item_id=rs_id,
+                                    output_index=len(output), content_index=0,
+                                    part={"type": "reasoning_text", "text": ""})
+                    open_thought.append(ev.text)
+                    yield event("response.reasoning_text.delta", item_id=rs_id,
+                                output_index=len(output), content_index=0, delta=ev.text)
+                    continue
+                for chunk in close_thought():
+                    yield chunk
                 if isinstance(ev, ContentDelta):
                     if not ev.text:
                         continue
@@ -624,7 +701,9 @@ async def _stream(service: ChatService, parsed: Parsed, store: ResponseStore) ->
                     item = call_item(call, fc_id)
                     output.append(item)
                     yield event("response.output_item.done", output_index=index, item=item)
-            if open_text is None and not output:
+            for chunk in close_thought():
+                yield chunk
+            if open_text is None and not any(item["type"] != "reasoning" for item in output):
                 for chunk in open_message():
                     yield chunk
             if open_text is not None:

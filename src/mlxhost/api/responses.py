@@ -13,7 +13,7 @@ import attrs
 from mlxhost.domain import ChatRequest
 from mlxhost.errors import MlxhostError
 from mlxhost.service import ChatService, Generation
-from mlxhost.types import ContentDelta, TokenLogprob, ToolCall, ToolCallEvent
+from mlxhost.types import ContentDelta, ReasoningDelta, TokenLogprob, ToolCall, ToolCallEvent
 
 
 @attrs.frozen
@@ -74,14 +74,20 @@ async def completion_body(generation: Generation, index: int = 0) -> dict[str, A
     """Run a generation to the end and build a ``chat.completion`` object."""
     completion = Completion.of(generation)
     content: list[str] = []
+    thinking: list[str] = []
     calls: list[ToolCall] = []
     async for event in generation.events():
         if isinstance(event, ContentDelta):
             content.append(event.text)
+        elif isinstance(event, ReasoningDelta):
+            thinking.append(event.text)
         elif isinstance(event, ToolCallEvent):
             calls.append(event.call)
     text = "".join(content)
     message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+    if thinking:
+        # vLLM's and DeepSeek's name, and the one newer clients read (LM Studio, OpenRouter).
+        message["reasoning_content"] = message["reasoning"] = "".join(thinking)
     if calls:
         message["tool_calls"] = [_tool_call_json(call) for call in calls]
     choice: dict[str, Any] = {
@@ -105,6 +111,8 @@ def merge_choices(bodies: list[dict[str, Any]]) -> dict[str, Any]:
     first = bodies[0]
     usage = dict(first["usage"])
     usage["completion_tokens"] = sum(b["usage"]["completion_tokens"] for b in bodies)
+    usage["completion_tokens_details"] = {"reasoning_tokens": sum(
+        b["usage"]["completion_tokens_details"]["reasoning_tokens"] for b in bodies)}
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     return {**first, "choices": [c for b in bodies for c in b["choices"]], "usage": usage}
 
@@ -153,6 +161,7 @@ async def _sse(
     generation = await service.start(requests[0])
     completion = Completion.of(generation)
     completion_tokens = 0
+    reasoning_tokens = 0
     try:
         yield generation.headers
         for index in range(len(requests)):
@@ -176,6 +185,7 @@ async def _sse(
                 return
             yield _sse_line(_chunk(completion, {}, generation.finish_reason))
             completion_tokens += generation.completion_tokens
+            reasoning_tokens += generation.reasoning_tokens
         if include_usage:
             usage_chunk = _chunk(completion, {})
             usage_chunk["choices"] = []
@@ -183,6 +193,7 @@ async def _sse(
                 "prompt_tokens": generation.prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": generation.prompt_tokens + completion_tokens,
+                "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
             }
             yield _sse_line(usage_chunk)
         yield _sse_line("[DONE]")
@@ -196,6 +207,10 @@ async def _event_chunks(completion: Completion) -> AsyncIterator[bytes]:
         if isinstance(event, ContentDelta):
             if event.text:
                 yield _sse_line(_chunk(completion, {"content": event.text}))
+        elif isinstance(event, ReasoningDelta):
+            if event.text:
+                yield _sse_line(_chunk(
+                    completion, {"reasoning_content": event.text, "reasoning": event.text}))
         elif isinstance(event, ToolCallEvent):
             call = event.call
             # Name first, then the arguments, the way OpenAI streams a call.

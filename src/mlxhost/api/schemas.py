@@ -11,6 +11,7 @@ import attrs
 import cattrs
 
 from mlxhost import domain
+from mlxhost.api.thinking import EFFORT_SCHEMA, chat_control
 from mlxhost.api.wire_schema import check_body, constrained, schema_of
 from mlxhost.errors import InvalidRequest
 from mlxhost.types import ToolCall
@@ -70,6 +71,9 @@ class Message:
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
+    # An earlier reply's thinking sent back (vLLM's and newer clients' names).
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 @attrs.define
@@ -175,6 +179,9 @@ class ChatCompletionRequest:
     logprobs: bool | None = None
     top_logprobs: int | None = constrained(minimum=0, maximum=20)
     ttl: int | None = constrained(**TTL)
+    # Thinking: OpenAI's effort (none..high; LM Studio's xhigh) and the template's own switches.
+    reasoning_effort: str | None = constrained(**EFFORT_SCHEMA)
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @property
     def completion_limit(self) -> int | None:
@@ -391,6 +398,7 @@ def to_domain(request: ChatCompletionRequest) -> domain.ChatRequest:
             ),
             tool_call_id=message.tool_call_id,
             name=message.name,
+            reasoning=message.reasoning_content or message.reasoning or None,
         )
         for index, message in enumerate(request.messages)
     )
@@ -424,6 +432,7 @@ def to_domain(request: ChatCompletionRequest) -> domain.ChatRequest:
         stop=tuple(request.stop_strings),
         summarize=request.truncation != "disabled",
         keep_alive=ttl_seconds(request.ttl),
+        reasoning=chat_control(request.reasoning_effort, request.chat_template_kwargs),
     )
 
 

@@ -97,7 +97,8 @@ class Chat:
         answer: list[str] = []
         try:
             for piece in self._stream():
-                answer.append(piece)
+                if not isinstance(piece, Thought):  # thinking stays out of the history
+                    answer.append(piece)
                 yield piece
         except BaseException:
             if answer:
@@ -141,6 +142,8 @@ class Chat:
                         self.usage = chunk["usage"]
                     for choice in chunk.get("choices") or []:
                         delta = choice.get("delta") or {}
+                        if delta.get("reasoning_content"):
+                            yield Thought(delta["reasoning_content"])
                         if delta.get("content"):
                             yield delta["content"]
                         for call in delta.get("tool_calls") or []:
@@ -153,6 +156,13 @@ class Chat:
             raise CommandError(f"the server at {self.url} failed: {error}") from None
         finally:
             self.seconds = time.perf_counter() - started
+
+
+class Thought(str):
+    """A piece of the model's thinking (shown dimmed, never sent back)."""
+
+
+DIM, UNDIM = "\x1b[2m", "\x1b[22m"
 
 
 def _error_message(response: Any) -> str:
@@ -303,11 +313,21 @@ def _print_stats(chat: Chat) -> None:
 
 def _one_answer(chat: Chat, prompt: str, images: list[str], verbose: bool) -> int:
     ended_with_newline = True
+    dim = sys.stdout.isatty()
+    thinking = False
     for piece in chat.ask(prompt, images):
+        if isinstance(piece, Thought) != thinking:
+            thinking = not thinking
+            if dim:
+                sys.stdout.write(DIM if thinking else UNDIM)
+            if not thinking:
+                sys.stdout.write("\n")  # the answer starts on its own line
         sys.stdout.write(piece)
         sys.stdout.flush()
         if piece:
             ended_with_newline = piece.endswith("\n")
+    if thinking and dim:
+        sys.stdout.write(UNDIM)
     if not ended_with_newline:
         sys.stdout.write("\n")
     sys.stdout.flush()

@@ -21,7 +21,7 @@ models and this one answers for everything else:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlxhost.architectures import loader_for
@@ -123,8 +123,12 @@ def render(
     messages: Sequence[Message],
     tools: Sequence[FunctionTool],
     tool_choice: ToolChoice,
+    variables: Mapping[str, Any] | None = None,
 ) -> RenderedPrompt:
+    """``variables``: the request's chat-template variables (``enable_thinking``,
+    ``reasoning_effort``, ``chat_template_kwargs``; docs/reasoning.md)."""
     facts = model.info.chat
+    variables = dict(variables or {})
     template = facts.template_for(bool(tools))
     tokenizer = model.tokenizer
     if template is None:
@@ -149,10 +153,12 @@ def render(
         if hasattr(tokenizer, "apply_chat_template"):
             text = tokenizer.apply_chat_template(
                 plain, tools=offered, chat_template=template,
-                add_generation_prompt=True, tokenize=False,
+                add_generation_prompt=True, tokenize=False, **variables,
             )
         else:  # engines without a Hugging Face tokenizer (tests)
-            text = render_chat_template(template, plain, tools=offered, **special_tokens(tokenizer))
+            text = render_chat_template(
+                template, plain, tools=offered, **{**special_tokens(tokenizer), **variables}
+            )
     except Exception as exc:  # jinja's raise_exception(), a template error, a bad variable
         raise InvalidRequest(
             f"Model '{model.id}': its chat template rejected the messages: {exc}", param="messages"
@@ -166,8 +172,9 @@ def mlxhost_render_prompt(
     messages: Sequence[Message],
     tools: Sequence[FunctionTool],
     tool_choice: ToolChoice,
+    template_variables: Mapping[str, Any],
 ) -> RenderedPrompt | None:
-    return render(model, messages, tools, tool_choice)
+    return render(model, messages, tools, tool_choice, template_variables)
 
 
 # -- tool calls ---------------------------------------------------------------------

@@ -602,11 +602,23 @@ class MLXEngine:
         from mlxhost.runtime.sampling import make_logits_processors
 
         processors = make_logits_processors(params)
-        if params.grammar is not None:
+        grammar = params.grammar
+
+        def answer() -> list[Any]:
+            if grammar is None:
+                return []
             from mlxhost.runtime.constrain import grammar_processor
 
             ll_tokenizer = self._guidance.of(self._tokenizer, self._vocab_size, self._eos)
-            processors.append(grammar_processor(ll_tokenizer, params.grammar))
+            return [grammar_processor(ll_tokenizer, grammar)]
+
+        if params.thinking is not None:
+            # The budget closes the thought; the grammar starts with the answer.
+            from mlxhost.reasoning.processor import thinking_processor
+
+            processors.append(thinking_processor(params.thinking, answer))
+        else:
+            processors.extend(answer())
         return processors
 
     def _batch_prefix(self, tokens: tuple[int, ...]) -> tuple[list[Any] | None, int]:

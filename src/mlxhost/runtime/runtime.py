@@ -39,6 +39,7 @@ from mlxhost.types import (
     RERANK,
     LoadedModel,
     ModelInfo,
+    ReasoningFormat,
     RenderedPrompt,
     SamplingParams,
     TokenStep,
@@ -117,6 +118,7 @@ class Runtime:
         engine: Engine,
         *,
         tool_parser_for: Callable[[ModelInfo], ToolParserFactory],
+        reasoning_for: Callable[[ModelInfo, Any], ReasoningFormat | None] | None = None,
         max_waiting: int = 64,
         wait_timeout: float | None = None,
         max_batch: int = 1,
@@ -144,6 +146,8 @@ class Runtime:
         self.exit_status = 0  # the server's, once it stops (a fatal start-up sets it)
         self._lost_event: asyncio.Event | None = None
         self._tool_parser_for = tool_parser_for
+        # (model, tokenizer) -> its thinking markers, once per load.
+        self._reasoning_for = reasoning_for
         self.current: LoadedModel | None = None
         self.loading: str | None = None
         self.warming: str | None = None
@@ -346,6 +350,7 @@ class Runtime:
             tokenizer=tokenizer,
             tool_parser=self._tool_parser_for(info),
             loaded_at=time.time(),
+            reasoning=self._reasoning_for(info, tokenizer) if self._reasoning_for else None,
         )
         self.last_error = None
         if previous is not None:

@@ -15,9 +15,19 @@ from typing import Any
 
 from mlxhost.domain import ImagePart, Message
 from mlxhost.hookspecs import hookimpl
+from mlxhost.reasoning.budget import ThoughtTracker
 from mlxhost.runtime.engine import EngineMemory, PreparedPrompt
 from mlxhost.runtime.memory import DeviceMemory
-from mlxhost.types import LoadedModel, ModelInfo, RenderedPrompt, SamplingParams, TokenStep
+from mlxhost.types import (
+    Harmony,
+    LoadedModel,
+    ModelInfo,
+    ReasoningFormat,
+    RenderedPrompt,
+    SamplingParams,
+    ThinkTags,
+    TokenStep,
+)
 
 FAKE_FAMILY = "fake"
 
@@ -40,6 +50,50 @@ def make_fake_model(
     return folder
 
 
+def _ids(text: str) -> tuple[int, ...]:
+    return tuple(ord(char) for char in text)
+
+
+# The fake model's thinking markers: one character a token, as its tokenizer reads them.
+FAKE_THINK = ThinkTags(start="<think>", end="</think>", start_ids=_ids("<think>"),
+                       end_ids=_ids("</think>"))
+FAKE_HARMONY = Harmony(
+    analysis_ids=_ids("<|channel|>analysis<|message|>"),
+    end_ids=_ids("<|end|>"),
+    final_ids=_ids("<|channel|>final<|message|>"),
+    close_ids=_ids("<|end|><|start|>assistant<|channel|>final<|message|>"),
+)
+
+
+def follow_script(reply: str, params: SamplingParams) -> str:
+    """The reply the fake model gives under ``params.thinking``: where the budget
+    closes the thought, the closing tokens are inserted and the script goes on
+    after its own close (the model answers), as a logits processor forces them
+    in the MLX engine."""
+    plan = params.thinking
+    if plan is None:
+        return reply
+    tracker = ThoughtTracker(plan)
+    out: list[str] = []
+    i = 0
+    while i < len(reply):
+        forced = tracker.forced()
+        if forced is not None:
+            tracker.advance(forced)
+            out.append(chr(forced))
+            if tracker.forced() is None:
+                # The model answers: its script goes on after its own close (which it
+                # may have begun writing when the budget struck).
+                close = "".join(map(chr, plan.force))
+                j = reply.find(close, max(0, i - len(close) + 1))
+                i = j + len(close) if j >= 0 else i
+            continue
+        tracker.advance(ord(reply[i]))
+        out.append(reply[i])
+        i += 1
+    return "".join(out)
+
+
 class FakeEngine:
     """Byte-level 'tokenizer'; generates the plugin's scripted reply, one character a token."""
 
@@ -59,7 +113,7 @@ class FakeEngine:
     def join(self, prompt: PreparedPrompt, params: SamplingParams, emit: Any) -> int:
         self._plugin.params.append(params)
         self._uids += 1
-        self._sequences[self._uids] = [emit, params, 0]
+        self._sequences[self._uids] = [emit, params, 0, follow_script(self._plugin.reply, params)]
         self._plugin.events.append(("join", self.loaded))
         with self._plugin.active_lock:
             self._plugin.active += 1
@@ -81,8 +135,7 @@ class FakeEngine:
         permits = self._plugin.step_permits
         if permits is not None and not permits.acquire(timeout=0.005):
             return bool(self._sequences)
-        reply = self._plugin.reply
-        for uid, (emit, params, index) in list(self._sequences.items()):
+        for uid, (emit, params, index, reply) in list(self._sequences.items()):
             count = index + 1
             finish = "length" if count >= params.max_tokens and count < len(reply) else None
             if count == len(reply):
@@ -157,7 +210,7 @@ class FakeEngine:
     def generate(
         self, prompt: PreparedPrompt, params: SamplingParams, should_stop: Callable[[], bool]
     ) -> Iterator[TokenStep]:
-        reply = self._plugin.reply
+        reply = follow_script(self._plugin.reply, params)
         model = self.loaded
         self._plugin.params.append(params)
         self._plugin.events.append(("generate", model))
@@ -200,9 +253,20 @@ class FakeEnginePlugin:
     """Register with ``make_plugin_manager(extra=[FakeEnginePlugin()])``."""
 
     def __init__(
-        self, reply: str = "Hello from the fake engine.", token_delay: float = 0.0, batch: bool = False
+        self,
+        reply: str = "Hello from the fake engine.",
+        token_delay: float = 0.0,
+        batch: bool = False,
+        reasoning: ReasoningFormat | None = None,
+        opens_thought: bool = False,
     ):
         self.reply = reply
+        # The fake model's thinking markers (FAKE_THINK, FAKE_HARMONY; None: it does not think).
+        self.reasoning = reasoning
+        # Its template opens the thought in the generation prompt (as Qwen3's thinking ones do).
+        self.opens_thought = opens_thought
+        # The template variables of every render, in order.
+        self.template_variables: list[dict[str, Any]] = []
         self.batch = batch  # batchable prompts: generations run as one batch (see FakeEngine.step)
         self.token_delay = token_delay
         self.load_delay = 0.0
@@ -257,8 +321,13 @@ class FakeEnginePlugin:
         return FAKE_FAMILY if config.get("model_type") == "fake" else None
 
     @hookimpl
+    def mlxhost_reasoning_format(self, model: ModelInfo) -> ReasoningFormat | None:
+        return self.reasoning if model.family == FAKE_FAMILY else None
+
+    @hookimpl
     def mlxhost_render_prompt(
-        self, model: LoadedModel, messages: Sequence[Message], tools: Any
+        self, model: LoadedModel, messages: Sequence[Message], tools: Any,
+        template_variables: Any,
     ) -> RenderedPrompt | None:
         """``role: text`` lines; each image as ``[image]``, placed in message order."""
         if model.family != FAKE_FAMILY:
@@ -274,4 +343,8 @@ class FakeEnginePlugin:
                 else:
                     pieces.append(part.text)
             lines.append(f"{message.role}: {''.join(pieces)}")
-        return RenderedPrompt(text="\n".join(lines) + "\nassistant: ", images=tuple(images))
+        self.template_variables.append(dict(template_variables or {}))
+        opened = "<think>\n" if self.opens_thought and template_variables.get("enable_thinking") is not False else ""
+        return RenderedPrompt(
+            text="\n".join(lines) + "\nassistant: " + opened, images=tuple(images)
+        )

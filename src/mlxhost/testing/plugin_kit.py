@@ -358,9 +358,11 @@ class FamilyPluginTests(FamilyFacts):
         messages: Sequence[Message],
         tools: Sequence[FunctionTool] = (),
         tool_choice: ToolChoice = "auto",
+        template_variables: dict[str, Any] | None = None,
     ) -> RenderedPrompt:
         rendered = self.plugin_manager().hook.mlxhost_render_prompt(
-            model=self.model(), messages=list(messages), tools=list(tools), tool_choice=tool_choice
+            model=self.model(), messages=list(messages), tools=list(tools), tool_choice=tool_choice,
+            template_variables=dict(template_variables or {}),
         )
         assert isinstance(rendered, RenderedPrompt), rendered
         return rendered
@@ -440,6 +442,7 @@ class FamilyPluginTests(FamilyFacts):
                 "messages": [text_message("user", self.first_user_text)],
                 "tools": [self.sample_tool],
                 "tool_choice": "auto",
+                "template_variables": {},
             },
             "mlxhost_tool_call_parser": {"model": model.info},
             "mlxhost_context_limit": {"spec": model.info.spec, "config": model.info.config},

@@ -13,8 +13,11 @@ QWEN = Family(
     model_types=frozenset(
         {"qwen2", "qwen2_vl", "qwen2_5_vl", "qwen3", "qwen3_moe", "qwen3_vl", "qwen3_vl_moe"}
     ),
-    # Family.render: (model, messages, tools, tool_choice), the tokenizer from the model.
-    render=lambda model, messages, tools, choice: render(messages, tools, model.tokenizer, choice),
+    # Family.render: (model, messages, tools, tool_choice), the tokenizer from the
+    # model; ``variables``: the request's template variables (enable_thinking, ...).
+    render=lambda model, messages, tools, choice, variables=None: render(
+        messages, tools, model.tokenizer, choice, variables
+    ),
     tool_parser=make_parser,
     fim=fim,
     tool_grammar=call_grammar,

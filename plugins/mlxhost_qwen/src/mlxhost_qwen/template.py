@@ -3,7 +3,7 @@ Qwen3-VL's, fed messages in the shape Qwen templates expect."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -46,16 +46,21 @@ def render(
     tools: Sequence[FunctionTool] = (),
     tokenizer: Any = None,
     tool_choice: ToolChoice = "auto",
+    variables: Mapping[str, Any] | None = None,
 ) -> RenderedPrompt:
     """The prompt text and its images. The template renders ``tools`` itself;
     ``tool_choice`` "required" or a named function adds one instruction line
-    (only when tools are offered)."""
+    (only when tools are offered). ``variables``: the request's template
+    variables (Qwen3's ``enable_thinking``; ``chat_template_kwargs``)."""
     template = getattr(tokenizer, "chat_template", None) or CHAT_TEMPLATE
     normalized, images = normalize_messages(messages)
     line = tool_choice_instruction(tool_choice) if tools else None
     if line:
         normalized = with_instruction(normalized, line)
     text = render_chat_template(
-        template, normalized, tools=template_tools(tools), **special_tokens(tokenizer)
+        template,
+        normalized,
+        tools=template_tools(tools),
+        **{**special_tokens(tokenizer), **(variables or {})},
     )
     return RenderedPrompt(text=text, images=images)

@@ -277,6 +277,9 @@
     chat.controller = new AbortController();
     setBusy(true);
     let answer = "";
+    let thought = "";
+    let thinkingBox = null;  // <details>: the model's thinking, dimmed and collapsible
+    let answerBox = null;
     let usage = null;
     let failed = null;
     try {
@@ -305,6 +308,21 @@
             if (chunk.usage) usage = chunk.usage;
             const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
             if (!delta) continue;
+            if (delta.reasoning_content) {
+              if (!thinkingBox) {
+                thinkingBox = document.createElement("details");
+                thinkingBox.className = "thinking";
+                thinkingBox.open = true;
+                const summary = document.createElement("summary");
+                summary.textContent = "Thinking";
+                thinkingBox.appendChild(summary);
+                thinkingBox.appendChild(document.createElement("div"));
+                reply.prepend(thinkingBox);
+              }
+              thought += delta.reasoning_content;
+              thinkingBox.lastChild.textContent = thought;
+              scrollDown();
+            }
             let piece = delta.content || "";
             for (const call of delta.tool_calls || []) {
               if (call.function && call.function.name) piece += "[tool call " + call.function.name + "] ";
@@ -312,7 +330,9 @@
             }
             if (piece) {
               answer += piece;
-              reply.textContent = answer;
+              if (thinkingBox && !answerBox) thinkingBox.open = false;  // folded once the answer starts
+              if (!answerBox) { answerBox = document.createElement("span"); reply.appendChild(answerBox); }
+              answerBox.textContent = answer;
               reply.dataset.chunks = String(Number(reply.dataset.chunks) + 1);
               scrollDown();
             }
