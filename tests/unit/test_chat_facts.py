@@ -100,7 +100,7 @@ def test_a_family_that_declares_only_its_quirks_gets_the_rest_from_the_generic_f
     tool = FunctionTool(name="f", parameters={"type": "object", "properties": {}})
     rendered = pm.hook.mlxhost_render_prompt(
         model=model, messages=messages_from_openai([{"role": "user", "content": "hi"}]),
-        tools=(tool,), tool_choice="required")
+        tools=(tool,), tool_choice="required", template_variables={})
     # The generic family rendered it: the default tool format and the forced-call line.
     assert rendered.text.startswith("[system]# Tools") and "[user]hi" in rendered.text
     assert "You must call at least one" in rendered.text
