@@ -203,9 +203,16 @@ class Settings:
         env="MLXHOST_CPU_SPLIT", flag="--cpu-split", metavar="POLICY", choices=("auto", "on", "off"),
     )
     prefill_chunk: int = setting(
-        512, "prompt tokens a batch prefills per step: a long new prompt delays the "
-        "running streams by about one chunk",
+        512, "the most prompt tokens a batch prefills per step (per prompt; bounds the "
+        "prefill workspace); the prefill time budget sizes each step's chunk below it",
         env="MLXHOST_PREFILL_CHUNK", flag="--prefill-chunk", parse=parse_int, metavar="N",
+    )
+    prefill_step_ms: int = setting(
+        250, "milliseconds of prefill work a batch step may do between two decode steps: "
+        "each chunk is sized from the measured prefill rate, at most --prefill-chunk "
+        "tokens, so running streams keep decoding while a long prompt goes in (0: always "
+        "--prefill-chunk tokens)",
+        env="MLXHOST_PREFILL_STEP_MS", flag="--prefill-step-ms", parse=parse_int, metavar="MS",
     )
     queue_timeout: float | None = setting(
         600.0, "seconds a request may wait for the model before 503 (None: no limit; Python only)"

@@ -40,6 +40,7 @@ def make_mlx_engine(settings: Settings, sharder: Any = None) -> Any:
         warmup=settings.warmup,
         max_batch=settings.max_batch,  # 0: auto
         prefill_chunk=max(1, settings.prefill_chunk),
+        prefill_step_ms=max(0, settings.prefill_step_ms),
         weights=settings.weights,
         flat_qmm=settings.flat_qmm,
         cpu_split=settings.cpu_split,

@@ -5,7 +5,10 @@ cache), each with its own sampler (and seed), logits processors (grammar,
 penalties, logit_bias), ``max_tokens`` and detokenizer; a step decodes one
 token for every running sequence and prefills at most one chunk of the
 joining prompts, so a long new prompt delays the running streams by one chunk
-only. A sequence that finishes or leaves stores its KV in the prefix cache.
+only. The chunk is sized by time (``runtime.prefill_pace``: about
+``--prefill-step-ms`` of prefill work per step, from the measured prefill
+rate), so the running streams keep decoding on a slow CPU as on a GPU.
+A sequence that finishes or leaves stores its KV in the prefix cache.
 
 ``BatchGenerator`` prefills the prompts it holds together, right-padding each
 step's pieces to the longest: a short prompt prefilled beside a long one costs
@@ -28,6 +31,7 @@ from typing import Any
 
 import attrs
 
+from mlxhost.runtime.prefill_pace import PrefillPacer
 from mlxhost.types import SamplingParams, TokenLogprob, TokenStep
 
 log = logging.getLogger(__name__)
@@ -214,11 +218,14 @@ class TextBatch:
         store_prefix: Callable[[tuple[int, ...], list[Any]], None],
         token_logprob: Callable[[int, Any, int], TokenLogprob],
         kernels: Callable[..., None] | None = None,
+        pacer: PrefillPacer | None = None,
     ) -> None:
         """``kernels(alone=..., rows=..., prefilling=...)`` is told before each
         step whether one sequence decodes alone (mlx-lm's single-sequence loop)
         or a batch of ``rows`` does, and whether the batch prefills a prompt in
-        it, to pick the kernels for it (runtime.kernels.KernelChoice.for_step)."""
+        it, to pick the kernels for it (runtime.kernels.KernelChoice.for_step).
+        ``pacer`` sizes each step's prefill chunk by time (runtime.prefill_pace);
+        without one every chunk is ``prefill_step`` tokens."""
         from mlx_lm.generate import BatchGenerator
 
         from mlxhost.runtime.kernels import skip_unpadded_decode_masks
@@ -236,7 +243,8 @@ class TextBatch:
         self._fetch_prefix = fetch_prefix
         self._store_prefix = store_prefix
         self._token_logprob = token_logprob
-        self._prefill_step = prefill_step
+        self._pacer = pacer or PrefillPacer(0.0, prefill_step)
+        self._decode_seconds: float | None = None  # a decode-only step's wall time, averaged
         self._model = model
         self._kernels = kernels or (lambda **step: None)
         self._solo: _Solo | None = None
@@ -252,6 +260,10 @@ class TextBatch:
 
     def __len__(self) -> int:
         return len(self._sequences)
+
+    @property
+    def pacer(self) -> PrefillPacer:
+        return self._pacer
 
     def join(
         self,
@@ -298,8 +310,9 @@ class TextBatch:
             cache, fed = caches[sequence.generator_uid]
             self._store(fed, cache)
 
-    def _hand_over(self) -> None:
-        """Insert the waiting prompts :func:`admit` lets in now."""
+    def _hand_over(self, chunk: int) -> None:
+        """Insert the waiting prompts :func:`admit` lets in now (``chunk``: this
+        step's prefill tokens per prompt)."""
         waiting = [s for s in self._sequences.values() if s.waiting is not None]
         if not waiting:
             return
@@ -307,7 +320,7 @@ class TextBatch:
             s.uncached for s in self._sequences.values() if s.generator_uid is not None and s.count == 0
         ]
         chosen = admit(
-            [s.uncached for s in waiting], prefilling, self._prefill_step, [s.waited for s in waiting]
+            [s.uncached for s in waiting], prefilling, chunk, [s.waited for s in waiting]
         )
         for sequence in waiting:
             sequence.waited += 1
@@ -347,17 +360,23 @@ class TextBatch:
                 self._kernels(alone=True)
                 self._solo_step()
                 return bool(self._sequences)
-            self._hand_over()
-            self._kernels(alone=False, rows=len(self._by_generator), prefilling=any(
-                s.generator_uid is not None and s.count == 0 for s in self._sequences.values()
-            ))
-            _, responses = self._generator.next()
+            chunk = self._pacer.chunk(rows=max(1, len(self._prefilling())))
+            self._hand_over(chunk)
+            prefilling = self._prefilling()
+            if prefilling:  # the chunk for the rows actually prefilling now
+                chunk = self._pacer.chunk(rows=len(prefilling))
+            self._generator.prefill_step_size = chunk
+            self._kernels(alone=False, rows=len(self._by_generator), prefilling=bool(prefilling))
+            decoding = len(self._by_generator) - len(prefilling)
+            began = self._pacer.clock()
+            with self._generator.stats() as counted:
+                _, responses = self._generator.next()
+            self._time_step(self._pacer.clock() - began, counted.prompt_tokens, chunk, decoding)
         except Exception as exc:
             self.fail(exc)
             raise
-        for sequence in self._sequences.values():
-            if sequence.generator_uid is not None and sequence.count == 0:
-                sequence.uncached = max(1, sequence.uncached - self._prefill_step)
+        for sequence in prefilling:
+            sequence.uncached = max(1, sequence.uncached - chunk)
         for response in responses:
             found = self._sequences.get(self._by_generator.get(response.uid, -1))
             if found is None:
@@ -370,6 +389,23 @@ class TextBatch:
                     self._store(response.all_tokens, response.prompt_cache)
             found.emit(step, None)
         return bool(self._sequences)
+
+    def _prefilling(self) -> list[_Sequence]:
+        """Sequences in ``BatchGenerator`` that have not produced their first token."""
+        return [s for s in self._sequences.values() if s.generator_uid is not None and s.count == 0]
+
+    def _time_step(self, seconds: float, prompt_tokens: int, chunk: int, decoding: int) -> None:
+        """Tell the pacer what a step's prefill cost: the step's wall time less
+        what a decode-only step takes (``BatchGenerator`` overlaps the two, so
+        its own prompt_time holds part of the decode), measured on steps that
+        prefilled nothing."""
+        if prompt_tokens <= 0:
+            if decoding:
+                last = self._decode_seconds
+                self._decode_seconds = seconds if last is None else 0.7 * last + 0.3 * seconds
+            return
+        decode = self._decode_seconds if decoding and self._decode_seconds is not None else 0.0
+        self._pacer.record(prompt_tokens, max(seconds - decode, seconds * 0.1), chunk)
 
     # -- one sequence alone ----------------------------------------------------
     def _start_solo(self, sequence: _Sequence) -> None:
@@ -395,11 +431,15 @@ class TextBatch:
         assert solo is not None
         sequence = solo.sequence
         if solo.pending is None and len(solo.todo) > 1:
-            # Prefill all but the last prompt token, a chunk per tick.
-            chunk = solo.todo[: min(self._prefill_step, len(solo.todo) - 1)]
+            # Prefill all but the last prompt token, a chunk per tick (sized by
+            # time: a request that arrives meanwhile waits for one chunk).
+            size = self._pacer.chunk()
+            chunk = solo.todo[: min(size, len(solo.todo) - 1)]
+            began = self._pacer.clock()
             with mx.stream(generation_stream):
                 self._model(mx.array(chunk)[None], cache=solo.cache)
                 mx.eval([c.state for c in solo.cache])
+            self._pacer.record(len(chunk), self._pacer.clock() - began, size)
             solo.fed += chunk
             solo.todo = solo.todo[len(chunk) :]
             sequence.uncached = len(solo.todo)

@@ -103,6 +103,7 @@ class MLXEngine:
         warmup: bool = True,
         max_batch: int = 1,
         prefill_chunk: int = 512,
+        prefill_step_ms: int = 0,
         weights: str = "auto",
         flat_qmm: str = "auto",
         cpu_split: str = "auto",
@@ -113,7 +114,9 @@ class MLXEngine:
     ) -> None:
         """``prefix_cache_bytes``: the KV prefix cache's budget (None: the default
         2 GiB; 0 disables it). ``max_batch`` > 1 decodes text prompts of a text
-        model together (``runtime.batch``), prefilling ``prefill_chunk`` tokens a step.
+        model together (``runtime.batch``), prefilling at most ``prefill_chunk``
+        tokens a step, and about ``prefill_step_ms`` of work (``runtime.prefill_pace``;
+        0: always ``prefill_chunk``).
         ``weights``, ``flat_qmm`` and ``cpu_split`` are the load-time policies of
         ``runtime.kernels``.
         ``max_batch`` 0 is auto: ``runtime.batch.AUTO_BATCH`` on CPU, measured per
@@ -135,6 +138,7 @@ class MLXEngine:
         self.sharded: str | None = None  # how the loaded model was split (distributed)
         self._kernels: Any = None  # runtime.kernels.KernelChoice of the loaded model
         self.prefill_chunk = prefill_chunk
+        self.prefill_step_ms = prefill_step_ms
         self._batch: Any = None  # runtime.batch.TextBatch of the loaded model, made on first use
         self._peak = 0  # the batch peak of models unloaded since start
         # Sequences of unloaded models that started alone / moved into a batch.
@@ -182,6 +186,7 @@ class MLXEngine:
             batch["peak"] = max(self._peak, self._batch.peak)
             for key in self._batch_counts:
                 batch[key] += getattr(self._batch, key)
+            batch["prefill"] = self._batch.pacer.stats()
         stats: dict[str, Any] = {"batch": batch}
         if self._kernels is not None:
             stats["kernels"] = self._kernels.as_dict()
@@ -573,6 +578,7 @@ class MLXEngine:
 
         if self._batch is None:
             from mlxhost.runtime.batch import TextBatch
+            from mlxhost.runtime.prefill_pace import PrefillPacer
 
             self._batch = TextBatch(
                 self._model,
@@ -584,6 +590,7 @@ class MLXEngine:
                 store_prefix=self._store_batch_prefix,
                 token_logprob=self._token_logprob,
                 kernels=self._kernels.for_step,
+                pacer=PrefillPacer(self.prefill_step_ms / 1000, self.prefill_chunk),
             )
         return int(
             self._batch.join(
