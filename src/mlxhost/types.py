@@ -37,6 +37,9 @@ class ModelDefaults:
     keep_alive: float | None = None
     # The load-time weights policy (auto, as-is, bf16) instead of ``--weights``.
     weights: str | None = None
+    # The KV cache's quantization instead of ``--kv-bits`` / ``--kv-group-size`` (0: off).
+    kv_bits: int | None = None
+    kv_group_size: int | None = None
 
 
 @attrs.frozen
@@ -268,6 +271,8 @@ class SamplingParams:
     logprobs: int | None = None
     # An llguidance grammar the output must match (None: free text).
     grammar: str | None = None
+    # False: never draft tokens by prompt lookup for this request (runtime.speculative).
+    speculative: bool = True
 
 
 @attrs.frozen

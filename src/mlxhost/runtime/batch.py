@@ -178,6 +178,10 @@ class _Solo:
     processors: list[Any]
     context: Any = None  # the tokens the logits processors see (mlx-lm TokenBuffer)
     pending: tuple[Any, Any] | None = None  # (token, logprobs) sampled, not yet emitted nor fed
+    # Prompt lookup (runtime.speculative): the prompt and every emitted token,
+    # and when to draft; None: this sequence decodes plainly.
+    lookup: Any = None
+    policy: Any = None
 
 
 @attrs.define
@@ -219,13 +223,20 @@ class TextBatch:
         token_logprob: Callable[[int, Any, int], TokenLogprob],
         kernels: Callable[..., None] | None = None,
         pacer: PrefillPacer | None = None,
+        kv: Any = None,
+        speculative: bool = False,
     ) -> None:
         """``kernels(alone=..., rows=..., prefilling=...)`` is told before each
         step whether one sequence decodes alone (mlx-lm's single-sequence loop)
         or a batch of ``rows`` does, and whether the batch prefills a prompt in
         it, to pick the kernels for it (runtime.kernels.KernelChoice.for_step).
         ``pacer`` sizes each step's prefill chunk by time (runtime.prefill_pace);
-        without one every chunk is ``prefill_step`` tokens."""
+        without one every chunk is ``prefill_step`` tokens. ``kv`` (a
+        ``runtime.kv_quant.KVQuant``): the lone sequence's KV is quantized; the
+        batch's stays full precision (mlx-lm 0.32 has no quantized batch cache).
+        ``speculative``: the lone sequence drafts tokens by prompt lookup
+        (``runtime.speculative``) when its request is greedy, has no logits
+        processors and did not opt out; batched sequences decode plainly."""
         from mlx_lm.generate import BatchGenerator
 
         from mlxhost.runtime.kernels import skip_unpadded_decode_masks
@@ -244,6 +255,10 @@ class TextBatch:
         self._store_prefix = store_prefix
         self._token_logprob = token_logprob
         self._pacer = pacer or PrefillPacer(0.0, prefill_step)
+        self._kv = kv
+        self._speculative = speculative
+        self.drafted = 0  # prompt-lookup tokens proposed / accepted (for /health)
+        self.accepted = 0
         self._decode_seconds: float | None = None  # a decode-only step's wall time, averaged
         self._model = model
         self._kernels = kernels or (lambda **step: None)
@@ -334,10 +349,15 @@ class TextBatch:
             sequence = waiting[index]
             args, sequence.waiting = sequence.waiting, None
             assert args is not None
+            cache = args.cache
+            if cache is not None and self._kv is not None:
+                from mlxhost.runtime.kv_quant import full_precision
+
+                cache = full_precision(cache)
             (generator_uid,) = self._generator.insert(
                 [list(args.tokens[args.fed :])],
                 max_tokens=[args.max_tokens],
-                caches=[args.cache] if args.cache is not None else None,
+                caches=[cache] if cache is not None else None,
                 all_tokens=[list(args.tokens[: args.fed])],
                 samplers=[args.sampler],
                 logits_processors=[args.processors],
@@ -412,14 +432,23 @@ class TextBatch:
         """Decode the only sequence in mlx-lm's single-sequence loop."""
         from mlx_lm.models.cache import make_prompt_cache
 
+        from mlxhost.runtime.kv_quant import quantized
+
         args, sequence.waiting = sequence.waiting, None
         assert args is not None
-        cache = args.cache if args.cache is not None else make_prompt_cache(self._model)
+        cache = quantized(args.cache if args.cache is not None else make_prompt_cache(self._model), self._kv)
         self.alone += 1
         self._solo = _Solo(
             sequence, cache, list(args.tokens[: args.fed]), list(args.tokens[args.fed :]),
             args.sampler, args.processors,
         )
+        params = sequence.params
+        if (self._speculative and params.speculative and params.temperature == 0
+                and not args.processors):
+            from mlxhost.runtime.speculative import Policy, PromptLookup
+
+            self._solo.lookup = PromptLookup(args.tokens)
+            self._solo.policy = Policy()
 
     def _solo_step(self) -> None:
         """One prefill chunk, or one token: ``generate_step``'s loop, a step per tick
@@ -452,20 +481,76 @@ class TextBatch:
             solo.pending = self._solo_forward(solo, mx.array(solo.todo))
             solo.fed += solo.todo
             solo.todo = []
+        if solo.lookup is not None and self._speculate(solo):
+            return
         y, logprobs = solo.pending
         last = sequence.count + 1 >= sequence.params.max_tokens
         solo.pending = None if last else self._solo_forward(solo, y)
         token = int(y.item())
         if not last:
             solo.fed.append(token)  # fed by the forward pass just started
+        if solo.lookup is not None:
+            solo.lookup.extend([token])
         step = self._token_step(sequence, _SoloResponse(token, logprobs, "length" if last else None))
         if step.finish is not None:
-            self._solo = None
-            del self._sequences[sequence.uid]
-            self._store(solo.fed, solo.cache)
+            self._finish_solo(solo)
         elif sequence.count % 256 == 0:
             mx.clear_cache()  # as generate_step does
         sequence.emit(step, None)
+
+    def _speculate(self, solo: _Solo) -> bool:
+        """A prompt-lookup step: the pending token and a drafted run in one forward
+        pass, emitting the pending token and every accepted draft token (greedy:
+        exactly what plain decoding emits). False: no draft this step (decode plainly)."""
+        import mlx.core as mx
+
+        from mlxhost.runtime import speculative
+
+        sequence, policy, lookup = solo.sequence, solo.policy, solo.lookup
+        assert solo.pending is not None and policy is not None and lookup is not None
+        room = sequence.params.max_tokens - sequence.count - 1  # tokens after the pending one
+        if room < 1 or not policy.should_draft() or not speculative.can_rewind(solo.cache):
+            return False
+        y, logprobs = solo.pending
+        token = int(y.item())
+        draft = lookup.propose_after(token, min(speculative.DRAFT_TOKENS, room))
+        if not draft:
+            return False
+        choices, rows = speculative.verify_greedy(self._model, solo.cache, token, draft)
+        kept = speculative.accepted_prefix(draft, choices)
+        speculative.rewind(solo.cache, len(draft) - kept)
+        policy.record(len(draft), kept)
+        self.drafted += len(draft)
+        self.accepted += kept
+        emitted = [(token, logprobs), *((draft[i], rows[i]) for i in range(kept))]
+        solo.fed += [t for t, _ in emitted]
+        lookup.extend([t for t, _ in emitted])
+        solo.pending = (mx.array([choices[kept]]), rows[kept])
+        for index, (out, scores) in enumerate(emitted):
+            last = sequence.count + 1 >= sequence.params.max_tokens
+            step = self._token_step(sequence, _SoloResponse(out, scores, "length" if last else None))
+            if step.finish is not None:
+                # The cache holds the run up to here only (what the prefix cache stores).
+                speculative.rewind(solo.cache, len(emitted) - index - 1)
+                del solo.fed[len(solo.fed) - (len(emitted) - index - 1) :]
+                self._finish_solo(solo)
+                sequence.emit(step, None)
+                return True
+            sequence.emit(step, None)
+        if sequence.count % 256 < len(emitted):
+            mx.clear_cache()
+        return True
+
+    def _finish_solo(self, solo: _Solo) -> None:
+        sequence = solo.sequence
+        self._solo = None
+        del self._sequences[sequence.uid]
+        self._store(solo.fed, solo.cache)
+        if solo.policy is not None and solo.policy.drafts:
+            log.info(
+                "Prompt lookup: %d of %d drafted tokens accepted (%.0f%%) in %d drafts",
+                solo.policy.accepted, solo.policy.drafted, 100 * (solo.policy.rate or 0), solo.policy.drafts,
+            )
 
     def _solo_forward(self, solo: _Solo, inputs: Any) -> tuple[Any, Any]:
         """Feed ``inputs`` and sample the next token (lazily; evaluation starts now)."""
@@ -490,6 +575,9 @@ class TextBatch:
         solo, self._solo = self._solo, None
         assert solo is not None
         self.moved += 1
+        if solo.lookup is not None:
+            log.info("Prompt lookup: off for a sequence that moved into the batch (batched "
+                     "sequences decode plainly)")
         sequence = solo.sequence
         rest: list[int] = solo.todo
         if solo.pending is not None:
