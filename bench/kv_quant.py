@@ -54,25 +54,18 @@ def cache_bytes(cache: list[Any]) -> int:
     return total
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--context", type=int, default=2048)
-    parser.add_argument("--decode-tokens", type=int, default=16)
-    parser.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"))
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args(argv)
-
+def measure_model(name: str, context: int, decode_tokens: int) -> dict[str, dict[str, Any]]:
     import mlx.core as mx
     from mlx_lm import load
     from mlx_lm.models.cache import make_prompt_cache
 
-    from bench import docs
     from mlxhost.registry import folder_info
     from mlxhost.runtime import kv_quant
     from mlxhost.runtime.memory import KVLayout
     from mlxhost.starter.builder import ensure_test_model
 
-    path = ensure_test_model("qwen")
+    model_name = name
+    path = ensure_test_model(name)
     model, tokenizer = load(str(path))
     config = folder_info(path).config
     layout = KVLayout.from_config(config)
@@ -82,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     chat = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
             for p in PROMPTS]
-    filler = tokenizer.encode("def f(x):\n    return x * 2 + 1\n\n" * (args.context // 12 + 2))
-    long_prompt = filler[: args.context]
+    filler = tokenizer.encode("def f(x):\n    return x * 2 + 1\n\n" * (context // 12 + 2))
+    long_prompt = filler[: context]
     budget = 2 << 30
     results: dict[str, dict[str, Any]] = {}
     reference: list[list[int]] = []
-    for name, quant in formats:
+    for fmt, quant in formats:
         outputs = []
         for prompt in chat:
             cache = kv_quant.quantized(make_prompt_cache(model), quant)
@@ -96,14 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         if quant is None:
             reference = outputs
         cache = kv_quant.quantized(make_prompt_cache(model), quant)
-        _, rate = greedy(model, long_prompt, cache, args.decode_tokens)
+        _, rate = greedy(model, long_prompt, cache, decode_tokens)
         mx.eval([c.state for c in cache])
         per_token = cache_bytes(cache) / cache[0].offset
         sized = layout.quantized(quant.bits, quant.group_size) if quant else layout
         bf16 = KVLayout(kv_heads=layout.kv_heads, head_dim=layout.head_dim, dtype="bfloat16",
                         windows=layout.windows)
         bf16 = bf16.quantized(quant.bits, quant.group_size) if quant else bf16
-        results[name] = {
+        results[fmt] = {
             "bytes_per_token_measured": round(per_token),
             "bytes_per_token_estimated": sized.bytes_per_token,
             "tokens_in_2GiB_fp32_model": sized.tokens_within(budget),
@@ -113,24 +106,42 @@ def main(argv: list[str] | None = None) -> int:
                                  for a, b in zip(outputs, reference)],
             "decode_tok_s": round(rate, 2),
         }
-        print(name, json.dumps(results[name]), flush=True)
-    full = results["full precision"]
+        print(model_name, fmt, json.dumps(results[fmt]), flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--decode-tokens", type=int, default=16)
+    parser.add_argument("--models", nargs="+", default=["qwen", "smollm2"])
+    parser.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+
+
+    from bench import docs
+
+    results_by_model = {name: measure_model(name, args.context, args.decode_tokens) for name in args.models}
     rows = [
-        f"| format | bytes/token (measured) | tokens in 2 GiB of KV (fp32 model / bf16 model) "
-        f"| ratio | greedy: first 32 tokens identical on 5 prompts | decode tok/s at {args.context:,} tokens of context | ratio |",
-        "|---|---|---|---|---|---|---|",
+        f"| model | format | bytes/token (measured) | tokens in 2 GiB of KV (as loaded / bf16 activations) "
+        f"| ratio (bf16) | greedy: first 32 tokens identical on 5 prompts | decode tok/s at {args.context:,} "
+        "tokens of context | ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in results.items():
-        rows.append(
-            f"| {name} | {r['bytes_per_token_measured']:,} | {r['tokens_in_2GiB_fp32_model']:,} / "
-            f"{r['tokens_in_2GiB_bf16_model']:,} | {r['tokens_in_2GiB_bf16_model'] / full['tokens_in_2GiB_bf16_model']:.2f}× (bf16) "
-            f"| {r['identical_of_5']}/5 (first difference at {r['first_difference']}) "
-            f"| {r['decode_tok_s']:.2f} | {r['decode_tok_s'] / max(full['decode_tok_s'], 1e-9):.2f}× |"
-        )
+    for model_name, results in results_by_model.items():
+        full = results["full precision"]
+        for name, r in results.items():
+            rows.append(
+                f"| {model_name} | {name} | {r['bytes_per_token_measured']:,} | {r['tokens_in_2GiB_fp32_model']:,} / "
+                f"{r['tokens_in_2GiB_bf16_model']:,} | {r['tokens_in_2GiB_bf16_model'] / full['tokens_in_2GiB_bf16_model']:.2f}× "
+                f"| {r['identical_of_5']}/5 (first difference at {r['first_difference']}) "
+                f"| {r['decode_tok_s']:.2f} | {r['decode_tok_s'] / max(full['decode_tok_s'], 1e-9):.2f}× |"
+            )
     body = "\n".join([
         "## KV cache quantization",
         "",
-        f"`python -m bench.kv_quant --context {args.context}`: Qwen2.5-Coder 0.5B fp32 on 2 shared CPU "
+        f"`python -m bench.kv_quant --context {args.context}`: Qwen2.5-Coder 0.5B and SmolLM2-135M fp32 on 2 shared CPU "
         "cores (OpenBLAS), mlx-lm's `QuantizedKVCache` (group 64) made by `runtime.kv_quant`, one "
         "process, the formats one after another. Bytes per token are the arrays after a prefill; "
         "the 2 GiB columns are the memory governor's arithmetic (`KVLayout`) for this model "

@@ -103,7 +103,7 @@ def test_an_end_inside_a_drafted_run_ends_where_plain_decoding_does(model):
     tokens = [s.token for s in plain]
     for eos in {tokens[len(tokens) // 2], tokens[-5]}:
         first = tokens.index(eos)
-        fast, batch, stored = run(model, prompt, eos={eos}, max_tokens=60)
+        fast, _, stored = run(model, prompt, eos={eos}, max_tokens=60)
         assert [s.token for s in fast] == tokens[: first + 1]
         assert fast[-1].finish == "stop"
         (fed, held), = stored
