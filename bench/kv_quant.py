@@ -73,8 +73,14 @@ def measure_model(name: str, context: int, decode_tokens: int) -> dict[str, dict
     formats: list[tuple[str, kv_quant.KVQuant | None]] = [
         ("full precision", None), ("8-bit", kv_quant.KVQuant(8)), ("4-bit", kv_quant.KVQuant(4)),
     ]
-    chat = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
-            for p in PROMPTS]
+    chat = [
+        tokenizer.encode(
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                          tokenize=False),
+            add_special_tokens=False,
+        )
+        for p in PROMPTS
+    ]
     filler = tokenizer.encode("def f(x):\n    return x * 2 + 1\n\n" * (context // 12 + 2))
     long_prompt = filler[: context]
     budget = 2 << 30

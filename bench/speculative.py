@@ -99,7 +99,10 @@ def generate(engine: Any, tokens: tuple[int, ...], max_tokens: int, speculative:
 
 
 def chat_tokens(tokenizer: Any, text: str) -> tuple[int, ...]:
-    return tuple(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True))
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+    )
+    return tuple(tokenizer.encode(rendered, add_special_tokens=False))
 
 
 def side_by_side(engine: Any, tokens: tuple[int, ...], max_tokens: int, rounds: int) -> dict[str, Any]:

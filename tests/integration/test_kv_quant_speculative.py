@@ -43,11 +43,12 @@ def qwen_info():
 def run(engine: Any, text: str, max_tokens: int, *, speculative: bool = False) -> tuple[list[int], int | None]:
     """Greedy tokens, and the prompt tokens the prefix cache served."""
     from mlxhost.runtime.engine import PreparedPrompt
-    from mlxhost.types import SamplingParams
+    from mlxhost.types import RenderedPrompt, SamplingParams
 
-    tokens = engine._tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], add_generation_prompt=True
+    rendered = engine._tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
     )
+    tokens = engine.prepare(RenderedPrompt(text=rendered)).tokens
     steps: list[Any] = []
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, speculative=speculative)
     engine.join(PreparedPrompt(tokens=tuple(tokens)), params, lambda step, error: steps.append(step or error))
