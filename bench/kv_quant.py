@@ -118,8 +118,8 @@ def measure_model(name: str, context: int, decode_tokens: int) -> dict[str, dict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--context", type=int, default=1024)
-    parser.add_argument("--decode-tokens", type=int, default=16)
+    parser.add_argument("--context", type=int, default=256)
+    parser.add_argument("--decode-tokens", type=int, default=4)
     parser.add_argument("--models", nargs="+", default=["qwen", "smollm2"])
     parser.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--no-write", action="store_true")

@@ -1,6 +1,11 @@
-"""KV-cache quantization and prompt-lookup speculative decoding on the real Qwen
-2.5-Coder 0.5B (fp32, CPU), in-process engine (a request alone: the batch's
-lone-sequence loop, as served with the default --max-batch)."""
+"""KV-cache quantization (SmolLM2-135M) and prompt-lookup speculative decoding
+(Qwen2.5-Coder 0.5B), real fp32 models on CPU, in-process engine (a request
+alone: the batch's lone-sequence loop, as served with the default --max-batch).
+
+Qwen2.5's keys have a few channels hundreds of times larger than the rest, so
+8-bit groups of 64 lose the small ones: its greedy output diverges after ~8
+tokens on 4 of 5 prompts (docs/benchmarks.md), a property of the model; the
+agreement check uses SmolLM2 (llama architecture)."""
 
 from __future__ import annotations
 
@@ -33,6 +38,14 @@ EDIT = f"Rename the variable `total` to `acc` in this file and return the whole 
 
 
 @pytest.fixture(scope="module")
+def smollm2_info():
+    from mlxhost.registry import folder_info
+    from mlxhost.starter.builder import ensure_test_model
+
+    return folder_info(ensure_test_model("smollm2"))
+
+
+@pytest.fixture(scope="module")
 def qwen_info():
     from mlxhost.registry import folder_info
     from mlxhost.starter.builder import ensure_test_model
@@ -58,16 +71,16 @@ def run(engine: Any, text: str, max_tokens: int, *, speculative: bool = False) -
     return [s.token for s in steps], steps[0].cached_tokens
 
 
-def test_quantized_kv_agrees_with_full_precision_and_survives_a_swap(qwen_info, tmp_path):
+def test_quantized_kv_agrees_with_full_precision_and_survives_a_swap(smollm2_info, tmp_path):
     from mlxhost.runtime.mlx_engine import MLXEngine
 
     full = MLXEngine(warmup=False, max_batch=8, prefix_cache_bytes=0)
-    full.load(qwen_info)
+    full.load(smollm2_info)
     reference = [run(full, p, 32)[0] for p in PROMPTS]
     full.unload()
 
     engine = MLXEngine(warmup=False, max_batch=8, kv_bits=8, prefix_cache_dir=str(tmp_path))
-    engine.load(qwen_info)
+    engine.load(smollm2_info)
     try:
         kv = engine.stats()["kv_cache"]
         assert kv["bits"] == 8 and kv["bytes_per_token"] < kv["full_precision_bytes_per_token"] / 1.8
@@ -77,7 +90,7 @@ def test_quantized_kv_agrees_with_full_precision_and_survives_a_swap(qwen_info, 
         assert identical >= 4
         # A swap: the RAM tier spills to disk on unload, the reload finds it there.
         engine.unload()
-        engine.load(qwen_info)
+        engine.load(smollm2_info)
         again, cached = run(engine, PROMPTS[0], 32)
         assert cached is not None and cached > 0
         assert again == quantized[0]
