@@ -78,6 +78,7 @@ def create_app(
         # auto (0): the engine's provisional limit until a load measures one.
         max_batch=settings.max_batch or AUTO_BATCH,
         prefill_chunk=max(1, settings.prefill_chunk),
+        kv_quant=(settings.kv_bits, settings.kv_group_size),
         keep_alive=settings.keep_alive,
         memory_wait=settings.memory_wait,
         on_load=metrics.on_load,

@@ -44,6 +44,7 @@ from mlxhost.settings import (
     parse_bool,
     parse_duration,
     parse_int,
+    parse_kv_bits,
     parse_list,
 )
 from mlxhost.types import ModelDefaults
@@ -113,10 +114,12 @@ MODEL_KEYS = (
     "system_prompt",
     "keep_alive",
     "weights",
+    "kv_bits",
+    "kv_group_size",
 )
 # [models.X] keys that are also server settings: the table's value replaces the
 # [server] one for that model, but a flag or variable replaces both.
-OVERRIDDEN_BY_SERVER = ("context_window", "weights", "keep_alive")
+OVERRIDDEN_BY_SERVER = ("context_window", "weights", "keep_alive", "kv_bits", "kv_group_size")
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 _NAME = re.compile(r"[^\s/\\][^\s]*")
 
@@ -280,6 +283,8 @@ class _Checker:
             system_prompt=get("system_prompt", _string),
             keep_alive=get("keep_alive", _duration),
             weights=get("weights", _choice(SETTINGS_BY_NAME["weights"])),
+            kv_bits=get("kv_bits", _kv_bits),
+            kv_group_size=get("kv_group_size", _positive_int),
         )
         return ModelConfig(
             name=name,
@@ -308,6 +313,8 @@ def convert(row: Setting, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"expected a list of strings, got {_toml_type(value)}")
         return [v.strip() for v in value if v.strip()]
+    if row.parse is parse_kv_bits and _is_int(value):
+        return parse_kv_bits(str(value))
     if row.parse is parse_batch and _is_int(value):
         return parse_batch(str(value))
     if row.parse is parse_duration and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -328,6 +335,12 @@ def _is_number(value: Any) -> bool:
 def _positive_int(value: Any) -> int:
     if not _is_int(value) or value <= 0:
         raise ValueError(f"expected a positive integer, got {_show(value)}")
+    return int(value)
+
+
+def _kv_bits(value: Any) -> int:
+    if not _is_int(value) or value not in (0, 4, 8):
+        raise ValueError(f"expected 4, 8 or 0 (off), got {_show(value)}")
     return int(value)
 
 

@@ -177,6 +177,8 @@ class ChatRequest:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
+    # False: no prompt-lookup speculative decoding for this request (mlxhost's own field).
+    speculative: bool = True
     # token id -> bias added to its logit
     logit_bias: Mapping[int, float] = attrs.field(factory=dict)
     # Report log probabilities with this many top alternatives per token (None: off).

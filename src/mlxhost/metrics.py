@@ -180,6 +180,18 @@ class _RuntimeCollector:
         if status.model:
             loaded.add_metric([status.model], 1)
         yield loaded
+        batch = status.engine.get("batch")
+        if isinstance(batch, dict) and "drafted" in batch:
+            yield counter("mlxhost_speculative_drafted_tokens",
+                          "Tokens drafted by prompt lookup (speculative decoding)", batch.get("drafted"))
+            yield counter("mlxhost_speculative_accepted_tokens",
+                          "Drafted tokens the model accepted (accepted / drafted: the acceptance rate)",
+                          batch.get("accepted"))
+        kv = status.engine.get("kv_cache")
+        if isinstance(kv, dict):
+            yield gauge("mlxhost_kv_bytes_per_token",
+                        "KV-cache bytes per token of the loaded model, as stored (--kv-bits)",
+                        kv.get("bytes_per_token"))
         cache = status.engine.get("prefix_cache")
         if isinstance(cache, dict):
             yield counter("mlxhost_prefix_cache_hits", "Prefix-cache lookups that reused KV",

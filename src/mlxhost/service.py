@@ -513,6 +513,7 @@ class ChatService:
             presence_penalty=pick("presence_penalty", 0.0),
             frequency_penalty=pick("frequency_penalty", 0.0),
             repetition_penalty=repetition,
+            speculative=request.speculative,
             logit_bias=dict(request.logit_bias),
             logprobs=request.logprobs,
             grammar=self._grammar(request, info),

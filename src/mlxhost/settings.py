@@ -53,6 +53,13 @@ def parse_int(text: str) -> int:
         raise ValueError(f"expected an integer, got {text!r}") from None
 
 
+def parse_kv_bits(text: str) -> int:
+    value = parse_int(text)
+    if value not in (0, 4, 8):
+        raise ValueError(f"expected 4, 8 or 0 (off), got {text!r}")
+    return value
+
+
 def parse_list(text: str) -> list[str]:
     """Comma-separated, items stripped, empty items dropped."""
     return [item.strip() for item in text.split(",") if item.strip()]
@@ -203,9 +210,33 @@ class Settings:
         env="MLXHOST_CPU_SPLIT", flag="--cpu-split", metavar="POLICY", choices=("auto", "on", "off"),
     )
     prefill_chunk: int = setting(
-        512, "prompt tokens a batch prefills per step: a long new prompt delays the "
-        "running streams by about one chunk",
+        512, "the most prompt tokens a batch prefills per step (per prompt; bounds the "
+        "prefill workspace); the prefill time budget sizes each step's chunk below it",
         env="MLXHOST_PREFILL_CHUNK", flag="--prefill-chunk", parse=parse_int, metavar="N",
+    )
+    prefill_step_ms: int = setting(
+        250, "milliseconds of prefill work a batch step may do between two decode steps: "
+        "each chunk is sized from the measured prefill rate, at most --prefill-chunk "
+        "tokens, so running streams keep decoding while a long prompt goes in (0: always "
+        "--prefill-chunk tokens)",
+        env="MLXHOST_PREFILL_STEP_MS", flag="--prefill-step-ms", parse=parse_int, metavar="MS",
+    )
+    kv_bits: int = setting(
+        0, "quantize the KV cache to 4 or 8 bits (0: full precision); sliding-window "
+        "layers stay full precision, and so does a batch's KV (mlx-lm's batch has no "
+        "quantized cache): it saves memory for sequences decoding alone and in the "
+        "prefix cache",
+        env="MLXHOST_KV_BITS", flag="--kv-bits", parse=parse_kv_bits, metavar="BITS",
+    )
+    speculative: bool = setting(
+        True, "prompt-lookup speculative decoding for a greedy request decoding alone: "
+        "tokens drafted from the prompt and reply so far, verified in one pass (the "
+        "output is unchanged; a request opts out with \"speculative\": false)",
+        env="MLXHOST_SPECULATIVE", flag="--no-speculative", parse=parse_bool,
+    )
+    kv_group_size: int = setting(
+        64, "values per scale and bias of the quantized KV cache",
+        env="MLXHOST_KV_GROUP_SIZE", flag="--kv-group-size", parse=parse_int, metavar="N",
     )
     queue_timeout: float | None = setting(
         600.0, "seconds a request may wait for the model before 503 (None: no limit; Python only)"

@@ -40,6 +40,9 @@ class ModelDefaults:
     keep_alive: float | None = None
     # The load-time weights policy (auto, as-is, bf16) instead of ``--weights``.
     weights: str | None = None
+    # The KV cache's quantization instead of ``--kv-bits`` / ``--kv-group-size`` (0: off).
+    kv_bits: int | None = None
+    kv_group_size: int | None = None
 
 
 @attrs.frozen
@@ -317,6 +320,8 @@ class SamplingParams:
     # Where thinking starts and ends in token ids, and its budget (None: the
     # model does not think, or nothing watches it).
     thinking: ThinkingPlan | None = None
+    # False: never draft tokens by prompt lookup for this request (runtime.speculative).
+    speculative: bool = True
 
 
 @attrs.frozen

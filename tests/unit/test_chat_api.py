@@ -366,3 +366,11 @@ def test_logit_bias_beyond_the_vocabulary_is_400(make_client, tmp_path):
         assert beyond.status_code == 400 and beyond.json()["error"]["param"] == "logit_bias"
         huge = chat(client, str(folder), logit_bias={"99999999999": 1})
         assert huge.status_code == 400
+
+
+def test_speculative_false_reaches_the_engine(client, fake_models, fake_plugin):
+    assert chat(client, fake_models[0], speculative=False).status_code == 200
+    assert chat(client, fake_models[0]).status_code == 200
+    assert [p.speculative for p in fake_plugin.params[-2:]] == [False, True]
+    response = chat(client, fake_models[0], speculative="no")
+    assert response.status_code == 400 and response.json()["error"]["param"].startswith("speculative")

@@ -125,3 +125,11 @@ def test_tool_call_leaves_in_ollama_shape():
 
     call = ToolCall(name="f", arguments='{"a": 1}', id="c1")
     assert _call_json(call) == {"function": {"name": "f", "arguments": {"a": 1}}}
+
+
+def test_options_speculative_reaches_the_engine(client, fake_plugin):
+    for options in ({"speculative": False}, {}):
+        body = {"model": model_id(client), "stream": False, "options": options,
+                "messages": [{"role": "user", "content": "hi"}]}
+        assert client.post("/api/chat", json=body).status_code == 200
+    assert [p.speculative for p in fake_plugin.params[-2:]] == [False, True]

@@ -45,7 +45,7 @@ def test_defaults():
         "host": "127.0.0.1", "port": 1234, "model": None, "context_window": None,
         "context_windows": {}, "default_max_tokens": 512, "summarize": True,
         "image_max_bytes": 20 * MiB, "image_allow_networks": [], "max_queue": 64,
-        "max_batch": 0, "prefill_chunk": 512, "weights": "auto", "flat_qmm": "auto", "cpu_split": "auto",
+        "max_batch": 0, "prefill_chunk": 512, "prefill_step_ms": 250, "kv_bits": 0, "speculative": True, "kv_group_size": 64, "weights": "auto", "flat_qmm": "auto", "cpu_split": "auto",
         "queue_timeout": 600.0, "api_key": None, "cors_origins": [],
         "max_body_bytes": 64 * MiB, "shutdown_grace": 30.0, "prefix_cache_bytes": None,
         "prefix_cache_dir": None, "prefix_cache_disk_bytes": None,

@@ -78,6 +78,7 @@ _OPTIONS_SCHEMA = {"type": ["object", "null"], "properties": {
     "num_predict": {"type": "integer", "description": "≤ 0: no limit"},
     "num_ctx": {"type": "integer", "minimum": 1, "description": "at most the model's context window"},
     "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+    "speculative": {"type": "boolean", "description": "false: no prompt-lookup speculative decoding"},
 }, "additionalProperties": {"not": {}, "description": "this option is not supported yet"}}
 _COMMON = {
     "model": {"type": "string", "minLength": 1, "description": "Model id or alias (GET /api/tags)."},
@@ -311,6 +312,7 @@ def _sampling(body: dict[str, Any], state: State, model: str) -> dict[str, Any]:
         **knobs,
         "max_tokens": num_predict if num_predict is not None and num_predict > 0 else None,
         "stop": (stop,) if isinstance(stop, str) else tuple(stop or ()),
+        "speculative": options.get("speculative") is not False,
         "json_format": _format(body.get("format")),
         "keep_alive": _keep_alive(body),
         "reasoning": ollama_control(body.get("think")),

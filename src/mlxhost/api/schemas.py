@@ -175,6 +175,8 @@ class ChatCompletionRequest:
     top_k: int | None = constrained(**TOP_K)
     min_p: float | None = constrained(**MIN_P)
     repetition_penalty: float | None = constrained(**REPETITION_PENALTY)
+    # mlxhost's own (extra_body): false turns prompt-lookup speculative decoding off.
+    speculative: bool | None = None
     response_format: dict[str, Any] | None = constrained(**RESPONSE_FORMAT)
     logprobs: bool | None = None
     top_logprobs: int | None = constrained(minimum=0, maximum=20)
@@ -426,6 +428,7 @@ def to_domain(request: ChatCompletionRequest) -> domain.ChatRequest:
         presence_penalty=request.presence_penalty,
         frequency_penalty=request.frequency_penalty,
         repetition_penalty=request.repetition_penalty,
+        speculative=request.speculative is not False,
         logit_bias=logit_bias_of(request.logit_bias),
         logprobs=(request.top_logprobs or 0) if request.logprobs else None,
         json_format=json_format_of(request.response_format),

@@ -5,7 +5,10 @@ cache), each with its own sampler (and seed), logits processors (grammar,
 penalties, logit_bias), ``max_tokens`` and detokenizer; a step decodes one
 token for every running sequence and prefills at most one chunk of the
 joining prompts, so a long new prompt delays the running streams by one chunk
-only. A sequence that finishes or leaves stores its KV in the prefix cache.
+only. The chunk is sized by time (``runtime.prefill_pace``: about
+``--prefill-step-ms`` of prefill work per step, from the measured prefill
+rate), so the running streams keep decoding on a slow CPU as on a GPU.
+A sequence that finishes or leaves stores its KV in the prefix cache.
 
 ``BatchGenerator`` prefills the prompts it holds together, right-padding each
 step's pieces to the longest: a short prompt prefilled beside a long one costs
@@ -28,6 +31,7 @@ from typing import Any
 
 import attrs
 
+from mlxhost.runtime.prefill_pace import PrefillPacer
 from mlxhost.types import SamplingParams, TokenLogprob, TokenStep
 
 log = logging.getLogger(__name__)
@@ -174,6 +178,10 @@ class _Solo:
     processors: list[Any]
     context: Any = None  # the tokens the logits processors see (mlx-lm TokenBuffer)
     pending: tuple[Any, Any] | None = None  # (token, logprobs) sampled, not yet emitted nor fed
+    # Prompt lookup (runtime.speculative): the prompt and every emitted token,
+    # and when to draft; None: this sequence decodes plainly.
+    lookup: Any = None
+    policy: Any = None
 
 
 @attrs.define
@@ -214,11 +222,21 @@ class TextBatch:
         store_prefix: Callable[[tuple[int, ...], list[Any]], None],
         token_logprob: Callable[[int, Any, int], TokenLogprob],
         kernels: Callable[..., None] | None = None,
+        pacer: PrefillPacer | None = None,
+        kv: Any = None,
+        speculative: bool = False,
     ) -> None:
         """``kernels(alone=..., rows=..., prefilling=...)`` is told before each
         step whether one sequence decodes alone (mlx-lm's single-sequence loop)
         or a batch of ``rows`` does, and whether the batch prefills a prompt in
-        it, to pick the kernels for it (runtime.kernels.KernelChoice.for_step)."""
+        it, to pick the kernels for it (runtime.kernels.KernelChoice.for_step).
+        ``pacer`` sizes each step's prefill chunk by time (runtime.prefill_pace);
+        without one every chunk is ``prefill_step`` tokens. ``kv`` (a
+        ``runtime.kv_quant.KVQuant``): the lone sequence's KV is quantized; the
+        batch's stays full precision (mlx-lm 0.32 has no quantized batch cache).
+        ``speculative``: the lone sequence drafts tokens by prompt lookup
+        (``runtime.speculative``) when its request is greedy, has no logits
+        processors and did not opt out; batched sequences decode plainly."""
         from mlx_lm.generate import BatchGenerator
 
         from mlxhost.runtime.kernels import skip_unpadded_decode_masks
@@ -236,7 +254,12 @@ class TextBatch:
         self._fetch_prefix = fetch_prefix
         self._store_prefix = store_prefix
         self._token_logprob = token_logprob
-        self._prefill_step = prefill_step
+        self._pacer = pacer or PrefillPacer(0.0, prefill_step)
+        self._kv = kv
+        self._speculative = speculative
+        self.drafted = 0  # prompt-lookup tokens proposed / accepted (for /health)
+        self.accepted = 0
+        self._decode_seconds: float | None = None  # a decode-only step's wall time, averaged
         self._model = model
         self._kernels = kernels or (lambda **step: None)
         self._solo: _Solo | None = None
@@ -252,6 +275,10 @@ class TextBatch:
 
     def __len__(self) -> int:
         return len(self._sequences)
+
+    @property
+    def pacer(self) -> PrefillPacer:
+        return self._pacer
 
     def join(
         self,
@@ -298,8 +325,9 @@ class TextBatch:
             cache, fed = caches[sequence.generator_uid]
             self._store(fed, cache)
 
-    def _hand_over(self) -> None:
-        """Insert the waiting prompts :func:`admit` lets in now."""
+    def _hand_over(self, chunk: int) -> None:
+        """Insert the waiting prompts :func:`admit` lets in now (``chunk``: this
+        step's prefill tokens per prompt)."""
         waiting = [s for s in self._sequences.values() if s.waiting is not None]
         if not waiting:
             return
@@ -307,7 +335,7 @@ class TextBatch:
             s.uncached for s in self._sequences.values() if s.generator_uid is not None and s.count == 0
         ]
         chosen = admit(
-            [s.uncached for s in waiting], prefilling, self._prefill_step, [s.waited for s in waiting]
+            [s.uncached for s in waiting], prefilling, chunk, [s.waited for s in waiting]
         )
         for sequence in waiting:
             sequence.waited += 1
@@ -321,10 +349,15 @@ class TextBatch:
             sequence = waiting[index]
             args, sequence.waiting = sequence.waiting, None
             assert args is not None
+            cache = args.cache
+            if cache is not None and self._kv is not None:
+                from mlxhost.runtime.kv_quant import full_precision
+
+                cache = full_precision(cache)
             (generator_uid,) = self._generator.insert(
                 [list(args.tokens[args.fed :])],
                 max_tokens=[args.max_tokens],
-                caches=[args.cache] if args.cache is not None else None,
+                caches=[cache] if cache is not None else None,
                 all_tokens=[list(args.tokens[: args.fed])],
                 samplers=[args.sampler],
                 logits_processors=[args.processors],
@@ -347,17 +380,23 @@ class TextBatch:
                 self._kernels(alone=True)
                 self._solo_step()
                 return bool(self._sequences)
-            self._hand_over()
-            self._kernels(alone=False, rows=len(self._by_generator), prefilling=any(
-                s.generator_uid is not None and s.count == 0 for s in self._sequences.values()
-            ))
-            _, responses = self._generator.next()
+            chunk = self._pacer.chunk(rows=max(1, len(self._prefilling())))
+            self._hand_over(chunk)
+            prefilling = self._prefilling()
+            if prefilling:  # the chunk for the rows actually prefilling now
+                chunk = self._pacer.chunk(rows=len(prefilling))
+            self._generator.prefill_step_size = chunk
+            self._kernels(alone=False, rows=len(self._by_generator), prefilling=bool(prefilling))
+            decoding = len(self._by_generator) - len(prefilling)
+            began = self._pacer.clock()
+            with self._generator.stats() as counted:
+                _, responses = self._generator.next()
+            self._time_step(self._pacer.clock() - began, counted.prompt_tokens, chunk, decoding)
         except Exception as exc:
             self.fail(exc)
             raise
-        for sequence in self._sequences.values():
-            if sequence.generator_uid is not None and sequence.count == 0:
-                sequence.uncached = max(1, sequence.uncached - self._prefill_step)
+        for sequence in prefilling:
+            sequence.uncached = max(1, sequence.uncached - chunk)
         for response in responses:
             found = self._sequences.get(self._by_generator.get(response.uid, -1))
             if found is None:
@@ -371,19 +410,45 @@ class TextBatch:
             found.emit(step, None)
         return bool(self._sequences)
 
+    def _prefilling(self) -> list[_Sequence]:
+        """Sequences in ``BatchGenerator`` that have not produced their first token."""
+        return [s for s in self._sequences.values() if s.generator_uid is not None and s.count == 0]
+
+    def _time_step(self, seconds: float, prompt_tokens: int, chunk: int, decoding: int) -> None:
+        """Tell the pacer what a step's prefill cost: the step's wall time less
+        what a decode-only step takes (``BatchGenerator`` overlaps the two, so
+        its own prompt_time holds part of the decode), measured on steps that
+        prefilled nothing."""
+        if prompt_tokens <= 0:
+            if decoding:
+                last = self._decode_seconds
+                self._decode_seconds = seconds if last is None else 0.7 * last + 0.3 * seconds
+            return
+        decode = self._decode_seconds if decoding and self._decode_seconds is not None else 0.0
+        self._pacer.record(prompt_tokens, max(seconds - decode, seconds * 0.1), chunk)
+
     # -- one sequence alone ----------------------------------------------------
     def _start_solo(self, sequence: _Sequence) -> None:
         """Decode the only sequence in mlx-lm's single-sequence loop."""
         from mlx_lm.models.cache import make_prompt_cache
 
+        from mlxhost.runtime.kv_quant import quantized
+
         args, sequence.waiting = sequence.waiting, None
         assert args is not None
-        cache = args.cache if args.cache is not None else make_prompt_cache(self._model)
+        cache = quantized(args.cache if args.cache is not None else make_prompt_cache(self._model), self._kv)
         self.alone += 1
         self._solo = _Solo(
             sequence, cache, list(args.tokens[: args.fed]), list(args.tokens[args.fed :]),
             args.sampler, args.processors,
         )
+        params = sequence.params
+        if (self._speculative and params.speculative and params.temperature == 0
+                and not args.processors):
+            from mlxhost.runtime.speculative import Policy, PromptLookup
+
+            self._solo.lookup = PromptLookup(args.tokens)
+            self._solo.policy = Policy()
 
     def _solo_step(self) -> None:
         """One prefill chunk, or one token: ``generate_step``'s loop, a step per tick
@@ -395,11 +460,15 @@ class TextBatch:
         assert solo is not None
         sequence = solo.sequence
         if solo.pending is None and len(solo.todo) > 1:
-            # Prefill all but the last prompt token, a chunk per tick.
-            chunk = solo.todo[: min(self._prefill_step, len(solo.todo) - 1)]
+            # Prefill all but the last prompt token, a chunk per tick (sized by
+            # time: a request that arrives meanwhile waits for one chunk).
+            size = self._pacer.chunk()
+            chunk = solo.todo[: min(size, len(solo.todo) - 1)]
+            began = self._pacer.clock()
             with mx.stream(generation_stream):
                 self._model(mx.array(chunk)[None], cache=solo.cache)
                 mx.eval([c.state for c in solo.cache])
+            self._pacer.record(len(chunk), self._pacer.clock() - began, size)
             solo.fed += chunk
             solo.todo = solo.todo[len(chunk) :]
             sequence.uncached = len(solo.todo)
@@ -412,20 +481,76 @@ class TextBatch:
             solo.pending = self._solo_forward(solo, mx.array(solo.todo))
             solo.fed += solo.todo
             solo.todo = []
+        if solo.lookup is not None and self._speculate(solo):
+            return
         y, logprobs = solo.pending
         last = sequence.count + 1 >= sequence.params.max_tokens
         solo.pending = None if last else self._solo_forward(solo, y)
         token = int(y.item())
         if not last:
             solo.fed.append(token)  # fed by the forward pass just started
+        if solo.lookup is not None:
+            solo.lookup.extend([token])
         step = self._token_step(sequence, _SoloResponse(token, logprobs, "length" if last else None))
         if step.finish is not None:
-            self._solo = None
-            del self._sequences[sequence.uid]
-            self._store(solo.fed, solo.cache)
+            self._finish_solo(solo)
         elif sequence.count % 256 == 0:
             mx.clear_cache()  # as generate_step does
         sequence.emit(step, None)
+
+    def _speculate(self, solo: _Solo) -> bool:
+        """A prompt-lookup step: the pending token and a drafted run in one forward
+        pass, emitting the pending token and every accepted draft token (greedy:
+        exactly what plain decoding emits). False: no draft this step (decode plainly)."""
+        import mlx.core as mx
+
+        from mlxhost.runtime import speculative
+
+        sequence, policy, lookup = solo.sequence, solo.policy, solo.lookup
+        assert solo.pending is not None and policy is not None and lookup is not None
+        room = sequence.params.max_tokens - sequence.count - 1  # tokens after the pending one
+        if room < 1 or not policy.should_draft() or not speculative.can_rewind(solo.cache):
+            return False
+        y, logprobs = solo.pending
+        token = int(y.item())
+        draft = lookup.propose_after(token, min(speculative.DRAFT_TOKENS, room))
+        if not draft:
+            return False
+        choices, rows = speculative.verify_greedy(self._model, solo.cache, token, draft)
+        kept = speculative.accepted_prefix(draft, choices)
+        speculative.rewind(solo.cache, len(draft) - kept)
+        policy.record(len(draft), kept)
+        self.drafted += len(draft)
+        self.accepted += kept
+        emitted = [(token, logprobs), *((draft[i], rows[i]) for i in range(kept))]
+        solo.fed += [t for t, _ in emitted]
+        lookup.extend([t for t, _ in emitted])
+        solo.pending = (mx.array([choices[kept]]), rows[kept])
+        for index, (out, scores) in enumerate(emitted):
+            last = sequence.count + 1 >= sequence.params.max_tokens
+            step = self._token_step(sequence, _SoloResponse(out, scores, "length" if last else None))
+            if step.finish is not None:
+                # The cache holds the run up to here only (what the prefix cache stores).
+                speculative.rewind(solo.cache, len(emitted) - index - 1)
+                del solo.fed[len(solo.fed) - (len(emitted) - index - 1) :]
+                self._finish_solo(solo)
+                sequence.emit(step, None)
+                return True
+            sequence.emit(step, None)
+        if sequence.count % 256 < len(emitted):
+            mx.clear_cache()
+        return True
+
+    def _finish_solo(self, solo: _Solo) -> None:
+        sequence = solo.sequence
+        self._solo = None
+        del self._sequences[sequence.uid]
+        self._store(solo.fed, solo.cache)
+        if solo.policy is not None and solo.policy.drafts:
+            log.info(
+                "Prompt lookup: %d of %d drafted tokens accepted (%.0f%%) in %d drafts",
+                solo.policy.accepted, solo.policy.drafted, 100 * (solo.policy.rate or 0), solo.policy.drafts,
+            )
 
     def _solo_forward(self, solo: _Solo, inputs: Any) -> tuple[Any, Any]:
         """Feed ``inputs`` and sample the next token (lazily; evaluation starts now)."""
@@ -450,6 +575,9 @@ class TextBatch:
         solo, self._solo = self._solo, None
         assert solo is not None
         self.moved += 1
+        if solo.lookup is not None:
+            log.info("Prompt lookup: off for a sequence that moved into the batch (batched "
+                     "sequences decode plainly)")
         sequence = solo.sequence
         rest: list[int] = solo.todo
         if solo.pending is not None:

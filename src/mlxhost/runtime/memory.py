@@ -181,6 +181,21 @@ class KVLayout:
     dtype: str
     # One entry per layer: its sliding window in tokens, or None for full attention.
     windows: tuple[int | None, ...]
+    # --kv-bits: full-attention layers hold keys and values quantized (a scale and
+    # a bias per group); sliding-window layers stay full precision (runtime.kv_quant).
+    kv_bits: int | None = None
+    kv_group_size: int = 64
+
+    def quantized(self, bits: int | None, group_size: int = 64) -> KVLayout:
+        return attrs.evolve(self, kv_bits=bits or None, kv_group_size=group_size)
+
+    @property
+    def full_layer_bytes_per_token(self) -> int:
+        """Keys and values of one token in one full-attention layer, as stored."""
+        if not self.kv_bits:
+            return self.layer_bytes_per_token
+        per_value = self.kv_bits / 8 + 2 * self.dtype_bytes / self.kv_group_size
+        return int(2 * self.kv_heads * self.head_dim * per_value)
 
     @property
     def num_layers(self) -> int:
@@ -197,8 +212,11 @@ class KVLayout:
 
     @property
     def bytes_per_token(self) -> int:
-        """Keys and values of one token in every layer (no window reached)."""
-        return self.layer_bytes_per_token * self.num_layers
+        """Keys and values of one token in every layer (no window reached), as stored."""
+        return sum(
+            self.full_layer_bytes_per_token if w is None else self.layer_bytes_per_token
+            for w in self.windows
+        )
 
     def bytes_for(self, tokens: int, *, step: int = ALLOC_STEP) -> int:
         """KV bytes of a ``tokens``-long sequence as MLX allocates them: buffers grow
@@ -206,8 +224,8 @@ class KVLayout:
         if tokens <= 0:
             return 0
         held = -(-tokens // step) * step if step > 1 else tokens
-        per_layer = self.layer_bytes_per_token
-        return sum(per_layer * (held if w is None else min(held, w)) for w in self.windows)
+        full, windowed = self.full_layer_bytes_per_token, self.layer_bytes_per_token
+        return sum(full * held if w is None else windowed * min(held, w) for w in self.windows)
 
     def tokens_within(self, nbytes: int, *, step: int = ALLOC_STEP, limit: int = 1 << 31) -> int:
         """The longest sequence whose KV fits in ``nbytes`` (``limit`` if any length does)."""
@@ -384,6 +402,7 @@ class MemoryGovernor:
         self.device: DeviceMemory | None = None
         self.model: str | None = None
         self.layout: KVLayout | None = None
+        self.batches = False
         self.weights = 0
         self.workspace = 0
         self._prefix_bytes = prefix_bytes
@@ -402,8 +421,13 @@ class MemoryGovernor:
         self.prefix_shrinks = 0  # times the prefix cache was shrunk to admit a request
 
     # -- the loaded model ---------------------------------------------------------
-    def set_model(self, model: str, layout: KVLayout | None, weights: int, workspace: int) -> None:
+    def set_model(
+        self, model: str, layout: KVLayout | None, weights: int, workspace: int, *, batches: bool = False
+    ) -> None:
+        """``batches``: requests for this model decode in the batch, whose KV stays
+        full precision with --kv-bits (``layout`` is the quantized format)."""
         self.model, self.layout, self.weights, self.workspace = model, layout, weights, workspace
+        self.batches = batches
 
     def clear_model(self) -> None:
         self.model, self.layout, self.weights, self.workspace = None, None, 0, 0
@@ -423,13 +447,17 @@ class MemoryGovernor:
         held = [*self._held, extra] if extra is not None else self._held
         batched = [r.tokens for r in held if r.batched]
         alone = sum(self.kv_bytes(r.tokens) for r in held if not r.batched)
-        return alone + (len(batched) * self.kv_bytes(max(batched)) if batched else 0)
+        # The batch holds full-precision KV even with --kv-bits (runtime.kv_quant).
+        full = self.layout.quantized(None) if self.layout is not None else None
+        longest = full.bytes_for(max(batched)) if batched and full is not None else 0
+        return alone + len(batched) * longest
 
     def tokens_fitting(self, weights: int | None = None, workspace: int | None = None,
                        layout: KVLayout | None = None) -> int | None:
         """The longest sequence that fits with nothing else running and the prefix
         cache empty (the loaded model's, unless the figures are given); None: no limit."""
-        layout = layout or self.layout
+        if layout is None and self.layout is not None:
+            layout = self.layout.quantized(None) if self.batches else self.layout
         if self.budget is None or layout is None:
             return None
         room = self.budget - (self.weights if weights is None else weights) - (
@@ -449,7 +477,8 @@ class MemoryGovernor:
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens if explicit else None,
             fitting=fitting,
-            needed=self.kv_bytes(prompt_tokens + max_tokens),
+            needed=(self.layout.quantized(None) if self.batches and self.layout else self.layout).bytes_for(
+                prompt_tokens + max_tokens) if self.layout else 0,
             budget=self.budget,
             weights=self.weights,
             workspace=self.workspace,

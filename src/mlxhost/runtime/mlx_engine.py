@@ -103,6 +103,10 @@ class MLXEngine:
         warmup: bool = True,
         max_batch: int = 1,
         prefill_chunk: int = 512,
+        prefill_step_ms: int = 0,
+        kv_bits: int | None = None,
+        kv_group_size: int | None = None,
+        speculative: bool = False,
         weights: str = "auto",
         flat_qmm: str = "auto",
         cpu_split: str = "auto",
@@ -113,7 +117,11 @@ class MLXEngine:
     ) -> None:
         """``prefix_cache_bytes``: the KV prefix cache's budget (None: the default
         2 GiB; 0 disables it). ``max_batch`` > 1 decodes text prompts of a text
-        model together (``runtime.batch``), prefilling ``prefill_chunk`` tokens a step.
+        model together (``runtime.batch``), prefilling at most ``prefill_chunk``
+        tokens a step, and about ``prefill_step_ms`` of work (``runtime.prefill_pace``;
+        0: always ``prefill_chunk``).
+        ``kv_bits``/``kv_group_size``: the KV cache's quantization (``runtime.kv_quant``;
+        a model's config-file values win).
         ``weights``, ``flat_qmm`` and ``cpu_split`` are the load-time policies of
         ``runtime.kernels``.
         ``max_batch`` 0 is auto: ``runtime.batch.AUTO_BATCH`` on CPU, measured per
@@ -135,10 +143,15 @@ class MLXEngine:
         self.sharded: str | None = None  # how the loaded model was split (distributed)
         self._kernels: Any = None  # runtime.kernels.KernelChoice of the loaded model
         self.prefill_chunk = prefill_chunk
+        self.prefill_step_ms = prefill_step_ms
+        self.kv_bits, self.kv_group_size = kv_bits, kv_group_size
+        self.speculative = speculative  # prompt lookup for the lone batch sequence
+        self._kv: Any = None  # runtime.kv_quant.KVQuant of the loaded model (None: full precision)
+        self._kv_stats: dict[str, Any] = {}
         self._batch: Any = None  # runtime.batch.TextBatch of the loaded model, made on first use
         self._peak = 0  # the batch peak of models unloaded since start
         # Sequences of unloaded models that started alone / moved into a batch.
-        self._batch_counts = {"alone": 0, "moved": 0, "groups": 0}
+        self._batch_counts = {"alone": 0, "moved": 0, "groups": 0, "drafted": 0, "accepted": 0}
         self._weights = 0  # bytes of the loaded model's arrays
         self._memory_limit: int | None = None
         if prefix_cache_bytes is None:
@@ -182,7 +195,10 @@ class MLXEngine:
             batch["peak"] = max(self._peak, self._batch.peak)
             for key in self._batch_counts:
                 batch[key] += getattr(self._batch, key)
+            batch["prefill"] = self._batch.pacer.stats()
         stats: dict[str, Any] = {"batch": batch}
+        if self._kv_stats:
+            stats["kv_cache"] = self._kv_stats
         if self._kernels is not None:
             stats["kernels"] = self._kernels.as_dict()
         if self.prefix_cache is not None:
@@ -218,6 +234,7 @@ class MLXEngine:
         return model_identity(
             info.id, info.path, mlx=importlib.metadata.version("mlx"), dtype=dtype,
             weights=str(self._kernels.weights), loader="mlx-vlm" if self._is_vlm else "mlx-lm",
+            kv=self._kv.describe() if self._kv is not None else "full precision",
             **extra,
         )
 
@@ -333,6 +350,7 @@ class MLXEngine:
         self._detokenizer_source = wrapper
         self._eos = eos_token_ids(path, config, tokenizer)
         self._vocab_size = _vocab_size(config) or len(tokenizer)  # type: ignore[arg-type]
+        self._kv, kv_line = self._choose_kv(info)
         loaded_in = time.perf_counter() - started
         if self._disk is not None:
             self._disk.activate(model_id, self._identity(info))
@@ -348,7 +366,7 @@ class MLXEngine:
             self.max_batch, self._batch_choice = self._choose_batch_size(info)
         log.info(
             "Loaded %s with %s in %.1fs (+%.2fs warm-up); weights %s, 2-D qmm input %s (%s); "
-            "max batch %d (%s)",
+            "max batch %d (%s); KV cache %s",
             model_id,
             "mlx-vlm" if self._is_vlm else "mlx-lm",
             loaded_in,
@@ -358,6 +376,7 @@ class MLXEngine:
             self._kernels.reason,
             self.max_batch,
             self._batch_choice,
+            kv_line,
         )
         return tokenizer
 
@@ -393,6 +412,35 @@ class MLXEngine:
         if found is None:
             return None
         return found.size, f"auto, measured {found.measured_at}: {found.rates} tok/s"
+
+    def _choose_kv(self, info: ModelInfo) -> tuple[Any, str]:
+        """The loaded model's KV format and a line for the load log: bits, the
+        layers left full precision, bytes per token (``runtime.kv_quant``)."""
+        from mlxhost.runtime import kv_quant
+        from mlxhost.runtime.memory import KVLayout
+
+        quant = kv_quant.for_model(info.defaults, self.kv_bits, self.kv_group_size)
+        layout = KVLayout.from_config(info.config)
+        if quant is not None and self._is_vlm:
+            log.warning("--kv-bits: %s is a vision model (mlx-vlm caches): its KV stays full precision",
+                        info.id)
+            quant = None
+        if quant is not None and layout is not None and layout.head_dim % quant.group_size:
+            log.warning("--kv-group-size %d does not divide %s's head size %d: KV stays full precision",
+                        quant.group_size, info.id, layout.head_dim)
+            quant = None
+        full_layers = kv_quant.kept_full(self._new_cache(quant)) if quant is not None else {}
+        per_token = layout.quantized(quant.bits, quant.group_size).bytes_per_token if layout and quant \
+            else (layout.bytes_per_token if layout else None)
+        full = layout.bytes_per_token if layout else None
+        self._kv_stats = kv_quant.stats(quant, per_token, full, full_layers)
+        if quant is None:
+            return None, f"full precision, {per_token} bytes per token"
+        kept = ", ".join(f"{n} {name}" for name, n in full_layers.items())
+        return quant, (
+            f"{quant.describe()}, {per_token} bytes per token (full precision {full})"
+            + (f"; left full precision: {kept} layers" if kept else "")
+        )
 
     def _choose_batch_size(self, info: ModelInfo) -> tuple[int, str]:
         """``--max-batch auto`` for the model just loaded: measured on a GPU (a few
@@ -573,6 +621,7 @@ class MLXEngine:
 
         if self._batch is None:
             from mlxhost.runtime.batch import TextBatch
+            from mlxhost.runtime.prefill_pace import PrefillPacer
 
             self._batch = TextBatch(
                 self._model,
@@ -584,6 +633,9 @@ class MLXEngine:
                 store_prefix=self._store_batch_prefix,
                 token_logprob=self._token_logprob,
                 kernels=self._kernels.for_step,
+                pacer=PrefillPacer(self.prefill_step_ms / 1000, self.prefill_chunk),
+                kv=self._kv,
+                speculative=self.speculative,
             )
         return int(
             self._batch.join(
@@ -633,9 +685,12 @@ class MLXEngine:
         if 0 < held <= len(fed):
             import mlx.core as mx
 
+            from mlxhost.runtime.kv_quant import quantized
+
             # A batch hands out lazy slices of its padded arrays: evaluated, the
             # entry holds only its own bytes (what the prefix cache counts), not
-            # the whole batch's arrays.
+            # the whole batch's arrays. Entries are in the engine's KV format.
+            cache = quantized(cache, self._kv)
             mx.eval([c.state for c in cache])
             pc.insert(self._model_id, fed[:held], cache)
 
@@ -886,14 +941,16 @@ class MLXEngine:
             reused, total, total - reused, encoded,
         )
 
-    def _new_cache(self) -> list[Any]:
+    def _new_cache(self, quant: Any = None) -> list[Any]:
         if self._is_vlm:
             from mlx_vlm.models.cache import make_prompt_cache
 
             return make_prompt_cache(self._model.language_model)
         from mlx_lm.models.cache import make_prompt_cache
 
-        return make_prompt_cache(self._model)
+        from mlxhost.runtime.kv_quant import quantized
+
+        return quantized(make_prompt_cache(self._model), quant or self._kv)
 
     def _snapshot(self, cache: list[Any]) -> list[Any] | None:
         """A copy of the cache at the end of the prompt, only where it can matter:

@@ -547,18 +547,30 @@ class MLXCodec:
             if cls.__module__ not in CACHE_MODULES or getattr(layer, "caches", None) is not None:
                 raise ValueError(f"cache class {cls.__module__}.{cls.__name__} is not supported")
             state = list(layer.state)
-            if cls.__name__ == "KVCache" and state and state[0] is not None:
+            if cls.__name__ in ("KVCache", "QuantizedKVCache") and state and state[0] is not None:
+                # Up to the offset, not the preallocated buffer (a quantized
+                # layer's keys and values are (packed, scales, biases) each).
                 offset = int(layer.offset)
-                state[0], state[1] = state[0][..., :offset, :], state[1][..., :offset, :]
+                for k in (0, 1):
+                    part = state[k]
+                    state[k] = (
+                        tuple(a[..., :offset, :] for a in part) if isinstance(part, tuple)
+                        else part[..., :offset, :]
+                    )
+
+            def put(name: str, value: Any) -> str:
+                dtype = _MX_DTYPES[str(value.dtype).removeprefix("mlx.core.")]
+                raw = value.view(mx.uint16) if dtype in ("BF16", "F16") else value
+                data = np.ascontiguousarray(np.array(raw, copy=True)).tobytes()
+                tensors[name] = RawTensor(dtype, tuple(int(d) for d in value.shape), data)
+                return name
+
             items: list[Any] = []
             for j, value in enumerate(state):
                 if isinstance(value, mx.array):
-                    name = f"{i}.{j}"
-                    dtype = _MX_DTYPES[str(value.dtype).removeprefix("mlx.core.")]
-                    raw = value.view(mx.uint16) if dtype in ("BF16", "F16") else value
-                    data = np.ascontiguousarray(np.array(raw, copy=True)).tobytes()
-                    tensors[name] = RawTensor(dtype, tuple(int(d) for d in value.shape), data)
-                    items.append({"array": name})
+                    items.append({"array": put(f"{i}.{j}", value)})
+                elif isinstance(value, tuple) and value and all(isinstance(v, mx.array) for v in value):
+                    items.append({"arrays": [put(f"{i}.{j}.{k}", v) for k, v in enumerate(value)]})
                 elif value is None or isinstance(value, (int, float, bool)):
                     items.append({"value": value})
                 else:
@@ -583,8 +595,12 @@ class MLXCodec:
             cls = getattr(importlib.import_module(module_name), spec["class"], None)
             if not isinstance(cls, type) or not hasattr(cls, "from_state"):
                 raise ValueError(f"no cache class {spec['class']!r} in {module_name}")
-            state = tuple(arrays[item["array"]] if "array" in item else item["value"]
-                          for item in spec["state"])
+            state = tuple(
+                arrays[item["array"]] if "array" in item
+                else tuple(arrays[name] for name in item["arrays"]) if "arrays" in item
+                else item["value"]
+                for item in spec["state"]
+            )
             if module_name == "mlx_vlm.models.cache":
                 meta = spec.get("meta")
                 layer = cls.from_state(state, tuple(meta) if isinstance(meta, list) else meta)

@@ -123,6 +123,7 @@ class Runtime:
         wait_timeout: float | None = None,
         max_batch: int = 1,
         prefill_chunk: int = 512,
+        kv_quant: tuple[int | None, int | None] = (None, None),
         keep_alive: float = math.inf,
         memory_wait: float | None = 600.0,
         on_load: Callable[[str, float], None] | None = None,
@@ -157,6 +158,7 @@ class Runtime:
         self._on_load = on_load
         self._max_batch = max_batch
         self._prefill_chunk = prefill_chunk
+        self._kv_quant = kv_quant
         self.memory = MemoryGovernor(
             wait_timeout=memory_wait,
             prefix_bytes=lambda: engine.memory().prefix_cache,
@@ -363,9 +365,10 @@ class Runtime:
         config = info.config
         self.memory.set_model(
             info.id,
-            KVLayout.from_config(config),
+            self._kv_layout(info),
             self._engine.memory().weights,
             workspace_bytes(config, prefill_chunk=self._prefill_chunk, max_batch=self._max_batch),
+            batches=self._max_batch > 1 and "vision_config" not in config,
         )
         if self._on_load is not None:
             self._on_load(info.id, seconds)
@@ -379,6 +382,14 @@ class Runtime:
             f", swapped out {previous.id}" if previous else "",
         )
         return self.current
+
+    def _kv_layout(self, info: ModelInfo) -> KVLayout | None:
+        """The model's KV as the engine stores it (quantized with --kv-bits)."""
+        from mlxhost.runtime import kv_quant
+
+        layout = KVLayout.from_config(info.config)
+        quant = kv_quant.for_model(info.defaults, *self._kv_quant)
+        return layout.quantized(quant.bits, quant.group_size) if layout and quant else layout
 
     def memory_window(self, info: ModelInfo) -> int | None:
         """The effective window of a model: min(context window, the tokens one
@@ -394,7 +405,9 @@ class Runtime:
         if self.current is not None and self.current.info == info and governor.layout:
             fitting = governor.tokens_fitting()
         else:
-            layout = KVLayout.from_config(info.config)
+            layout = self._kv_layout(info)
+            if layout is not None and self._max_batch > 1 and "vision_config" not in info.config:
+                layout = layout.quantized(None)  # the batch holds full-precision KV
             if layout is None or info.path is None:
                 return None
             workspace = workspace_bytes(

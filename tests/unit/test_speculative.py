@@ -1,0 +1,129 @@
+"""runtime.speculative: prompt lookup drafts, and the lone batch sequence decoding
+with them (tiny fp32 model, CPU): the tokens are exactly plain greedy decoding's."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlxhost.runtime.speculative import MAX_COOLDOWN, Policy, PromptLookup, accepted_prefix
+
+
+def test_lookup_proposes_what_followed_the_longest_earlier_match():
+    lookup = PromptLookup([1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 1, 2, 3])
+    # Suffix (1, 2, 3) occurred at the start, followed by 4, 5, ...
+    assert lookup.propose(3) == [4, 5, 9]
+    # (2, 3) alone occurred later (followed by 7), but the longer match wins.
+    assert PromptLookup([2, 3, 7, 8, 6, 2, 3]).propose(2) == [7, 8]
+    assert PromptLookup([1, 2, 3]).propose(4) == []  # no earlier occurrence
+    assert lookup.propose(0) == []
+
+
+def test_propose_after_does_not_keep_the_token():
+    lookup = PromptLookup([5, 6, 7, 8, 5])
+    assert lookup.propose_after(6, 2) == [7, 8]
+    assert lookup.tokens == [5, 6, 7, 8, 5]
+    lookup.extend([6])
+    assert lookup.propose(2) == [7, 8]
+
+
+def test_accepted_prefix_and_the_cooldown():
+    assert accepted_prefix([4, 5, 6], [4, 5, 9, 1]) == 2
+    assert accepted_prefix([4], [3, 4]) == 0
+    policy = Policy()
+    assert policy.should_draft()
+    policy.record(5, 0)  # nothing gained: wait a step, then two, ...
+    assert [policy.should_draft() for _ in range(2)] == [False, True]
+    policy.record(5, 0)
+    assert [policy.should_draft() for _ in range(3)] == [False, False, True]
+    policy.record(5, 3)
+    assert policy.penalty == 1 and policy.rate == 3 / 15
+    for _ in range(10):
+        policy.record(4, 0)
+    assert policy.penalty == MAX_COOLDOWN
+
+
+mx = pytest.importorskip("mlx.core")
+
+# Prompts with repeated stretches (a file, then an instruction to return it).
+PROMPTS = [
+    tuple([(7 * k) % 200 + 3 for k in range(30)] * 2 + [1, 2, 3]),
+    tuple([11, 12, 13, 14, 15, 16] * 5),
+    tuple(range(40, 90)),
+    tuple([(k * k) % 97 + 5 for k in range(25)] * 3),
+    tuple([300, 301, 302, 303, 304, 300, 301]),
+]
+
+
+def run(model, prompt, *, speculative=True, eos=(), max_tokens=40, temperature=0.0, processors=()):
+    from mlxhost.runtime.batch import TextBatch
+    from mlxhost.runtime.sampling import make_sampler
+    from mlxhost.testing.tiny_text import TokenNames
+    from mlxhost.types import SamplingParams
+
+    stored = []
+    batch = TextBatch(
+        model, eos=set(eos), max_batch=4, prefill_step=64, detokenizer=TokenNames,
+        fetch_prefix=lambda tokens: (None, 0),
+        store_prefix=lambda fed, cache: stored.append((fed, cache[0].offset)),
+        token_logprob=lambda *a: None, speculative=speculative,
+    )
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=3)
+    steps = []
+    batch.join(prompt, params, make_sampler(params), list(processors),
+               lambda step, error: steps.append(step))
+    while batch.step():
+        pass
+    return steps, batch, stored
+
+
+@pytest.fixture(scope="module")
+def model():
+    from mlxhost.testing.tiny_text import tiny_qwen3
+
+    return tiny_qwen3()
+
+
+def test_greedy_output_is_exactly_plain_decoding(model):
+    drafted = accepted = 0
+    for prompt in PROMPTS:
+        plain, _, _ = run(model, prompt, speculative=False)
+        fast, batch, stored = run(model, prompt)
+        assert [s.token for s in fast] == [s.token for s in plain]
+        assert [s.finish for s in fast] == [s.finish for s in plain]
+        drafted += batch.drafted
+        accepted += batch.accepted
+        (fed, held), = stored
+        assert held == len(fed)  # the stored cache holds exactly the tokens it says
+    assert drafted > 0 and accepted > 0
+
+
+def test_an_end_inside_a_drafted_run_ends_where_plain_decoding_does(model):
+    prompt = PROMPTS[1]
+    plain, _, _ = run(model, prompt, speculative=False, max_tokens=60)
+    tokens = [s.token for s in plain]
+    for eos in {tokens[len(tokens) // 2], tokens[-5]}:
+        first = tokens.index(eos)
+        fast, _, stored = run(model, prompt, eos={eos}, max_tokens=60)
+        assert [s.token for s in fast] == tokens[: first + 1]
+        assert fast[-1].finish == "stop"
+        (fed, held), = stored
+        assert held == len(fed)
+    for limit in (7, 23):  # max_tokens inside a drafted run
+        fast, _, _ = run(model, prompt, max_tokens=limit)
+        assert [s.token for s in fast] == tokens[:limit] and fast[-1].finish == "length"
+
+
+def test_sampled_processed_and_opted_out_requests_do_not_draft(model):
+    from mlxhost.runtime.sampling import make_logits_processors
+    from mlxhost.types import SamplingParams
+
+    prompt = PROMPTS[1]
+    _, sampled, _ = run(model, prompt, temperature=0.8)
+    penalties = make_logits_processors(SamplingParams(max_tokens=8, presence_penalty=0.5))
+    _, processed, _ = run(model, prompt, processors=penalties)
+    _, off, _ = run(model, prompt, speculative=False)
+    assert sampled.drafted == processed.drafted == off.drafted == 0
+    # Seeded sampling is reproducible (and unchanged by the speculative setting).
+    once, _, _ = run(model, prompt, temperature=0.8)
+    again, _, _ = run(model, prompt, temperature=0.8, speculative=False)
+    assert [s.token for s in once] == [s.token for s in again]
