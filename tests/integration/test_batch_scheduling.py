@@ -1,4 +1,4 @@
-"""Batch scheduling against a real `mlxhost serve` (real Qwen 0.5B and Gemma 270M):
+"""Batch scheduling against a real `mlxhost serve` (real SmolLM2 135M and Gemma 270M):
 a long prompt joining mid-batch is prefilled chunk by chunk between the running
 streams' tokens, and a request for another model swaps only after the batch drains."""
 
@@ -13,15 +13,16 @@ import pytest
 
 from mlxhost.starter.builder import TEST_MODELS
 from mlxhost.testing.live import wait_until
+from mlxhost.testing.smollm2 import NEVER_STOP
 
-QWEN = TEST_MODELS["qwen"].repo_id
+SMOL = TEST_MODELS["smollm2"].repo_id
 GEMMA = TEST_MODELS["gemma"].repo_id
 CHUNK = 16  # --prefill-chunk: small, so a ~300-token prompt takes many steps
 
 
 @pytest.fixture(scope="module")
 def server(start_server):
-    with start_server("--model", QWEN, "--max-batch", "4", "--prefill-chunk", str(CHUNK)) as server:
+    with start_server("--model", SMOL, "--max-batch", "4", "--prefill-chunk", str(CHUNK)) as server:
         yield server
 
 
@@ -36,9 +37,9 @@ def content_deltas(response: httpx.Response):
             yield text
 
 
-def body(model: str, content: str, max_tokens: int) -> dict:
+def body(model: str, content: str, max_tokens: int, **extra) -> dict:
     return {"model": model, "stream": True, "temperature": 0, "max_tokens": max_tokens,
-            "messages": [{"role": "user", "content": content}]}
+            "messages": [{"role": "user", "content": content}], **extra}
 
 
 def test_a_long_prompt_mid_batch_is_prefilled_between_the_running_tokens(server):
@@ -49,13 +50,14 @@ def test_a_long_prompt_mid_batch_is_prefilled_between_the_running_tokens(server)
 
     def runner() -> None:
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", timeout=300,
-                          json=body(QWEN, "Count from 1 to 300, separated by commas.", 48)) as r:
+                          json=body(SMOL, "Count from 1 to 300, separated by commas.", 48,
+                                    logit_bias=NEVER_STOP)) as r:
             for text in content_deltas(r):
                 running_tokens.append(text)
                 started.set()
 
     def long_one() -> None:
-        request = {**body(QWEN, long_text + "\nWhich box holds the most?", 4),
+        request = {**body(SMOL, long_text + "\nWhich box holds the most?", 4),
                    "stream_options": {"include_usage": True}}
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", timeout=300, json=request) as r:
             for line in r.iter_lines():
@@ -86,7 +88,7 @@ def test_a_long_prompt_mid_batch_is_prefilled_between_the_running_tokens(server)
 
 
 def test_a_request_for_another_model_swaps_only_after_the_batch_drains(server):
-    assert server.health()["model"] == QWEN
+    assert server.health()["model"] == SMOL
     swaps = server.health()["swaps"]
     events: list[str] = []
     lock = threading.Lock()
@@ -95,16 +97,17 @@ def test_a_request_for_another_model_swaps_only_after_the_batch_drains(server):
         with lock:
             events.append(what)
 
-    def qwen_stream() -> tuple[int, str | None]:
+    def smol_stream() -> tuple[int, str | None]:
         count, finish = 0, None
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", timeout=300,
-                          json=body(QWEN, "Count from 1 to 100, separated by commas.", 40)) as r:
+                          json=body(SMOL, "Count from 1 to 100, separated by commas.", 40,
+                                    logit_bias=NEVER_STOP)) as r:
             for line in r.iter_lines():
                 if line.startswith("data: {"):
                     choice = json.loads(line[6:])["choices"][0]
                     count += bool(choice["delta"].get("content"))
                     finish = choice.get("finish_reason") or finish
-        record("qwen done")
+        record("smol done")
         return count, finish
 
     def gemma_request() -> str:
@@ -117,14 +120,14 @@ def test_a_request_for_another_model_swaps_only_after_the_batch_drains(server):
         return reply.json()["model"]
 
     with ThreadPoolExecutor(2) as pool:
-        qwen = pool.submit(qwen_stream)
-        wait_until(lambda: server.health()["running"] == 1, timeout=120, what="the Qwen stream runs")
+        smol = pool.submit(smol_stream)
+        wait_until(lambda: server.health()["running"] == 1, timeout=120, what="the SmolLM2 stream runs")
         gemma = pool.submit(gemma_request)
         wait_until(lambda: server.health()["waiting"] == 1, timeout=120, what="the Gemma request waits")
-        assert server.health()["model"] == QWEN  # no swap while the batch runs
-        count, finish = qwen.result()
+        assert server.health()["model"] == SMOL  # no swap while the batch runs
+        count, finish = smol.result()
         assert gemma.result() == GEMMA
-    assert finish == "length" and count >= 10  # the Qwen stream ran to its max_tokens
-    assert events == ["qwen done", "gemma done"]
+    assert finish == "length" and count >= 10  # the SmolLM2 stream ran to its max_tokens
+    assert events == ["smol done", "gemma done"]
     health = server.health()
     assert health["model"] == GEMMA and health["swaps"] == swaps + 1

@@ -1,4 +1,5 @@
-"""The Responses API end to end: the official client against a real server (Qwen 0.5B)."""
+"""The Responses API end to end: the official client against a real server
+(SmolLM2 135M, the fast default; Qwen 0.5B where a tool is offered)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from mlxhost.starter.builder import TEST_MODELS
 
 QWEN = TEST_MODELS["qwen"].repo_id
+SMOL = TEST_MODELS["smollm2"].repo_id
 
 WEATHER_TOOL = {
     "type": "function",
@@ -22,20 +24,20 @@ WEATHER_TOOL = {
 }
 
 
-def test_text_response(client):
-    response = client.responses.create(
-        model=QWEN, input="Say hello.", instructions="Be brief.", temperature=0, max_output_tokens=12
+def test_text_response(smol_client):
+    response = smol_client.responses.create(
+        model=SMOL, input="Say hello.", instructions="Be brief.", temperature=0, max_output_tokens=12
     )
     assert response.object == "response"
     assert response.status in ("completed", "incomplete")
     assert response.output_text
     assert response.usage.output_tokens >= 1
-    assert client.responses.retrieve(response.id).id == response.id
+    assert smol_client.responses.retrieve(response.id).id == response.id
 
 
-def test_stream_event_order(client):
-    stream = client.responses.create(
-        model=QWEN, input="Count to three.", temperature=0, max_output_tokens=8, stream=True
+def test_stream_event_order(smol_client):
+    stream = smol_client.responses.create(
+        model=SMOL, input="Count to three.", temperature=0, max_output_tokens=8, stream=True
     )
     events = list(stream)
     types = [event.type for event in events]
@@ -66,26 +68,26 @@ def test_function_call_round_trip(client):
     assert response.output_text
 
 
-def test_previous_response_id(client):
-    first = client.responses.create(
-        model=QWEN, input="My name is Alice. Reply OK.", temperature=0, max_output_tokens=8
+def test_previous_response_id(smol_client):
+    first = smol_client.responses.create(
+        model=SMOL, input="My name is Alice. Reply OK.", temperature=0, max_output_tokens=8
     )
-    second = client.responses.create(
-        model=QWEN, input="What is my name?", previous_response_id=first.id,
+    second = smol_client.responses.create(
+        model=SMOL, input="What is my name?", previous_response_id=first.id,
         temperature=0, max_output_tokens=8,
     )
     assert second.previous_response_id == first.id
     assert second.usage.input_tokens > first.usage.input_tokens
-    assert client.responses.delete(first.id) is None
+    assert smol_client.responses.delete(first.id) is None
     with pytest.raises(openai.NotFoundError):
-        client.responses.retrieve(first.id)
+        smol_client.responses.retrieve(first.id)
 
 
-def test_unknown_model_is_404_and_server_stays_up(client, qwen_server):
+def test_unknown_model_is_404_and_server_stays_up(smol_client):
     with pytest.raises(openai.NotFoundError) as info:
-        client.responses.create(model="no-such/model", input="hi")
+        smol_client.responses.create(model="no-such/model", input="hi")
     assert info.value.body["param"] == "model"
     with pytest.raises(openai.NotFoundError) as info:
-        client.responses.create(model=QWEN, input="hi", previous_response_id="resp_missing")
+        smol_client.responses.create(model=SMOL, input="hi", previous_response_id="resp_missing")
     assert info.value.body["param"] == "previous_response_id"
-    assert client.responses.create(model=QWEN, input="hi", max_output_tokens=4).output
+    assert smol_client.responses.create(model=SMOL, input="hi", max_output_tokens=4).output

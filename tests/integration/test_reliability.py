@@ -1,4 +1,5 @@
-"""Faults against a real `mlxhost serve`: corrupt model, SIGTERM with work in flight."""
+"""Faults against a real `mlxhost serve` (SmolLM2 135M): corrupt model, SIGTERM
+with work in flight."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import pytest
 
 from mlxhost.starter.builder import TEST_MODELS, ensure_test_model
 from mlxhost.testing.http import raw_post, read_until
+from mlxhost.testing.smollm2 import NEVER_STOP
 
-QWEN = TEST_MODELS["qwen"].repo_id
+SMOL = TEST_MODELS["smollm2"].repo_id
 
 ASK = [{"role": "user", "content": "What is 2+2? Answer with a number."}]
 # Generous: far above a healthy cancel (well under a second), far below the abandoned work.
@@ -28,16 +30,16 @@ def models_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def qwen_server(start_server, models_root):
-    with start_server("--model", QWEN, "--models-dir", str(models_root)) as server:
+def smol_server(start_server, models_root):
+    with start_server("--model", SMOL, "--models-dir", str(models_root)) as server:
         yield server
 
 
 @pytest.fixture
 def corrupt_model(models_root):
-    """A folder that looks like the Qwen model but whose weights are garbage."""
-    source = ensure_test_model("qwen")
-    folder = models_root / "corrupt-qwen"
+    """A folder that looks like the SmolLM2 model but whose weights are garbage."""
+    source = ensure_test_model("smollm2")
+    folder = models_root / "corrupt-smollm2"
     folder.mkdir()
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(source / name, folder / name)
@@ -45,35 +47,36 @@ def corrupt_model(models_root):
     return folder
 
 
-def test_corrupt_model_is_a_clear_error_and_the_server_keeps_serving(client, qwen_server, corrupt_model):
+def test_corrupt_model_is_a_clear_error_and_the_server_keeps_serving(smol_client, smol_server, corrupt_model):
     with pytest.raises(openai.InternalServerError) as caught:
-        client.chat.completions.create(model=corrupt_model.name, messages=ASK, max_tokens=4)
+        smol_client.chat.completions.create(model=corrupt_model.name, messages=ASK, max_tokens=4)
     error = caught.value.body
     assert error["code"] == "model_load_failed"
     assert corrupt_model.name in error["message"]
-    health = qwen_server.health()
+    health = smol_server.health()
     assert health["status"] == "ok" and health["last_error"]
-    response = client.chat.completions.create(model=QWEN, messages=ASK, max_tokens=5, temperature=0)
+    response = smol_client.chat.completions.create(model=SMOL, messages=ASK, max_tokens=10, temperature=0)
     assert "4" in response.choices[0].message.content
 
 
-def test_missing_weights_is_a_clear_error(client, models_root):
+def test_missing_weights_is_a_clear_error(smol_client, models_root):
     folder = models_root / "no-weights"
     folder.mkdir()
-    shutil.copy(ensure_test_model("qwen") / "config.json", folder / "config.json")
+    shutil.copy(ensure_test_model("smollm2") / "config.json", folder / "config.json")
     with pytest.raises(openai.InternalServerError) as caught:
-        client.chat.completions.create(model=folder.name, messages=ASK, max_tokens=4)
+        smol_client.chat.completions.create(model=folder.name, messages=ASK, max_tokens=4)
     assert caught.value.body["code"] == "model_load_failed"
 
 
 def test_sigterm_finishes_in_flight_stream_and_exits_zero(start_server):
-    server = start_server("--model", QWEN)
+    server = start_server("--model", SMOL)
     server.__enter__()
     lines: list[str] = []
     under_way = threading.Event()  # the first chunk has arrived
 
     def stream() -> None:
-        body = {"model": QWEN, "messages": ASK, "max_tokens": 12, "temperature": 0, "stream": True}
+        body = {"model": SMOL, "messages": ASK, "max_tokens": 12, "temperature": 0, "stream": True,
+                "logit_bias": NEVER_STOP}
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=120) as r:
             for line in r.iter_lines():
                 if line:
@@ -94,23 +97,23 @@ def test_sigterm_finishes_in_flight_stream_and_exits_zero(start_server):
         httpx.get(f"{server.url}/health", timeout=2)
 
 
-def test_disconnect_mid_stream_frees_the_model_for_the_next_request(qwen_server, capsys):
+def test_disconnect_mid_stream_frees_the_model_for_the_next_request(smol_server, capsys):
     """A real socket closed mid-stream: the generation stops and the next request is served.
 
     The abandoned request asks for thousands of tokens (minutes of work on CPU), so
     the follow-up being admitted within the generous bound below means the generation
     was cancelled; the time it took is printed, not asserted."""
     body = {
-        "model": QWEN, "stream": True, "max_tokens": 4000, "temperature": 0,
+        "model": SMOL, "stream": True, "max_tokens": 4000, "temperature": 0, "logit_bias": NEVER_STOP,
         "messages": [{"role": "user", "content": "Count from 1 to 5000, one number per line."}],
     }
-    with raw_post(qwen_server.url, "/v1/chat/completions", body) as sock:
+    with raw_post(smol_server.url, "/v1/chat/completions", body) as sock:
         read_until(sock, b"data: ", count=4)  # a few tokens are out: generation is under way
     closed = time.perf_counter()
-    follow = {"model": QWEN, "stream": True, "max_tokens": 2, "messages": ASK}
+    follow = {"model": SMOL, "stream": True, "max_tokens": 2, "messages": ASK}
     try:
         with httpx.stream(
-            "POST", f"{qwen_server.url}/v1/chat/completions", json=follow, timeout=ADMIT_BOUND
+            "POST", f"{smol_server.url}/v1/chat/completions", json=follow, timeout=ADMIT_BOUND
         ) as r:
             admitted = time.perf_counter() - closed  # headers are sent once it holds the model
             assert r.status_code == 200
