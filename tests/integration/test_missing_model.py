@@ -14,7 +14,7 @@ import pytest
 from mlxhost.starter.builder import TEST_MODELS
 from mlxhost.testing.server import free_port
 
-QWEN = TEST_MODELS["qwen"].repo_id
+SMOL = TEST_MODELS["smollm2"].repo_id  # the fastest to load: this module starts two servers
 
 
 def ask(server, model: str) -> httpx.Response:
@@ -38,8 +38,8 @@ def ask(server, model: str) -> httpx.Response:
     ids=["offline", "hub-unreachable"],
 )
 def test_missing_model_is_404_and_the_loaded_model_stays(start_server, env, reason):
-    with start_server("--model", QWEN, env=env) as server:
-        assert ask(server, QWEN).status_code == 200
+    with start_server("--model", SMOL, env=env) as server:
+        assert ask(server, SMOL).status_code == 200
         for name in ("qwen", "gemma"):  # registered aliases, not downloaded here
             response = ask(server, name)
             assert response.status_code == 404, response.text
@@ -47,10 +47,10 @@ def test_missing_model_is_404_and_the_loaded_model_stays(start_server, env, reas
             assert error["code"] == "model_not_downloaded" and error["param"] == "model"
             assert "not in the local Hugging Face cache" in error["message"]
             assert reason in error["message"]
-            assert QWEN in error["message"]  # what is available instead
+            assert SMOL in error["message"]  # what is available instead
             health = server.health()
-            assert health["model"] == QWEN and health["swaps"] == 0
+            assert health["model"] == SMOL and health["swaps"] == 0
         # The model that was working answers without a reload.
-        assert ask(server, QWEN).status_code == 200
+        assert ask(server, SMOL).status_code == 200
         assert server.health()["swaps"] == 0
-        assert server.log_tail(400).count(f"Model {QWEN} ready") == 1
+        assert server.log_tail(400).count(f"Model {SMOL} ready") == 1

@@ -15,7 +15,7 @@ import pytest
 from mlxhost.starter.builder import TEST_MODELS, ensure_test_model
 from mlxhost.testing.vlm_models import ensure_tiny_vlm
 
-QWEN = TEST_MODELS["qwen"].repo_id
+SMOL = TEST_MODELS["smollm2"].repo_id  # the loaded model that must stay loaded
 
 
 def ask(url: str, model: str) -> httpx.Response:
@@ -37,7 +37,7 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(start_server, models_dir):
-    with start_server("--model", QWEN, "--models-dir", str(models_dir)) as server:
+    with start_server("--model", SMOL, "--models-dir", str(models_dir)) as server:
         yield server
 
 
@@ -61,14 +61,14 @@ def test_paths_are_not_models(server, name):
     assert response.status_code == 404, response.text
     assert response.json()["error"]["code"] == "model_not_found"
     health = server.health()
-    assert health["model"] == QWEN and health["swaps"] == 0
+    assert health["model"] == SMOL and health["swaps"] == 0
 
 
 def test_a_real_model_folder_outside_the_roots_is_404(server):
     folder = str(ensure_test_model("gemma"))
     assert ask(server.url, folder).status_code == 404
     assert httpx.get(f"{server.url}/v1/models/{folder.lstrip('/')}").status_code == 404
-    assert server.health()["model"] == QWEN and server.health()["swaps"] == 0
+    assert server.health()["model"] == SMOL and server.health()["swaps"] == 0
 
 
 @pytest.mark.parametrize("path", ["~soJI", "%2e%2e%2f%2e%2e%2fetc", "..%2Fetc", "escape", "/etc/passwd"])

@@ -13,6 +13,9 @@ from pathlib import Path
 from mlxhost.starter.builder import TEST_MODELS
 
 QWEN = TEST_MODELS["qwen"].repo_id
+# The fast model for one server; a group splits Qwen (SmolLM2's 9 attention heads
+# do not split in two for tensor parallelism).
+SMOL = TEST_MODELS["smollm2"].repo_id
 
 # ~300 prompt tokens with the chat template: a few seconds of cold prefill on 2 cores.
 FACTS = " ".join(
@@ -25,12 +28,12 @@ MESSAGES = [
 ]
 
 
-def ask(server, messages: list[dict] = MESSAGES) -> tuple[str, int]:
+def ask(server, messages: list[dict] = MESSAGES, model: str = QWEN) -> tuple[str, int]:
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=300)
     reply = client.chat.completions.create(
-        model=QWEN, messages=messages, temperature=0, max_tokens=8  # type: ignore[arg-type]
+        model=model, messages=messages, temperature=0, max_tokens=8  # type: ignore[arg-type]
     )
     assert reply.usage is not None
     return reply.choices[0].message.content or "", reply.usage.prompt_tokens
@@ -38,11 +41,11 @@ def ask(server, messages: list[dict] = MESSAGES) -> tuple[str, int]:
 
 def test_restarted_server_serves_the_long_prompt_from_disk(start_server, tmp_path):
     folder = tmp_path / "prefix"
-    args = ("--model", QWEN, "--prefix-cache-dir", str(folder))
+    args = ("--model", SMOL, "--prefix-cache-dir", str(folder))
 
     first = start_server(*args)
     with first:
-        cold_reply, prompt_tokens = ask(first)
+        cold_reply, prompt_tokens = ask(first, model=SMOL)
         assert prompt_tokens >= 250
         assert first.health()["prefix_cache"]["disk"]["hits"] == 0
     assert first.process is not None and first.process.returncode == 0  # a graceful shutdown
@@ -52,7 +55,7 @@ def test_restarted_server_serves_the_long_prompt_from_disk(start_server, tmp_pat
     with second:
         assert second.log_path is not None
         assert "Prefix cache on disk: 1 entries for" in Path(second.log_path).read_text()
-        reply, _ = ask(second)
+        reply, _ = ask(second, model=SMOL)
         disk = second.health()["prefix_cache"]["disk"]
         log = Path(second.log_path).read_text()
     assert reply == cold_reply  # token-identical to the cold prefill
