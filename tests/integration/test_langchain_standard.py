@@ -1,6 +1,13 @@
 """LangChain's standard chat-model integration tests (``langchain-tests``) with
-``langchain_openai.ChatOpenAI`` pointed at a real ``mlxhost serve`` running the
-Qwen2.5-Coder 0.5B test model (issue #12). Results: docs/compatibility.md."""
+``langchain_openai.ChatOpenAI`` pointed at a real ``mlxhost serve`` (issue #12).
+Results: docs/compatibility.md.
+
+The suite runs in two classes. The tests of tools (calls, choice, histories,
+agent loop) need a model that calls tools coherently: they run on the
+Qwen2.5-Coder 0.5B test model. The others (invoke, stream, batch, usage,
+stop sequences, JSON mode, structured output through a json_schema grammar)
+check what the server answers, not what the model knows: they run on
+SmolLM2-135M, ~4x faster on CPU, and the Qwen class skips them."""
 
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 from mlxhost.starter.builder import TEST_MODELS
 
 QWEN = TEST_MODELS["qwen"].repo_id
+SMOL = TEST_MODELS["smollm2"].repo_id
 
 # Client-side twins of requests other tests here already make: langchain's async
 # client sends the same bodies as the sync one, a pydantic v1 model, a
@@ -37,25 +45,38 @@ CLIENT_SIDE_TWINS = {
 }
 FULL = os.environ.get("MLXHOST_TEST_FULL") == "1"
 
+# The standard tests that need no tools: TestChatOpenAIOnSmolLM2 runs them (it
+# declares no tool calling, so langchain-tests skips the others there), and the
+# Qwen class skips them unless MLXHOST_TEST_FULL=1. JSON mode and the optional
+# structured-output parameter stay on Qwen (xfail on SmolLM2, below).
+ON_SMOLLM2 = frozenset({
+    "test_invoke", "test_ainvoke", "test_stream", "test_astream", "test_stream_events_v3",
+    "test_astream_events_v3", "test_batch", "test_abatch", "test_conversation",
+    "test_double_messages_conversation", "test_usage_metadata", "test_usage_metadata_streaming",
+    "test_stop_sequence", "test_message_with_name", "test_structured_output",
+    "test_structured_output_async", "test_structured_output_pydantic_2_v1",
+})
 
-class TestChatOpenAIOnMlxhost(ChatModelIntegrationTests):
+
+class _ChatOpenAIOnMlxhost(ChatModelIntegrationTests):
+    """ChatOpenAI against a server of ``model_id``; each subclass points it at one."""
+
     server_url: str = ""
-
-    @pytest.fixture(scope="class", autouse=True)
-    @classmethod
-    def _point_at_server(cls, qwen_server):
-        cls.server_url = qwen_server.url
+    model_id: str = ""
+    runs_elsewhere: frozenset[str] = frozenset()  # standard tests another class runs
 
     @pytest.fixture(autouse=True)
     def _skip_client_side_twins(self, request):
         node = request.node
         twin = CLIENT_SIDE_TWINS.get(node.name) or CLIENT_SIDE_TWINS.get(node.originalname)
+        if node.originalname in self.runs_elsewhere and not FULL:
+            pytest.skip("runs on SmolLM2 (TestChatOpenAIOnSmolLM2; MLXHOST_TEST_FULL=1 runs it here too)")
         if twin and not FULL:
             pytest.skip(f"client-side twin of {twin} (MLXHOST_TEST_FULL=1 runs it)")
         if node.get_closest_marker("xfail") and not FULL:
             # Non-strict xfails pass either way: in the default run they would
             # cost ~25 s and could not fail.
-            pytest.skip("fails for the 0.5B model's weakness, not the server's (MLXHOST_TEST_FULL=1 runs it)")
+            pytest.skip("fails for the test model's weakness, not the server's (MLXHOST_TEST_FULL=1 runs it)")
 
     @property
     def chat_model_class(self) -> type[ChatOpenAI]:
@@ -66,7 +87,7 @@ class TestChatOpenAIOnMlxhost(ChatModelIntegrationTests):
         return {
             "base_url": f"{self.server_url}/v1",
             "api_key": "unused",
-            "model": QWEN,
+            "model": self.model_id,
             "temperature": 0,
             # Short replies keep the module fast on CPU; long enough for a tool
             # call or a small JSON object.
@@ -102,7 +123,7 @@ class TestChatOpenAIOnMlxhost(ChatModelIntegrationTests):
     def returns_usage_metadata(self) -> bool:
         return True
 
-    # Qwen2.5-Coder 0.5B is a text model: no images, PDFs or audio.
+    # Both test models are text models: no images, PDFs or audio.
     @property
     def supports_image_inputs(self) -> bool:
         return False
@@ -127,11 +148,59 @@ class TestChatOpenAIOnMlxhost(ChatModelIntegrationTests):
     def supports_anthropic_inputs(self) -> bool:
         return False
 
+
+class TestChatOpenAIOnMlxhost(_ChatOpenAIOnMlxhost):
+    """The tests of tools, on the Qwen2.5-Coder 0.5B test model."""
+
+    model_id = QWEN
+    runs_elsewhere = ON_SMOLLM2
+
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def _point_at_server(cls, qwen_server):
+        cls.server_url = qwen_server.url
+
     # Fail only because the 0.5B model is too weak: the server's answers are
     # right (see docs/compatibility.md for each request and output).
     @pytest.mark.xfail(
         reason="0.5B model: the schema-valid JSON reply repeats one sentence inside "
         "'setup' until max_tokens, so finish_reason is length",
+        strict=False,
+    )
+    def test_structured_output_optional_param(self, model) -> None:
+        super().test_structured_output_optional_param(model)
+
+
+class TestChatOpenAIOnSmolLM2(_ChatOpenAIOnMlxhost):
+    """The tests of the server's replies (no tools), on SmolLM2-135M-Instruct."""
+
+    model_id = SMOL
+
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def _point_at_server(cls, smol_server):
+        cls.server_url = smol_server.url
+
+    # No tool format for SmolLM2's template yet: langchain-tests skips the tool tests.
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return False
+
+    # Fail only because the 135M model is too weak: the grammar allows any run
+    # of whitespace between JSON tokens, and SmolLM2 fills max_tokens with it.
+    @pytest.mark.xfail(
+        reason="135M model: the json_object reply pads with whitespace until max_tokens",
+        strict=False,
+    )
+    def test_json_mode(self, model) -> None:
+        super().test_json_mode(model)
+
+    @pytest.mark.xfail(
+        reason="135M model: the json_schema reply pads with whitespace until max_tokens",
         strict=False,
     )
     def test_structured_output_optional_param(self, model) -> None:
