@@ -1,4 +1,4 @@
-"""Context window management with the real Qwen 0.5B model and a 512-token window."""
+"""Context window management with the real SmolLM2 135M model and a 512-token window."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from mlxhost.starter.builder import TEST_MODELS
 
-QWEN = TEST_MODELS["qwen"].repo_id
+SMOL = TEST_MODELS["smollm2"].repo_id
 
 WINDOW = 512
 FACTS = [
@@ -37,7 +37,7 @@ def twenty_turns() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def small_window_server(start_server):
-    with start_server("--model", QWEN, "--context-window", str(WINDOW)) as server:
+    with start_server("--model", SMOL, "--context-window", str(WINDOW)) as server:
         yield server
 
 
@@ -48,14 +48,14 @@ def small_client(small_window_server):
 
 def test_models_reports_configured_window(small_client):
     models = {m.id: m for m in small_client.models.list().data}
-    assert models[QWEN].model_extra["context_window"] == WINDOW
+    assert models[SMOL].model_extra["context_window"] == WINDOW
 
 
 def test_twenty_turns_are_summarized_and_answered(small_client, small_window_server, capsys):
     messages = twenty_turns()
     started = time.perf_counter()
     raw = small_client.chat.completions.with_raw_response.create(
-        model=QWEN, messages=messages, max_tokens=8, temperature=0
+        model=SMOL, messages=messages, max_tokens=8, temperature=0
     )
     elapsed = time.perf_counter() - started
     assert raw.headers["x-mlxhost-context"] == "summarized"
@@ -65,7 +65,7 @@ def test_twenty_turns_are_summarized_and_answered(small_client, small_window_ser
     # Same last question without the history, to report what summarization added.
     started = time.perf_counter()
     short = small_client.chat.completions.create(
-        model=QWEN, messages=[messages[0], messages[-1]], max_tokens=8, temperature=0
+        model=SMOL, messages=[messages[0], messages[-1]], max_tokens=8, temperature=0
     )
     baseline = time.perf_counter() - started
     assert "paris" in short.choices[0].message.content.lower()
@@ -77,7 +77,7 @@ def test_twenty_turns_are_summarized_and_answered(small_client, small_window_ser
 @pytest.mark.parametrize("stream", [False, True])
 def test_single_message_larger_than_window_is_rejected(small_window_server, stream):
     body = {
-        "model": QWEN,
+        "model": SMOL,
         "messages": [{"role": "user", "content": "word " * 800}],
         "max_tokens": 8,
         "stream": stream,
@@ -95,6 +95,6 @@ def test_single_message_larger_than_window_is_rejected(small_window_server, stre
 def test_truncation_disabled_rejects_instead_of_summarizing(small_client):
     with pytest.raises(openai.BadRequestError) as caught:
         small_client.chat.completions.create(
-            model=QWEN, messages=twenty_turns(), max_tokens=8, extra_body={"truncation": "disabled"}
+            model=SMOL, messages=twenty_turns(), max_tokens=8, extra_body={"truncation": "disabled"}
         )
     assert caught.value.body["code"] == "context_length_exceeded"

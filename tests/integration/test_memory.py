@@ -1,4 +1,4 @@
-"""The memory budget against a real `mlxhost serve` (Qwen 0.5B fp32): --max-memory
+"""The memory budget against a real `mlxhost serve` (SmolLM2 135M fp32): --max-memory
 just above the weights leaves room for one short request's KV cache at a time."""
 
 from __future__ import annotations
@@ -13,18 +13,18 @@ import pytest
 from mlxhost.runtime.memory import KVLayout, weights_on_disk, workspace_bytes
 from mlxhost.starter.builder import TEST_MODELS, ensure_test_model
 
-QWEN = TEST_MODELS["qwen"].repo_id
+SMOL = TEST_MODELS["smollm2"].repo_id
 MiB = 1 << 20
 
 
 def room_for_one() -> tuple[int, int]:
     """(budget, KV bytes of one short sequence): the weights and the workspace, plus
     1.5 sequences of up to 256 tokens (one fits, two do not)."""
-    folder = ensure_test_model("qwen")
+    folder = ensure_test_model("smollm2")
     config = json.loads((folder / "config.json").read_text())
     layout = KVLayout.from_config(config)
     assert layout is not None
-    one = layout.bytes_for(1)  # 256 tokens held: 6 MiB for this model
+    one = layout.bytes_for(1)  # 256 tokens held: 11.25 MiB for this model
     fixed = weights_on_disk(folder) + workspace_bytes(config, prefill_chunk=512, max_batch=8)
     return fixed + one + one // 2, one
 
@@ -32,7 +32,7 @@ def room_for_one() -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def server(start_server):
     budget, _ = room_for_one()
-    with start_server("--model", QWEN, "--max-memory", str(budget)) as server:
+    with start_server("--model", SMOL, "--max-memory", str(budget)) as server:
         yield server
 
 
@@ -43,7 +43,7 @@ def api(server):
 
 def ask(api: openai.OpenAI, text: str, max_tokens: int = 4) -> str:
     reply = api.chat.completions.create(
-        model=QWEN, messages=[{"role": "user", "content": text}], max_tokens=max_tokens,
+        model=SMOL, messages=[{"role": "user", "content": text}], max_tokens=max_tokens,
         temperature=0,
     )
     return reply.choices[0].message.content or ""
@@ -61,8 +61,8 @@ def test_a_request_that_cannot_fit_is_a_clear_400_and_the_server_keeps_serving(a
     assert health["status"] == "ok" and health["memory"]["refused"] == 1
     # /v1/models: the model's window, and what of it fits in memory.
     models = {m["id"]: m for m in api.models.list().model_dump()["data"]}
-    assert models[QWEN]["context_window"] == 32768
-    assert models[QWEN]["effective_context_window"] == 256
+    assert models[SMOL]["context_window"] == 8192  # SmolLM2 config
+    assert models[SMOL]["effective_context_window"] == 256
 
 
 def test_a_burst_that_fits_one_at_a_time_all_completes(api, server):
@@ -96,4 +96,4 @@ def test_health_reports_the_budget(server):
     budget, _ = room_for_one()
     memory = httpx.get(f"{server.url}/health", timeout=10).json()["memory"]
     assert memory["budget"] == budget
-    assert memory["kv_bytes_per_token"] == 24 * 2 * 64 * 2 * 4  # 24 layers, fp32
+    assert memory["kv_bytes_per_token"] == 30 * 3 * 64 * 2 * 4  # 30 layers, 3 KV heads, fp32
