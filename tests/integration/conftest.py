@@ -73,7 +73,7 @@ def qwen_server(start_server):
 
 @pytest.fixture(scope="session")
 def smol_server(start_server):
-    # Named at start-up: a repo of no family plugin is served only when the operator names it.
+    # The generic family serves it (its own template, the default tool format).
     with start_server("--model", SMOL, "--cpu-split", "on") as server:
         yield server
 
