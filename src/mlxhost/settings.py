@@ -165,7 +165,7 @@ class Settings:
         10.0, "seconds a streamed answer may stay silent while its request waits in the "
         "queue, for a model swap or for its prefill before the API's keep-alive is sent "
         "(Anthropic ping, OpenAI SSE comment, Responses response.in_progress, Ollama empty "
-        "chunk; docs/streaming.md); 0: none",
+        "chunk; docs/api.md, Streaming and keep-alive); 0: none",
         env="MLXHOST_STREAM_KEEPALIVE", flag="--stream-keepalive", parse=float,
         metavar="SECONDS",
     )
