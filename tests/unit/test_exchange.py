@@ -26,7 +26,7 @@ ENDPOINTS = {
     "completions": ("/v1/completions", {"prompt": "hi", "stream": True, "max_tokens": 50},
                     b": keep-alive\n\n", 0, b"data: [DONE]"),
     "anthropic": ("/v1/messages", {"messages": USER, "stream": True, "max_tokens": 50},
-                  b"event: ping\n", 1, b"event: message_stop"),
+                  b'"delta":{"type":"text_delta","text":""}', 0, b"event: message_stop"),
     "responses": ("/v1/responses", {"input": "hi", "stream": True},
                   b"event: response.in_progress\n", 1, b"event: response.completed"),
     "ollama": ("/api/chat", {"messages": USER},

@@ -439,7 +439,8 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {payload}\n\n".encode()
 
 
-# Anthropic's keep-alive: its SDKs skip pings, idle watchdogs see bytes.
+# Anthropic's keep-alive before message_start: byte-level watchdogs and proxies see
+# it, but Anthropic's SDKs drop pings before their callers see an event.
 PING = _event("ping", {})
 
 
@@ -452,8 +453,10 @@ class MessageFrames(Frames):
     def __init__(self) -> None:
         self._index = 0
         self._text_open = False
+        self._started = False
 
     def started(self, generation: Generation, index: int) -> list[bytes]:
+        self._started = True
         return [_event("message_start", {"message": {
             "id": _message_id(), "type": "message", "role": "assistant", "model": generation.model_id,
             "content": [], "stop_reason": None, "stop_sequence": None,
@@ -503,7 +506,19 @@ class MessageFrames(Frames):
         return [_event("error", {"error": exc_body(error)["error"]})]
 
     def keepalive(self) -> bytes:
-        return PING
+        """A ping until ``message_start``; then an empty ``text_delta`` (in a text
+        block opened for it), an event the SDKs hand on: Claude Code's stream
+        watchdog (5 minutes) counts SDK events, and pings never reach it."""
+        if not self._started:
+            return PING
+        frames = []
+        if not self._text_open:
+            frames.append(_event("content_block_start", {
+                "index": self._index, "content_block": {"type": "text", "text": ""}}))
+            self._text_open = True
+        frames.append(_event("content_block_delta", {
+            "index": self._index, "delta": {"type": "text_delta", "text": ""}}))
+        return b"".join(frames)
 
 
 class MessagesController(Controller):
