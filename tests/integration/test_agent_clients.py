@@ -48,9 +48,9 @@ def test_claude_code_max_tokens_retry(claude):
     """Claude Code's default model name and a max_tokens that does not fit: the
     sentence it parses, then its retry with the room left answers."""
     messages = [{"role": "user", "content": "Reply with exactly: hello"}]
-    with pytest.raises(anthropic.BadRequestError) as failed:
-        with claude.messages.stream(model="claude-opus-4-8", max_tokens=32000, messages=messages):
-            pass
+    with (pytest.raises(anthropic.BadRequestError) as failed,
+          claude.messages.stream(model="claude-opus-4-8", max_tokens=32000, messages=messages)):
+        pass
     match = OVERFLOW.fullmatch(failed.value.body["error"]["message"])
     assert match, failed.value.body
     prompt, max_tokens, window = map(int, match.groups())

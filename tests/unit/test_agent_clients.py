@@ -264,9 +264,10 @@ def test_claude_code_recorded_request_gets_the_retry_wording_then_an_answer(
     body.pop("stream")
     with live(fake_plugin, [*fake_models, wide_model]) as url:
         claude = anthropic.Anthropic(base_url=url, api_key="dummy", max_retries=0)
-        with pytest.raises(anthropic.BadRequestError) as failed:  # streamed, as Claude Code asks
-            with claude.messages.stream(**body, extra_body=extra):
-                pass
+        # Streamed, as Claude Code asks.
+        with (pytest.raises(anthropic.BadRequestError) as failed,
+              claude.messages.stream(**body, extra_body=extra)):
+            pass
         match = ANTHROPIC_OVERFLOW.match(failed.value.body["error"]["message"])
         assert match, failed.value.body
         prompt, _, window = map(int, match.groups())

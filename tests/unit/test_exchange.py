@@ -39,13 +39,13 @@ def test_keepalive_while_the_first_token_is_awaited(fake_plugin, fake_models, ap
     path, body, frame, anyway, last = ENDPOINTS[api]
     fake_plugin.reply = "Hello"
     fake_plugin.gate.clear()  # the generation waits before its first token: a long prefill
-    with live(fake_plugin, fake_models, stream_keepalive=KEEPALIVE) as url:
-        with raw_post(url, path, {"model": fake_models[0], **body}, timeout=BOUND) as sock:
-            # Each read must bring bytes within BOUND (socket.timeout otherwise).
-            seen = read_until(sock, frame, anyway + 3)
-            assert fake_plugin.started.is_set() and not fake_plugin.first_token.is_set()
-            fake_plugin.gate.set()
-            after = read_until(sock, last)
+    with (live(fake_plugin, fake_models, stream_keepalive=KEEPALIVE) as url,
+          raw_post(url, path, {"model": fake_models[0], **body}, timeout=BOUND) as sock):
+        # Each read must bring bytes within BOUND (socket.timeout otherwise).
+        seen = read_until(sock, frame, anyway + 3)
+        assert fake_plugin.started.is_set() and not fake_plugin.first_token.is_set()
+        fake_plugin.gate.set()
+        after = read_until(sock, last)
     assert seen.startswith(b"HTTP/1.1 200")
     assert b'"H"' in after  # the reply's first token, after the keep-alives
 
