@@ -92,3 +92,22 @@ def test_admission_errors_before_the_interval_are_http_errors(fake_plugin, fake_
         for path in ("/v1/chat/completions", "/v1/messages", "/v1/responses", "/api/chat"):
             response = httpx.post(f"{url}{path}", json={**body, "input": "hi"}, timeout=30)
             assert response.status_code == 404, (path, response.text)
+
+
+def test_an_admission_error_after_the_headers_is_the_apis_error_event(fake_plugin, fake_models):
+    fake_plugin.gate.clear()
+    with live(fake_plugin, fake_models, stream_keepalive=KEEPALIVE, max_batch=1) as url:
+        hold = {"model": fake_models[1], "messages": USER, "stream": True, "max_tokens": 5}
+        with raw_post(url, "/v1/messages", hold, timeout=BOUND) as holder:
+            assert fake_plugin.started.wait(BOUND)
+            # Queued past the interval, then found too long for the window.
+            late = {**hold, "max_tokens": 500}
+            with raw_post(url, "/v1/messages", late, timeout=BOUND) as queued:
+                seen = read_until(queued, b"event: ping\n", 2)
+                assert seen.startswith(b"HTTP/1.1 200")
+                fake_plugin.gate.set()
+                read_until(holder, b"event: message_stop")
+                seen += read_until(queued, b"and try again")  # the end of the error event
+    assert b"event: error\n" in seen
+    assert b"input length and `max_tokens` exceed context limit" in seen
+    assert b"message_start" not in seen
