@@ -80,8 +80,10 @@ class ModelRegistry:
 
     A request may name only what the server was told about: a registered id or
     alias, a repo in the Hugging Face cache that a family plugin recognises, a
-    folder given at start-up (``--model PATH``, by the path as given or its
-    resolved form), or a subfolder of a ``--models-dir`` (by its folder name).
+    folder given at start-up (``--model PATH``, by the path as given, its
+    resolved form or its folder's name), or a subfolder of a ``--models-dir`` (by
+    its folder name); with ``stand_in_for``, a name matching one of its glob
+    patterns resolves to the ``--model`` model.
     Any other string, paths included, is ``ModelNotFound`` without touching the
     filesystem, unless ``allow_model_paths`` restores serving any folder.
 
