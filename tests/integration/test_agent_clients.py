@@ -48,15 +48,18 @@ def test_claude_code_max_tokens_retry(claude):
     """Claude Code's default model name and a max_tokens that does not fit: the
     sentence it parses, then its retry with the room left answers."""
     messages = [{"role": "user", "content": "Reply with exactly: hello"}]
+    # A system prompt of ~1,000 tokens, so that prompt + 32,000 exceeds the 32,768 window.
+    system = "You are a helpful assistant who follows instructions exactly. " * 100
     with (pytest.raises(anthropic.BadRequestError) as failed,
-          claude.messages.stream(model="claude-opus-4-8", max_tokens=32000, messages=messages)):
+          claude.messages.stream(model="claude-opus-4-8", max_tokens=32000, system=system,
+                                 messages=messages)):
         pass
     match = OVERFLOW.fullmatch(failed.value.body["error"]["message"])
     assert match, failed.value.body
     prompt, max_tokens, window = map(int, match.groups())
     assert (max_tokens, window) == (32000, 32768)
-    with claude.messages.stream(model="claude-opus-4-8", max_tokens=window - prompt, messages=messages,
-                                temperature=0) as stream:
+    with claude.messages.stream(model="claude-opus-4-8", max_tokens=window - prompt, system=system,
+                                messages=messages, extra_body={"temperature": 0}) as stream:
         message = stream.get_final_message()
     assert message.model == QWEN and message.stop_reason == "end_turn"
     assert "hello" in message.content[0].text.lower()
@@ -86,20 +89,25 @@ def test_count_tokens_counts_what_tool_search_renders(claude):
     assert loaded > count([search], found)
 
 
-def test_keepalive_pings_during_a_real_prefill(server):
-    """A prompt of ~2,000 tokens prefills for many seconds on CPU: pings keep coming."""
+def test_keepalive_during_a_real_prefill(server):
+    """A prompt of ~2,000 tokens prefills for many seconds on CPU: keep-alives keep
+    coming (after message_start: empty text deltas), then the answer."""
     body = {"model": QWEN, "max_tokens": 4, "stream": True, "temperature": 0,
             "messages": [{"role": "user", "content": "Summarize: " + "the quick brown fox " * 400}]}
-    pings = 0
+    keepalives, text = 0, ""
     timeout = httpx.Timeout(60, read=BOUND)
     with httpx.stream("POST", f"{server.url}/v1/messages", json=body, timeout=timeout) as response:
         assert response.status_code == 200
         for line in response.iter_lines():  # every read within BOUND, or httpx.ReadTimeout
-            if line == "event: ping":
-                pings += 1
-            if line.startswith("event: content_block_delta") or line == "event: message_stop":
-                break
-    assert pings >= 2  # the one after message_start, and keep-alives during the prefill
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[len("data: "):])
+            delta = event.get("delta", {})
+            if event["type"] == "content_block_delta" and delta.get("text") == "":
+                keepalives += 1
+            elif event["type"] == "content_block_delta":
+                text += delta["text"]
+    assert keepalives >= 1 and text  # keep-alives during the prefill, then the answer
 
 
 def test_codex_recorded_tools_through_the_openai_sdk(server):
