@@ -169,6 +169,14 @@ class Settings:
         env="MLXHOST_STREAM_KEEPALIVE", flag="--stream-keepalive", parse=float,
         metavar="SECONDS",
     )
+    stream_admission_wait: float = setting(
+        30.0, "seconds a streamed request may wait for admission (queue, model swap or load, "
+        "prompt check) before its 200 headers go out and keep-alives fill the wait; errors "
+        "found within it are HTTP errors (Claude Code retries a too-large max_tokens only "
+        "on an HTTP 400), later ones the API's error event",
+        env="MLXHOST_STREAM_ADMISSION_WAIT", flag="--stream-admission-wait", parse=float,
+        metavar="SECONDS",
+    )
     stand_in_for: list[str] = setting(
         [], "model names (glob patterns such as 'claude-*', Claude Code's default models) "
         "that the --model model answers for when no model has that name; the reply names "

@@ -53,7 +53,8 @@ def test_keepalive_while_the_first_token_is_awaited(fake_plugin, fake_models, ap
 def test_keepalive_while_queued_then_the_answer(fake_plugin, fake_models):
     fake_plugin.reply = "Hi"
     fake_plugin.gate.clear()
-    with live(fake_plugin, fake_models, stream_keepalive=KEEPALIVE, max_batch=1) as url:
+    with live(fake_plugin, fake_models, stream_keepalive=KEEPALIVE, stream_admission_wait=KEEPALIVE,
+              max_batch=1) as url:
         body = {"model": fake_models[0], "messages": USER, "stream": True}
         with raw_post(url, "/v1/chat/completions", body, timeout=BOUND) as holder:
             assert fake_plugin.started.wait(BOUND)  # the first request holds the model
@@ -70,7 +71,8 @@ def test_keepalive_while_queued_then_the_answer(fake_plugin, fake_models):
 def test_a_client_that_leaves_while_queued_frees_its_place(fake_plugin, fake_models):
     fake_plugin.reply = "ok"
     fake_plugin.gate.clear()
-    with live(fake_plugin, fake_models, stream_keepalive=KEEPALIVE, max_batch=1) as url:
+    with live(fake_plugin, fake_models, stream_keepalive=KEEPALIVE, stream_admission_wait=KEEPALIVE,
+              max_batch=1) as url:
         body = {"model": fake_models[0], "messages": USER, "stream": True}
         with raw_post(url, "/v1/chat/completions", body, timeout=BOUND) as holder:
             assert fake_plugin.started.wait(BOUND)
@@ -96,7 +98,8 @@ def test_admission_errors_before_the_interval_are_http_errors(fake_plugin, fake_
 
 def test_an_admission_error_after_the_headers_is_the_apis_error_event(fake_plugin, fake_models):
     fake_plugin.gate.clear()
-    with live(fake_plugin, fake_models, stream_keepalive=KEEPALIVE, max_batch=1) as url:
+    with live(fake_plugin, fake_models, stream_keepalive=KEEPALIVE, stream_admission_wait=KEEPALIVE,
+              max_batch=1) as url:
         hold = {"model": fake_models[1], "messages": USER, "stream": True, "max_tokens": 5}
         with raw_post(url, "/v1/messages", hold, timeout=BOUND) as holder:
             assert fake_plugin.started.wait(BOUND)
@@ -111,3 +114,22 @@ def test_an_admission_error_after_the_headers_is_the_apis_error_event(fake_plugi
     assert b"event: error\n" in seen
     assert b"input length and `max_tokens` exceed context limit" in seen
     assert b"message_start" not in seen
+
+
+def test_a_slow_admission_within_the_admission_wait_is_still_an_http_error(fake_plugin, fake_models):
+    from mlxhost.testing.live import wait_until
+
+    fake_plugin.gate.clear()
+    # Admission outlasts the keep-alive interval but not --stream-admission-wait.
+    with live(fake_plugin, fake_models, stream_keepalive=KEEPALIVE, max_batch=1) as url:
+        hold = {"model": fake_models[1], "messages": USER, "stream": True, "max_tokens": 5}
+        with raw_post(url, "/v1/messages", hold, timeout=BOUND) as holder:
+            assert fake_plugin.started.wait(BOUND)
+            with raw_post(url, "/v1/messages", {**hold, "max_tokens": 500}, timeout=60) as queued:
+                wait_until(lambda: httpx.get(f"{url}/health", timeout=30).json()["waiting"] == 1,
+                           what="the second request queued")
+                fake_plugin.gate.set()
+                read_until(holder, b"event: message_stop")
+                answer = read_until(queued, b"and try again")
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b"event:" not in answer

@@ -6,9 +6,14 @@ stream through a :class:`Frames` object. Everything else happens here, once:
 
 1. Admission. ``service.start`` runs before any byte, so its errors (unknown
    model, bad field, prompt too long) are real HTTP errors, unless it takes
-   longer than the keep-alive interval (queued behind other requests, a model
+   longer than ``--stream-admission-wait`` (queued behind other requests, a model
    swap or load): then the headers go out and the wait is filled with the API's
-   keep-alive frames; a later error travels as the API's error frames.
+   keep-alive frames; a later error travels as the API's error frames. The wait
+   is longer than the keep-alive interval because clients act on HTTP errors
+   that they do not act on as stream events (Claude Code retries a too-large
+   max_tokens only on an HTTP 400; a stream without message_start sends it to
+   non-streaming requests), and a client waiting for headers has no stream
+   watchdog running yet.
 2. Keep-alive. While a streamed request waits for admission or for its next
    event (the prefill of a long prompt), the API's keep-alive frame is written
    every ``--stream-keepalive`` seconds, so clients and proxies with idle
@@ -134,11 +139,11 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
 # -- streamed answers ---------------------------------------------------------------
 async def stream(service: ChatService, chats: Sequence[ChatRequest], frames: Frames) -> Stream:
     """Admit the first request (its errors raise here, before any byte, unless
-    admission outlasts the keep-alive interval) and return the streamed answer."""
+    admission outlasts ``--stream-admission-wait``) and return the streamed answer."""
     interval = keepalive_interval(service)
     admission = asyncio.ensure_future(service.start(chats[0]))
     try:
-        await asyncio.wait({admission}, timeout=interval)
+        await asyncio.wait({admission}, timeout=max(0.0, service.settings.stream_admission_wait))
     except BaseException:
         await _abandon(admission)
         raise
