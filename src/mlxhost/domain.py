@@ -188,6 +188,9 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     # False: fail with context_length_exceeded rather than summarize older turns.
     summarize: bool = True
+    # True: a max_tokens beyond the room the prompt leaves is lowered to that room
+    # instead of failing (Ollama's convention; --clamp-max-tokens for every API).
+    clamp_max_tokens: bool = False
     # Legacy completions: the prompt text as is (no chat template; ``messages``
     # empty), and the text after the gap for fill-in-the-middle.
     raw_prompt: str | None = None

@@ -103,19 +103,62 @@ class ModelLoadFailed(MlxhostError):
 
 
 class ContextLengthExceeded(MlxhostError):
+    """The request does not fit the context window, in one of two ways each API
+    words differently (clients act on the difference: Claude Code retries the
+    second with a smaller ``max_tokens``):
+
+    - the prompt alone does not fit (``prompt_alone``), or leaves less than the
+      reply room reserved when the request sets no ``max_tokens``;
+    - the prompt fits, but prompt + ``max_tokens`` does not.
+
+    The message is OpenAI's wording; other APIs phrase it from the numbers.
+    """
+
     status_code = 400
     error_type = "invalid_request_error"
     code = "context_length_exceeded"
 
-    def __init__(self, limit: int, tokens: int, *, prompt_tokens: int | None = None):
-        super().__init__(
-            f"This model's maximum context length is {limit} tokens. However, your messages "
-            f"resulted in {tokens} tokens. Please reduce the length of the messages.",
-            param="messages",
-        )
+    def __init__(
+        self,
+        limit: int,
+        prompt_tokens: int,
+        *,
+        max_tokens: int | None = None,
+        reserved: int = 0,
+    ):
         self.limit = limit
-        self.tokens = tokens
-        self.prompt_tokens = tokens if prompt_tokens is None else prompt_tokens
+        self.prompt_tokens = prompt_tokens
+        # The completion tokens the request asked for (None: it set no max_tokens).
+        self.max_tokens = max_tokens
+        # Without max_tokens: the reply room the server keeps free.
+        self.reserved = reserved
+        if self.prompt_alone:
+            message = (
+                f"This model's maximum context length is {limit} tokens. However, your "
+                f"messages resulted in {prompt_tokens} tokens"
+                + (f", leaving fewer than the {reserved} tokens this server keeps for the "
+                   "completion when max_tokens is not set" if prompt_tokens <= limit else "")
+                + ". Please reduce the length of the messages."
+            )
+            param = "messages"
+        else:
+            message = (
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{self.tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
+                "completion). Please reduce the length of the messages or completion."
+            )
+            param = "max_tokens"
+        super().__init__(message, param=param)
+
+    @property
+    def prompt_alone(self) -> bool:
+        """The prompt does not fit even with the smallest reply the request allows."""
+        return self.max_tokens is None or self.prompt_tokens > self.limit
+
+    @property
+    def tokens(self) -> int:
+        """Prompt + the requested completion."""
+        return self.prompt_tokens + (self.max_tokens or 0)
 
 
 class MemoryExceeded(MlxhostError):

@@ -8,6 +8,7 @@ per model version (the config file's mtime), not per request.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
 import re
@@ -84,8 +85,10 @@ class ModelRegistry:
 
     A request may name only what the server was told about: a registered id or
     alias, a repo in the Hugging Face cache that a family plugin recognises, a
-    folder given at start-up (``--model PATH``, by the path as given or its
-    resolved form), or a subfolder of a ``--models-dir`` (by its folder name).
+    folder given at start-up (``--model PATH``, by the path as given, its
+    resolved form or its folder's name), or a subfolder of a ``--models-dir`` (by
+    its folder name); with ``stand_in_for``, a name matching one of its glob
+    patterns resolves to the ``--model`` model.
     Any other string, paths included, is ``ModelNotFound`` without touching the
     filesystem, unless ``allow_model_paths`` restores serving any folder.
 
@@ -132,6 +135,12 @@ class ModelRegistry:
             self._specs.setdefault(spec.id, spec)
             if spec.path is not None:
                 self._start_paths[name] = spec.id
+                # Its folder's name is an alias, so that clients need not send a path.
+                short = spec.path.name
+                if short not in self._start_paths and not self._taken(short):
+                    owner = self._specs[spec.id]
+                    self._specs[spec.id] = attrs.evolve(owner, aliases=(*owner.aliases, short))
+                    self._aliases[short] = spec.id
 
     # -- registration -------------------------------------------------------
     def _register(
@@ -232,9 +241,17 @@ class ModelRegistry:
             spec = self._discover(target, trusted=self._settings.allow_model_paths)
         if spec is None and target in self._config_repos:
             spec = self._config_repo_spec(target)
+        if spec is None and self._settings.model and any(
+            fnmatch.fnmatchcase(name, pattern) for pattern in self._settings.stand_in_for
+        ):
+            # A client's own model name (Claude Code's claude-*): the --model model answers.
+            return self.resolve_spec(self._settings.model)
         if spec is None:
             raise ModelNotFound(name)
         return self._configure(spec)
+
+    def _taken(self, name: str) -> bool:
+        return name in self._specs or name in self._aliases or name in self._config_aliases
 
     def names(self, model_id: str) -> list[str]:
         """Every name a request may use for ``model_id``: the id, then its aliases."""

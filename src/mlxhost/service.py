@@ -265,7 +265,11 @@ class ChatService:
             try:
                 params = self._sampling(request, session, prepared.num_tokens)
             except ContextLengthExceeded as too_long:
-                if not (self.settings.summarize and request.summarize) or request.raw_prompt is not None:
+                # Only a prompt that does not fit is summarized: when it fits but
+                # prompt + max_tokens does not, the client chooses (clients such as
+                # Claude Code retry at once with a smaller max_tokens).
+                summarizable = self.settings.summarize and request.summarize and too_long.prompt_alone
+                if not summarizable or request.raw_prompt is not None:
                     raise
                 compressed = await self._summarize(session, messages, too_long)
                 prepared = await self._prepare(session, request, compressed)
@@ -466,16 +470,23 @@ class ChatService:
         if prompt_tokens == 0:
             # An empty raw prompt: the model has nothing to continue from.
             raise InvalidRequest("The prompt is empty: send at least one character.", param="prompt")
-        # Without max_tokens, room for a reply of a reasonable size must remain.
-        reserve = (
-            requested
-            if requested is not None
-            else min(self.settings.default_max_tokens, max(window // 4, 1))
-        )
-        if prompt_tokens + reserve > window:
-            raise ContextLengthExceeded(
-                window, prompt_tokens + (requested or 0), prompt_tokens=prompt_tokens
+        clamp = request.clamp_max_tokens or self.settings.clamp_max_tokens
+        if clamp and prompt_tokens < window:
+            # Generation capped at the room left (Ollama's convention; --clamp-max-tokens).
+            if requested is not None:
+                requested = min(requested, window - prompt_tokens)
+        else:
+            # Without max_tokens, room for a reply of a reasonable size must remain.
+            reserve = (
+                requested
+                if requested is not None
+                else min(self.settings.default_max_tokens, max(window // 4, 1))
             )
+            if prompt_tokens + reserve > window:
+                raise ContextLengthExceeded(
+                    window, prompt_tokens, max_tokens=requested,
+                    reserved=0 if requested is not None else reserve,
+                )
         # Within the window, but the KV cache must also fit in memory (a 400 of its
         # own, memory_exceeded). Without max_tokens the reply may run to the
         # effective window: min(context window, what fits in memory).

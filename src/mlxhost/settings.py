@@ -162,6 +162,34 @@ class Settings:
         env="MLXHOST_DEFAULT_MAX_TOKENS", flag="--default-max-tokens", parse=parse_int,
         metavar="N",
     )
+    clamp_max_tokens: bool = setting(
+        False, "a max_tokens larger than the room the prompt leaves in the context window is "
+        "lowered to that room instead of answering 400 context_length_exceeded (the Ollama "
+        "API always does this, as Ollama does)",
+        env="MLXHOST_CLAMP_MAX_TOKENS", flag="--clamp-max-tokens", parse=parse_bool,
+    )
+    stream_keepalive: float = setting(
+        10.0, "seconds a streamed answer may stay silent while its request waits in the "
+        "queue, for a model swap or for its prefill before the API's keep-alive is sent "
+        "(Anthropic ping, OpenAI SSE comment, Responses response.in_progress, Ollama empty "
+        "chunk; docs/api.md, Streaming and keep-alive); 0: none",
+        env="MLXHOST_STREAM_KEEPALIVE", flag="--stream-keepalive", parse=float,
+        metavar="SECONDS",
+    )
+    stream_admission_wait: float = setting(
+        30.0, "seconds a streamed request may wait for admission (queue, model swap or load, "
+        "prompt check) before its 200 headers go out and keep-alives fill the wait; errors "
+        "found within it are HTTP errors (Claude Code retries a too-large max_tokens only "
+        "on an HTTP 400), later ones the API's error event",
+        env="MLXHOST_STREAM_ADMISSION_WAIT", flag="--stream-admission-wait", parse=float,
+        metavar="SECONDS",
+    )
+    stand_in_for: list[str] = setting(
+        [], "model names (glob patterns such as 'claude-*', Claude Code's default models) "
+        "that the --model model answers for when no model has that name; the reply names "
+        "the model that answered",
+        env="MLXHOST_STAND_IN_FOR", flag="--stand-in-for", parse=parse_list, metavar="PATTERN",
+    )
     summarize: bool = setting(
         True, "summarize older turns when a conversation does not fit; off rejects it with "
         "context_length_exceeded (a request opts out with \"truncation\": \"disabled\")",

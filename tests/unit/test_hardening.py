@@ -156,7 +156,8 @@ def test_client_disconnect_stops_generation_and_frees_the_slot(fake_models, fake
 async def test_a_stream_never_iterated_still_releases_the_slot(fake_models, fake_plugin):
     import gc
 
-    from mlxhost.api.responses import open_sse
+    from mlxhost.api import exchange
+    from mlxhost.api.responses import ChatFrames
     from mlxhost.api.schemas import parse_chat_request
     from mlxhost.app import create_app
     from mlxhost.plugins import make_plugin_manager
@@ -168,9 +169,9 @@ async def test_a_stream_never_iterated_still_releases_the_slot(fake_models, fake
     try:
         chat = parse_chat_request({"model": fake_models[0], "stream": True,
                                    "messages": [{"role": "user", "content": "hi"}]})
-        _headers, stream = await open_sse(state.service, chat, include_usage=False)
+        response = await exchange.stream(state.service, [chat], ChatFrames(include_usage=False))
         assert state.runtime.scheduler.busy  # admitted: holds the lock
-        del stream  # the client vanished before the first byte was sent
+        del response  # the client vanished before the first byte was sent
         gc.collect()
         await async_wait_until(lambda: not state.runtime.scheduler.busy, what="the slot released")
     finally:

@@ -44,6 +44,8 @@ def test_defaults():
     assert attrs.asdict(Settings()) == {
         "host": "127.0.0.1", "port": 1234, "model": None, "context_window": None,
         "context_windows": {}, "default_max_tokens": 512, "summarize": True,
+        "clamp_max_tokens": False, "stream_keepalive": 10.0, "stream_admission_wait": 30.0,
+        "stand_in_for": [],
         "image_max_bytes": 20 * MiB, "image_allow_networks": [], "max_queue": 64,
         "max_batch": 0, "prefill_chunk": 512, "prefill_step_ms": 250, "kv_bits": 0, "speculative": True, "kv_group_size": 64, "weights": "auto", "flat_qmm": "auto", "cpu_split": "auto",
         "queue_timeout": 600.0, "api_key": None, "cors_origins": [],

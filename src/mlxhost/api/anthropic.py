@@ -5,23 +5,22 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
-from litestar.response import Stream
 
 from mlxhost import domain
+from mlxhost.api import exchange
 from mlxhost.api.body import read_json
-from mlxhost.api.controllers import until_disconnect
-from mlxhost.api.errors import ApiError, register_error_shape
+from mlxhost.api.errors import ApiError, domain_error, register_error_shape
+from mlxhost.api.exchange import Frames
 from mlxhost.api.schemas import check_shape
 from mlxhost.api.thinking import anthropic_control, signature
 from mlxhost.api.wire_schema import ANTHROPIC_ERROR, check_body, operation, tagged
-from mlxhost.errors import InvalidRequest, MlxhostError
-from mlxhost.service import ChatService, Generation
-from mlxhost.types import ContentDelta, ReasoningDelta, ToolCall, ToolCallEvent
+from mlxhost.errors import ContextLengthExceeded, InvalidRequest, MlxhostError
+from mlxhost.service import Generation
+from mlxhost.types import ContentDelta, GenerationEvent, ReasoningDelta, ToolCall, ToolCallEvent
 
 PREFIX = "/v1/messages"
 
@@ -49,24 +48,25 @@ def error_type_for(status: int) -> str:
 
 def anthropic_error_body(error: ApiError) -> dict[str, Any]:
     message = error.message
-    if error.code == "context_length_exceeded":
-        message = _too_long_message(error.message)
+    if error.overflow is not None:
+        message = overflow_message(error.overflow)
     return {"type": "error", "error": {"type": error_type_for(error.status), "message": message}}
 
 
-def _too_long_message(message: str) -> str:
-    # "...maximum context length is M tokens. However, your messages resulted in N tokens..."
-    import re
-
-    limit = re.search(r"maximum context length is (\d+)", message)
-    tokens = re.search(r"resulted in (\d+)", message)
-    if limit and tokens:
-        return f"prompt is too long: {tokens.group(1)} tokens > {limit.group(1)} maximum"
-    return message
+def overflow_message(overflow: ContextLengthExceeded) -> str:
+    """Anthropic's two wordings; Claude Code parses the second and retries at once
+    with a ``max_tokens`` that fits, and compacts the conversation on the first."""
+    prompt, window = overflow.prompt_tokens, overflow.limit
+    if overflow.prompt_alone:
+        return f"prompt is too long: {prompt} tokens > {window} maximum"
+    return (
+        f"input length and `max_tokens` exceed context limit: {prompt} + "
+        f"{overflow.max_tokens} > {window}, decrease input length or `max_tokens` and try again"
+    )
 
 
 def exc_body(exc: MlxhostError) -> dict[str, Any]:
-    return anthropic_error_body(ApiError(exc.status_code, exc.message, exc.error_type, exc.param, exc.code))
+    return anthropic_error_body(domain_error(exc))
 
 
 register_error_shape(PREFIX, anthropic_error_body)
@@ -82,10 +82,12 @@ _SOURCE = tagged("type", {
 _IMAGE = {"properties": {"source": _SOURCE}, "required": ["source"]}
 _TOOL_USE = {"properties": {"id": {"type": "string"}, "name": {"type": "string"},
                             "input": {"type": "object"}}, "required": ["id", "name"]}
+# A tool-search answer: the named deferred tool becomes available (Claude Code's ToolSearch).
+_TOOL_REFERENCE = {"properties": {"tool_name": {"type": "string"}}, "required": ["tool_name"]}
 _TOOL_RESULT = {"properties": {
     "tool_use_id": {"type": "string"},
-    "content": {"anyOf": [{"type": "string"},
-                          {"type": "array", "items": tagged("type", {"text": _TEXT, "image": _IMAGE})}]},
+    "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": tagged(
+        "type", {"text": _TEXT, "image": _IMAGE, "tool_reference": _TOOL_REFERENCE})}]},
     "is_error": {"type": "boolean"}}, "required": ["tool_use_id"]}
 _SYSTEM_TEXT = {"anyOf": [{"type": "string"}, {"type": "array", "items": tagged("type", {"text": _TEXT})}]}
 
@@ -106,7 +108,9 @@ _MESSAGE = tagged("role", {
 _TOOL = {"type": "object", "properties": {
     "name": {"type": "string"}, "description": {"type": "string"}, "input_schema": {"type": "object"},
     "type": {"enum": ["custom", None], "description": "server tools are not supported"},
-    "strict": {"type": "boolean", "description": "tool_use input constrained to input_schema"}},
+    "strict": {"type": "boolean", "description": "tool_use input constrained to input_schema"},
+    "defer_loading": {"type": "boolean",
+                      "description": "left out of the prompt until a tool_reference names it"}},
     "required": ["name"]}
 _TOOL_CHOICE = {"type": "object", "properties": {
     "type": {"enum": ["auto", "any", "none", "tool"]}, "name": {"type": "string"},
@@ -126,6 +130,11 @@ def _request_schema(count_only: bool) -> dict[str, Any]:
             "disabled": {}, "adaptive": {}},
             description="closes the model's thought after budget_tokens (a model that does "
             "not think ignores it)"),
+        "output_config": {"type": "object", "properties": {
+            "format": {"anyOf": [{"type": "null"}, tagged("type", {"json_schema": {
+                "properties": {"schema": {"type": "object"}}, "required": ["schema"]}})],
+                "description": "json_schema: the reply is constrained to the schema"},
+            "effort": {"description": "ignored: the served models have no effort setting"}}},
     }, "required": ["model", "messages"]}
     if not count_only:
         schema["properties"].update({
@@ -196,8 +205,11 @@ def _tool_result_parts(block: dict[str, Any], where: str) -> tuple[domain.Conten
                 parts.append(domain.TextPart(item["text"]))
             elif item.get("type") == "image":
                 parts.append(_image(item, at))
+            elif item.get("type") == "tool_reference" and isinstance(item.get("tool_name"), str):
+                # The tool itself joins the prompt's tools (_tools); the model reads this line.
+                parts.append(domain.TextPart(f"Tool {item['tool_name']} is now available."))
             else:
-                raise _bad("tool_result content blocks must be text or image", at)
+                raise _bad("tool_result content blocks must be text, image or tool_reference", at)
     else:
         raise _bad("expected a string or a list of blocks", f"{where}.content")
     if block.get("is_error"):
@@ -272,16 +284,38 @@ def _messages(body: dict[str, Any]) -> list[domain.Message]:
     return out
 
 
+def referenced_tools(body: dict[str, Any]) -> set[str]:
+    """The tools named by ``tool_reference`` blocks in the conversation's tool results."""
+    names: set[str] = set()
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for block in content if isinstance(content, list) else ():
+            inner = block.get("content") if isinstance(block, dict) else None
+            if block.get("type") != "tool_result" or not isinstance(inner, list):
+                continue
+            names.update(
+                item["tool_name"] for item in inner
+                if isinstance(item, dict) and item.get("type") == "tool_reference"
+                and isinstance(item.get("tool_name"), str)
+            )
+    return names
+
+
 def _tools(body: dict[str, Any]) -> tuple[domain.FunctionTool, ...]:
+    """The tools the prompt shows: a ``defer_loading`` tool only once a
+    ``tool_reference`` has named it (Anthropic's tool search)."""
     raw = body.get("tools")
     if raw is None:
         return ()
     if not isinstance(raw, list):
         raise _bad("expected a list of tools", "tools")
     tools = []
+    loaded = referenced_tools(body)
     for i, tool in enumerate(raw):
         if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
             raise _bad("a tool needs a 'name' string", f"tools.{i}")
+        if tool.get("defer_loading") and tool["name"] not in loaded:
+            continue
         if tool.get("type") not in (None, "custom"):
             raise _bad(f"server tool type {tool.get('type')!r} is not supported", f"tools.{i}.type")
         schema = tool.get("input_schema")
@@ -340,9 +374,19 @@ def parse_messages_request(body: Any, *, count_only: bool = False) -> tuple[doma
         top_p=_number(body, "top_p"),
         top_k=body.get("top_k"),
         stop=tuple(stops),
+        json_format=_json_format(body),
         reasoning=anthropic_control(body.get("thinking")),
     )
     return request, stream
+
+
+def _json_format(body: dict[str, Any]) -> domain.JsonFormat | None:
+    """``output_config.format`` (structured outputs; Claude Code asks for its session
+    titles this way): the reply is constrained to the schema."""
+    fmt = (body.get("output_config") or {}).get("format")
+    if not fmt:
+        return None
+    return domain.JsonFormat(schema=fmt["schema"], where="output_config.format.schema")
 
 
 # -- response -----------------------------------------------------------------
@@ -377,7 +421,7 @@ def _message_id() -> str:
     return f"msg_{uuid.uuid4().hex[:24]}"
 
 
-async def message_body(generation: Generation) -> dict[str, Any]:
+async def message_body(generation: Generation, index: int = 0) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     async for event in generation.events():
         if isinstance(event, ReasoningDelta):
@@ -416,100 +460,118 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {payload}\n\n".encode()
 
 
-async def open_message_stream(
-    service: ChatService, request: domain.ChatRequest
-) -> tuple[dict[str, str], AsyncIterator[bytes]]:
-    """Admit first (errors before any byte are HTTP errors), then the started stream."""
-    stream = _stream(service, request)
-    headers = await stream.__anext__()
-    return headers, stream
+# Anthropic's keep-alive before message_start: byte-level watchdogs and proxies see
+# it, but Anthropic's SDKs drop pings before their callers see an event.
+PING = _event("ping", {})
 
 
-async def _stream(service: ChatService, request: domain.ChatRequest) -> AsyncIterator[Any]:
-    generation = await service.start(request)
-    try:
-        yield generation.headers
-        yield _event("message_start", {"message": {
+class MessageFrames(Frames):
+    """Anthropic's stream: ``message_start``, ``ping``, per content block
+    ``content_block_start`` / ``content_block_delta`` / ``content_block_stop``,
+    then ``message_delta`` and ``message_stop``; an error after the headers is an
+    ``error`` event."""
+
+    def __init__(self) -> None:
+        self._index = 0
+        self._text_open = False
+        self._started = False
+        # The thinking block being streamed (its text so far), if one is open.
+        self._thought: list[str] | None = None
+
+    def started(self, generation: Generation, index: int) -> list[bytes]:
+        self._started = True
+        return [_event("message_start", {"message": {
             "id": _message_id(), "type": "message", "role": "assistant", "model": generation.model_id,
             "content": [], "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": generation.prompt_tokens, "output_tokens": 0,
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
-        }})
-        yield _event("ping", {})
-        index = 0
-        text_open = False
-        # The thinking block being streamed (its text so far), if one is open.
-        thought: list[str] | None = None
+        }}), PING]
 
-        def close_thought() -> list[bytes]:
-            nonlocal thought, index
-            if thought is None:
-                return []
-            frames = [
-                _event("content_block_delta", {"index": index, "delta": {
-                    "type": "signature_delta", "signature": signature("".join(thought))}}),
-                _event("content_block_stop", {"index": index}),
-            ]
-            thought = None
-            index += 1
-            return frames
+    def _close_thought(self) -> list[bytes]:
+        if self._thought is None:
+            return []
+        index = self._index
+        frames = [
+            _event("content_block_delta", {"index": index, "delta": {
+                "type": "signature_delta", "signature": signature("".join(self._thought))}}),
+            _event("content_block_stop", {"index": index}),
+        ]
+        self._thought = None
+        self._index += 1
+        return frames
 
-        try:
-            async for event in generation.events():
-                if isinstance(event, ReasoningDelta):
-                    if not event.text:
-                        continue
-                    if text_open:
-                        yield _event("content_block_stop", {"index": index})
-                        index += 1
-                        text_open = False
-                    if thought is None:
-                        thought = []
-                        yield _event("content_block_start", {"index": index, "content_block": {
-                            "type": "thinking", "thinking": "", "signature": ""}})
-                    thought.append(event.text)
-                    yield _event("content_block_delta", {"index": index,
-                                 "delta": {"type": "thinking_delta", "thinking": event.text}})
-                    continue
-                for frame in close_thought():
-                    yield frame
-                if isinstance(event, ContentDelta):
-                    if not event.text:
-                        continue
-                    if not text_open:
-                        yield _event("content_block_start", {"index": index,
-                                     "content_block": {"type": "text", "text": ""}})
-                        text_open = True
-                    yield _event("content_block_delta", {"index": index,
-                                 "delta": {"type": "text_delta", "text": event.text}})
-                elif isinstance(event, ToolCallEvent):
-                    if text_open:
-                        yield _event("content_block_stop", {"index": index})
-                        index += 1
-                        text_open = False
-                    call = event.call
-                    yield _event("content_block_start", {"index": index, "content_block": {
-                        "type": "tool_use", "id": tool_use_id(call), "name": call.name, "input": {}}})
-                    yield _event("content_block_delta", {"index": index, "delta": {
-                        "type": "input_json_delta", "partial_json": json.dumps(_input(call), ensure_ascii=False)}})
-                    yield _event("content_block_stop", {"index": index})
-                    index += 1
-        except MlxhostError as exc:
-            yield _event("error", {"error": exc_body(exc)["error"]})
-            return
-        for frame in close_thought():
-            yield frame
-        if text_open:
-            yield _event("content_block_stop", {"index": index})
-        yield _event("message_delta", {
+    def _thinking(self, text: str) -> list[bytes]:
+        frames = self._close_text()
+        if self._thought is None:
+            self._thought = []
+            frames.append(_event("content_block_start", {"index": self._index, "content_block": {
+                "type": "thinking", "thinking": "", "signature": ""}}))
+        self._thought.append(text)
+        frames.append(_event("content_block_delta", {
+            "index": self._index, "delta": {"type": "thinking_delta", "thinking": text}}))
+        return frames
+
+    def event(self, event: GenerationEvent) -> list[bytes]:
+        if isinstance(event, ReasoningDelta):
+            return self._thinking(event.text) if event.text else []
+        frames: list[bytes] = self._close_thought() if isinstance(
+            event, ContentDelta | ToolCallEvent) else []
+        if isinstance(event, ContentDelta):
+            if not event.text:
+                return frames
+            if not self._text_open:
+                frames.append(_event("content_block_start", {
+                    "index": self._index, "content_block": {"type": "text", "text": ""}}))
+                self._text_open = True
+            frames.append(_event("content_block_delta", {
+                "index": self._index, "delta": {"type": "text_delta", "text": event.text}}))
+        elif isinstance(event, ToolCallEvent):
+            frames.extend(self._close_text())
+            call, index = event.call, self._index
+            frames.append(_event("content_block_start", {"index": index, "content_block": {
+                "type": "tool_use", "id": tool_use_id(call), "name": call.name, "input": {}}}))
+            frames.append(_event("content_block_delta", {"index": index, "delta": {
+                "type": "input_json_delta",
+                "partial_json": json.dumps(_input(call), ensure_ascii=False)}}))
+            frames.append(_event("content_block_stop", {"index": index}))
+            self._index += 1
+        return frames
+
+    def _close_text(self) -> list[bytes]:
+        if not self._text_open:
+            return []
+        self._text_open = False
+        self._index += 1
+        return [_event("content_block_stop", {"index": self._index - 1})]
+
+    def ended(self, generation: Generation, index: int) -> list[bytes]:
+        return [*self._close_thought(), *self._close_text(), _event("message_delta", {
             "delta": {"stop_reason": _stop_reason(generation), "stop_sequence": generation.stop_sequence},
             "usage": {"output_tokens": generation.completion_tokens,
                       "input_tokens": generation.prompt_tokens,
                       "cache_read_input_tokens": generation.cached_tokens},
-        })
-        yield _event("message_stop", {})
-    finally:
-        await generation.close()
+        }), _event("message_stop", {})]
+
+    def failed(self, error: MlxhostError) -> list[bytes]:
+        return [_event("error", {"error": exc_body(error)["error"]})]
+
+    def keepalive(self) -> bytes:
+        """A ping until ``message_start``; then an empty ``text_delta`` (in a text
+        block opened for it), an event the SDKs hand on: Claude Code's stream
+        watchdog (5 minutes) counts SDK events, and pings never reach it."""
+        if not self._started:
+            return PING
+        if self._thought is not None:  # inside a thought: an empty thinking delta
+            return _event("content_block_delta", {
+                "index": self._index, "delta": {"type": "thinking_delta", "thinking": ""}})
+        frames = []
+        if not self._text_open:
+            frames.append(_event("content_block_start", {
+                "index": self._index, "content_block": {"type": "text", "text": ""}}))
+            self._text_open = True
+        frames.append(_event("content_block_delta", {
+            "index": self._index, "delta": {"type": "text_delta", "text": ""}}))
+        return b"".join(frames)
 
 
 class MessagesController(Controller):
@@ -520,18 +582,10 @@ class MessagesController(Controller):
     async def create(self, request: Request, state: State) -> Any:
         chat, stream = parse_messages_request(await read_json(request))
         if stream:
-            headers, events = await open_message_stream(state.service, chat)
-            return Stream(
-                events,
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
-            )
-        generation = await state.service.start(chat)
-        try:
-            body = await until_disconnect(request, message_body(generation))
-        finally:
-            await generation.close()
-        return Response(content=body, headers=generation.headers, media_type="application/json")
+            return await exchange.stream(state.service, [chat], MessageFrames())
+        folded = await exchange.fold(request, state.service, [chat], message_body)
+        return Response(content=folded.results[0], headers=folded.headers,
+                        media_type="application/json")
 
     @post("/count_tokens", status_code=200,
           operation_class=operation(COUNT_TOKENS_SCHEMA, ANTHROPIC_ERROR))

@@ -9,20 +9,19 @@ become several choices, generated one after another. Errors use OpenAI's shape
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
 import cattrs
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
-from litestar.response import Stream
 
+from mlxhost.api import exchange
 from mlxhost.api.body import read_json
-from mlxhost.api.controllers import until_disconnect
+from mlxhost.api.exchange import Folded, Frames
+from mlxhost.api.responses import SSE_KEEPALIVE, sse_line
 from mlxhost.api.schemas import (
     STOP,
     TEMPERATURE,
@@ -37,7 +36,7 @@ from mlxhost.api.wire_schema import check_body, constrained, operation, schema_o
 from mlxhost.domain import ChatRequest
 from mlxhost.errors import InvalidRequest, MlxhostError
 from mlxhost.service import ChatService, Generation
-from mlxhost.types import ContentDelta
+from mlxhost.types import ContentDelta, GenerationEvent
 
 # OpenAI's legacy default completion length.
 DEFAULT_MAX_TOKENS = 16
@@ -126,93 +125,71 @@ def _usage(generations: list[Generation]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def _text(generation: Generation) -> str:
-    return "".join(
-        [event.text async for event in generation.events() if isinstance(event, ContentDelta)]
-    )
+def fold_text(prompts: list[str], echo: bool) -> Any:
+    """A generation's text as one ``text_completion`` choice."""
 
-
-async def completion_body(
-    service: ChatService, request: CompletionRequest, prompts: list[str], first: Generation
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Run every prompt (the first already admitted) and build a ``text_completion``."""
-    choices = []
-    generations: list[Generation] = []
-    generation: Generation | None = first
-    for index, prompt in enumerate(prompts):
-        if generation is None:
-            generation = await service.start(to_domain(request, prompt))
-        try:
-            text = await _text(generation)
-        finally:
-            await generation.close()
-        generations.append(generation)
-        if request.echo:
-            text = prompt + text
-        choices.append(
-            {"index": index, "text": text, "finish_reason": generation.finish_reason, "logprobs": None}
+    async def fold(generation: Generation, index: int) -> dict[str, Any]:
+        text = "".join(
+            [event.text async for event in generation.events() if isinstance(event, ContentDelta)]
         )
-        generation = None
-    body = {
+        if echo:
+            text = prompts[index] + text
+        return {"index": index, "text": text, "finish_reason": generation.finish_reason,
+                "logprobs": None}
+
+    return fold
+
+
+def completion_body(folded: Folded) -> dict[str, Any]:
+    return {
         "id": _new_id(),
         "object": "text_completion",
         "created": int(time.time()),
-        "model": first.model_id,
-        "choices": choices,
-        "usage": _usage(generations),
+        "model": folded.generations[0].model_id,
+        "choices": folded.results,
+        "usage": _usage(folded.generations),
     }
-    return body, first.headers
 
 
-def _sse(data: dict[str, Any] | str) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {payload}\n\n".encode()
+class CompletionFrames(Frames):
+    """``text_completion`` SSE chunks: per prompt the echoed prompt (``echo``), the
+    text deltas and a finish chunk; then ``[DONE]``."""
 
+    def __init__(self, prompts: list[str], echo: bool) -> None:
+        self._prompts = prompts
+        self._echo = echo
+        self._id, self._created = _new_id(), int(time.time())
+        self._model = ""
+        self._index = 0
 
-async def _stream(
-    service: ChatService, request: CompletionRequest, prompts: list[str]
-) -> AsyncIterator[Any]:
-    """Headers first (the first prompt admitted before any byte), then SSE chunks."""
-    first = await service.start(to_domain(request, prompts[0]))
-    completion_id, created = _new_id(), int(time.time())
-    generation: Generation | None = first
-    generations: list[Generation] = []
-
-    def chunk(index: int, text: str, finish: str | None) -> bytes:
-        return _sse({
-            "id": completion_id,
+    def _chunk(self, text: str, finish: str | None = None) -> bytes:
+        return sse_line({
+            "id": self._id,
             "object": "text_completion",
-            "created": created,
-            "model": first.model_id,
-            "choices": [{"index": index, "text": text, "finish_reason": finish, "logprobs": None}],
+            "created": self._created,
+            "model": self._model,
+            "choices": [{"index": self._index, "text": text, "finish_reason": finish, "logprobs": None}],
         })
 
-    try:
-        yield first.headers
-        try:
-            for index, prompt in enumerate(prompts):
-                if generation is None:
-                    generation = await service.start(to_domain(request, prompt))
-                try:
-                    if request.echo:
-                        yield chunk(index, prompt, None)
-                    async for event in generation.events():
-                        if isinstance(event, ContentDelta) and event.text:
-                            yield chunk(index, event.text, None)
-                finally:
-                    await generation.close()
-                generations.append(generation)
-                yield chunk(index, "", generation.finish_reason)
-                generation = None
-        except MlxhostError as exc:
-            yield _sse(exc.to_body())
-            yield _sse("[DONE]")
-            return
-        yield _sse("[DONE]")
-    finally:
-        if generation is not None:
-            await generation.close()
-        await first.close()
+    def started(self, generation: Generation, index: int) -> list[bytes]:
+        self._index = index
+        self._model = self._model or generation.model_id
+        return [self._chunk(self._prompts[index])] if self._echo else []
+
+    def event(self, event: GenerationEvent) -> list[bytes]:
+        return [self._chunk(event.text)] if isinstance(event, ContentDelta) and event.text else []
+
+    def ended(self, generation: Generation, index: int) -> list[bytes]:
+        return [self._chunk("", generation.finish_reason)]
+
+    def finished(self) -> list[bytes]:
+        return [sse_line("[DONE]")]
+
+    def failed(self, error: MlxhostError) -> list[bytes]:
+        return [sse_line(error.to_body()), sse_line("[DONE]")]
+
+    def keepalive(self) -> bytes:
+        return SSE_KEEPALIVE
 
 
 class CompletionsController(Controller):
@@ -224,22 +201,12 @@ class CompletionsController(Controller):
         body = await read_json(request)
         wire, prompts = parse_completion_request(body)
         service: ChatService = state.service
+        chats = [to_domain(wire, prompt) for prompt in prompts]
         if wire.stream:
-            stream = _stream(service, wire, prompts)
-            headers = await stream.__anext__()
-            return Stream(
-                stream,
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
-            )
-        first = await service.start(to_domain(wire, prompts[0]))
-        try:
-            result, headers = await until_disconnect(
-                request, completion_body(service, wire, prompts, first)
-            )
-        finally:
-            await first.close()
-        return Response(content=result, headers=headers, media_type="application/json")
+            return await exchange.stream(service, chats, CompletionFrames(prompts, wire.echo))
+        folded = await exchange.fold(request, service, chats, fold_text(prompts, wire.echo))
+        return Response(content=completion_body(folded), headers=folded.headers,
+                        media_type="application/json")
 
 
 def routes() -> list[Any]:

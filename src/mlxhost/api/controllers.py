@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
-from litestar.response import Stream
 
+from mlxhost.api import exchange
 from mlxhost.api.body import read_json
-from mlxhost.api.responses import choice_requests, completion_body, merge_choices, open_sse
+from mlxhost.api.responses import ChatFrames, choice_requests, completion_body, merge_choices
 from mlxhost.api.schemas import CHAT_REQUEST_SCHEMA, parse_wire_request, to_domain
 from mlxhost.api.wire_schema import operation
-from mlxhost.errors import ClientDisconnected
 from mlxhost.reasoning.formats import levels_of_kind, thinking_kind_on_disk
 from mlxhost.runtime.runtime import RuntimeStatus
 from mlxhost.types import REASONING, ModelInfo
-
-T = TypeVar("T")
 
 
 class ChatController(Controller):
@@ -35,49 +29,17 @@ class ChatController(Controller):
     async def create(self, request: Request, state: State) -> Any:
         body = await read_json(request)
         wire = parse_wire_request(body)
-        chat = to_domain(wire)
+        chats = choice_requests(to_domain(wire), wire.n or 1)
+        service = state.service
         if wire.stream:
             include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
-            headers, events = await open_sse(state.service, chat, include_usage, wire.n or 1)
-            return Stream(
-                events,
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
-            )
-        bodies = []
-        for index, one in enumerate(choice_requests(chat, wire.n or 1)):
-            generation = await state.service.start(one)
-            try:
-                bodies.append(await until_disconnect(request, completion_body(generation, index)))
-            finally:
-                await generation.close()
+            return await exchange.stream(service, chats, ChatFrames(include_usage))
+        folded = await exchange.fold(request, service, chats, completion_body)
         return Response(
-            content=merge_choices(bodies),
-            headers=generation.headers,
+            content=merge_choices(folded.results),
+            headers=folded.headers,
             media_type="application/json",
         )
-
-
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``; if the client goes away first, cancel it (which stops generation)."""
-    task = asyncio.ensure_future(work)
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if task.cancelled() or not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise ClientDisconnected()
-    return task.result()
 
 
 def model_entry(state: State, info: ModelInfo, alias: str | None = None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import attrs
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException
 
-from mlxhost.errors import ClientDisconnected, MlxhostError
+from mlxhost.errors import ClientDisconnected, ContextLengthExceeded, MlxhostError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,8 @@ class ApiError:
     param: str | None = None
     code: str | None = None
     headers: dict[str, str] | None = None
+    # The numbers of a context overflow, for APIs that word it their own way.
+    overflow: ContextLengthExceeded | None = None
 
 
 # An API's error body for an ApiError.
@@ -85,26 +87,38 @@ def error_response(
 
 def domain_error(exc: MlxhostError) -> ApiError:
     return ApiError(
-        exc.status_code, exc.message, exc.error_type, exc.param, exc.code, exc.headers
+        exc.status_code, exc.message, exc.error_type, exc.param, exc.code, exc.headers,
+        overflow=exc if isinstance(exc, ContextLengthExceeded) else None,
     )
+
+
+def log_client_error(request: Request, status: int, message: str) -> None:
+    """Every 4xx in the log with its reason: one line, never the body."""
+    log.warning("%s %s -> %d: %s", request.method, request.url.path, status, message)
 
 
 def handle_domain_error(request: Request, exc: MlxhostError) -> Response:
     if exc.status_code >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+    elif exc.status_code >= 400:
+        log_client_error(request, exc.status_code, exc.message)
     return respond(request, domain_error(exc))
 
 
 def handle_http_error(request: Request, exc: HTTPException) -> Response:
     status = exc.status_code
     if isinstance(exc, NotFoundException):
+        log_client_error(request, 404, "unknown path")
         return respond(
             request,
             ApiError(404, f"Unknown path: {request.url.path}", "invalid_request_error", code="not_found"),
         )
     if isinstance(exc, NotAuthorizedException):
+        log_client_error(request, 401, exc.detail)
         return respond(request, ApiError(401, exc.detail, "invalid_request_error", code="invalid_api_key"))
     error_type = "invalid_request_error" if status < 500 else "server_error"
+    if 400 <= status < 500:
+        log_client_error(request, status, str(exc.detail))
     return respond(request, ApiError(status, exc.detail, error_type, headers=exc.headers))
 
 

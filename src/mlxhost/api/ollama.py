@@ -12,17 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Any
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.response import Stream
 
+from mlxhost.api import exchange
 from mlxhost.api.body import read_json
-from mlxhost.api.controllers import until_disconnect
 from mlxhost.api.errors import ApiError, register_error_shape
+from mlxhost.api.exchange import Frames
 from mlxhost.api.schemas import (
     MIN_P,
     PENALTY,
@@ -38,7 +37,7 @@ from mlxhost.domain import ChatRequest, FunctionTool, ImagePart, JsonFormat, Mes
 from mlxhost.errors import InvalidRequest, MlxhostError
 from mlxhost.reasoning.formats import levels_of_kind, thinking_kind_on_disk
 from mlxhost.runtime.memory import duration_seconds
-from mlxhost.service import ChatService, Generation
+from mlxhost.service import Generation
 from mlxhost.types import (
     EMBEDDING,
     FIM,
@@ -47,6 +46,7 @@ from mlxhost.types import (
     TOOLS,
     VISION,
     ContentDelta,
+    GenerationEvent,
     ModelInfo,
     ReasoningDelta,
     ToolCall,
@@ -316,6 +316,8 @@ def _sampling(body: dict[str, Any], state: State, model: str) -> dict[str, Any]:
         "json_format": _format(body.get("format")),
         "keep_alive": _keep_alive(body),
         "reasoning": ollama_control(body.get("think")),
+        # Ollama caps generation at the room the prompt leaves, never a 400.
+        "clamp_max_tokens": True,
     }
 
 
@@ -471,42 +473,58 @@ def _line(data: dict[str, Any]) -> bytes:
     return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
-async def _whole(generation: Generation, name: str, kind: str, started: float) -> dict[str, Any]:
-    text, calls, thinking = [], [], []
-    async for event in generation.events():
-        if isinstance(event, ContentDelta):
-            text.append(event.text)
-        elif isinstance(event, ReasoningDelta):
-            thinking.append(event.text)
-        elif isinstance(event, ToolCallEvent):
-            calls.append(event.call)
-    final = _final(generation, name, started, kind)
-    piece = _piece(name, kind, "".join(text), calls, "".join(thinking))
-    for key in ("message", "response", "thinking"):
-        if key in piece:
-            final[key] = piece[key]
-    return final
+def fold_whole(name: str, kind: str, started: float) -> Any:
+    """Fold a generation into Ollama's one ``done`` object (``stream: false``)."""
+
+    async def fold(generation: Generation, index: int) -> dict[str, Any]:
+        text, calls, thinking = [], [], []
+        async for event in generation.events():
+            if isinstance(event, ContentDelta):
+                text.append(event.text)
+            elif isinstance(event, ReasoningDelta):
+                thinking.append(event.text)
+            elif isinstance(event, ToolCallEvent):
+                calls.append(event.call)
+        final = _final(generation, name, started, kind)
+        piece = _piece(name, kind, "".join(text), calls, "".join(thinking))
+        for key in ("message", "response", "thinking"):
+            if key in piece:
+                final[key] = piece[key]
+        return final
+
+    return fold
 
 
-async def _ndjson(service: ChatService, chat: ChatRequest, name: str, kind: str) -> AsyncIterator[Any]:
-    started = time.perf_counter()
-    generation = await service.start(chat)
-    try:
-        yield generation.headers
-        try:
-            async for event in generation.events():
-                if isinstance(event, ContentDelta) and event.text:
-                    yield _line(_piece(name, kind, event.text))
-                elif isinstance(event, ReasoningDelta) and event.text:
-                    yield _line(_piece(name, kind, "", thinking=event.text))
-                elif isinstance(event, ToolCallEvent):
-                    yield _line(_piece(name, kind, "", [event.call]))
-        except MlxhostError as exc:
-            yield _line({"error": exc.message})
-            return
-        yield _line(_final(generation, name, started, kind))
-    finally:
-        await generation.close()
+class OllamaFrames(Frames):
+    """NDJSON lines: a ``done: false`` piece per text delta or tool call, then the
+    ``done`` object; an error after the headers is ``{"error": ...}``. The
+    keep-alive is an empty piece (``"content": ""``): Ollama's clients parse every
+    line as JSON (a blank line breaks ollama-python and Ollama's Go client) and
+    add an empty piece's text as nothing."""
+
+    media_type = NDJSON
+
+    def __init__(self, name: str, kind: str) -> None:
+        self._name, self._kind = name, kind
+        self._started = time.perf_counter()
+
+    def event(self, event: GenerationEvent) -> list[bytes]:
+        if isinstance(event, ContentDelta) and event.text:
+            return [_line(_piece(self._name, self._kind, event.text))]
+        if isinstance(event, ReasoningDelta) and event.text:
+            return [_line(_piece(self._name, self._kind, "", thinking=event.text))]
+        if isinstance(event, ToolCallEvent):
+            return [_line(_piece(self._name, self._kind, "", [event.call]))]
+        return []
+
+    def ended(self, generation: Generation, index: int) -> list[bytes]:
+        return [_line(_final(generation, self._name, self._started, self._kind))]
+
+    def failed(self, error: MlxhostError) -> list[bytes]:
+        return [_line({"error": error.message})]
+
+    def keepalive(self) -> bytes:
+        return _line(_piece(self._name, self._kind, ""))
 
 
 def _load_only(body: dict[str, Any], kind: str) -> bool:
@@ -555,16 +573,10 @@ async def _answer(request: Request, state: State, kind: str) -> Any:
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean.", param="stream")
     if stream:
-        events = _ndjson(state.service, chat, name, kind)
-        headers = await events.__anext__()
-        return Stream(events, media_type=NDJSON, headers=headers)
-    started = time.perf_counter()
-    generation = await state.service.start(chat)
-    try:
-        result = await until_disconnect(request, _whole(generation, name, kind, started))
-    finally:
-        await generation.close()
-    return Response(content=result, headers=generation.headers, media_type="application/json")
+        return await exchange.stream(state.service, [chat], OllamaFrames(name, kind))
+    folded = await exchange.fold(request, state.service, [chat],
+                                 fold_whole(name, kind, time.perf_counter()))
+    return Response(content=folded.results[0], headers=folded.headers, media_type="application/json")
 
 
 @post("/api/chat", status_code=200, media_type=NDJSON,

@@ -9,27 +9,29 @@ app's ``state``. Errors use OpenAI's default ``{"error": {...}}`` shape.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
-from litestar.response import Stream
 
 from mlxhost import domain
+from mlxhost.api import exchange
 from mlxhost.api.body import read_json
-from mlxhost.api.controllers import until_disconnect
+from mlxhost.api.exchange import Frames
 from mlxhost.api.schemas import TEMPERATURE, TOP_P, TTL, check_shape, ttl_seconds
 from mlxhost.api.thinking import EFFORT_SCHEMA, responses_control
 from mlxhost.api.wire_schema import check_body, nullable, operation, tagged
 from mlxhost.errors import InvalidRequest, MlxhostError
-from mlxhost.service import ChatService, Generation
-from mlxhost.types import ContentDelta, ReasoningDelta, ToolCall, ToolCallEvent
+from mlxhost.service import Generation
+from mlxhost.types import ContentDelta, GenerationEvent, ReasoningDelta, ToolCall, ToolCallEvent
+
+log = logging.getLogger(__name__)
 
 STORE_SIZE = 256
 
@@ -68,6 +70,20 @@ _ITEM = {
     "else": _MESSAGE_ITEM,
 }
 _UNSUPPORTED = "not supported yet: leave it out"
+_FUNCTION_TOOL = {"properties": {
+    "name": {"type": "string"}, "description": {"type": ["string", "null"]},
+    "parameters": {"type": ["object", "null"]}, "strict": {"type": ["boolean", "null"]}},
+    "required": ["name"]}
+# Tools OpenAI's servers run (or that answer with item types other than function
+# calls): this server cannot, so they are left out of the prompt with a warning,
+# and a tool_choice forcing one is a 400.
+HOSTED_TOOLS = (
+    "web_search", "web_search_preview", "web_search_preview_2025_03_11", "web_search_2025_08_26",
+    "file_search", "code_interpreter", "computer_use", "computer_use_preview",
+    "image_generation", "mcp", "local_shell",
+)
+# Codex's name for a function inside a namespace (its MCP tools: mcp__server__tool).
+NAMESPACE_SEPARATOR = "__"
 REQUEST_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
     "model": {"type": "string", "description": "Model id or alias (GET /v1/models)."},
     "input": {"anyOf": [{"type": "string"}, {"type": "array", "items": _ITEM}]},
@@ -80,14 +96,21 @@ REQUEST_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
         tagged("type", {"text": {}, "json_object": {},
                         "json_schema": {"properties": {"schema": {"type": "object"}},
                                         "required": ["schema"]}}))}},
-    "tools": {"type": ["array", "null"], "items": tagged("type", {"function": {"properties": {
-        "name": {"type": "string"}, "description": {"type": ["string", "null"]},
-        "parameters": {"type": ["object", "null"]}, "strict": {"type": ["boolean", "null"]}},
-        "required": ["name"]}}, description="only function tools are supported")},
+    "tools": {"type": ["array", "null"], "items": tagged("type", {
+        "function": _FUNCTION_TOOL,
+        "namespace": {"properties": {"name": {"type": "string", "minLength": 1},
+                                     "tools": {"type": "array", "items": tagged(
+                                         "type", {"function": _FUNCTION_TOOL})}},
+                      "required": ["name", "tools"]},
+        **{kind: {} for kind in HOSTED_TOOLS},
+    }, description="function tools, and namespaces of them; hosted tools are left out "
+                   "(docs/api-responses.md)")},
     "tool_choice": {"anyOf": [
         {"enum": ["auto", "none", "required"]},
         {"type": "object", "properties": {"type": {"const": "function"}, "name": {"type": "string"}},
          "required": ["type", "name"]},
+        {"type": "object", "properties": {"type": {"enum": list(HOSTED_TOOLS)}},
+         "required": ["type"], "description": "400: this server cannot run hosted tools"},
         {"type": "null"}]},
     "truncation": {"enum": ["auto", "disabled", None]},
     "stream": {"type": ["boolean", "null"]},
@@ -241,8 +264,12 @@ def items_to_messages(items: list[Any], param: str = "input") -> list[domain.Mes
             )
             thought = None
         elif kind == "function_call":
+            name = _text(item.get("name"), f"{at}.name")
+            namespace = item.get("namespace")
+            if isinstance(namespace, str) and namespace:
+                name = flat_name(namespace, name)
             call = ToolCall(
-                name=_text(item.get("name"), f"{at}.name"),
+                name=name,
                 arguments=_text(item.get("arguments", "{}"), f"{at}.arguments"),
                 id=_text(item.get("call_id"), f"{at}.call_id"),
             )
@@ -278,47 +305,105 @@ def items_to_messages(items: list[Any], param: str = "input") -> list[domain.Mes
     return messages
 
 
-def _tools(value: Any) -> tuple[domain.FunctionTool, ...]:
+def flat_name(namespace: str, name: str) -> str:
+    return f"{namespace}{NAMESPACE_SEPARATOR}{name}"
+
+
+@attrs.frozen
+class Tools:
+    """The request's tools as the prompt shows them: functions, with each
+    namespace's functions under flat names; and where a flat name came from."""
+
+    functions: tuple[domain.FunctionTool, ...] = ()
+    # flat name -> (namespace, the function's own name), to answer as sent.
+    namespaced: dict[str, tuple[str, str]] = attrs.field(factory=dict)
+
+    def wire_call(self, name: str) -> dict[str, str]:
+        """A call's ``name`` (and ``namespace``) the way the client named the tool."""
+        if name in self.namespaced:
+            namespace, own = self.namespaced[name]
+            return {"name": own, "namespace": namespace}
+        return {"name": name}
+
+
+# Hosted tool types already warned about (one warning per type, not per request).
+_warned: set[str] = set()
+
+
+def _function(tool: dict[str, Any], at: str, name: str | None = None) -> domain.FunctionTool:
+    params = tool.get("parameters")
+    if params is not None:
+        _type_check(params, (dict,), "a JSON schema object", f"{at}.parameters")
+    description = tool.get("description")
+    if description is not None:
+        _text(description, f"{at}.description")
+    strict = tool.get("strict")
+    if strict is not None:
+        _type_check(strict, (bool,), "a boolean", f"{at}.strict")
+    return domain.FunctionTool(
+        name=name or _text(tool.get("name"), f"{at}.name"),
+        description=description,
+        parameters=params,
+        # The Responses API's function tools are strict unless told otherwise.
+        strict=True if strict is None else strict,
+    )
+
+
+def _tools(value: Any) -> Tools:
     if value is None:
-        return ()
+        return Tools()
     _type_check(value, (list,), "a list of tools", "tools")
-    tools = []
+    functions: list[domain.FunctionTool] = []
+    namespaced: dict[str, tuple[str, str]] = {}
+    left_out: list[str] = []
     for i, tool in enumerate(value):
-        _type_check(tool, (dict,), "a tool object", f"tools[{i}]")
-        if tool.get("type") != "function":
+        at = f"tools[{i}]"
+        _type_check(tool, (dict,), "a tool object", at)
+        kind = tool.get("type")
+        if kind == "function":
+            functions.append(_function(tool, at))
+        elif kind == "namespace":
+            namespace = _text(tool.get("name"), f"{at}.name")
+            for j, inner in enumerate(tool.get("tools") or ()):
+                own = _text(inner.get("name"), f"{at}.tools[{j}].name")
+                flat = flat_name(namespace, own)
+                functions.append(_function(inner, f"{at}.tools[{j}]", flat))
+                namespaced[flat] = (namespace, own)
+        elif kind in HOSTED_TOOLS:
+            left_out.append(kind)
+        else:
             raise _bad(
-                f"'tools[{i}].type': tool type {tool.get('type')!r} is not supported "
-                "(only 'function').",
-                f"tools[{i}].type",
+                f"'{at}.type': tool type {kind!r} is not supported (supported: 'function', "
+                f"'namespace'; hosted tools are left out: {', '.join(HOSTED_TOOLS)}).",
+                f"{at}.type",
             )
-        params = tool.get("parameters")
-        if params is not None:
-            _type_check(params, (dict,), "a JSON schema object", f"tools[{i}].parameters")
-        description = tool.get("description")
-        if description is not None:
-            _text(description, f"tools[{i}].description")
-        strict = tool.get("strict")
-        if strict is not None:
-            _type_check(strict, (bool,), "a boolean", f"tools[{i}].strict")
-        tools.append(
-            domain.FunctionTool(
-                name=_text(tool.get("name"), f"tools[{i}].name"),
-                description=description,
-                parameters=params,
-                # The Responses API's function tools are strict unless told otherwise.
-                strict=True if strict is None else strict,
-            )
+    new = sorted(set(left_out) - _warned)
+    if new:
+        _warned.update(new)
+        log.warning(
+            "Responses: leaving hosted tool(s) %s out of the prompt: this server cannot run "
+            "them (logged once per type; docs/api-responses.md)", ", ".join(new),
         )
-    return tuple(tools)
+    return Tools(tuple(functions), namespaced)
 
 
-def _tool_choice(value: Any) -> domain.ToolChoice:
+def _tool_choice(value: Any, tools: Tools) -> domain.ToolChoice:
     if value is None:
         return "auto"
     if value in ("auto", "none", "required"):
         return value
+    if isinstance(value, dict) and value.get("type") in HOSTED_TOOLS:
+        raise _bad(
+            f"'tool_choice' forces the hosted tool {value['type']!r}, which this server "
+            "cannot run.", "tool_choice.type",
+        )
     if isinstance(value, dict) and value.get("type") == "function" and isinstance(value.get("name"), str):
-        return domain.NamedToolChoice(value["name"])
+        name = value["name"]
+        # A function of a namespace may be named by its own name alone.
+        by_own = [flat for flat, (_, own) in tools.namespaced.items() if own == name]
+        if not any(t.name == name for t in tools.functions) and len(by_own) == 1:
+            name = by_own[0]
+        return domain.NamedToolChoice(name)
     raise _bad(
         "'tool_choice' must be 'auto', 'none', 'required' or {\"type\": \"function\", \"name\": ...}.",
         "tool_choice",
@@ -348,6 +433,7 @@ def _json_format(fmt: Any) -> domain.JsonFormat | None:
 @attrs.frozen
 class Parsed:
     chat: domain.ChatRequest
+    tools: Tools
     body: dict[str, Any]
     # The new input as items (a string input becomes one user message item).
     input_items: list[dict[str, Any]]
@@ -412,11 +498,12 @@ def parse_request(body: Any, store: ResponseStore) -> Parsed:
         raise _bad("'conversation' is not supported; use 'previous_response_id'.", "conversation")
     if body.get("prompt") is not None:
         raise _bad("Prompt templates ('prompt') are not supported.", "prompt")
+    tools = _tools(body.get("tools"))
     chat = domain.ChatRequest(
         model=model,
         messages=tuple(messages),
-        tools=_tools(body.get("tools")),
-        tool_choice=_tool_choice(body.get("tool_choice")),
+        tools=tools.functions,
+        tool_choice=_tool_choice(body.get("tool_choice"), tools),
         parallel_tool_calls=body.get("parallel_tool_calls") is not False,
         max_tokens=max_tokens,
         temperature=float(temperature) if temperature is not None else None,
@@ -428,6 +515,7 @@ def parse_request(body: Any, store: ResponseStore) -> Parsed:
     )
     return Parsed(
         chat=chat,
+        tools=tools,
         body=body,
         input_items=input_items,
         history=history,
@@ -465,12 +553,14 @@ def reasoning_item(text: str, item_id: str, status: str = "completed") -> dict[s
     }
 
 
-def call_item(call: ToolCall, item_id: str, arguments: str | None = None) -> dict[str, Any]:
+def call_item(
+    call: ToolCall, item_id: str, tools: Tools, arguments: str | None = None
+) -> dict[str, Any]:
     return {
         "type": "function_call",
         "id": item_id,
         "call_id": call.id,
-        "name": call.name,
+        **tools.wire_call(call.name),
         "arguments": call.arguments if arguments is None else arguments,
         "status": "completed",
     }
@@ -544,29 +634,35 @@ def remember(store: ResponseStore, parsed: Parsed, response: dict[str, Any]) -> 
     store.put(Stored(response=response, items=[*parsed.history, *parsed.input_items, *output]))
 
 
-async def response_body(generation: Generation, builder: Builder) -> dict[str, Any]:
-    text: list[str] = []
-    output = builder.response["output"]
-    async for event in generation.events():
-        if isinstance(event, ReasoningDelta):
-            if "".join(text):
-                output.append(message_item("".join(text), _id("msg")))
+def fold_response(parsed: Parsed) -> Any:
+    """Fold a generation's events into the whole response object."""
+
+    async def fold(generation: Generation, index: int) -> dict[str, Any]:
+        builder = Builder(parsed, generation.model_id)
+        text: list[str] = []
+        output = builder.response["output"]
+        async for event in generation.events():
+            if isinstance(event, ReasoningDelta):
+                if "".join(text):
+                    output.append(message_item("".join(text), _id("msg")))
+                    text = []
+                last = output[-1] if output else None
+                if last is not None and last["type"] == "reasoning":
+                    last["content"][0]["text"] += event.text
+                else:
+                    output.append(reasoning_item(event.text, _id("rs")))
+            elif isinstance(event, ContentDelta):
+                text.append(event.text)
+            elif isinstance(event, ToolCallEvent):
+                if "".join(text):
+                    output.append(message_item("".join(text), _id("msg")))
                 text = []
-            last = output[-1] if output else None
-            if last is not None and last["type"] == "reasoning":
-                last["content"][0]["text"] += event.text
-            else:
-                output.append(reasoning_item(event.text, _id("rs")))
-        elif isinstance(event, ContentDelta):
-            text.append(event.text)
-        elif isinstance(event, ToolCallEvent):
-            if "".join(text):
-                output.append(message_item("".join(text), _id("msg")))
-            text = []
-            output.append(call_item(event.call, _id("fc")))
-    if "".join(text) or not any(item["type"] != "reasoning" for item in output):
-        output.append(message_item("".join(text), _id("msg")))
-    return builder.finish(generation)
+                output.append(call_item(event.call, _id("fc"), parsed.tools))
+        if "".join(text) or not any(item["type"] != "reasoning" for item in output):
+            output.append(message_item("".join(text), _id("msg")))
+        return builder.finish(generation)
+
+    return fold
 
 
 def _sse(event: dict[str, Any]) -> bytes:
@@ -574,154 +670,160 @@ def _sse(event: dict[str, Any]) -> bytes:
     return f"event: {event['type']}\ndata: {data}\n\n".encode()
 
 
-async def open_stream(
-    service: ChatService, parsed: Parsed, store: ResponseStore
-) -> tuple[dict[str, str], AsyncIterator[bytes]]:
-    """Admit the request (errors raise here, before any byte); headers and the stream."""
-    stream = _stream(service, parsed, store)
-    headers = await stream.__anext__()
-    return headers, stream
+class ResponseFrames(Frames):
+    """The Responses stream: ``response.created`` and ``response.in_progress``, the
+    output items' events, then ``response.completed`` (or ``.incomplete``); an
+    error after the headers is ``error`` then ``response.failed``. The keep-alive
+    is ``response.in_progress`` again: Codex's idle timeout counts only events,
+    not SSE comments."""
 
+    def __init__(self, parsed: Parsed, store: ResponseStore) -> None:
+        self._parsed = parsed
+        self._store = store
+        self._builder = Builder(parsed, parsed.chat.model)
+        self._seq = 0
+        self._open_text: list[str] | None = None
+        self._msg_id = ""
+        self._open_thought: list[str] | None = None
+        self._rs_id = ""
 
-async def _stream(service: ChatService, parsed: Parsed, store: ResponseStore) -> AsyncIterator[Any]:
-    generation = await service.start(parsed.chat)
-    try:
-        yield generation.headers
-        builder = Builder(parsed, generation.model_id)
-        seq = 0
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        body = {"type": kind, "sequence_number": self._seq, **fields}
+        self._seq += 1
+        return _sse(body)
 
-        def event(kind: str, **fields: Any) -> bytes:
-            nonlocal seq
-            body = {"type": kind, "sequence_number": seq, **fields}
-            seq += 1
-            return _sse(body)
+    @property
+    def _output(self) -> list[dict[str, Any]]:
+        return self._builder.response["output"]
 
-        yield event("response.created", response=builder.snapshot())
-        yield event("response.in_progress", response=builder.snapshot())
-        output = builder.response["output"]
-        open_text: list[str] | None = None
-        msg_id = ""
+    def opening(self, first: Generation | None) -> list[bytes]:
+        if first is not None:
+            self._builder.response["model"] = first.model_id
+        snapshot = self._builder.snapshot()
+        return [self._event("response.created", response=snapshot),
+                self._event("response.in_progress", response=snapshot)]
 
-        def close_message() -> list[bytes]:
-            nonlocal open_text
-            assert open_text is not None
-            text = "".join(open_text)
-            index = len(output)
-            part = {"type": "output_text", "text": text, "annotations": []}
-            item = message_item(text, msg_id)
-            output.append(item)
-            open_text = None
-            return [
-                event("response.output_text.done", item_id=msg_id, output_index=index,
-                      content_index=0, text=text, logprobs=[]),
-                event("response.content_part.done", item_id=msg_id, output_index=index,
-                      content_index=0, part=part),
-                event("response.output_item.done", output_index=index, item=item),
+    def started(self, generation: Generation, index: int) -> list[bytes]:
+        self._builder.response["model"] = generation.model_id
+        return []
+
+    def _open_message(self) -> list[bytes]:
+        self._open_text = []
+        self._msg_id = _id("msg")
+        index = len(self._output)
+        return [
+            self._event("response.output_item.added", output_index=index,
+                        item=message_item("", self._msg_id, "in_progress")),
+            self._event("response.content_part.added", item_id=self._msg_id, output_index=index,
+                        content_index=0, part={"type": "output_text", "text": "", "annotations": []}),
+        ]
+
+    def _close_message(self) -> list[bytes]:
+        if self._open_text is None:
+            return []
+        text = "".join(self._open_text)
+        index = len(self._output)
+        part = {"type": "output_text", "text": text, "annotations": []}
+        item = message_item(text, self._msg_id)
+        self._output.append(item)
+        self._open_text = None
+        return [
+            self._event("response.output_text.done", item_id=self._msg_id, output_index=index,
+                        content_index=0, text=text, logprobs=[]),
+            self._event("response.content_part.done", item_id=self._msg_id, output_index=index,
+                        content_index=0, part=part),
+            self._event("response.output_item.done", output_index=index, item=item),
+        ]
+
+    def _close_thought(self) -> list[bytes]:
+        if self._open_thought is None:
+            return []
+        text = "".join(self._open_thought)
+        index = len(self._output)
+        item = reasoning_item(text, self._rs_id)
+        self._output.append(item)
+        self._open_thought = None
+        return [
+            self._event("response.reasoning_text.done", item_id=self._rs_id, output_index=index,
+                        content_index=0, text=text),
+            self._event("response.content_part.done", item_id=self._rs_id, output_index=index,
+                        content_index=0, part={"type": "reasoning_text", "text": text}),
+            self._event("response.output_item.done", output_index=index, item=item),
+        ]
+
+    def _thought(self, text: str) -> list[bytes]:
+        frames = self._close_message()
+        index = len(self._output)
+        if self._open_thought is None:
+            self._open_thought = []
+            self._rs_id = _id("rs")
+            frames += [
+                self._event("response.output_item.added", output_index=index,
+                            item=reasoning_item("", self._rs_id, "in_progress")),
+                self._event("response.content_part.added", item_id=self._rs_id,
+                            output_index=index, content_index=0,
+                            part={"type": "reasoning_text", "text": ""}),
             ]
+        self._open_thought.append(text)
+        frames.append(self._event("response.reasoning_text.delta", item_id=self._rs_id,
+                                  output_index=index, content_index=0, delta=text))
+        return frames
 
-        def open_message() -> list[bytes]:
-            nonlocal open_text, msg_id
-            open_text = []
-            msg_id = _id("msg")
-            index = len(output)
-            return [
-                event("response.output_item.added", output_index=index,
-                      item=message_item("", msg_id, "in_progress")),
-                event("response.content_part.added", item_id=msg_id, output_index=index,
-                      content_index=0, part={"type": "output_text", "text": "", "annotations": []}),
+    def event(self, event: GenerationEvent) -> list[bytes]:
+        if isinstance(event, ReasoningDelta):
+            return self._thought(event.text) if event.text else []
+        frames: list[bytes] = self._close_thought() if isinstance(
+            event, ContentDelta | ToolCallEvent) else []
+        if isinstance(event, ContentDelta):
+            if not event.text:
+                return frames
+            if self._open_text is None:
+                frames.extend(self._open_message())
+            assert self._open_text is not None
+            self._open_text.append(event.text)
+            frames.append(self._event("response.output_text.delta", item_id=self._msg_id,
+                                      output_index=len(self._output), content_index=0,
+                                      delta=event.text, logprobs=[]))
+        elif isinstance(event, ToolCallEvent):
+            frames.extend(self._close_message())
+            call, tools = event.call, self._parsed.tools
+            fc_id = _id("fc")
+            index = len(self._output)
+            added = call_item(call, fc_id, tools, arguments="")
+            added["status"] = "in_progress"
+            item = call_item(call, fc_id, tools)
+            self._output.append(item)
+            frames += [
+                self._event("response.output_item.added", output_index=index, item=added),
+                self._event("response.function_call_arguments.delta", item_id=fc_id,
+                            output_index=index, delta=call.arguments),
+                self._event("response.function_call_arguments.done", item_id=fc_id,
+                            output_index=index, name=item["name"], arguments=call.arguments),
+                self._event("response.output_item.done", output_index=index, item=item),
             ]
+        return frames
 
-        open_thought: list[str] | None = None
-        rs_id = ""
-
-        def close_thought() -> list[bytes]:
-            nonlocal open_thought
-            if open_thought is None:
-                return []
-            text = "".join(open_thought)
-            index = len(output)
-            item = reasoning_item(text, rs_id)
-            output.append(item)
-            open_thought = None
-            return [
-                event("response.reasoning_text.done", item_id=rs_id, output_index=index,
-                      content_index=0, text=text),
-                event("response.content_part.done", item_id=rs_id, output_index=index,
-                      content_index=0, part={"type": "reasoning_text", "text": text}),
-                event("response.output_item.done", output_index=index, item=item),
-            ]
-
-        try:
-            async for ev in generation.events():
-                if isinstance(ev, ReasoningDelta):
-                    if not ev.text:
-                        continue
-                    if open_text is not None:
-                        for chunk in close_message():
-                            yield chunk
-                    if open_thought is None:
-                        open_thought = []
-                        rs_id = _id("rs")
-                        yield event("response.output_item.added", output_index=len(output),
-                                    item=reasoning_item("", rs_id, "in_progress"))
-                        yield event("response.content_part.added", item_id=rs_id,
-                                    output_index=len(output), content_index=0,
-                                    part={"type": "reasoning_text", "text": ""})
-                    open_thought.append(ev.text)
-                    yield event("response.reasoning_text.delta", item_id=rs_id,
-                                output_index=len(output), content_index=0, delta=ev.text)
-                    continue
-                for chunk in close_thought():
-                    yield chunk
-                if isinstance(ev, ContentDelta):
-                    if not ev.text:
-                        continue
-                    if open_text is None:
-                        for chunk in open_message():
-                            yield chunk
-                    assert open_text is not None
-                    open_text.append(ev.text)
-                    yield event("response.output_text.delta", item_id=msg_id,
-                                output_index=len(output), content_index=0, delta=ev.text,
-                                logprobs=[])
-                elif isinstance(ev, ToolCallEvent):
-                    if open_text is not None:
-                        for chunk in close_message():
-                            yield chunk
-                    call = ev.call
-                    fc_id = _id("fc")
-                    index = len(output)
-                    added = call_item(call, fc_id, arguments="")
-                    added["status"] = "in_progress"
-                    yield event("response.output_item.added", output_index=index, item=added)
-                    yield event("response.function_call_arguments.delta", item_id=fc_id,
-                                output_index=index, delta=call.arguments)
-                    yield event("response.function_call_arguments.done", item_id=fc_id,
-                                output_index=index, name=call.name, arguments=call.arguments)
-                    item = call_item(call, fc_id)
-                    output.append(item)
-                    yield event("response.output_item.done", output_index=index, item=item)
-            for chunk in close_thought():
-                yield chunk
-            if open_text is None and not any(item["type"] != "reasoning" for item in output):
-                for chunk in open_message():
-                    yield chunk
-            if open_text is not None:
-                for chunk in close_message():
-                    yield chunk
-        except MlxhostError as exc:
-            # Headers are gone: the failure travels as events.
-            builder.response["status"] = "failed"
-            builder.response["error"] = {"code": exc.code or exc.error_type, "message": exc.message}
-            yield event("error", code=exc.code, message=exc.message, param=exc.param)
-            yield event("response.failed", response=builder.snapshot())
-            return
-        response = builder.finish(generation)
-        remember(store, parsed, response)
+    def ended(self, generation: Generation, index: int) -> list[bytes]:
+        frames = self._close_thought()
+        if self._open_text is None and not any(
+            item["type"] != "reasoning" for item in self._output
+        ):
+            frames.extend(self._open_message())
+        frames.extend(self._close_message())
+        response = self._builder.finish(generation)
+        remember(self._store, self._parsed, response)
         kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
-        yield event(kind, response=builder.snapshot())
-    finally:
-        await generation.close()
+        return [*frames, self._event(kind, response=self._builder.snapshot())]
+
+    def failed(self, error: MlxhostError) -> list[bytes]:
+        response = self._builder.response
+        response["status"] = "failed"
+        response["error"] = {"code": error.code or error.error_type, "message": error.message}
+        return [self._event("error", code=error.code, message=error.message, param=error.param),
+                self._event("response.failed", response=self._builder.snapshot())]
+
+    def keepalive(self) -> bytes:
+        return self._event("response.in_progress", response=self._builder.snapshot())
 
 
 # ---------------------------------------------------------------- routes
@@ -736,20 +838,11 @@ class ResponsesController(Controller):
         store = store_of(state)
         parsed = parse_request(body, store)
         if parsed.stream:
-            headers, events = await open_stream(state.service, parsed, store)
-            return Stream(
-                events,
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
-            )
-        generation = await state.service.start(parsed.chat)
-        try:
-            builder = Builder(parsed, generation.model_id)
-            response = await until_disconnect(request, response_body(generation, builder))
-        finally:
-            await generation.close()
+            return await exchange.stream(state.service, [parsed.chat], ResponseFrames(parsed, store))
+        folded = await exchange.fold(request, state.service, [parsed.chat], fold_response(parsed))
+        response = folded.results[0]
         remember(store, parsed, response)
-        return Response(content=response, headers=generation.headers, media_type="application/json")
+        return Response(content=response, headers=folded.headers, media_type="application/json")
 
     @get("/{response_id:str}", operation_class=operation())
     async def retrieve(self, state: State, response_id: FromPath[str]) -> dict[str, Any]:

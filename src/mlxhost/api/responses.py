@@ -5,15 +5,22 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
 
+from mlxhost.api.exchange import Frames
 from mlxhost.domain import ChatRequest
 from mlxhost.errors import MlxhostError
-from mlxhost.service import ChatService, Generation
-from mlxhost.types import ContentDelta, ReasoningDelta, TokenLogprob, ToolCall, ToolCallEvent
+from mlxhost.service import Generation
+from mlxhost.types import (
+    ContentDelta,
+    GenerationEvent,
+    ReasoningDelta,
+    TokenLogprob,
+    ToolCall,
+    ToolCallEvent,
+)
 
 
 @attrs.frozen
@@ -133,90 +140,80 @@ def _chunk(completion: Completion, delta: dict[str, Any], finish: str | None = N
     }
 
 
-def _sse_line(data: dict[str, Any] | str) -> bytes:
+def sse_line(data: dict[str, Any] | str) -> bytes:
+    """One SSE ``data:`` line (OpenAI's chat and completions streams)."""
     payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     return f"data: {payload}\n\n".encode()
 
 
-async def open_sse(
-    service: ChatService, request: ChatRequest, include_usage: bool, n: int = 1
-) -> tuple[dict[str, str], AsyncIterator[bytes]]:
-    """Admit the request (errors raise here, before any byte) and return the
-    response headers and the event stream.
-
-    The stream is an async generator already started (suspended inside its
-    ``try``): if the client vanishes before it is iterated, asyncio's
-    async-generator finalizer still runs its ``finally`` and the lock is released.
-    """
-    stream = _sse(service, choice_requests(request, n), include_usage)
-    headers = await stream.__anext__()
-    return headers, stream
+# An SSE comment: OpenAI's SDKs skip it, proxies and idle watchdogs see bytes.
+SSE_KEEPALIVE = b": keep-alive\n\n"
 
 
-async def _sse(
-    service: ChatService, requests: list[ChatRequest], include_usage: bool
-) -> AsyncIterator[Any]:
-    # The first choice is admitted before any byte (its errors are HTTP errors);
-    # later choices run after it, and their errors travel as events.
-    generation = await service.start(requests[0])
-    completion = Completion.of(generation)
-    completion_tokens = 0
-    reasoning_tokens = 0
-    try:
-        yield generation.headers
-        for index in range(len(requests)):
-            if index:
-                await generation.close()
-                try:
-                    generation = await service.start(requests[index])
-                except MlxhostError as exc:
-                    yield _sse_line(exc.to_body())
-                    yield _sse_line("[DONE]")
-                    return
-                completion = attrs.evolve(completion, generation=generation, index=index)
-            yield _sse_line(_chunk(completion, {"role": "assistant", "content": ""}))
-            try:
-                async for chunk in _event_chunks(completion):
-                    yield chunk
-            except MlxhostError as exc:
-                # Headers are gone: the error travels as an event, as OpenAI's API does.
-                yield _sse_line(exc.to_body())
-                yield _sse_line("[DONE]")
-                return
-            yield _sse_line(_chunk(completion, {}, generation.finish_reason))
-            completion_tokens += generation.completion_tokens
-            reasoning_tokens += generation.reasoning_tokens
-        if include_usage:
+class ChatFrames(Frames):
+    """``chat.completion.chunk`` SSE lines: per choice a role chunk, the content and
+    tool-call deltas and a finish chunk; then the usage chunk (when asked) and
+    ``[DONE]``. An error after the headers is an error object, then ``[DONE]``,
+    as OpenAI's API sends it."""
+
+    def __init__(self, include_usage: bool) -> None:
+        self._include_usage = include_usage
+        self._id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self._created = int(time.time())
+        self._completion: Completion | None = None
+        self._call_index = 0
+        self._completion_tokens = 0
+        self._reasoning_tokens = 0
+
+    def started(self, generation: Generation, index: int) -> list[bytes]:
+        self._completion = Completion(self._id, self._created, generation, index)
+        self._call_index = 0
+        return [sse_line(_chunk(self._completion, {"role": "assistant", "content": ""}))]
+
+    def event(self, event: GenerationEvent) -> list[bytes]:
+        completion = self._completion
+        assert completion is not None
+        if isinstance(event, ContentDelta):
+            return [sse_line(_chunk(completion, {"content": event.text}))] if event.text else []
+        if isinstance(event, ReasoningDelta):
+            delta = {"reasoning_content": event.text, "reasoning": event.text}
+            return [sse_line(_chunk(completion, delta))] if event.text else []
+        if isinstance(event, ToolCallEvent):
+            call = event.call
+            index = self._call_index
+            self._call_index += 1
+            # Name first, then the arguments, the way OpenAI streams a call.
+            head = {"index": index, "id": call.id, "type": "function",
+                    "function": {"name": call.name, "arguments": ""}}
+            args = {"index": index, "function": {"arguments": call.arguments}}
+            return [sse_line(_chunk(completion, {"tool_calls": [head]})),
+                    sse_line(_chunk(completion, {"tool_calls": [args]}))]
+        return []
+
+    def ended(self, generation: Generation, index: int) -> list[bytes]:
+        assert self._completion is not None
+        self._completion_tokens += generation.completion_tokens
+        self._reasoning_tokens += generation.reasoning_tokens
+        return [sse_line(_chunk(self._completion, {}, generation.finish_reason))]
+
+    def finished(self) -> list[bytes]:
+        frames = []
+        completion = self._completion
+        if self._include_usage and completion is not None:
+            prompt = completion.generation.prompt_tokens
             usage_chunk = _chunk(completion, {})
             usage_chunk["choices"] = []
             usage_chunk["usage"] = {
-                "prompt_tokens": generation.prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": generation.prompt_tokens + completion_tokens,
-                "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
+                "prompt_tokens": prompt,
+                "completion_tokens": self._completion_tokens,
+                "total_tokens": prompt + self._completion_tokens,
+                "completion_tokens_details": {"reasoning_tokens": self._reasoning_tokens},
             }
-            yield _sse_line(usage_chunk)
-        yield _sse_line("[DONE]")
-    finally:
-        await generation.close()
+            frames.append(sse_line(usage_chunk))
+        return [*frames, sse_line("[DONE]")]
 
+    def failed(self, error: MlxhostError) -> list[bytes]:
+        return [sse_line(error.to_body()), sse_line("[DONE]")]
 
-async def _event_chunks(completion: Completion) -> AsyncIterator[bytes]:
-    call_index = 0
-    async for event in completion.generation.events():
-        if isinstance(event, ContentDelta):
-            if event.text:
-                yield _sse_line(_chunk(completion, {"content": event.text}))
-        elif isinstance(event, ReasoningDelta):
-            if event.text:
-                yield _sse_line(_chunk(
-                    completion, {"reasoning_content": event.text, "reasoning": event.text}))
-        elif isinstance(event, ToolCallEvent):
-            call = event.call
-            # Name first, then the arguments, the way OpenAI streams a call.
-            head = {"index": call_index, "id": call.id, "type": "function",
-                    "function": {"name": call.name, "arguments": ""}}
-            yield _sse_line(_chunk(completion, {"tool_calls": [head]}))
-            args = {"index": call_index, "function": {"arguments": call.arguments}}
-            yield _sse_line(_chunk(completion, {"tool_calls": [args]}))
-            call_index += 1
+    def keepalive(self) -> bytes:
+        return SSE_KEEPALIVE
