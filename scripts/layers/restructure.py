@@ -188,7 +188,7 @@ PACKAGE_DOCS = {
 PROTECTED = re.compile(r"""["'/]mlxhost\.service["'\s`]|/mlxhost\.service\b""")
 
 TEXT_SUFFIXES = {".py", ".md", ".toml", ".sh", ".txt", ".cfg", ".ini", ".yml", ".yaml", ".pyi"}
-SKIP_PREFIXES = ("bench/results/", "docs/settings.md")
+SKIP_PREFIXES = ("bench/results/", "docs/settings.md", "scripts/layers/")  # not itself
 
 
 def run(*cmd: str, check: bool = True) -> str:
