@@ -249,7 +249,7 @@ def test_status_page_lists_models_and_streams_a_chat(server, browser, tmp_path):
     row = browser.find_element(By.CSS_SELECTOR, f'#models tr[data-model="{QWEN}"]')
     window = httpx.get(f"{server.url}/v1/models/{QWEN}", timeout=30).json()["context_window"]
     cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
-    assert cells == [QWEN, "coder, coder2", "qwen", "tools", f"{window:,}", "loaded"]
+    assert cells == [QWEN, "coder, coder2", "qwen", "fim, tools", f"{window:,}", "loaded"]
     assert browser.find_elements(By.CSS_SELECTOR, f'#models tr[data-model="{GEMMA}"]')
     figure = browser.find_element(By.CSS_SELECTOR, 'dd[data-figure="loaded model"]')
     assert figure.text == QWEN

@@ -9,7 +9,7 @@ from mlxhost.runtime.mlx_engine import MLXEngine
 from mlxhost.starter.builder import ensure_test_model
 
 
-def test_gpu_load_warms_the_cache_hit_paths_and_measures_the_batch_size(monkeypatch):
+def test_gpu_load_warms_the_cache_hit_paths_and_measures_the_batch_size(monkeypatch, tmp_path):
     """Solo and batched prompts that extend earlier ones hit the warm-up's own
     prefix cache (so CUDA compiles those kernels at load, not at a user's first
     multi-turn request), the server's prefix cache stays empty, and
@@ -36,7 +36,9 @@ def test_gpu_load_warms_the_cache_hit_paths_and_measures_the_batch_size(monkeypa
 
     monkeypatch.setattr(prefix_cache.PrefixCache, "fetch_nearest", fetch)
     monkeypatch.setattr(batch, "decode_step_seconds", step)
-    engine = MLXEngine(warmup=True, prefix_cache_bytes=64 * 2**20, max_batch=0, weights="as-is")
+    # An empty folder for remembered batch sizes: one a previous run stored would skip the measurement.
+    engine = MLXEngine(warmup=True, prefix_cache_bytes=64 * 2**20, max_batch=0, weights="as-is",
+                       batch_probe_dir=tmp_path / "batch-probe")
     try:
         engine.load(folder_info(ensure_test_model("gemma")))
         served = engine.prefix_cache

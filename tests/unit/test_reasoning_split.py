@@ -317,3 +317,11 @@ def test_any_budget_cuts_the_thought_at_it_and_keeps_the_answer(budget, thought,
     # Thinking tokens counted from the open marker's last token (none when the prompt opened it).
     kept = min(thought, budget - (0 if inside else 1))
     assert events == ([ReasoningDelta("t" * kept)] if kept else []) + [ContentDelta("Answer.")]
+
+
+def test_a_stray_end_marker_in_the_answer_is_dropped_not_content():
+    # Found by hypothesis: "</think>" with no thought open leaked into content.
+    for pieces in (["</think>"], ["</thi", "nk>"], ["Hi </think>there"]):
+        events = run(TagSplitter("<think>", "</think>"), pieces)
+        assert "</think>" not in "".join(e.text for e in events)
+        assert all(isinstance(e, ContentDelta) for e in events)

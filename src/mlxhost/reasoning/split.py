@@ -88,14 +88,21 @@ class TagSplitter:
                     return out
                 self._trim = False
             at = self._pending.find(marker)
+            # In the answer, a stray end marker (no thought open) is dropped,
+            # never content: a marker must not leak into the answer.
+            stray = -1 if self.thinking else self._pending.find(self._end)
+            if stray >= 0 and (at < 0 or stray < at):
+                before, self._pending = self._pending[:stray], self._pending[stray + len(self._end) :]
+                out.extend(self._emit(before))
+                continue
             if at < 0:
                 break
             before, self._pending = self._pending[:at], self._pending[at + len(marker) :]
             out.extend(self._emit(before.rstrip() if self.thinking else before))
             self.thinking = not self.thinking
             self._trim = True
-        # Hold what may begin the marker (and, in a thought, trailing whitespace).
-        keep = _partial(self._pending, (marker,))
+        # Hold what may begin a marker (and, in a thought, trailing whitespace).
+        keep = _partial(self._pending, (marker,) if self.thinking else (marker, self._end))
         body = self._pending[: len(self._pending) - keep]
         if self.thinking:
             stripped = body.rstrip()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 import time
 from typing import Any
 
@@ -157,15 +158,19 @@ class SplitLayers:
             mx.synchronize(stream)
 
 
-_STREAMS: list[Any] = []  # made once per process: MLX runs a thread per stream
+# Made once per thread, not per load: MLX runs a thread per stream, and a stream
+# belongs to the thread that made it ("There is no Stream(cpu, N) in current
+# thread" elsewhere). The server has one MLX thread, so one set.
+_STREAMS = threading.local()
 
 
 def _streams(parts: int) -> list[Any]:
     import mlx.core as mx
 
-    while len(_STREAMS) < parts:
-        _STREAMS.append(mx.new_stream(mx.cpu))
-    return _STREAMS[:parts]
+    made: list[Any] = _STREAMS.__dict__.setdefault("made", [])
+    while len(made) < parts:
+        made.append(mx.new_stream(mx.cpu))
+    return made[:parts]
 
 
 def split_layers(model: Any, blas: OpenBLAS, parts: int) -> SplitLayers:
