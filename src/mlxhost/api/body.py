@@ -8,6 +8,7 @@ from litestar import Request
 from litestar.exceptions import HTTPException
 
 from mlxhost.errors import InvalidRequest
+from mlxhost.runtime.memory import duration_seconds
 
 
 async def read_json(request: Request) -> Any:
@@ -20,3 +21,15 @@ async def read_json(request: Request) -> Any:
         raise
     except Exception:
         raise InvalidRequest("The request body is not valid JSON.") from None
+
+
+def keep_alive_seconds(body: dict[str, Any]) -> float | None:
+    """Ollama's ``keep_alive`` ("5m", seconds, negative: forever) as seconds
+    (None: not given); a malformed value is a 400 naming the field."""
+    value = body.get("keep_alive")
+    if value is None:
+        return None
+    try:
+        return duration_seconds(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"'keep_alive': {exc}", param="keep_alive") from None

@@ -23,11 +23,10 @@ from typing import Any
 from litestar import Request, post
 from litestar.datastructures import State
 
-from mlxhost.api.body import read_json
+from mlxhost.api.body import keep_alive_seconds, read_json
 from mlxhost.api.schemas import check_shape
 from mlxhost.api.wire_schema import OLLAMA_ERROR, check_body, operation
 from mlxhost.errors import InvalidRequest
-from mlxhost.runtime.memory import duration_seconds
 
 _MODEL = {"type": "string", "minLength": 1, "description": "Model id or alias (GET /v1/models)."}
 _TOKENS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
@@ -91,15 +90,6 @@ async def _body(request: Request, schema: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _keep_alive(body: dict[str, Any]) -> float | None:
-    value = body.get("keep_alive")
-    if value is None:
-        return None
-    try:
-        return duration_seconds(value)
-    except ValueError as exc:
-        raise InvalidRequest(f"'keep_alive': {exc}", param="keep_alive") from None
-
 
 def _inputs(value: Any) -> list[Any]:
     """``input`` as a list of strings or a list of token-id lists."""
@@ -135,7 +125,7 @@ async def openai_embeddings(request: Request, state: State) -> dict[str, Any]:
 async def ollama_embed(request: Request, state: State) -> dict[str, Any]:
     body = await _body(request, OLLAMA_EMBED_SCHEMA)
     started = time.perf_counter()
-    keep_alive = _keep_alive(body)
+    keep_alive = keep_alive_seconds(body)
     if body["input"] == []:  # Ollama's load form: load (or with keep_alive 0, unload)
         return await _load_only(state, body, keep_alive, started)
     result = await state.embeddings.embed(
@@ -171,7 +161,7 @@ async def ollama_embeddings(request: Request, state: State) -> dict[str, Any]:
     Ollama does."""
     body = await _body(request, OLLAMA_EMBEDDINGS_SCHEMA)
     result = await state.embeddings.embed(
-        body["model"], [body["prompt"]], truncate=True, keep_alive=_keep_alive(body),
+        body["model"], [body["prompt"]], truncate=True, keep_alive=keep_alive_seconds(body),
         field="prompt")
     return {"embedding": result.vectors[0].tolist()}
 
@@ -182,7 +172,7 @@ async def _rerank(request: Request, state: State) -> dict[str, Any]:
     documents = body["documents"]
     texts = [d if isinstance(d, str) else d["text"] for d in documents]
     ranking = await state.embeddings.rerank(
-        body["model"], body["query"], texts, keep_alive=_keep_alive(body))
+        body["model"], body["query"], texts, keep_alive=keep_alive_seconds(body))
     order = sorted(range(len(texts)), key=lambda i: -ranking.scores[i])
     top_n = body.get("top_n")
     if top_n is not None:

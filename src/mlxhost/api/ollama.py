@@ -19,7 +19,7 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import State
 
 from mlxhost.api import exchange
-from mlxhost.api.body import read_json
+from mlxhost.api.body import keep_alive_seconds, read_json
 from mlxhost.api.errors import ApiError, register_error_shape
 from mlxhost.api.exchange import Frames
 from mlxhost.api.schemas import (
@@ -36,7 +36,6 @@ from mlxhost.api.wire_schema import OLLAMA_ERROR, check_body, operation
 from mlxhost.domain import ChatRequest, FunctionTool, ImagePart, JsonFormat, Message, TextPart
 from mlxhost.errors import InvalidRequest, MlxhostError
 from mlxhost.reasoning.formats import levels_of_kind, thinking_kind_on_disk
-from mlxhost.runtime.memory import duration_seconds
 from mlxhost.service import Generation
 from mlxhost.types import (
     EMBEDDING,
@@ -314,22 +313,12 @@ def _sampling(body: dict[str, Any], state: State, model: str) -> dict[str, Any]:
         "stop": (stop,) if isinstance(stop, str) else tuple(stop or ()),
         "speculative": options.get("speculative") is not False,
         "json_format": _format(body.get("format")),
-        "keep_alive": _keep_alive(body),
+        "keep_alive": keep_alive_seconds(body),
         "reasoning": ollama_control(body.get("think")),
         # Ollama caps generation at the room the prompt leaves, never a 400.
         "clamp_max_tokens": True,
     }
 
-
-def _keep_alive(body: dict[str, Any]) -> float | None:
-    """Ollama's ``keep_alive`` ("5m", seconds, negative: forever) as seconds."""
-    value = body.get("keep_alive")
-    if value is None:
-        return None
-    try:
-        return duration_seconds(value)
-    except ValueError as exc:
-        raise InvalidRequest(f"'keep_alive': {exc}", param="keep_alive") from None
 
 
 def _images(value: Any, where: str) -> tuple[ImagePart, ...]:
@@ -538,7 +527,7 @@ async def _load_or_unload(body: dict[str, Any], state: State, kind: str) -> dict
     """Load the model (and keep it for ``keep_alive``), or with ``keep_alive: 0``
     unload it once idle; answers Ollama's ``done`` object."""
     name = _name(body.get("model"))
-    keep_alive = _keep_alive(body)
+    keep_alive = keep_alive_seconds(body)
     runtime = state.runtime
     info = state.registry.resolve(name)
     reason = "load"
