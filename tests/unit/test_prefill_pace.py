@@ -131,3 +131,71 @@ def test_a_running_stream_keeps_decoding_while_a_long_prompt_prefills():
     # Fixed 512-token chunks (no budget): the whole prompt in one step, the stream waits.
     fixed, _ = tokens_while_prefilling(model, 400, budget=0.0)
     assert fixed <= 3 < short
+
+
+def test_a_lone_prompt_prefills_in_the_largest_chunks():
+    """Pacing is for the streams that wait: alone, a long prompt goes in
+    ``max_chunk`` pieces even with a budget (16-token chunks made Claude Code's
+    21k-token first prompt take most of an hour)."""
+    from mlxhost.runtime.batch import TextBatch
+    from mlxhost.runtime.sampling import make_sampler
+    from mlxhost.testing.tiny_text import TokenNames, tiny_qwen3
+    from mlxhost.types import SamplingParams
+
+    clock = Clock()
+    calls: list[int] = []
+
+    class Counting(CostlyModel):
+        def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+            calls.append(inputs.shape[-1])
+            return super().__call__(inputs, *args, **kwargs)
+
+    pacer = PrefillPacer(0.25, 512, clock=clock)
+    batch = TextBatch(
+        Counting(tiny_qwen3(), clock), eos=set(), max_batch=8, prefill_step=512,
+        detokenizer=TokenNames, fetch_prefix=lambda tokens: (None, 0),
+        store_prefix=lambda fed, cache: None, token_logprob=lambda *a: None, pacer=pacer,
+    )
+    events: list[str] = []
+    params = SamplingParams(max_tokens=1, temperature=0.0)
+    prompt = tuple((7 * k) % 500 + 1 for k in range(1200))
+    batch.join(prompt, params, make_sampler(params), [], lambda step, error: events.append("B"))
+    while not events:
+        batch.step()
+    assert batch.alone == 1
+    assert calls[:2] == [512, 512]  # paced, these would be ~20-token chunks
+    assert sum(calls) == 1200
+
+
+def test_a_prompt_left_alone_in_the_batch_stops_being_paced():
+    """B joins while A decodes (paced chunks); once A is done, B's remaining
+    prompt goes in the largest chunks."""
+    from mlxhost.runtime.batch import TextBatch
+    from mlxhost.runtime.sampling import make_sampler
+    from mlxhost.testing.tiny_text import TokenNames, tiny_qwen3
+
+    from mlxhost.types import SamplingParams
+
+    clock = Clock()
+    batch = TextBatch(
+        CostlyModel(tiny_qwen3(), clock), eos=set(), max_batch=8, prefill_step=512,
+        detokenizer=TokenNames, fetch_prefix=lambda tokens: (None, 0),
+        store_prefix=lambda fed, cache: None, token_logprob=lambda *a: None,
+        pacer=PrefillPacer(0.25, 512, clock=clock),
+    )
+    events: list[str] = []
+    a = SamplingParams(max_tokens=4, temperature=0.0)
+    b = SamplingParams(max_tokens=1, temperature=0.0)
+    batch.join((5, 6, 7), a, make_sampler(a), [], lambda step, error: events.append("A"))
+    while "A" not in events:
+        batch.step()
+    prompt = tuple((11 * k) % 500 + 1 for k in range(1500))
+    batch.join(prompt, b, make_sampler(b), [], lambda step, error: events.append("B"))
+    chunks: list[tuple[int, int]] = []  # (A's tokens so far, B's chunk)
+    while "B" not in events:
+        batch.step()
+        chunks.append((events.count("A"), batch._generator.prefill_step_size))
+    while_a = [size for count, size in chunks if count < 4]
+    after_a = [size for count, size in chunks[:-1] if count == 4]
+    assert while_a and max(while_a) < 64
+    assert after_a and after_a[-1] == 512

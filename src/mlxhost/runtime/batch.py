@@ -384,7 +384,10 @@ class TextBatch:
             self._hand_over(chunk)
             prefilling = self._prefilling()
             if prefilling:  # the chunk for the rows actually prefilling now
-                chunk = self._pacer.chunk(rows=len(prefilling))
+                # Pacing serves the streams that decode or wait; with none, the
+                # prompts go in the largest chunks.
+                others = len(self._sequences) > len(prefilling)
+                chunk = self._pacer.chunk(rows=len(prefilling)) if others else self._pacer.max_chunk
             self._generator.prefill_step_size = chunk
             self._kernels(alone=False, rows=len(self._by_generator), prefilling=bool(prefilling))
             decoding = len(self._by_generator) - len(prefilling)
@@ -460,9 +463,11 @@ class TextBatch:
         assert solo is not None
         sequence = solo.sequence
         if solo.pending is None and len(solo.todo) > 1:
-            # Prefill all but the last prompt token, a chunk per tick (sized by
-            # time: a request that arrives meanwhile waits for one chunk).
-            size = self._pacer.chunk()
+            # Prefill all but the last prompt token, a chunk per tick. Alone, no
+            # stream waits on this one, so the chunk is the largest (pacing it
+            # made a lone 21k-token prompt crawl in 16-token chunks); a request
+            # that arrives meanwhile waits one chunk, then the batch paces both.
+            size = self._pacer.max_chunk
             chunk = solo.todo[: min(size, len(solo.todo) - 1)]
             began = self._pacer.clock()
             with mx.stream(generation_stream):
