@@ -173,7 +173,6 @@ def test_a_prompt_left_alone_in_the_batch_stops_being_paced():
     from mlxhost.runtime.batch import TextBatch
     from mlxhost.runtime.sampling import make_sampler
     from mlxhost.testing.tiny_text import TokenNames, tiny_qwen3
-
     from mlxhost.types import SamplingParams
 
     clock = Clock()
