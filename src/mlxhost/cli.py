@@ -11,7 +11,8 @@ import sys
 
 import attrs
 
-from mlxhost.settings import SettingsError, add_settings_arguments, settings_from_args
+from mlxhost.config import settings_from_args
+from mlxhost.settings import SettingsError, add_settings_arguments
 
 
 def _serve(args: argparse.Namespace) -> int:

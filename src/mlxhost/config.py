@@ -25,6 +25,7 @@ variable > the config file > the plugin's or model's default. Within the file, a
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -167,6 +168,15 @@ def load_settings(
     if path is not None:
         file_values["config_file"] = str(path)
     return Settings.from_env(env, file_values=file_values, **flags)
+
+
+def settings_from_args(
+    args: argparse.Namespace, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from parsed flags (add_settings_arguments) over the environment over
+    the config file (``--config``, ``MLXHOST_CONFIG`` or the platform's)."""
+    flags = {row.name: getattr(args, row.name, None) for row in SETTINGS if row.flag}
+    return load_settings(flags, env)
 
 
 def _without(model: ModelConfig, explicit: set[str]) -> ModelConfig:

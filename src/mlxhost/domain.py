@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 import attrs
 
-from mlxhost.types import ImageInput, ToolCall
+# FunctionTool lives with the types that name it (a family's tool parser factory).
+from mlxhost.types import FunctionTool, ImageInput, ToolCall
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 SYSTEM_ROLES: tuple[Role, ...] = ("system", "developer")
@@ -69,24 +70,6 @@ class Message:
 
 def text_message(role: Role, text: str) -> Message:
     return Message(role=role, content=(TextPart(text),) if text else ())
-
-
-@attrs.frozen
-class FunctionTool:
-    name: str
-    description: str | None = None
-    # JSON schema of the arguments (None: none declared).
-    parameters: Mapping[str, Any] | None = None
-    strict: bool | None = None
-
-    def as_openai(self) -> dict[str, Any]:
-        """The OpenAI tool object chat templates are written against."""
-        function: dict[str, Any] = {"name": self.name}
-        if self.description is not None:
-            function["description"] = self.description
-        if self.parameters is not None:
-            function["parameters"] = dict(self.parameters)
-        return {"type": "function", "function": function}
 
 
 def function_tools(tools: Sequence[Mapping[str, Any]]) -> tuple[FunctionTool, ...]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mlxhost.core.units import format_bytes
+
 
 class MlxhostError(Exception):
     """Base error: carries the HTTP status and OpenAI error fields."""
@@ -182,8 +184,6 @@ class MemoryExceeded(MlxhostError):
         weights: int,
         workspace: int = 0,
     ):
-        from mlxhost.runtime.memory import format_bytes
-
         asked = (
             f"{prompt_tokens} prompt tokens + max_tokens {max_tokens}"
             if max_tokens is not None
@@ -212,8 +212,6 @@ class SideModelTooLarge(MlxhostError):
     code = "memory_exceeded"
 
     def __init__(self, model: str, needed: int, room: int, budget: int, loaded: int):
-        from mlxhost.runtime.memory import format_bytes
-
         super().__init__(
             f"The model '{model}' needs {format_bytes(needed)} of memory, but the memory budget "
             f"of {format_bytes(budget)} (--max-memory) less the loaded models "

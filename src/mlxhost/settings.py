@@ -4,7 +4,7 @@ The ``Settings`` class below is the single source of every setting: each field
 is declared with ``setting(...)``, which gives its environment variable,
 ``mlxhost serve`` flag, parser, default and help text. Everything else is
 generated from it: ``Settings.from_env`` (the environment), ``add_settings_arguments``
-and ``settings_from_args`` (the CLI flags), ``mlxhost.config`` (the ``[server]``
+(the CLI flags; ``mlxhost.config.settings_from_args`` puts them over the rest), ``mlxhost.config`` (the ``[server]``
 table of the TOML config file), ``env_value`` (read before Settings exists, by
 blas.py) and ``settings_markdown`` (docs/settings.md, checked by a test).
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 
-from mlxhost.runtime.memory import parse_duration, parse_size
+from mlxhost.core.units import parse_duration, parse_size
 
 MiB = 1024 * 1024
 _KEY = "mlxhost.setting"
@@ -495,17 +495,6 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
             options.update(type=_flag_type(row.flag_parse or row.parse), metavar=row.metavar,
                            choices=row.choices)
         parser.add_argument(row.flag, **options)
-
-
-def settings_from_args(
-    args: argparse.Namespace, env: Mapping[str, str] | None = None
-) -> Settings:
-    """Settings from parsed flags (add_settings_arguments) over the environment over
-    the config file (``--config``, ``MLXHOST_CONFIG`` or the platform's)."""
-    from mlxhost.config import load_settings
-
-    flags = {row.name: getattr(args, row.name, None) for row in SETTINGS if row.flag}
-    return load_settings(flags, env)
 
 
 def _flag_cell(row: Setting) -> str:

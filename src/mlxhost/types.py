@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import attrs
-
-if TYPE_CHECKING:
-    from mlxhost.domain import FunctionTool
 
 VISION = "vision"
 TOOLS = "tools"
@@ -293,8 +290,27 @@ class StreamParser(Protocol):
     def finish(self) -> list[ParserEvent]: ...
 
 
+@attrs.frozen
+class FunctionTool:
+    name: str
+    description: str | None = None
+    # JSON schema of the arguments (None: none declared).
+    parameters: Mapping[str, Any] | None = None
+    strict: bool | None = None
+
+    def as_openai(self) -> dict[str, Any]:
+        """The OpenAI tool object chat templates are written against."""
+        function: dict[str, Any] = {"name": self.name}
+        if self.description is not None:
+            function["description"] = self.description
+        if self.parameters is not None:
+            function["parameters"] = dict(self.parameters)
+        return {"type": "function", "function": function}
+
+
+
 # A family plugin's tool-call format: given the request's offered tools, a fresh parser.
-ToolParserFactory = Callable[[Sequence["FunctionTool"]], StreamParser]
+ToolParserFactory = Callable[[Sequence[FunctionTool]], StreamParser]
 
 
 @attrs.frozen

@@ -20,10 +20,12 @@ from mlxhost.config import (
     load_settings,
     parse_config,
     read_config,
+    settings_from_args,
 )
+from mlxhost.core.units import parse_duration
 from mlxhost.plugins import make_plugin_manager
 from mlxhost.registry import ModelRegistry
-from mlxhost.settings import Settings, parse_duration, settings_from_args
+from mlxhost.settings import Settings
 from mlxhost.testing.fake_engine import make_fake_model
 from mlxhost.testing.http import chat
 

@@ -12,13 +12,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mlxhost.core.units import parse_duration, parse_size
 from mlxhost.errors import Busy, MemoryExceeded
 from mlxhost.runtime.memory import (
     DeviceMemory,
     KVLayout,
     MemoryGovernor,
-    parse_duration,
-    parse_size,
     resolve_budget,
 )
 from mlxhost.testing.live import async_wait_until

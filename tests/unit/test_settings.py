@@ -10,6 +10,7 @@ import pytest
 
 from mlxhost import blas
 from mlxhost.cli import build_parser, main
+from mlxhost.config import settings_from_args
 from mlxhost.settings import (
     SETTINGS,
     SETTINGS_BY_NAME,
@@ -17,7 +18,6 @@ from mlxhost.settings import (
     Settings,
     SettingsError,
     env_value,
-    settings_from_args,
     settings_markdown,
 )
 

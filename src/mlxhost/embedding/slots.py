@@ -20,10 +20,11 @@ from typing import Any
 
 import attrs
 
+from mlxhost.core.units import format_duration
 from mlxhost.embedding.batcher import EncodeBatcher
 from mlxhost.embedding.facts import EncoderFacts, encoder_facts
 from mlxhost.errors import Busy, InvalidRequest, MlxhostError, ModelLoadFailed
-from mlxhost.runtime.memory import MemoryGovernor, format_duration, weights_on_disk
+from mlxhost.runtime.memory import MemoryGovernor, weights_on_disk
 from mlxhost.types import ModelInfo
 
 log = logging.getLogger(__name__)

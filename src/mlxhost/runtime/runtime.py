@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from mlxhost.core.units import format_bytes, format_duration
 from mlxhost.embedding.slots import SideSlots
 from mlxhost.errors import EngineError, GroupLost, MlxhostError, ModelLoadFailed
 from mlxhost.runtime.engine import Engine, PreparedPrompt
@@ -27,7 +28,6 @@ from mlxhost.runtime.memory import (
     KVLayout,
     MemoryGovernor,
     Reservation,
-    format_duration,
     process_memory,
     resolve_budget,
     workspace_bytes,
@@ -208,8 +208,6 @@ class Runtime:
             log.exception("Could not set the memory budget")
             return
         if governor.budget is not None:
-            from mlxhost.runtime.memory import format_bytes
-
             device = governor.device
             if isinstance(max_memory, int) or device is None:
                 source = "--max-memory"
