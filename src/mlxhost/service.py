@@ -18,6 +18,7 @@ import attrs
 import pluggy
 
 from mlxhost.conversation.summarize import Summarizer, split_conversation, with_summary
+from mlxhost.core import model_config
 from mlxhost.domain import (
     SYSTEM_ROLES,
     ChatRequest,
@@ -493,7 +494,7 @@ class ChatService:
         session.check_memory(prompt_tokens, requested or 1, explicit=requested is not None)
         fitting = session.memory_tokens
         effective = window if fitting is None else min(window, fitting)
-        vocabulary = _vocab_size(info)
+        vocabulary = model_config.vocab_size(info.config)
         unknown = [t for t in request.logit_bias if vocabulary is not None and t >= vocabulary]
         if unknown:
             raise InvalidRequest(
@@ -585,13 +586,3 @@ def _with_system_prompt(request: ChatRequest, info: ModelInfo) -> ChatRequest:
     if any(message.role in SYSTEM_ROLES for message in request.messages):
         return request
     return attrs.evolve(request, messages=(text_message("system", prompt), *request.messages))
-
-
-def _vocab_size(info: ModelInfo) -> int | None:
-    """The model's vocabulary size from its config (top level or ``text_config``)."""
-    text_config = info.config.get("text_config")
-    for section in (info.config, text_config if isinstance(text_config, dict) else {}):
-        value = section.get("vocab_size")
-        if isinstance(value, int) and value > 0:
-            return value
-    return None

@@ -5,18 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mlxhost.core import model_config
 from mlxhost.hookspecs import hookimpl
 from mlxhost.types import ModelSpec
 
 
 def context_window_from_config(config: Mapping[str, Any]) -> int | None:
     """``max_position_embeddings`` at the top level, else inside ``text_config``."""
-    text_config = config.get("text_config")
-    for section in (config, text_config if isinstance(text_config, Mapping) else {}):
-        value = section.get("max_position_embeddings")
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
+    return model_config.context_window(config)
 
 
 @hookimpl(trylast=True)

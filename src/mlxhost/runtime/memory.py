@@ -44,6 +44,7 @@ from typing import Any
 
 import attrs
 
+from mlxhost.core.model_config import language_fact, positive_int
 from mlxhost.core.units import format_bytes
 from mlxhost.errors import Busy, MemoryExceeded
 
@@ -59,21 +60,6 @@ DEFAULT_DTYPE = "bfloat16"
 DEFAULT_FRACTION = {"metal": 1.0, "cuda": 0.9, "cpu": 0.75}
 
 # -- the KV cache a model needs ----------------------------------------------
-def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
-    text = config.get("text_config")
-    return text if isinstance(text, Mapping) else {}
-
-
-def _fact(config: Mapping[str, Any], key: str) -> Any:
-    """A key of the language model's config: ``text_config`` first (VLMs), then the top."""
-    text = _text_config(config)
-    return text[key] if text.get(key) is not None else config.get(key)
-
-
-def _positive(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
 @attrs.frozen
 class KVLayout:
     """The KV cache of one sequence, per layer, from the model's ``config.json``."""
@@ -155,23 +141,23 @@ class KVLayout:
         (``sliding_attention``). The dtype is the config's ``torch_dtype``/``dtype``,
         else bfloat16.
         """
-        layers = _positive(_fact(config, "num_hidden_layers"))
-        heads = _positive(_fact(config, "num_attention_heads"))
+        layers = positive_int(language_fact(config, "num_hidden_layers"))
+        heads = positive_int(language_fact(config, "num_attention_heads"))
         if layers is None or heads is None:
             return None
-        kv_heads = _positive(_fact(config, "num_key_value_heads")) or heads
-        head_dim = _positive(_fact(config, "head_dim"))
+        kv_heads = positive_int(language_fact(config, "num_key_value_heads")) or heads
+        head_dim = positive_int(language_fact(config, "head_dim"))
         if head_dim is None:
-            hidden = _positive(_fact(config, "hidden_size"))
+            hidden = positive_int(language_fact(config, "hidden_size"))
             if hidden is None:
                 return None
             head_dim = hidden // heads
-        dtype = _fact(config, "torch_dtype") or _fact(config, "dtype") or DEFAULT_DTYPE
+        dtype = language_fact(config, "torch_dtype") or language_fact(config, "dtype") or DEFAULT_DTYPE
         if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
             dtype = DEFAULT_DTYPE
-        window = _positive(_fact(config, "sliding_window"))
-        pattern = _positive(_fact(config, "sliding_window_pattern"))
-        layer_types = _fact(config, "layer_types")
+        window = positive_int(language_fact(config, "sliding_window"))
+        pattern = positive_int(language_fact(config, "sliding_window_pattern"))
+        layer_types = language_fact(config, "layer_types")
         windows: list[int | None]
         if window is not None and pattern is not None:
             windows = [None if i % pattern == pattern - 1 else window for i in range(layers)]
@@ -189,9 +175,9 @@ def workspace_bytes(config: Mapping[str, Any], *, prefill_chunk: int, max_batch:
     fused kernel; MLX's CPU fallback materializes chunk x heads x length floats."""
     layout = KVLayout.from_config(config)
     dtype_bytes = layout.dtype_bytes if layout else 2
-    hidden = _positive(_fact(config, "hidden_size")) or 0
-    intermediate = _positive(_fact(config, "intermediate_size")) or 4 * hidden
-    vocab = _positive(_fact(config, "vocab_size")) or 0
+    hidden = positive_int(language_fact(config, "hidden_size")) or 0
+    intermediate = positive_int(language_fact(config, "intermediate_size")) or 4 * hidden
+    vocab = positive_int(language_fact(config, "vocab_size")) or 0
     return prefill_chunk * (4 * hidden + 3 * intermediate) * dtype_bytes + max_batch * vocab * 4
 
 

@@ -30,6 +30,7 @@ from typing import Any, cast
 
 import attrs
 
+from mlxhost.core import model_config as facts
 from mlxhost.runtime.engine import EngineMemory, PreparedPrompt
 from mlxhost.runtime.memory import DeviceMemory, ram_bytes
 from mlxhost.runtime.prefix_cache import (
@@ -58,17 +59,11 @@ WARMUP_CACHE_BYTES = 256 * 1024 * 1024
 
 def eos_token_ids(path: Path, config: Mapping[str, Any], tokenizer: Any) -> set[int]:
     """Every id that ends a turn: config, generation_config and the tokenizer's own."""
-    ids: set[int] = set()
-    sources: list[Mapping[str, Any]] = [config, config.get("text_config") or {}]
+    sources: list[Mapping[str, Any]] = [config]
     gen_config = path / "generation_config.json"
     if gen_config.is_file():
         sources.append(json.loads(gen_config.read_text()))
-    for source in sources:
-        value = source.get("eos_token_id")
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list):
-            ids.update(v for v in value if isinstance(v, int))
+    ids = facts.eos_ids(*sources)
     if getattr(tokenizer, "eos_token_id", None) is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
@@ -349,7 +344,7 @@ class MLXEngine:
         self._tokenizer = tokenizer
         self._detokenizer_source = wrapper
         self._eos = eos_token_ids(path, config, tokenizer)
-        self._vocab_size = _vocab_size(config) or len(tokenizer)  # type: ignore[arg-type]
+        self._vocab_size = facts.vocab_size(config) or len(tokenizer)  # type: ignore[arg-type]
         self._kv, kv_line = self._choose_kv(info)
         loaded_in = time.perf_counter() - started
         if self._disk is not None:
@@ -1130,13 +1125,3 @@ def _array_bytes(model: Any) -> int:
 
     flat: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
     return sum(int(getattr(v, "nbytes", 0)) for _, v in flat)
-
-
-def _vocab_size(config: Mapping[str, Any]) -> int | None:
-    """The size of the model's output layer, from its config."""
-    text_config = config.get("text_config")
-    for section in (config, text_config if isinstance(text_config, Mapping) else {}):
-        value = section.get("vocab_size")
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
