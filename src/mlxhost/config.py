@@ -35,6 +35,7 @@ from typing import Any
 
 import attrs
 
+from mlxhost.core import limits
 from mlxhost.settings import (
     SETTINGS,
     SETTINGS_BY_NAME,
@@ -96,7 +97,7 @@ class ConfigFile:
 EMPTY = ConfigFile(path=None)
 
 # Sampling defaults a [models.X] table may set, with the ranges the API accepts
-# for the same request fields (one source: mlxhost.api.schemas).
+# for the same request fields (one source: mlxhost.core.limits).
 SAMPLING_KEYS = (
     "temperature",
     "top_p",
@@ -396,17 +397,7 @@ def _choice(row: Setting) -> Any:
 
 
 def _sampling_check(key: str) -> Any:
-    from mlxhost.api import schemas
-
-    bounds = {
-        "temperature": schemas.TEMPERATURE,
-        "top_p": schemas.TOP_P,
-        "top_k": schemas.TOP_K,
-        "min_p": schemas.MIN_P,
-        "repetition_penalty": schemas.REPETITION_PENALTY,
-        "presence_penalty": schemas.PENALTY,
-        "frequency_penalty": schemas.PENALTY,
-    }[key]
+    bounds = limits.SAMPLING[key]
 
     def check(value: Any) -> float:
         if key == "top_k" and not _is_int(value):

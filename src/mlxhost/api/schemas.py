@@ -13,6 +13,9 @@ import cattrs
 from mlxhost import domain
 from mlxhost.api.thinking import EFFORT_SCHEMA, chat_control
 from mlxhost.api.wire_schema import check_body, constrained, schema_of
+
+# The sampling bounds (JSON-schema keywords), shared by the APIs that take these knobs.
+from mlxhost.core.limits import MIN_P, PENALTY, REPETITION_PENALTY, TEMPERATURE, TOP_K, TOP_P
 from mlxhost.errors import InvalidRequest
 from mlxhost.types import ToolCall
 
@@ -95,13 +98,6 @@ class StreamOptions:
     include_usage: bool = False
 
 
-# Bounds shared by the APIs that take these knobs (JSON-schema keywords).
-TEMPERATURE = {"minimum": 0, "maximum": 2}
-TOP_P = {"exclusiveMinimum": 0, "maximum": 1}
-TOP_K = {"minimum": 0}
-MIN_P = {"minimum": 0, "maximum": 1}
-PENALTY = {"minimum": -2, "maximum": 2}
-REPETITION_PENALTY = {"exclusiveMinimum": 0, "maximum": 10}
 STOP = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4},
                   {"type": "null"}]}
 LOGIT_BIAS = {
