@@ -21,6 +21,7 @@ import attrs
 import pluggy
 
 from mlxhost.chat_facts import read_chat_facts
+from mlxhost.config import ConfigError, ModelConfig
 from mlxhost.embedding.facts import encoder_facts, model_kind
 from mlxhost.errors import (
     ModelDownloadFailed,
@@ -28,6 +29,7 @@ from mlxhost.errors import (
     ModelNotFound,
     UnsupportedArchitecture,
 )
+from mlxhost.plugins import make_plugin_manager
 from mlxhost.reasoning.formats import thinking_kind_on_disk
 from mlxhost.runtime.locate import (
     DownloadFailed,
@@ -120,7 +122,7 @@ class ModelRegistry:
         self._models_dirs = [Path(d).expanduser().resolve() for d in self._settings.models_dirs]
         # The config file's [models.X] tables: model id -> its table, alias -> model id,
         # and the hub repos they name (served whether cached yet or not).
-        self._configured: dict[str, Any] = {}
+        self._configured: dict[str, ModelConfig] = {}
         self._config_aliases: dict[str, str] = {}
         self._config_repos: dict[str, None] = {}
         for model_config in self._settings.model_configs:
@@ -173,11 +175,9 @@ class ModelRegistry:
             self._aliases[alias] = model_id
 
     # -- the config file's [models.X] tables ---------------------------------------
-    def _add_config(self, model: Any) -> None:
-        """Register one ``mlxhost.config.ModelConfig`` (a start-up ConfigError names
-        its line when it conflicts with what is known)."""
-        from mlxhost.config import ConfigError
-
+    def _add_config(self, model: ModelConfig) -> None:
+        """Register one [models.X] table (a start-up ConfigError names its line
+        when it conflicts with what is known)."""
         label = f"{model.where}: models.{model.name}"
         if model.path is not None:
             spec = self._discover(model.path, trusted=True)
@@ -463,7 +463,5 @@ class ModelRegistry:
 def folder_info(path: Path | str, pm: pluggy.PluginManager | None = None) -> ModelInfo:
     """The facts of a local model folder, as the server would resolve them
     (benchmarks and tests that drive an engine directly)."""
-    from mlxhost.plugins import make_plugin_manager
-
     registry = ModelRegistry(pm or make_plugin_manager(), extra_models=[str(path)])
     return registry.resolve(str(Path(path).resolve()))

@@ -30,6 +30,7 @@ from mlxhost.runtime.memory import (
     Reservation,
     process_memory,
     resolve_budget,
+    weights_on_disk,
     workspace_bytes,
 )
 from mlxhost.runtime.scheduler import SlotScheduler
@@ -393,8 +394,6 @@ class Runtime:
         """The effective window of a model: min(context window, the tokens one
         request can hold in the memory budget); None without a budget or KV sizes.
         For a model not loaded, its weights are its safetensors' size on disk."""
-        from mlxhost.runtime.memory import weights_on_disk
-
         governor = self.memory
         if governor.budget is None:
             return None
