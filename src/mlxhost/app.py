@@ -25,7 +25,7 @@ from mlxhost.api.controllers import (
     health_live,
     health_ready,
 )
-from mlxhost.api.errors import EXCEPTION_HANDLERS
+from mlxhost.api.errors import EXCEPTION_HANDLERS, ErrorShapes
 from mlxhost.api.wire_schema import operation
 from mlxhost.embedding.service import EmbeddingService
 from mlxhost.metrics import Metrics
@@ -159,6 +159,8 @@ def create_app(
             "runtime": runtime,
             "service": service,
             "embeddings": EmbeddingService(registry, runtime.side),
+            # Each API's error shape by path prefix (api/errors.py answers with it).
+            "error_shapes": ErrorShapes((anthropic.ERROR_SHAPE, ollama.ERROR_SHAPE)),
             "started": started,
             "metrics": metrics,
         }),

@@ -13,7 +13,7 @@ from litestar.datastructures import State
 from mlxhost import domain
 from mlxhost.api import exchange
 from mlxhost.api.body import read_json
-from mlxhost.api.errors import ApiError, domain_error, register_error_shape
+from mlxhost.api.errors import ApiError, PrefixShape, domain_error
 from mlxhost.api.exchange import Frames
 from mlxhost.api.schemas import check_shape
 from mlxhost.api.thinking import anthropic_control, signature
@@ -69,7 +69,8 @@ def exc_body(exc: MlxhostError) -> dict[str, Any]:
     return anthropic_error_body(domain_error(exc))
 
 
-register_error_shape(PREFIX, anthropic_error_body)
+# Errors under /v1/messages leave in Anthropic's shape (the app lists it).
+ERROR_SHAPE: PrefixShape = (PREFIX, anthropic_error_body)
 
 
 # -- request schema (published in OpenAPI and checked before parsing) ---------

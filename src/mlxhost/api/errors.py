@@ -1,6 +1,7 @@
 """Exception handlers: every error leaves the server in the error shape of the
-API the request spoke (OpenAI by default; an adapter registers its own shape for
-its path prefix with :func:`register_error_shape`)."""
+API the request spoke: OpenAI's by default, or the shape an adapter declares for
+its path prefix. The app lists the adapters' shapes (:class:`ErrorShapes` on
+``app.state``): nothing is registered as a side effect of importing an adapter."""
 
 from __future__ import annotations
 
@@ -47,27 +48,29 @@ def openai_error_body(error: ApiError) -> dict[str, Any]:
     }
 
 
-# (path prefix, shape), longest prefix first.
-_SHAPES: list[tuple[str, ErrorShape]] = []
+# An adapter's error shape for the requests under its path prefix (e.g. "/v1/messages").
+PrefixShape = tuple[str, ErrorShape]
 
 
-def register_error_shape(prefix: str, shape: ErrorShape) -> None:
-    """Errors of requests under ``prefix`` (e.g. ``/v1/messages``) use ``shape``."""
-    _SHAPES[:] = sorted(
-        [*(item for item in _SHAPES if item[0] != prefix), (prefix, shape)],
-        key=lambda item: -len(item[0]),
+@attrs.frozen
+class ErrorShapes:
+    """The error shape of each API by path prefix; the longest prefix wins."""
+
+    by_prefix: tuple[PrefixShape, ...] = attrs.field(
+        default=(), converter=lambda shapes: tuple(sorted(shapes, key=lambda item: -len(item[0])))
     )
 
-
-def shape_for(path: str) -> ErrorShape:
-    for prefix, shape in _SHAPES:
-        if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
-            return shape
-    return openai_error_body
+    def for_path(self, path: str) -> ErrorShape:
+        for prefix, shape in self.by_prefix:
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return shape
+        return openai_error_body
 
 
 def respond(request: Request, error: ApiError) -> Response:
-    body = shape_for(request.url.path)(error)
+    # create_app puts the adapters' shapes on app.state; an app without them speaks OpenAI's.
+    shapes: ErrorShapes = request.app.state.get("error_shapes") or ErrorShapes()
+    body = shapes.for_path(request.url.path)(error)
     return Response(content=body, status_code=error.status, headers=error.headers)
 
 

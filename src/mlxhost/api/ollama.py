@@ -20,7 +20,7 @@ from litestar.datastructures import State
 
 from mlxhost.api import exchange
 from mlxhost.api.body import keep_alive_seconds, read_json
-from mlxhost.api.errors import ApiError, register_error_shape
+from mlxhost.api.errors import ApiError, PrefixShape
 from mlxhost.api.exchange import Frames
 from mlxhost.api.schemas import (
     MIN_P,
@@ -62,7 +62,8 @@ def ollama_error_body(error: ApiError) -> dict[str, Any]:
     return {"error": error.message}
 
 
-register_error_shape("/api", ollama_error_body)
+# Errors under /api leave in Ollama's shape (the app lists it).
+ERROR_SHAPE: PrefixShape = ("/api", ollama_error_body)
 
 
 # -- request schemas (published in OpenAPI and checked before parsing) --------
