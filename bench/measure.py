@@ -102,6 +102,11 @@ class Spread:
         return f"{self.median:.{digits}f} ({self.min:.{digits}f}–{self.max:.{digits}f})"
 
 
+def fmt_s(value: float | None, digits: int = 2) -> str:
+    """Seconds for a table cell ("n/a" when not measured)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def spread(values: Sequence[float | None]) -> Spread:
     return Spread([v for v in values if v is not None])
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench import docs
 from bench.log import say
+from bench.measure import fmt_s
 
 if TYPE_CHECKING:
     from bench.measure import Sample
@@ -48,10 +49,6 @@ ENGINE_OF = {
     "mlx-lm-server": "`python -m mlx_lm server`",
     "mlx-vlm-server": "`python -m mlx_vlm.server`",
 }
-
-
-def fmt_s(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _prompt_tokens(samples: Sequence[Sample]) -> str:

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.log import say
-from bench.measure import Sample, Spread, spread
+from bench.measure import Sample, Spread, fmt_s, spread
 from bench.prompts import long_messages, short_messages
-from bench.report import fmt_s
 
 
 @dataclass
