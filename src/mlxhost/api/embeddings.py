@@ -26,7 +26,6 @@ from litestar.datastructures import State
 from mlxhost.api.body import keep_alive_seconds, read_json
 from mlxhost.api.schemas import check_shape
 from mlxhost.api.wire_schema import OLLAMA_ERROR, check_body, operation
-from mlxhost.core.units import duration_seconds
 from mlxhost.errors import InvalidRequest
 
 _MODEL = {"type": "string", "minLength": 1, "description": "Model id or alias (GET /v1/models)."}

@@ -33,7 +33,6 @@ from mlxhost.api.schemas import (
 )
 from mlxhost.api.thinking import OLLAMA_LEVELS, ollama_control
 from mlxhost.api.wire_schema import OLLAMA_ERROR, check_body, operation
-from mlxhost.core.units import duration_seconds
 from mlxhost.domain import ChatRequest, FunctionTool, ImagePart, JsonFormat, Message, TextPart
 from mlxhost.errors import InvalidRequest, MlxhostError
 from mlxhost.reasoning.formats import levels_of_kind, thinking_kind_on_disk
