@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
 
-    from mlxhost.starter.builder import ensure_test_model
+    from mlxhost.models.starter.builder import ensure_test_model
 
     model_dir = ensure_test_model("qwen")
     served = measure_server(model_dir, args.tokens, offset=0)

@@ -53,8 +53,8 @@ def measure(
     log: Callable[[str], None] = print,
 ) -> dict[str, list[float]]:
     """Decode tok/s after the first token of each variant, ``runs`` times each, interleaved."""
-    from mlxhost.runtime import constrain
-    from mlxhost.types import RenderedPrompt, SamplingParams
+    from mlxhost.core.types import RenderedPrompt, SamplingParams
+    from mlxhost.engine import constrain
 
     prompt = engine.prepare(RenderedPrompt(prompt_text))
     grammar = constrain.json_grammar(schema, "schema")
@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
 
-    from mlxhost.registry import folder_info
-    from mlxhost.runtime.mlx_engine import MLXEngine
-    from mlxhost.starter.builder import ensure_test_model
+    from mlxhost.engine.mlx_engine import MLXEngine
+    from mlxhost.models.registry import folder_info
+    from mlxhost.models.starter.builder import ensure_test_model
 
     engine = MLXEngine(warmup=True, prefix_cache_bytes=0)
     engine.load(folder_info(ensure_test_model("qwen")))

@@ -27,9 +27,9 @@ def in_process(rounds: int, sizes: list[int]) -> dict[str, Any]:
     from mlx_lm import load
     from mlx_lm.models.cache import make_prompt_cache
 
-    from mlxhost.runtime import cpu_split
-    from mlxhost.runtime.batch import decode_step_seconds
-    from mlxhost.starter.builder import ensure_test_model
+    from mlxhost.engine import cpu_split
+    from mlxhost.engine.batch import decode_step_seconds
+    from mlxhost.models.starter.builder import ensure_test_model
 
     blas = cpu_split.openblas()
     if blas is None:
@@ -56,7 +56,7 @@ def in_process(rounds: int, sizes: list[int]) -> dict[str, Any]:
 
 def over_http(tokens: int, counts: list[int]) -> dict[str, Any]:
     from bench.systems import base_env
-    from mlxhost.starter.builder import ensure_test_model
+    from mlxhost.models.starter.builder import ensure_test_model
     from mlxhost.testing.server import ServerProcess
 
     model_dir = ensure_test_model("qwen")

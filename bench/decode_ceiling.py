@@ -24,7 +24,7 @@ def decode_rate(tokens: int) -> float:
     from mlx_lm import load, stream_generate
     from mlx_lm.sample_utils import make_sampler
 
-    from mlxhost.starter.builder import ensure_test_model
+    from mlxhost.models.starter.builder import ensure_test_model
 
     model, tokenizer = load(str(ensure_test_model("qwen")))
     responses = list(stream_generate(model, tokenizer, PROMPT, max_tokens=tokens,

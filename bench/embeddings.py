@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 
 from bench.docs import DOC, write_section
-from mlxhost.starter.builder import TEST_MODELS, ensure_test_model, install_into_hf_cache
+from mlxhost.models.starter.builder import TEST_MODELS, ensure_test_model, install_into_hf_cache
 from mlxhost.testing.embed_models import MINILM_REPO, ensure_minilm
 from mlxhost.testing.server import ServerProcess
 
@@ -48,11 +48,11 @@ def sentences(n: int, seed: int = 0) -> list[str]:
 
 def engine_rate(folder: Path, texts: list[str], batch: int) -> float:
     """Texts/s through mlxhost's engine path in this process (tokenize + passes on a worker)."""
-    from mlxhost.embedding.batcher import EncodeBatcher
-    from mlxhost.embedding.facts import encoder_facts
-    from mlxhost.embedding.mlx_model import EncoderModel
-    from mlxhost.embedding.slots import load_tokenizer
-    from mlxhost.registry import read_json
+    from mlxhost.core.encoder_facts import encoder_facts
+    from mlxhost.models.registry import read_json
+    from mlxhost.runtime.embedding.batcher import EncodeBatcher
+    from mlxhost.runtime.embedding.mlx_model import EncoderModel
+    from mlxhost.runtime.embedding.slots import load_tokenizer
     from mlxhost.runtime.worker import MLXWorker
 
     config = read_json(folder / "config.json")

@@ -26,10 +26,10 @@ TEXT = (
 
 
 def measure(path: Path, step_ms: int, long_tokens: int, streams: int = 2, base_steps: int = 6) -> dict[str, Any]:
-    from mlxhost.registry import folder_info
+    from mlxhost.core.types import SamplingParams
+    from mlxhost.engine.mlx_engine import MLXEngine
+    from mlxhost.models.registry import folder_info
     from mlxhost.runtime.engine import PreparedPrompt
-    from mlxhost.runtime.mlx_engine import MLXEngine
-    from mlxhost.types import SamplingParams
 
     engine = MLXEngine(
         warmup=True, prefix_cache_bytes=0, max_batch=8, prefill_chunk=512, prefill_step_ms=step_ms
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from bench import docs
-    from mlxhost.starter.builder import ensure_test_model
+    from mlxhost.models.starter.builder import ensure_test_model
 
     path = ensure_test_model("qwen")
     results = []

@@ -59,10 +59,10 @@ def measure_model(name: str, context: int, decode_tokens: int) -> dict[str, dict
     from mlx_lm import load
     from mlx_lm.models.cache import make_prompt_cache
 
-    from mlxhost.registry import folder_info
+    from mlxhost.models.registry import folder_info
+    from mlxhost.models.starter.builder import ensure_test_model
     from mlxhost.runtime import kv_quant
     from mlxhost.runtime.memory import KVLayout
-    from mlxhost.starter.builder import ensure_test_model
 
     model_name = name
     path = ensure_test_model(name)

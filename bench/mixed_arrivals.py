@@ -26,7 +26,7 @@ def _ttfts(url: str, model: str, contents: list[str]) -> list[float]:
 
 def measure(offset: int = 0) -> dict[str, Any]:
     from bench.systems import base_env
-    from mlxhost.starter.builder import ensure_test_model
+    from mlxhost.models.starter.builder import ensure_test_model
     from mlxhost.testing.server import ServerProcess
 
     model_dir = ensure_test_model("qwen")

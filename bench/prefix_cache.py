@@ -101,7 +101,7 @@ def prompt_length(tokenizer: Any, messages: list[dict[str, str]]) -> int:
 
 def first_token(engine: Any, tokenizer: Any, messages: list[dict[str, str]], max_tokens: int = 1):
     """(sample, reply text): time from asking for the first token until it arrives."""
-    from mlxhost.types import RenderedPrompt, SamplingParams
+    from mlxhost.core.types import RenderedPrompt, SamplingParams
 
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     prepared = engine.prepare(RenderedPrompt(text))
@@ -117,9 +117,9 @@ def first_token(engine: Any, tokenizer: Any, messages: list[dict[str, str]], max
 
 
 def bench_model(name: str, history_tokens: int, repeats: int, cold_repeats: int) -> Result:
-    from mlxhost.registry import folder_info
-    from mlxhost.runtime.mlx_engine import MLXEngine
-    from mlxhost.starter.builder import ensure_test_model
+    from mlxhost.engine.mlx_engine import MLXEngine
+    from mlxhost.models.registry import folder_info
+    from mlxhost.models.starter.builder import ensure_test_model
 
     path = ensure_test_model(name)
     engine = MLXEngine()
@@ -200,7 +200,7 @@ def section(results: list[Result], argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from mlxhost.blas import preload_env, wanted
+    from mlxhost.cli.blas import preload_env, wanted
 
     if wanted(os.environ):  # the dynamic linker reads LD_PRELOAD only at start
         os.execve(

@@ -45,7 +45,7 @@ LONG = "Look closely at every part of this picture and say what you see there. "
 
 def ttft(engine: Any, tokenizer: Any, messages: list[dict], images: tuple = ()) -> tuple[float, int, int]:
     """(seconds to the first token, prompt tokens, tokens reused from RAM or disk)."""
-    from mlxhost.types import RenderedPrompt, SamplingParams
+    from mlxhost.core.types import RenderedPrompt, SamplingParams
 
     def reused() -> int:
         stats = engine.stats().get("prefix_cache") or {}
@@ -66,10 +66,10 @@ def ttft(engine: Any, tokenizer: Any, messages: list[dict], images: tuple = ()) 
 def image_turns(name: str) -> list[str]:
     from PIL import Image
 
-    from mlxhost.registry import folder_info
-    from mlxhost.runtime.mlx_engine import MLXEngine
+    from mlxhost.core.types import ImageInput
+    from mlxhost.engine.mlx_engine import MLXEngine
+    from mlxhost.models.registry import folder_info
     from mlxhost.testing.vlm_models import ensure_tiny_vlm
-    from mlxhost.types import ImageInput
 
     picture = Image.new("RGB", (448, 448), "red")
     images = (ImageInput(picture, hashlib.sha256(b"red").hexdigest()),)
@@ -110,10 +110,10 @@ def shaped_image_turn(runs: int) -> tuple[list[str], list[str]]:
     from PIL import Image
 
     from bench.shaped_models import default_cache_dir
-    from mlxhost.registry import folder_info
-    from mlxhost.runtime.mlx_engine import MLXEngine
+    from mlxhost.core.types import ImageInput, RenderedPrompt, SamplingParams
+    from mlxhost.engine.mlx_engine import MLXEngine
+    from mlxhost.models.registry import folder_info
     from mlxhost.testing.vlm_models import SHAPED_GEMMA_NAME, ensure_shaped_gemma3_vlm
-    from mlxhost.types import ImageInput, RenderedPrompt, SamplingParams
 
     pixels = np.random.default_rng(16).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
     picture = Image.fromarray(pixels)  # a camera-sized picture, resized to 896x896
@@ -205,9 +205,9 @@ def shaped_image_turn(runs: int) -> tuple[list[str], list[str]]:
 
 
 def disk(history_tokens: int) -> list[str]:
-    from mlxhost.registry import folder_info
-    from mlxhost.runtime.mlx_engine import MLXEngine
-    from mlxhost.starter.builder import ensure_test_model
+    from mlxhost.engine.mlx_engine import MLXEngine
+    from mlxhost.models.registry import folder_info
+    from mlxhost.models.starter.builder import ensure_test_model
     from mlxhost.testing.vlm_models import ensure_tiny_vlm
 
     qwen = folder_info(ensure_test_model("qwen"))
@@ -246,7 +246,7 @@ def disk(history_tokens: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from mlxhost.blas import preload_env, wanted
+    from mlxhost.cli.blas import preload_env, wanted
 
     if wanted(os.environ):
         os.execve(sys.executable, [sys.executable, "-m", "bench.prefix_disk", *argv],

@@ -33,7 +33,7 @@ def common(a: list[int], b: list[int]) -> int:
 def main() -> int:
     from transformers import AutoTokenizer
 
-    from mlxhost.starter.builder import ensure_test_model
+    from mlxhost.models.starter.builder import ensure_test_model
 
     tokenizer = AutoTokenizer.from_pretrained(str(ensure_test_model("qwen")))
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -28,13 +28,13 @@ import time
 from pathlib import Path
 
 from bench.docs import DOC, write_section
-from mlxhost.starter.builder import TEST_MODELS, ensure_test_model, install_into_hf_cache
+from mlxhost.models.starter.builder import TEST_MODELS, ensure_test_model, install_into_hf_cache
 from mlxhost.testing.fake_hub import FakeHub
 
 
 def timed_pull(env: dict[str, str], model: str) -> tuple[float, dict]:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "mlxhost.cli", "pull", model, "--json"],
+    done = subprocess.run([sys.executable, "-m", "mlxhost.cli.main", "pull", model, "--json"],
                           env=env, capture_output=True, text=True, check=True)
     return time.perf_counter() - started, json.loads(done.stdout)
 

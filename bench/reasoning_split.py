@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from mlxhost.reasoning.split import HarmonySplitter, TagSplitter
+from mlxhost.families.reasoning.split import HarmonySplitter, TagSplitter
 
 WORDS = ("The user asks about rain . I should answer briefly and clearly , then stop . " * 400).split()[:5000]
 

@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 
 from bench.docs import DOC, write_section
-from mlxhost.starter.builder import TEST_MODELS, ensure_test_model, install_into_hf_cache
+from mlxhost.models.starter.builder import TEST_MODELS, ensure_test_model, install_into_hf_cache
 from mlxhost.testing.http import raw_post, read_until
 from mlxhost.testing.server import ServerProcess
 

@@ -39,7 +39,7 @@ def build(out: Path, shape: str = "qwen3") -> Path:
     ``smollm2``: the real SmolLM2-135M test model, served by the generic family
     (llama architecture, no family plugin)."""
     if shape == "smollm2":
-        from mlxhost.starter.builder import ensure_test_model
+        from mlxhost.models.starter.builder import ensure_test_model
 
         return ensure_test_model("smollm2")
     if (out / "config.json").is_file():
@@ -49,7 +49,7 @@ def build(out: Path, shape: str = "qwen3") -> Path:
     from mlx_lm.utils import save_config, save_model
 
     from bench.shaped_models import _copy_tokenizer, shape_config
-    from mlxhost.starter.builder import ensure_test_model
+    from mlxhost.models.starter.builder import ensure_test_model
 
     module, family = (gemma3_text, "gemma") if shape == "gemma3" else (qwen3, "qwen")
     config = shape_config(f"{shape}-4b", tiny=True)

@@ -78,8 +78,8 @@ def check_prompts() -> list[str]:
 
 def generate(engine: Any, tokens: tuple[int, ...], max_tokens: int, speculative: bool) -> tuple[list[int], float]:
     """The greedy tokens and the decode rate after the first token."""
+    from mlxhost.core.types import SamplingParams
     from mlxhost.runtime.engine import PreparedPrompt
-    from mlxhost.types import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, speculative=speculative)
     out: list[int] = []
@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from bench import docs
-    from mlxhost.registry import folder_info
-    from mlxhost.runtime.mlx_engine import MLXEngine
-    from mlxhost.starter.builder import ensure_test_model
+    from mlxhost.engine.mlx_engine import MLXEngine
+    from mlxhost.models.registry import folder_info
+    from mlxhost.models.starter.builder import ensure_test_model
 
     engine = MLXEngine(warmup=True, max_batch=8, speculative=True)
     tokenizer = engine.load(folder_info(ensure_test_model("qwen")))

@@ -71,7 +71,7 @@ def blas_env(openblas: bool) -> dict[str, str]:
     if not openblas:
         env["MLXHOST_OPENBLAS"] = "0"
         return env
-    from mlxhost.blas import preload_env
+    from mlxhost.cli.blas import preload_env
 
     return preload_env(env)
 
@@ -231,7 +231,7 @@ class MlxhostSystem(HttpServerSystem):
             self.name = "mlxhost-no-warmup"
 
     def server_process(self, model: Path, port: int, **common: Any) -> ServerProcess:
-        # ServerProcess runs `python -m mlxhost.cli serve --port PORT` + these, and
+        # ServerProcess runs `python -m mlxhost.cli.main serve --port PORT` + these, and
         # waits for /health to report the model loaded (a failed load: RuntimeError).
         # The swap benchmark names the other model by its folder: a loopback server
         # of our own, so serving folders by path is safe here.

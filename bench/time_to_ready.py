@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None):
 
 def model_path(args: Any, name: str) -> Path:
     if not args.shaped:
-        from mlxhost.starter.builder import ensure_model
+        from mlxhost.models.starter.builder import ensure_model
 
         return ensure_model(name.removesuffix("-test"), log=say)
     from bench.shaped_models import TOKENIZER_FROM, build_shaped_model, folder_name
@@ -86,7 +86,7 @@ def model_path(args: Any, name: str) -> Path:
         if args.tokenizers:
             tokenizers = args.tokenizers / TOKENIZER_FROM[name]
         else:
-            from mlxhost.starter.builder import ensure_model
+            from mlxhost.models.starter.builder import ensure_model
 
             tokenizers = ensure_model(TOKENIZER_FROM[name], log=say)
         build_shaped_model(name, out, tokenizers, tiny=args.tiny, log=say)
@@ -102,7 +102,7 @@ def serve_start(args: Any, path: Path, home: Path, ptx: Path, log: Path) -> dict
     port = free_port()
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HOME": str(home), "MLX_PTX_CACHE_DIR": str(ptx), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "mlxhost.cli", "serve", "--model", str(path), "--allow-model-paths",
+    command = [sys.executable, "-m", "mlxhost.cli.main", "serve", "--model", str(path), "--allow-model-paths",
                "--port", str(port), *args.serve_args.split()]
     url = f"http://127.0.0.1:{port}"
     began = time.perf_counter()
@@ -160,7 +160,7 @@ def batch_cell(figures: dict[str, Any]) -> str:
 
 
 def bare_start(path: Path, home: Path, ptx: Path) -> dict[str, Any]:
-    from mlxhost.blas import preload_env
+    from mlxhost.cli.blas import preload_env
 
     # The same HOME as the servers: the CUDA driver keeps its own JIT cache there (~/.nv).
     env = {**preload_env(os.environ), "HOME": str(home), "MLX_PTX_CACHE_DIR": str(ptx)}

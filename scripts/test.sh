@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # In-process MLX tests get OpenBLAS too (served processes preload it themselves).
-LD_PRELOAD="$(.venv/bin/python -c 'import os; from mlxhost.blas import preload_env
+LD_PRELOAD="$(.venv/bin/python -c 'import os; from mlxhost.cli.blas import preload_env
 print(preload_env(os.environ).get("LD_PRELOAD", ""))')"
 export LD_PRELOAD
 # Types and lint first: a type error fails the run before the slow tests.

@@ -4,7 +4,7 @@ On the 4B-shaped random-weight 4-bit models of ``bench/shaped_models.py``
 (built here on first use), in one run per part, side by side:
 
 - ``raw``: mlx-lm's ``BatchGenerator`` in this process, as stock, with the
-  engine's 2-D quantized-matmul input (``mlxhost.runtime.kernels``), and on a
+  engine's 2-D quantized-matmul input (``mlxhost.engine.kernels``), and on a
   dequantized bf16 copy: the ceilings;
 - ``mlxhost-as-is`` / ``-bf16`` / ``-auto``: ``mlxhost serve --max-batch 16
   --weights as-is|bf16|auto`` over HTTP (``--flat-qmm auto``), N requests at once;
@@ -124,7 +124,7 @@ def part_raw(args: argparse.Namespace, path: Path, streams: list[int]) -> dict[s
     import mlx.core as mx
     from mlx_lm import load
 
-    from mlxhost.runtime import kernels
+    from mlxhost.engine import kernels
 
     out: dict[str, Any] = {}
     model, tokenizer = load(str(path))
@@ -192,7 +192,7 @@ def serve_rates(args: argparse.Namespace, command: list[str], port: int, path: P
 
 
 def part_mlxhost(args: argparse.Namespace, path: Path, streams: list[int], weights: str) -> dict[str, Any]:
-    command = [sys.executable, "-m", "mlxhost.cli", "serve", "--model", str(path), "--allow-model-paths",
+    command = [sys.executable, "-m", "mlxhost.cli.main", "serve", "--model", str(path), "--allow-model-paths",
                "--max-batch", str(max(streams)), "--weights", weights]
     from mlxhost.testing.server import free_port
 

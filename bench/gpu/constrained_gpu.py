@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlx.core as mx
 
-    from mlxhost.registry import folder_info
-    from mlxhost.runtime.mlx_engine import MLXEngine
+    from mlxhost.engine.mlx_engine import MLXEngine
+    from mlxhost.models.registry import folder_info
 
     began = time.monotonic()
     out = args.out or args.work

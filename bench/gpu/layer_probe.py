@@ -96,9 +96,9 @@ def _layer(model: Any, tokenizer: Any, n: int, tokens: int, offset: int, *, stag
            prefill_batch: int | None, solo: bool, waves: int) -> dict[str, Any]:
     import mlx.core as mx
 
-    from mlxhost.runtime.batch import TextBatch
-    from mlxhost.runtime.sampling import make_sampler
-    from mlxhost.types import SamplingParams
+    from mlxhost.core.types import SamplingParams
+    from mlxhost.engine.batch import TextBatch
+    from mlxhost.engine.sampling import make_sampler
 
     batch = TextBatch(
         model, eos=set(), max_batch=n, prefill_step=2048,

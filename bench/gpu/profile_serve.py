@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 folder = sitecustomize(args.work, float(variant.split("=", 1)[1]))
                 env["PYTHONPATH"] = f"{folder}:{os.environ.get('PYTHONPATH', '')}"
             port = free_port()
-            command = [sys.executable, "-m", "mlxhost.cli", "serve", "--model", str(path), "--allow-model-paths",
+            command = [sys.executable, "-m", "mlxhost.cli.main", "serve", "--model", str(path), "--allow-model-paths",
                        "--max-batch", str(max(streams)), "--port", str(port), *args.serve_args.split()]
             log = out / f"serve-{kind}-{variant}.log"
             rates: dict[int, float] = {}

@@ -43,7 +43,7 @@ def set_flat(model: Any, on: bool) -> None:
     8 rows and more, no padding of fewer) or off (stock classes)."""
     import mlx.nn as nn
 
-    from mlxhost.runtime import kernels
+    from mlxhost.engine import kernels
 
     if on:
         kernels.flatten_quantized_inputs(model)
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         path = build(args, kind)
         model, tokenizer = load(str(path))
         if args.raw_weights == "bf16":
-            from mlxhost.runtime import kernels
+            from mlxhost.engine import kernels
 
             kernels.dequantize(model)  # the engine's own bf16 copy; set_flat then has nothing to switch
         say(f"{kind}: compiling the raw shapes")
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 set_flat(model, True)
                 raw_rate(model, tokenizer, n, args.tokens, 7 * n)
         port = free_port()
-        command = [sys.executable, "-m", "mlxhost.cli", "serve", "--model", str(path), "--allow-model-paths",
+        command = [sys.executable, "-m", "mlxhost.cli.main", "serve", "--model", str(path), "--allow-model-paths",
                    "--max-batch", str(max(streams)), "--port", str(port), *args.serve_args.split()]
         env = {"MLX_PTX_CACHE_DIR": str(ptx), "HF_HUB_CACHE": str(args.work / "hf")}
         if args.server_setup:

@@ -93,7 +93,7 @@ def run_variant(args: argparse.Namespace, path: Path, name: str) -> dict[str, An
     from mlxhost.testing.server import ServerProcess, free_port
 
     port = free_port()
-    command = [sys.executable, "-m", "mlxhost.cli", "serve", "--model", str(path), "--allow-model-paths",
+    command = [sys.executable, "-m", "mlxhost.cli.main", "serve", "--model", str(path), "--allow-model-paths",
                "--weights", "as-is", "--port", str(port), *VARIANTS[name.split("#")[0]]]
     log = args.work / "logs" / f"solo-{name.replace('#', '-')}-{time.time_ns()}.log"
     log.parent.mkdir(parents=True, exist_ok=True)

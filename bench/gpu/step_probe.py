@@ -96,7 +96,7 @@ def probe(args: argparse.Namespace, kind: str, streams: list[int]) -> dict[str, 
     import mlx.core as mx
     from mlx_lm import load
 
-    from mlxhost.runtime import kernels
+    from mlxhost.engine import kernels
 
     model, tokenizer = load(str(build(args, kind)))
     rows: dict[str, float] = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxhost.starter.builder import TEST_MODELS, ensure_test_model, install_into_hf_cache
+from mlxhost.models.starter.builder import TEST_MODELS, ensure_test_model, install_into_hf_cache
 from mlxhost.testing.embed_models import (
     MINILM_REPO,
     TINY_RERANKER_REPO,

@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 
 QWEN = TEST_MODELS["qwen"].repo_id
 DATA = Path(__file__).parent.parent / "unit" / "data" / "clients"

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 from mlxhost.testing.live import wait_until
 from mlxhost.testing.smollm2 import NEVER_STOP
 

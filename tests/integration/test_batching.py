@@ -10,12 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from mlxhost.blas import find_openblas
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.cli.blas import find_openblas
+from mlxhost.families.toolcalls import schema_errors
+from mlxhost.models.starter.builder import TEST_MODELS
 from mlxhost.testing.live import wait_until
 from mlxhost.testing.smollm2 import NEVER_STOP
 from mlxhost.testing.tools import QUESTION, WEATHER_TOOL
-from mlxhost.toolcalls import schema_errors
 
 QWEN = TEST_MODELS["qwen"].repo_id
 SMOL = TEST_MODELS["smollm2"].repo_id

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 
 QWEN = TEST_MODELS["qwen"].repo_id
 MB = 1024 * 1024

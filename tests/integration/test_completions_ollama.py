@@ -8,7 +8,7 @@ import ollama
 import openai
 import pytest
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 
 QWEN = TEST_MODELS["qwen"].repo_id
 SMOL = TEST_MODELS["smollm2"].repo_id
@@ -90,7 +90,7 @@ CITY = {
 def test_ollama_format_schema_and_json_and_sampling_options(olla):
     import json
 
-    from mlxhost.toolcalls import schema_errors
+    from mlxhost.families.toolcalls import schema_errors
 
     messages = [{"role": "user", "content": "Tell me about Paris."}]
     options = {"temperature": 0, "num_predict": 60, "top_k": 20, "min_p": 0.05, "repeat_penalty": 1.1}

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 
 SMOL = TEST_MODELS["smollm2"].repo_id
 

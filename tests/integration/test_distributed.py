@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 from mlxhost.testing.http import parse_sse, streamed_text
 from mlxhost.testing.live import wait_until
 from mlxhost.testing.tools import QUESTION, WEATHER_TOOL

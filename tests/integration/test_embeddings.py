@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 from mlxhost.testing.embed_models import (
     MINILM_REPO,
     TINY_RERANKER_REPO,

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 from mlxhost.testing.server import free_port
 
 QWEN = TEST_MODELS["qwen"].repo_id
@@ -63,7 +63,7 @@ def env(hf_hub_cache, config_file, tmp_path_factory) -> dict[str, str]:
 
 def cli(env, *args, stdin: str | None = None, timeout: float = 300):
     return subprocess.run(
-        [sys.executable, "-m", "mlxhost.cli", *args], env=env, input=stdin,
+        [sys.executable, "-m", "mlxhost.cli.main", *args], env=env, input=stdin,
         capture_output=True, text=True, timeout=timeout,
         stdin=None if stdin is not None else subprocess.DEVNULL,
     )
@@ -155,7 +155,7 @@ def test_run_interactive_in_a_terminal(server, env, tmp_path):
     image = tmp_path / "dot.png"
     Image.new("RGB", (8, 8), "red").save(image)
     child = pexpect.spawn(
-        sys.executable, ["-m", "mlxhost.cli", "run", "coder", "--url", server.url,
+        sys.executable, ["-m", "mlxhost.cli.main", "run", "coder", "--url", server.url,
                          "--max-tokens", "6", "--verbose"],
         env=env, encoding="utf-8", timeout=300, dimensions=(40, 200),
     )

@@ -12,11 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlxhost.default_plugins.generic_family import render
-from mlxhost.domain import FunctionTool
-from mlxhost.plugins import make_plugin_manager
-from mlxhost.registry import ModelRegistry
-from mlxhost.settings import Settings
+from mlxhost.core.domain import FunctionTool
+from mlxhost.core.types import GENERIC_FAMILY, TOOL_PATH_DEFAULT, TOOLS, LoadedModel
+from mlxhost.families.builtin.generic_family import render
+from mlxhost.families.plugins import make_plugin_manager
+from mlxhost.families.toolcalls import ContentOnlyParser
+from mlxhost.models.registry import ModelRegistry
+from mlxhost.settings.table import Settings
 from mlxhost.testing.plugin_kit import messages_from_openai
 from mlxhost.testing.tiny_archs import (
     ARCHS,
@@ -26,8 +28,6 @@ from mlxhost.testing.tiny_archs import (
     build_tiny_arch,
     build_tiny_qwen3_5_vlm,
 )
-from mlxhost.toolcalls import ContentOnlyParser
-from mlxhost.types import GENERIC_FAMILY, TOOL_PATH_DEFAULT, TOOLS, LoadedModel
 
 TEMPLATES = Path(__file__).parents[1] / "unit" / "data" / "chat_templates"
 NAMES = {arch.name: arch.name.replace(" ", "-").replace("(", "").replace(")", "") for arch in ARCHS}
@@ -124,7 +124,7 @@ def test_prompt_is_what_transformers_renders(arch: TinyArch, registry):
 
 
 def _default_tools_prompt(tools: list[dict]) -> str:
-    from mlxhost.default_plugins.generic_family import DEFAULT_TOOLS_PROMPT
+    from mlxhost.families.builtin.generic_family import DEFAULT_TOOLS_PROMPT
 
     return DEFAULT_TOOLS_PROMPT.format(tools="\n".join(json.dumps(t) for t in tools))
 
@@ -134,7 +134,7 @@ def _default_tools_prompt(tools: list[dict]) -> str:
 
 @pytest.fixture(scope="module")
 def server(models_dir):
-    from mlxhost.app import create_app
+    from mlxhost.api.app import create_app
     from mlxhost.testing.live import live_server
 
     app = create_app(Settings(models_dirs=[str(models_dir)], warmup=False), make_plugin_manager())

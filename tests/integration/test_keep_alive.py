@@ -8,7 +8,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 from mlxhost.testing.live import wait_until
 
 GEMMA = TEST_MODELS["gemma"].repo_id

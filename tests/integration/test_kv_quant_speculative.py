@@ -39,24 +39,24 @@ EDIT = f"Rename the variable `total` to `acc` in this file and return the whole 
 
 @pytest.fixture(scope="module")
 def smollm2_info():
-    from mlxhost.registry import folder_info
-    from mlxhost.starter.builder import ensure_test_model
+    from mlxhost.models.registry import folder_info
+    from mlxhost.models.starter.builder import ensure_test_model
 
     return folder_info(ensure_test_model("smollm2"))
 
 
 @pytest.fixture(scope="module")
 def qwen_info():
-    from mlxhost.registry import folder_info
-    from mlxhost.starter.builder import ensure_test_model
+    from mlxhost.models.registry import folder_info
+    from mlxhost.models.starter.builder import ensure_test_model
 
     return folder_info(ensure_test_model("qwen"))
 
 
 def run(engine: Any, text: str, max_tokens: int, *, speculative: bool = False) -> tuple[list[int], int | None]:
     """Greedy tokens, and the prompt tokens the prefix cache served."""
+    from mlxhost.core.types import RenderedPrompt, SamplingParams
     from mlxhost.runtime.engine import PreparedPrompt
-    from mlxhost.types import RenderedPrompt, SamplingParams
 
     rendered = engine._tokenizer.apply_chat_template(
         [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
@@ -72,7 +72,7 @@ def run(engine: Any, text: str, max_tokens: int, *, speculative: bool = False) -
 
 
 def test_quantized_kv_agrees_with_full_precision_and_survives_a_swap(smollm2_info, tmp_path):
-    from mlxhost.runtime.mlx_engine import MLXEngine
+    from mlxhost.engine.mlx_engine import MLXEngine
 
     full = MLXEngine(warmup=False, max_batch=8, prefix_cache_bytes=0)
     full.load(smollm2_info)
@@ -100,7 +100,7 @@ def test_quantized_kv_agrees_with_full_precision_and_survives_a_swap(smollm2_inf
 
 
 def test_prompt_lookup_is_plain_greedy_decoding_with_fewer_passes(qwen_info):
-    from mlxhost.runtime.mlx_engine import MLXEngine
+    from mlxhost.engine.mlx_engine import MLXEngine
 
     engine = MLXEngine(warmup=False, max_batch=8, speculative=True)
     engine.load(qwen_info)

@@ -19,7 +19,7 @@ import pytest
 from langchain_openai import ChatOpenAI
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 
 QWEN = TEST_MODELS["qwen"].repo_id
 SMOL = TEST_MODELS["smollm2"].repo_id

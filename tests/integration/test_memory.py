@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
+from mlxhost.models.starter.builder import TEST_MODELS, ensure_test_model
 from mlxhost.runtime.memory import KVLayout, weights_on_disk, workspace_bytes
-from mlxhost.starter.builder import TEST_MODELS, ensure_test_model
 
 SMOL = TEST_MODELS["smollm2"].repo_id
 MiB = 1 << 20

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from mlxhost.models.starter.builder import ensure_test_model
 from mlxhost.runtime.memory import KVLayout
-from mlxhost.starter.builder import ensure_test_model
 
 # (test model, prompt tokens): Gemma's goes past its 512-token sliding window, in
 # two prefill chunks, so its rotating layers must have stopped growing.
@@ -23,8 +23,8 @@ def _tokens(n: int) -> list[int]:
 @pytest.fixture(scope="module")
 def gemma_engine():
     """The MLX engine with Gemma loaded (batching on), shared by this module's tests."""
-    from mlxhost.registry import folder_info
-    from mlxhost.runtime.mlx_engine import MLXEngine
+    from mlxhost.engine.mlx_engine import MLXEngine
+    from mlxhost.models.registry import folder_info
 
     engine = MLXEngine(max_batch=4, warmup=False)
     engine.load(folder_info(ensure_test_model("gemma")))
@@ -76,8 +76,8 @@ def test_prefix_cache_counts_the_bytes_mlx_holds(gemma_engine):
     cache counts is what stays allocated (not the batch's padded arrays)."""
     import mlx.core as mx
 
+    from mlxhost.core.types import SamplingParams
     from mlxhost.runtime.engine import PreparedPrompt
-    from mlxhost.types import SamplingParams
 
     engine = gemma_engine
     assert engine.prefix_cache is not None

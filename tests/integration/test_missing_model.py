@@ -11,7 +11,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 from mlxhost.testing.server import free_port
 
 SMOL = TEST_MODELS["smollm2"].repo_id  # the fastest to load: this module starts two servers

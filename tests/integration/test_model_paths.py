@@ -12,7 +12,7 @@ import shutil
 import httpx
 import pytest
 
-from mlxhost.starter.builder import TEST_MODELS, ensure_test_model
+from mlxhost.models.starter.builder import TEST_MODELS, ensure_test_model
 from mlxhost.testing.vlm_models import ensure_tiny_vlm
 
 SMOL = TEST_MODELS["smollm2"].repo_id  # the loaded model that must stay loaded

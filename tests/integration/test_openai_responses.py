@@ -6,7 +6,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 
 QWEN = TEST_MODELS["qwen"].repo_id
 SMOL = TEST_MODELS["smollm2"].repo_id

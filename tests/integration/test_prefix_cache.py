@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import attrs
 import pytest
 
-from mlxhost.registry import folder_info
-from mlxhost.runtime.mlx_engine import MLXEngine
-from mlxhost.starter.builder import ensure_test_model
-from mlxhost.types import RenderedPrompt, SamplingParams
+from mlxhost.core.types import RenderedPrompt, SamplingParams
+from mlxhost.engine.mlx_engine import MLXEngine
+from mlxhost.models.registry import folder_info
+from mlxhost.models.starter.builder import ensure_test_model
 
 MAX_TOKENS = 12
 QUESTIONS = [
@@ -237,7 +237,7 @@ def test_mlx_adapter_on_plain_and_rotating_caches():
     import mlx.core as mx
     from mlx_lm.models.cache import KVCache, RotatingKVCache
 
-    from mlxhost.runtime.prefix_cache import MLXCacheAdapter
+    from mlxhost.engine.prefix.cache import MLXCacheAdapter
 
     adapter = MLXCacheAdapter()
     plain = _filled([KVCache(), KVCache()], 300)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 
 QWEN = TEST_MODELS["qwen"].repo_id
 # The fast model for one server; a group splits Qwen (SmolLM2's 9 attention heads

@@ -14,10 +14,10 @@ import logging
 import pytest
 from PIL import Image
 
-from mlxhost.registry import folder_info
-from mlxhost.runtime.mlx_engine import MLXEngine
+from mlxhost.core.types import ImageInput, RenderedPrompt, SamplingParams
+from mlxhost.engine.mlx_engine import MLXEngine
+from mlxhost.models.registry import folder_info
 from mlxhost.testing.vlm_models import ensure_tiny_vlm
-from mlxhost.types import ImageInput, RenderedPrompt, SamplingParams
 
 LONG = "Look closely at every part of this picture and say what you see there. " * 4
 

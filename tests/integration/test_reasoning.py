@@ -12,7 +12,7 @@ import anthropic
 import httpx
 import pytest
 
-from mlxhost.starter.builder import ensure_test_model
+from mlxhost.models.starter.builder import ensure_test_model
 from mlxhost.testing.server import ServerProcess
 from mlxhost.testing.tiny_thinker import build_tiny_thinker
 

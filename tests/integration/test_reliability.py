@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from mlxhost.starter.builder import TEST_MODELS, ensure_test_model
+from mlxhost.models.starter.builder import TEST_MODELS, ensure_test_model
 from mlxhost.testing.http import raw_post, read_until
 from mlxhost.testing.smollm2 import NEVER_STOP
 

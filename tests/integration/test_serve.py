@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 
 GEMMA = TEST_MODELS["gemma"].repo_id
 QWEN = TEST_MODELS["qwen"].repo_id
@@ -139,7 +139,7 @@ def test_concurrent_requests_for_different_models_both_complete(smol_client, smo
 
 def test_server_preloads_openblas_by_itself(start_server):
     """Started without LD_PRELOAD, `mlxhost serve` re-executes itself with OpenBLAS."""
-    from mlxhost.blas import find_openblas
+    from mlxhost.cli.blas import find_openblas
 
     if find_openblas() is None:
         pytest.fail("libopenblas0-pthread is not installed (scripts/setup.sh installs it)")
@@ -189,7 +189,7 @@ def test_sampling_knobs_on_the_real_model(smol_client):
     # A -100 bias on every token of the greedy reply's first word changes the reply.
     from transformers import AutoTokenizer
 
-    from mlxhost.starter.builder import ensure_test_model
+    from mlxhost.models.starter.builder import ensure_test_model
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_test_model("smollm2"))
     first = tokenizer.encode(greedy, add_special_tokens=False)[0]
@@ -253,7 +253,7 @@ SCHEMA = {
     [(SMOL, "How many apples are 2 apples plus 2 apples?"), (QWEN, "Tell me a joke.")],
 )
 def test_json_schema_replies_are_exactly_valid_json(request, model, prompt):
-    from mlxhost.toolcalls import schema_errors
+    from mlxhost.families.toolcalls import schema_errors
 
     api = request.getfixturevalue("smol_client" if model == SMOL else "client")
     response = api.chat.completions.create(

@@ -14,8 +14,8 @@ import anthropic
 import ollama
 import pytest
 
-from mlxhost.starter.builder import TEST_MODELS, ensure_test_model
-from mlxhost.toolcalls import schema_errors
+from mlxhost.families.toolcalls import schema_errors
+from mlxhost.models.starter.builder import TEST_MODELS, ensure_test_model
 
 SMOL = TEST_MODELS["smollm2"].repo_id
 QWEN = TEST_MODELS["qwen"].repo_id

@@ -9,7 +9,7 @@ import json
 
 import httpx
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 from mlxhost.testing.tools import QUESTION, WEATHER_TOOL
 
 SMOL = TEST_MODELS["smollm2"].repo_id

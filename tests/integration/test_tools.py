@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 from mlxhost.testing.tools import QUESTION, WEATHER_TOOL
 
 QWEN = TEST_MODELS["qwen"].repo_id
@@ -84,7 +84,7 @@ JOKE = [{"role": "user", "content": "Tell me a joke."}]
 
 def test_tool_choice_required_is_enforced_by_grammar(client):
     """A prompt that asks for no tool still gets a call whose arguments fit the schema."""
-    from mlxhost.toolcalls import schema_errors
+    from mlxhost.families.toolcalls import schema_errors
 
     response = client.chat.completions.create(
         model=QWEN, messages=JOKE, tools=[WEATHER_TOOL], tool_choice="required", temperature=0, max_tokens=60
@@ -132,7 +132,7 @@ def test_strict_tool_arguments_are_enforced_under_auto(client):
     """A city outside the enum: unconstrained, the model writes a call the schema
     rejects (returned as text); with ``strict`` the same request, still under
     "auto", gets a call whose arguments fit the schema, streaming and not."""
-    from mlxhost.toolcalls import schema_errors
+    from mlxhost.families.toolcalls import schema_errors
 
     madrid = [{"role": "user", "content": "Is it raining in Madrid?"}]
     schema = _city_tool(True)["function"]["parameters"]

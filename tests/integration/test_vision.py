@@ -17,7 +17,7 @@ import openai
 import pytest
 from PIL import Image
 
-from mlxhost.starter.builder import TEST_MODELS
+from mlxhost.models.starter.builder import TEST_MODELS
 from mlxhost.testing.vlm_models import TINY_VLMS, expected_image_tokens
 
 QWEN = TEST_MODELS["qwen"].repo_id

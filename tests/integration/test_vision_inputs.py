@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from PIL import Image
 
-from mlxhost.registry import folder_info
-from mlxhost.runtime.mlx_engine import MLXEngine
+from mlxhost.core.types import ImageInput, RenderedPrompt
+from mlxhost.engine.mlx_engine import MLXEngine
+from mlxhost.models.registry import folder_info
 from mlxhost.testing.vlm_models import ensure_tiny_vlm, expected_image_tokens
-from mlxhost.types import ImageInput, RenderedPrompt
 
 GEMMA_BOS = 2
 IMAGE_TOKEN = 262144

@@ -3,10 +3,11 @@ reported as CUDA: the real engine and the Gemma 270M test model, no server."""
 
 from __future__ import annotations
 
-from mlxhost.registry import folder_info
-from mlxhost.runtime import batch, kernels, mlx_engine, prefix_cache
-from mlxhost.runtime.mlx_engine import MLXEngine
-from mlxhost.starter.builder import ensure_test_model
+from mlxhost.engine import batch, kernels, mlx_engine
+from mlxhost.engine.mlx_engine import MLXEngine
+from mlxhost.engine.prefix import cache as prefix_cache
+from mlxhost.models.registry import folder_info
+from mlxhost.models.starter.builder import ensure_test_model
 
 
 def test_gpu_load_warms_the_cache_hit_paths_and_measures_the_batch_size(monkeypatch, tmp_path):

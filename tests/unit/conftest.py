@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 from litestar.testing import TestClient
 
-from mlxhost.app import create_app
-from mlxhost.plugins import make_plugin_manager
-from mlxhost.settings import Settings
+from mlxhost.api.app import create_app
+from mlxhost.families.plugins import make_plugin_manager
+from mlxhost.settings.table import Settings
 from mlxhost.testing.fake_engine import FakeEnginePlugin, make_fake_model
 
 

@@ -16,16 +16,16 @@ import anthropic
 import pytest
 from litestar.testing import TestClient
 
-from mlxhost.api import openai_responses
-from mlxhost.api.anthropic import parse_messages_request
-from mlxhost.api.openai_responses import ResponseStore, items_to_messages, parse_request
-from mlxhost.app import create_app
-from mlxhost.hookspecs import hookimpl
-from mlxhost.plugins import make_plugin_manager
-from mlxhost.settings import Settings
+from mlxhost.api.app import create_app
+from mlxhost.api.formats import openai_responses
+from mlxhost.api.formats.anthropic import parse_messages_request
+from mlxhost.api.formats.openai_responses import ResponseStore, items_to_messages, parse_request
+from mlxhost.core.types import ContentDelta, ToolCall, ToolCallEvent
+from mlxhost.families.hookspecs import hookimpl
+from mlxhost.families.plugins import make_plugin_manager
+from mlxhost.settings.table import Settings
 from mlxhost.testing.fake_engine import make_fake_model
 from mlxhost.testing.http import live, parse_sse
-from mlxhost.types import ContentDelta, ToolCall, ToolCallEvent
 
 DATA = Path(__file__).parent / "data" / "clients"
 WINDOW = 32768
@@ -179,7 +179,7 @@ def test_tool_reference_results_are_answered(client, fake_models):
 # -- Responses: namespaces and hosted tools -------------------------------------------
 def test_namespace_tools_flatten_and_hosted_tools_are_left_out(monkeypatch, caplog):
     monkeypatch.setattr(openai_responses, "_warned", set())
-    caplog.set_level(logging.WARNING, logger="mlxhost.api.openai_responses")
+    caplog.set_level(logging.WARNING, logger="mlxhost.api.formats.openai_responses")
     body = {"model": "m", "input": "hi", "tools": [
         {"type": "function", "name": "exec_command", "parameters": {"type": "object"}},
         {"type": "namespace", "name": "multi_agent_v1", "description": "agents", "tools": [

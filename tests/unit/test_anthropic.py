@@ -7,14 +7,14 @@ import json
 import pytest
 from litestar.testing import TestClient
 
-from mlxhost.api.anthropic import parse_messages_request
-from mlxhost.app import create_app
-from mlxhost.default_plugins import claude_code
-from mlxhost.domain import ChatRequest, ImagePart, NamedToolChoice, text_message
-from mlxhost.hookspecs import hookimpl
-from mlxhost.plugins import make_plugin_manager
-from mlxhost.settings import Settings
-from mlxhost.types import ContentDelta, ToolCall, ToolCallEvent
+from mlxhost.api.app import create_app
+from mlxhost.api.formats.anthropic import parse_messages_request
+from mlxhost.core.domain import ChatRequest, ImagePart, NamedToolChoice, text_message
+from mlxhost.core.types import ContentDelta, ToolCall, ToolCallEvent
+from mlxhost.families.builtin import claude_code
+from mlxhost.families.hookspecs import hookimpl
+from mlxhost.families.plugins import make_plugin_manager
+from mlxhost.settings.table import Settings
 
 
 def post(client, model, **body):

@@ -3,7 +3,7 @@ prompts are not padded to a long prompt's chunk unless waiting costs more."""
 
 from __future__ import annotations
 
-from mlxhost.runtime.batch import PATIENCE_STEPS, PREFILL_BUDGET_CHUNKS, admit
+from mlxhost.engine.batch import PATIENCE_STEPS, PREFILL_BUDGET_CHUNKS, admit
 
 CHUNK = 512
 

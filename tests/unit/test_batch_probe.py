@@ -10,11 +10,11 @@ import os
 
 import pytest
 
-from mlxhost.registry import folder_info
-from mlxhost.runtime import batch, kernels
-from mlxhost.runtime.batch_probe import BatchProbeCache
-from mlxhost.runtime.kernels import KernelChoice
-from mlxhost.runtime.mlx_engine import MLXEngine
+from mlxhost.engine import batch, kernels
+from mlxhost.engine.batch_probe import BatchProbeCache
+from mlxhost.engine.kernels import KernelChoice
+from mlxhost.engine.mlx_engine import MLXEngine
+from mlxhost.models.registry import folder_info
 
 KEY = {"model": "m", "weights_policy": "as-is", "device": "cuda: H100", "mlx": "0.32.4"}
 

@@ -117,7 +117,7 @@ def test_an_engine_chosen_batch_size_bounds_the_batch(fake_plugin, fake_models):
 
 
 def test_choose_batch_size_takes_the_largest_that_pays():
-    from mlxhost.runtime.batch import choose_batch_size
+    from mlxhost.engine.batch import choose_batch_size
 
     # Aggregate tok/s 100, 190, 340, 400 (+18%), 420 (+5%: not worth it) at 1..16.
     step = {1: 1 / 100, 2: 2 / 190, 4: 4 / 340, 8: 8 / 400, 16: 16 / 420, 32: 32 / 440}

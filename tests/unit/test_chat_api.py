@@ -167,8 +167,8 @@ def test_any_integer_seed_is_accepted(client, fake_models, seed):
 
 
 def test_generation_stops_when_the_parser_asks(make_client, fake_models, fake_plugin):
-    from mlxhost.hookspecs import hookimpl
-    from mlxhost.types import ContentDelta
+    from mlxhost.core.types import ContentDelta
+    from mlxhost.families.hookspecs import hookimpl
 
     class StopAtBang:
         def __init__(self):
@@ -189,9 +189,9 @@ def test_generation_stops_when_the_parser_asks(make_client, fake_models, fake_pl
     fake_plugin.reply = "Stop here! not this"
     from litestar.testing import TestClient
 
-    from mlxhost.app import create_app
-    from mlxhost.plugins import make_plugin_manager
-    from mlxhost.settings import Settings
+    from mlxhost.api.app import create_app
+    from mlxhost.families.plugins import make_plugin_manager
+    from mlxhost.settings.table import Settings
 
     app = create_app(Settings(extra_models=fake_models), make_plugin_manager(extra=[fake_plugin, Plugin()]))
     with TestClient(app) as client:
@@ -204,11 +204,11 @@ def test_generation_stops_when_the_parser_asks(make_client, fake_models, fake_pl
 def test_parallel_tool_calls_false_ends_the_reply_after_one_call(fake_models, fake_plugin, parallel, calls):
     from litestar.testing import TestClient
 
-    from mlxhost.app import create_app
-    from mlxhost.hookspecs import hookimpl
-    from mlxhost.plugins import make_plugin_manager
-    from mlxhost.settings import Settings
-    from mlxhost.types import ToolCall, ToolCallEvent
+    from mlxhost.api.app import create_app
+    from mlxhost.core.types import ToolCall, ToolCallEvent
+    from mlxhost.families.hookspecs import hookimpl
+    from mlxhost.families.plugins import make_plugin_manager
+    from mlxhost.settings.table import Settings
 
     class CallPerC:
         stop_requested = False
@@ -245,11 +245,11 @@ def test_parallel_tool_calls_false_ends_the_reply_after_one_call(fake_models, fa
 def test_normalize_request_hook_sees_and_changes_every_request(fake_plugin, fake_models):
     from litestar.testing import TestClient
 
-    from mlxhost.app import create_app
-    from mlxhost.domain import TextPart
-    from mlxhost.hookspecs import hookimpl
-    from mlxhost.plugins import make_plugin_manager
-    from mlxhost.settings import Settings
+    from mlxhost.api.app import create_app
+    from mlxhost.core.domain import TextPart
+    from mlxhost.families.hookspecs import hookimpl
+    from mlxhost.families.plugins import make_plugin_manager
+    from mlxhost.settings.table import Settings
 
     seen = []
 
@@ -269,13 +269,13 @@ def test_normalize_request_hook_sees_and_changes_every_request(fake_plugin, fake
 
 
 def test_fim_prompt_hook_or_a_400_naming_suffix():
-    from mlxhost.domain import ChatRequest
-    from mlxhost.errors import InvalidRequest
-    from mlxhost.hookspecs import hookimpl
-    from mlxhost.plugins import make_plugin_manager
-    from mlxhost.service import ChatService
-    from mlxhost.settings import Settings
-    from mlxhost.types import LoadedModel, ModelInfo, ModelSpec
+    from mlxhost.core.domain import ChatRequest
+    from mlxhost.core.errors import InvalidRequest
+    from mlxhost.core.types import LoadedModel, ModelInfo, ModelSpec
+    from mlxhost.families.hookspecs import hookimpl
+    from mlxhost.families.plugins import make_plugin_manager
+    from mlxhost.service.chat import ChatService
+    from mlxhost.settings.table import Settings
 
     class Fim:
         @hookimpl

@@ -7,16 +7,9 @@ import json
 
 import pytest
 
-from mlxhost.architectures import loader_for
-from mlxhost.chat_facts import read_chat_facts
-from mlxhost.default_plugins.generic_family import render
-from mlxhost.domain import FunctionTool
-from mlxhost.family import Family, FamilyPlugin
-from mlxhost.plugins import make_plugin_manager
-from mlxhost.registry import ModelRegistry
-from mlxhost.testing.plugin_kit import messages_from_openai
-from mlxhost.toolcalls import ContentOnlyParser
-from mlxhost.types import (
+from mlxhost.core.architectures import loader_for
+from mlxhost.core.domain import FunctionTool
+from mlxhost.core.types import (
     FIM,
     TOOL_PATH_DEFAULT,
     TOOL_PATH_TEMPLATE,
@@ -24,6 +17,13 @@ from mlxhost.types import (
     TOOLS,
     LoadedModel,
 )
+from mlxhost.families.builtin.generic_family import render
+from mlxhost.families.chat_facts import read_chat_facts
+from mlxhost.families.family import Family, FamilyPlugin
+from mlxhost.families.plugins import make_plugin_manager
+from mlxhost.families.toolcalls import ContentOnlyParser
+from mlxhost.models.registry import ModelRegistry
+from mlxhost.testing.plugin_kit import messages_from_openai
 
 JSON_TOOLS = '{% for t in tools %}<tool_call>{{ tool_call.name }}{% endfor %}{{ messages[-1].content }}'
 
@@ -80,7 +80,7 @@ def test_architectures_from_the_installed_libraries():
 
 class Tokenizer:
     def apply_chat_template(self, messages, tools=None, chat_template=None, **_):
-        from mlxhost.templating import render_chat_template
+        from mlxhost.families.templating import render_chat_template
 
         return render_chat_template(chat_template, messages, tools=tools)
 
@@ -112,7 +112,7 @@ def test_a_family_that_declares_only_its_quirks_gets_the_rest_from_the_generic_f
 
 
 def test_render_without_a_template_is_a_clear_400(tmp_path):
-    from mlxhost.errors import InvalidRequest
+    from mlxhost.core.errors import InvalidRequest
 
     folder = folder_with(tmp_path)
     info = ModelRegistry(make_plugin_manager(), extra_models=[str(folder)]).resolve(str(folder))

@@ -1,4 +1,4 @@
-"""The everyday commands as a user runs them (``python -m mlxhost.cli ...`` in a
+"""The everyday commands as a user runs them (``python -m mlxhost.cli.main ...`` in a
 subprocess, each with its own Hugging Face cache), against a fake hub that
 serves real HTTP (mlxhost.testing.fake_hub): the cache layout is the one
 huggingface_hub itself writes. ``ps``/``run`` against a real server, and ``rm``
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from mlxhost.commands import human_bytes, human_duration, server_url, table
-from mlxhost.commands.run import read_message
-from mlxhost.commands.service import (
+from mlxhost.cli.common import human_bytes, human_duration, server_url, table
+from mlxhost.cli.run import read_message
+from mlxhost.cli.service import (
     LABEL,
     _systemd_word,
     plist_dict,
@@ -28,7 +28,7 @@ from mlxhost.commands.service import (
     serve_command,
     service_file,
 )
-from mlxhost.settings import Settings
+from mlxhost.settings.table import Settings
 from mlxhost.testing.fake_hub import FakeHub
 from mlxhost.testing.server import free_port
 
@@ -77,7 +77,7 @@ def env(tmp_path, hub):
 
 def cli(env, *args, stdin: str | None = None, timeout: float = 120):
     return subprocess.run(
-        [sys.executable, "-m", "mlxhost.cli", *args], env=env, input=stdin,
+        [sys.executable, "-m", "mlxhost.cli.main", *args], env=env, input=stdin,
         capture_output=True, text=True, timeout=timeout,
         stdin=None if stdin is not None else subprocess.DEVNULL,
     )
@@ -322,7 +322,7 @@ def test_run_without_a_model_on_disk_fails_before_starting_a_server(env):
 def test_systemd_unit_is_valid(tmp_path):
     env = {"HOME": str(tmp_path), "HF_HOME": "/data/hf cache", "PATH": os.environ.get("PATH", "")}
     unit = render("linux", str(tmp_path / "config.toml"), ["--model", "qwen", "--port", "8080"], env).decode()
-    assert "ExecStart=" + " ".join([sys.executable, "-m", "mlxhost.cli", "serve"]) in unit
+    assert "ExecStart=" + " ".join([sys.executable, "-m", "mlxhost.cli.main", "serve"]) in unit
     assert f"--config {tmp_path / 'config.toml'} --model qwen --port 8080" in unit
     assert f"StandardOutput=append:{tmp_path}/.local/state/mlxhost/log/mlxhost.log" in unit
     assert 'Environment="HF_HOME=/data/hf cache"' in unit

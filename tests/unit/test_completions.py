@@ -7,10 +7,10 @@ import json
 import pytest
 from litestar.testing import TestClient
 
-from mlxhost.app import create_app
-from mlxhost.hookspecs import hookimpl
-from mlxhost.plugins import make_plugin_manager
-from mlxhost.settings import Settings
+from mlxhost.api.app import create_app
+from mlxhost.families.hookspecs import hookimpl
+from mlxhost.families.plugins import make_plugin_manager
+from mlxhost.settings.table import Settings
 from mlxhost.testing.fake_engine import FAKE_FAMILY, FakeEnginePlugin
 
 MODEL = "fake-a"

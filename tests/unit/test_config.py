@@ -1,4 +1,4 @@
-"""The TOML config file (mlxhost.config): parsing, errors naming file and line,
+"""The TOML config file (mlxhost.settings.config_file): parsing, errors naming file and line,
 precedence (request > flag > variable > config file > model default), and per-model
 tables reaching the registry and the service (fake engine)."""
 
@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 from litestar.testing import TestClient
 
-from mlxhost.app import create_app
-from mlxhost.cli import build_parser, main
-from mlxhost.config import (
+from mlxhost.api.app import create_app
+from mlxhost.cli.main import build_parser, main
+from mlxhost.core.units import parse_duration
+from mlxhost.families.plugins import make_plugin_manager
+from mlxhost.models.registry import ModelRegistry
+from mlxhost.settings.config_file import (
     ConfigError,
     default_config_paths,
     find_config,
@@ -22,10 +25,7 @@ from mlxhost.config import (
     read_config,
     settings_from_args,
 )
-from mlxhost.core.units import parse_duration
-from mlxhost.plugins import make_plugin_manager
-from mlxhost.registry import ModelRegistry
-from mlxhost.settings import Settings
+from mlxhost.settings.table import Settings
 from mlxhost.testing.fake_engine import make_fake_model
 from mlxhost.testing.http import chat
 

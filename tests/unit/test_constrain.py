@@ -8,8 +8,8 @@ import typing
 import mlx.core as mx
 import pytest
 
-from mlxhost.errors import InvalidRequest
-from mlxhost.runtime.constrain import grammar_processor, json_grammar
+from mlxhost.core.errors import InvalidRequest
+from mlxhost.engine.constrain import grammar_processor, json_grammar
 
 
 @pytest.fixture(scope="module")

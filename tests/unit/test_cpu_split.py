@@ -9,7 +9,7 @@ import pytest
 mx = pytest.importorskip("mlx.core")
 nn = pytest.importorskip("mlx.nn")
 
-from mlxhost.runtime import cpu_split, kernels
+from mlxhost.engine import cpu_split, kernels
 from mlxhost.testing.tiny_text import TokenNames
 from mlxhost.testing.tiny_text import tiny_qwen3 as tiny_fp32
 
@@ -111,9 +111,9 @@ def test_a_batch_splits_only_its_decode_steps_and_decodes_as_solo_runs_do(monkey
     """TextBatch asks for the split layers only for a batch's decode steps: a
     lone sequence and a step that prefills run the stock ones. Greedy tokens
     agree with each sequence run alone."""
-    from mlxhost.runtime.batch import TextBatch
-    from mlxhost.runtime.sampling import make_sampler
-    from mlxhost.types import SamplingParams
+    from mlxhost.core.types import SamplingParams
+    from mlxhost.engine.batch import TextBatch
+    from mlxhost.engine.sampling import make_sampler
 
     model = tiny_fp32()
     monkeypatch.setattr(cpu_split, "openblas", lambda: FakeBlas())

@@ -8,7 +8,10 @@ import threading
 import numpy as np
 import pytest
 
-from mlxhost.runtime.distributed import (
+from mlxhost.core.types import SamplingParams
+from mlxhost.distributed.follower import Follower
+from mlxhost.distributed.group_link import FollowerLink, LeaderLink
+from mlxhost.distributed.protocol import (
     Command,
     FakeGroup,
     Op,
@@ -20,10 +23,7 @@ from mlxhost.runtime.distributed import (
     send,
 )
 from mlxhost.runtime.engine import PreparedPrompt
-from mlxhost.runtime.follower import Follower
-from mlxhost.runtime.group_link import FollowerLink, LeaderLink
 from mlxhost.testing.live import wait_until
-from mlxhost.types import SamplingParams
 
 
 def run_ranks(*targets):
@@ -235,8 +235,8 @@ def test_a_launched_rank_that_exits_is_a_loss():
 def test_each_rank_keeps_its_prefix_cache_slices_in_its_own_folder(tmp_path):
     # Ranks hold different slices of the KV: sharing files would serve one
     # rank another's slice after a restart.
-    from mlxhost.default_plugins.mlx_engine import make_mlx_engine
-    from mlxhost.settings import Settings
+    from mlxhost.families.builtin.mlx_engine import make_mlx_engine
+    from mlxhost.settings.table import Settings
 
     class OneGroup:
         def __init__(self, rank):
@@ -296,7 +296,7 @@ def test_ranks_agree_on_the_prefix_they_all_have(monkeypatch, mine, trimmable, p
     must prefill the same tokens: two rounds of all_min, then every rank agrees."""
     import mlx.core as mx
 
-    from mlxhost.runtime.mlx_engine import MLXEngine
+    from mlxhost.engine.mlx_engine import MLXEngine
 
     class Sharder:
         group = mx.distributed.init()  # a group of one; the peer is scripted below
@@ -320,7 +320,7 @@ def test_a_group_runs_mlx_vlm_models_on_mlx_lm_s_generation_stream():
 
     from mlx_lm.generate import generation_stream
 
-    from mlxhost.runtime.distributed import one_generation_stream
+    from mlxhost.distributed.protocol import one_generation_stream
 
     one_generation_stream()
     assert importlib.import_module("mlx_vlm.generate.ar").generation_stream is generation_stream

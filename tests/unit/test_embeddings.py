@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlxhost.embedding.batcher import AGE_TURNS, EncodeBatcher
-from mlxhost.embedding.facts import encoder_facts, kind_from_config, model_kind, pooling_mode
-from mlxhost.embedding.service import _fit, relevance, shorten
-from mlxhost.errors import Busy, InvalidRequest, SideModelTooLarge
+from mlxhost.core.encoder_facts import encoder_facts, kind_from_config, model_kind, pooling_mode
+from mlxhost.core.errors import Busy, InvalidRequest, SideModelTooLarge
+from mlxhost.core.types import EMBEDDING, RERANK
+from mlxhost.runtime.embedding.batcher import AGE_TURNS, EncodeBatcher
 from mlxhost.runtime.memory import KVLayout, MemoryGovernor, Reservation
 from mlxhost.runtime.worker import MLXWorker
-from mlxhost.types import EMBEDDING, RERANK
+from mlxhost.service.embeddings import _fit, relevance, shorten
 
 BERT = {"model_type": "bert", "architectures": ["BertModel"], "hidden_size": 384,
         "max_position_embeddings": 512}
@@ -188,7 +188,7 @@ def test_passes_are_bounded_sorted_and_interleaved_with_decode_steps():
 
 def test_a_long_input_is_not_starved_by_short_ones():
     batcher = EncodeBatcher(worker=None, max_tokens=8, max_rows=8)  # type: ignore[arg-type]
-    from mlxhost.embedding.batcher import _Item, _Job
+    from mlxhost.runtime.embedding.batcher import _Item, _Job
 
     job = _Job(model=None, size=1, done=lambda rows, error: None)  # type: ignore[arg-type]
     pool = [_Item(1, seq, job, seq, [0], None) for seq in range(1, 5)]
@@ -201,7 +201,7 @@ def test_a_long_input_is_not_starved_by_short_ones():
 
 
 def test_while_a_chat_decodes_a_pass_takes_a_share_of_its_step():
-    from mlxhost.embedding.batcher import CHAT_SHARE
+    from mlxhost.runtime.embedding.batcher import CHAT_SHARE
 
     batcher = EncodeBatcher(worker=None, max_tokens=8192)  # type: ignore[arg-type]
     batcher._other_s = 0.0  # nothing else in the turns: full passes
@@ -216,9 +216,9 @@ def test_while_a_chat_decodes_a_pass_takes_a_share_of_its_step():
 
 # -- where they show: the registry, mlxhost ps ---------------------------------------------
 def test_the_registry_serves_an_embedding_folder_by_its_files(tmp_path):
-    from mlxhost.plugins import make_plugin_manager
-    from mlxhost.registry import ModelRegistry
-    from mlxhost.settings import Settings
+    from mlxhost.families.plugins import make_plugin_manager
+    from mlxhost.models.registry import ModelRegistry
+    from mlxhost.settings.table import Settings
 
     root = tmp_path / "models"
     (root / "minilm").mkdir(parents=True)
@@ -232,7 +232,7 @@ def test_the_registry_serves_an_embedding_folder_by_its_files(tmp_path):
 
 
 def test_ps_lists_the_side_models():
-    from mlxhost.commands.ps import describe
+    from mlxhost.cli.ps import describe
 
     health = {"status": "ok", "model": "chat", "side_models": {"models": [
         {"model": "minilm", "kind": "embedding", "bytes": 90 << 20, "running": 1,
@@ -247,7 +247,7 @@ def test_ps_lists_the_side_models():
 def test_xlm_roberta_matches_transformers(tmp_path, head):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from mlxhost.embedding.mlx_model import EncoderModel
+    from mlxhost.runtime.embedding.mlx_model import EncoderModel
 
     torch.manual_seed(0)
     config = transformers.XLMRobertaConfig(

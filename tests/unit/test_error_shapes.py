@@ -18,6 +18,6 @@ def test_longest_prefix_wins_and_openai_is_the_default():
 
 
 def test_no_shape_is_registered_by_importing_an_adapter():
-    from mlxhost.api import anthropic, ollama  # noqa: F401
+    from mlxhost.api.formats import anthropic, ollama  # noqa: F401
 
     assert ErrorShapes().for_path("/v1/messages") is openai_error_body

@@ -157,11 +157,11 @@ async def test_a_stream_never_iterated_still_releases_the_slot(fake_models, fake
     import gc
 
     from mlxhost.api import exchange
-    from mlxhost.api.responses import ChatFrames
+    from mlxhost.api.app import create_app
+    from mlxhost.api.openai_chat import ChatFrames
     from mlxhost.api.schemas import parse_chat_request
-    from mlxhost.app import create_app
-    from mlxhost.plugins import make_plugin_manager
-    from mlxhost.settings import Settings
+    from mlxhost.families.plugins import make_plugin_manager
+    from mlxhost.settings.table import Settings
 
     app = create_app(Settings(extra_models=fake_models), make_plugin_manager(extra=[fake_plugin]))
     state = app.state

@@ -8,11 +8,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from mlxhost.app import create_app
-from mlxhost.commands import CommandError
-from mlxhost.commands.ps import describe, wait_until_ready
-from mlxhost.plugins import make_plugin_manager
-from mlxhost.settings import Settings
+from mlxhost.api.app import create_app
+from mlxhost.cli.common import CommandError
+from mlxhost.cli.ps import describe, wait_until_ready
+from mlxhost.families.plugins import make_plugin_manager
+from mlxhost.settings.table import Settings
 from mlxhost.testing.live import live_server, wait_until
 from mlxhost.testing.server import mlxhost_ready
 

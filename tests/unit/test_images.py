@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from mlxhost.errors import InvalidRequest
-from mlxhost.runtime import images
-from mlxhost.runtime.images import (
+from mlxhost.core.errors import InvalidRequest
+from mlxhost.service import images
+from mlxhost.service.images import (
     ImagePolicy,
     check_address,
     decode_image,

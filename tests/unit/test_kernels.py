@@ -8,7 +8,7 @@ import pytest
 mx = pytest.importorskip("mlx.core")
 nn = pytest.importorskip("mlx.nn")
 
-from mlxhost.runtime import kernels
+from mlxhost.engine import kernels
 from mlxhost.testing.tiny_text import tiny_qwen3
 
 
@@ -245,9 +245,9 @@ class _Detokenizer:
 def test_a_lone_sequence_decodes_with_the_stock_classes_and_a_batch_with_the_flat_ones():
     """TextBatch tells the kernels when one sequence runs alone (mlx-lm's
     single-sequence loop: one row, where the flat wrapper only costs Python time)."""
-    from mlxhost.runtime.batch import TextBatch
-    from mlxhost.runtime.sampling import make_sampler
-    from mlxhost.types import SamplingParams
+    from mlxhost.core.types import SamplingParams
+    from mlxhost.engine.batch import TextBatch
+    from mlxhost.engine.sampling import make_sampler
 
     model = tiny_quantized()
     choice = kernels.apply(model, weights="as-is", flat_qmm="on", max_batch=8)

@@ -67,8 +67,8 @@ def test_quantized_keys_dequantize_close_to_full_precision():
 def test_quantized_entries_survive_a_restart_of_the_disk_tier(tmp_path):
     from mlx_lm.models.cache import make_prompt_cache
 
-    from mlxhost.runtime.prefix_cache import MLXCacheAdapter
-    from mlxhost.runtime.prefix_disk import DiskTier, MLXCodec
+    from mlxhost.engine.prefix.cache import MLXCacheAdapter
+    from mlxhost.engine.prefix.disk import DiskTier, MLXCodec
     from mlxhost.testing.tiny_text import tiny_qwen3
 
     model = tiny_qwen3()
@@ -124,10 +124,10 @@ def test_the_governor_counts_the_quantized_size():
 
 
 def test_the_lone_sequence_quantizes_and_the_batch_dequantizes():
-    from mlxhost.runtime.batch import TextBatch
-    from mlxhost.runtime.sampling import make_sampler
+    from mlxhost.core.types import SamplingParams
+    from mlxhost.engine.batch import TextBatch
+    from mlxhost.engine.sampling import make_sampler
     from mlxhost.testing.tiny_text import TokenNames, tiny_qwen3
-    from mlxhost.types import SamplingParams
 
     stored = []
     batch = TextBatch(

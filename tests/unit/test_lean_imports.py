@@ -1,4 +1,4 @@
-"""mlxhost.lean_imports: serving processes never import torch."""
+"""mlxhost.cli.lean_imports: serving processes never import torch."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def run(code: str) -> str:
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 def test_hidden_torch_is_invisible_to_transformers_and_mlx_lm():
     out = run(
-        "from mlxhost.lean_imports import hide_torch; print(hide_torch())\n"
+        "from mlxhost.cli.lean_imports import hide_torch; print(hide_torch())\n"
         "import sys, mlx_lm.utils, transformers.utils as u\n"
         "print(u.is_torch_available(), 'torch' in sys.modules and sys.modules['torch'] is not None)"
     )
@@ -27,5 +27,5 @@ def test_hidden_torch_is_invisible_to_transformers_and_mlx_lm():
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 def test_hiding_after_torch_was_imported_changes_nothing():
-    out = run("import torch\nfrom mlxhost.lean_imports import hide_torch\nprint(hide_torch(), torch.ones(1).item())")
+    out = run("import torch\nfrom mlxhost.cli.lean_imports import hide_torch\nprint(hide_torch(), torch.ones(1).item())")
     assert out == "False 1.0"

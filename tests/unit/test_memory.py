@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mlxhost.core.errors import Busy, MemoryExceeded
 from mlxhost.core.units import parse_duration, parse_size
-from mlxhost.errors import Busy, MemoryExceeded
 from mlxhost.runtime.memory import (
     DeviceMemory,
     KVLayout,
@@ -105,7 +105,7 @@ def test_gemma3_4b_kv_estimate_with_sliding_layers():
 
 def test_test_model_configs():
     """The small test models' own configs (Gemma declares its windows as layer_types)."""
-    from mlxhost.starter.builder import TEST_MODELS, models_cache_dir
+    from mlxhost.models.starter.builder import TEST_MODELS, models_cache_dir
 
     for name, expected in (("qwen", (24, 2, 64, "float32", 0)), ("gemma", (18, 1, 256, "float32", 15))):
         folder = models_cache_dir() / TEST_MODELS[name].folder_name

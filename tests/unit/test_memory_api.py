@@ -11,9 +11,9 @@ import pytest
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlxhost.app import create_app
-from mlxhost.plugins import make_plugin_manager
-from mlxhost.settings import Settings
+from mlxhost.api.app import create_app
+from mlxhost.families.plugins import make_plugin_manager
+from mlxhost.settings.table import Settings
 from mlxhost.testing.fake_engine import FakeEnginePlugin, make_fake_model
 from mlxhost.testing.http import live
 from mlxhost.testing.live import wait_until

@@ -120,8 +120,8 @@ def test_raw_prompt_rejects_images_and_system(client):
 
 
 def test_tool_call_leaves_in_ollama_shape():
-    from mlxhost.api.ollama import _call_json
-    from mlxhost.types import ToolCall
+    from mlxhost.api.formats.ollama import _call_json
+    from mlxhost.core.types import ToolCall
 
     call = ToolCall(name="f", arguments='{"a": 1}', id="c1")
     assert _call_json(call) == {"function": {"name": "f", "arguments": {"a": 1}}}

@@ -5,9 +5,9 @@ import json
 import pytest
 from openai.types.responses import Response as OpenAIResponse
 
-from mlxhost import domain
-from mlxhost.api.openai_responses import ResponseStore, Stored, items_to_messages
-from mlxhost.errors import InvalidRequest
+from mlxhost.api.formats.openai_responses import ResponseStore, Stored, items_to_messages
+from mlxhost.core import domain
+from mlxhost.core.errors import InvalidRequest
 
 
 @pytest.fixture
@@ -247,11 +247,11 @@ def tool_client(fake_plugin, fake_models):
     """The fake engine with a parser that turns each '@' into a get_weather call."""
     from litestar.testing import TestClient
 
-    from mlxhost.app import create_app
-    from mlxhost.hookspecs import hookimpl
-    from mlxhost.plugins import make_plugin_manager
-    from mlxhost.settings import Settings
-    from mlxhost.types import ContentDelta, ToolCall, ToolCallEvent
+    from mlxhost.api.app import create_app
+    from mlxhost.core.types import ContentDelta, ToolCall, ToolCallEvent
+    from mlxhost.families.hookspecs import hookimpl
+    from mlxhost.families.plugins import make_plugin_manager
+    from mlxhost.settings.table import Settings
 
     class AtIsACall:
         def __init__(self):
@@ -322,7 +322,7 @@ def test_failure_mid_stream_is_failed_event(client, fake_plugin, post):
 
 
 def test_function_tools_are_strict_unless_they_say_not():
-    from mlxhost.api.openai_responses import parse_request
+    from mlxhost.api.formats.openai_responses import parse_request
 
     def parsed_tools(**extra):
         tool = {"type": "function", "name": "f", "parameters": {"type": "object"}, **extra}

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from mlxhost.api import anthropic, completions, embeddings, ollama, openai_responses, schemas
+from mlxhost.api import schemas
+from mlxhost.api.formats import anthropic, ollama, openai_responses
+from mlxhost.api.formats import openai_completions as completions
+from mlxhost.api.formats import openai_embeddings as embeddings
 
 ENFORCED = {
     ("/v1/chat/completions", "post"): schemas.CHAT_REQUEST_SCHEMA,

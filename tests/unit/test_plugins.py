@@ -11,15 +11,15 @@ from pathlib import Path
 import pluggy
 import pytest
 
-from mlxhost import hookspecs
-from mlxhost.cli import main
-from mlxhost.default_plugins.config_context import context_window_from_config
-from mlxhost.errors import ModelNotFound
-from mlxhost.hookspecs import hookimpl
-from mlxhost.plugins import describe_plugins, make_plugin_manager
-from mlxhost.registry import ModelRegistry, RegistrationError
-from mlxhost.settings import Settings
-from mlxhost.types import ModelInfo, ModelSpec
+from mlxhost.cli.main import main
+from mlxhost.core.errors import ModelNotFound
+from mlxhost.core.types import ModelInfo, ModelSpec
+from mlxhost.families import hookspecs
+from mlxhost.families.builtin.config_context import context_window_from_config
+from mlxhost.families.hookspecs import hookimpl
+from mlxhost.families.plugins import describe_plugins, make_plugin_manager
+from mlxhost.models.registry import ModelRegistry, RegistrationError
+from mlxhost.settings.table import Settings
 
 ROOT = Path(__file__).parents[2]
 DOCS = ROOT / "docs" / "plugins.md"
@@ -188,11 +188,11 @@ def test_plugins_command_lists_versions_and_hooks(capsys):
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["mlxhost-qwen"]["version"] == "0.1.0"
     assert "mlxhost_register_models" in rows["mlxhost-qwen"]["hooks"]
-    assert re.match(r"\d+\.\d+", rows["mlxhost.default_plugins.generic_family"]["version"])
+    assert re.match(r"\d+\.\d+", rows["mlxhost.families.builtin.generic_family"]["version"])
 
 
 def test_disabled_plugins_from_the_environment(monkeypatch, capsys):
-    from mlxhost.app import create_app
+    from mlxhost.api.app import create_app
 
     settings = Settings.from_env({"MLXHOST_DISABLED_PLUGINS": "gemma, nothing"})
     assert settings.disabled_plugins == ["gemma", "nothing"]
@@ -212,7 +212,7 @@ def test_discovered_models_parse_their_config_once(tmp_path, monkeypatch):
     calls = []
     original = json.loads
     monkeypatch.setattr(
-        "mlxhost.registry.json.loads", lambda text: calls.append(1) or original(text)
+        "mlxhost.models.registry.json.loads", lambda text: calls.append(1) or original(text)
     )
     first = registry.resolve(str(tmp_path))
     # Once for the spec (family) and the facts together; never again per request.
@@ -223,7 +223,7 @@ def test_discovered_models_parse_their_config_once(tmp_path, monkeypatch):
 
 
 def test_make_engine_hook_picks_the_first_engine_and_falls_back_to_mlx():
-    from mlxhost.runtime.mlx_engine import MLXEngine
+    from mlxhost.engine.mlx_engine import MLXEngine
     from mlxhost.testing.fake_engine import FakeEngine, FakeEnginePlugin
 
     settings = Settings()

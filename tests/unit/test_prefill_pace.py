@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mlxhost.runtime.prefill_pace import FIRST_CHUNK, GROWTH, MIN_CHUNK, PrefillPacer
+from mlxhost.engine.prefill_pace import FIRST_CHUNK, GROWTH, MIN_CHUNK, PrefillPacer
 
 
 def settle(pacer: PrefillPacer, fixed: float, per_token: float, rows: int = 1, steps: int = 30) -> list[int]:
@@ -91,10 +91,10 @@ def tokens_while_prefilling(model: Any, prompt_length: int, budget: float) -> tu
     """Start stream A; join a ``prompt_length``-token prompt B; count A's tokens
     that arrive after B joined and before B's first token. Also the chunk sizes
     B's prefill used."""
-    from mlxhost.runtime.batch import TextBatch
-    from mlxhost.runtime.sampling import make_sampler
+    from mlxhost.core.types import SamplingParams
+    from mlxhost.engine.batch import TextBatch
+    from mlxhost.engine.sampling import make_sampler
     from mlxhost.testing.tiny_text import TokenNames
-    from mlxhost.types import SamplingParams
 
     clock = Clock()
     pacer = PrefillPacer(budget, 512, clock=clock)
@@ -137,10 +137,10 @@ def test_a_lone_prompt_prefills_in_the_largest_chunks():
     """Pacing is for the streams that wait: alone, a long prompt goes in
     ``max_chunk`` pieces even with a budget (16-token chunks made Claude Code's
     21k-token first prompt take most of an hour)."""
-    from mlxhost.runtime.batch import TextBatch
-    from mlxhost.runtime.sampling import make_sampler
+    from mlxhost.core.types import SamplingParams
+    from mlxhost.engine.batch import TextBatch
+    from mlxhost.engine.sampling import make_sampler
     from mlxhost.testing.tiny_text import TokenNames, tiny_qwen3
-    from mlxhost.types import SamplingParams
 
     clock = Clock()
     calls: list[int] = []
@@ -170,10 +170,10 @@ def test_a_lone_prompt_prefills_in_the_largest_chunks():
 def test_a_prompt_left_alone_in_the_batch_stops_being_paced():
     """B joins while A decodes (paced chunks); once A is done, B's remaining
     prompt goes in the largest chunks."""
-    from mlxhost.runtime.batch import TextBatch
-    from mlxhost.runtime.sampling import make_sampler
+    from mlxhost.core.types import SamplingParams
+    from mlxhost.engine.batch import TextBatch
+    from mlxhost.engine.sampling import make_sampler
     from mlxhost.testing.tiny_text import TokenNames, tiny_qwen3
-    from mlxhost.types import SamplingParams
 
     clock = Clock()
     batch = TextBatch(

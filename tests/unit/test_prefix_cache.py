@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlxhost.runtime.prefix_cache import (
+from mlxhost.engine.prefix.cache import (
     PrefixCache,
     image_key_id,
     key_with_images,

@@ -10,8 +10,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from mlxhost.runtime.prefix_cache import PrefixCache
-from mlxhost.runtime.prefix_disk import (
+from mlxhost.engine.prefix.cache import PrefixCache
+from mlxhost.engine.prefix.disk import (
     CorruptEntry,
     DiskTier,
     Encoded,

@@ -8,10 +8,10 @@ import json
 import pytest
 from litestar.testing import TestClient
 
-from mlxhost.app import create_app
-from mlxhost.hookspecs import hookimpl
-from mlxhost.plugins import make_plugin_manager
-from mlxhost.settings import Settings
+from mlxhost.api.app import create_app
+from mlxhost.families.hookspecs import hookimpl
+from mlxhost.families.plugins import make_plugin_manager
+from mlxhost.settings.table import Settings
 from mlxhost.testing.fake_engine import FAKE_HARMONY, FAKE_THINK, FakeEnginePlugin, make_fake_model
 from mlxhost.testing.live import live_server
 
@@ -359,7 +359,7 @@ def test_think_then_tool_call_streamed_and_whole_in_every_api(model):
 
 
 def test_mlxhost_run_shows_thinking_apart_and_keeps_it_out_of_the_history(plugin, model, capsys):
-    from mlxhost.commands.run import Chat, Thought, _one_answer
+    from mlxhost.cli.run import Chat, Thought, _one_answer
 
     with live_server(app(plugin, model)) as base:
         chat = Chat(base, model, {}, {})

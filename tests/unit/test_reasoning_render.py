@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from mlxhost.api.thinking import anthropic_control, chat_control, ollama_control, responses_control
-from mlxhost.default_plugins import generic_family
-from mlxhost.domain import ReasoningControl, text_message
-from mlxhost.plugins import make_plugin_manager
-from mlxhost.reasoning.controls import template_variables
+from mlxhost.core.domain import ReasoningControl, text_message
+from mlxhost.core.types import Harmony, ThinkTags
+from mlxhost.families.builtin import generic_family
+from mlxhost.families.plugins import make_plugin_manager
+from mlxhost.service.reasoning_controls import template_variables
 from mlxhost.testing.plugin_kit import loaded_model
-from mlxhost.types import Harmony, ThinkTags
 
 DATA = Path(__file__).parent / "data" / "reasoning"
 QWEN3 = (DATA / "Qwen-Qwen3-0.6B.jinja").read_text()
@@ -80,7 +80,7 @@ def test_gpt_oss_efforts_render_as_transformers_does(qwen3_tokenizer, name):
 @pytest.mark.parametrize("name", list(CONTROLS))
 def test_gemma4_controls_render_as_transformers_does(qwen3_tokenizer, name):
     """Through the plugins' template helper (what a Gemma 4 family override renders with)."""
-    from mlxhost.templating import render_chat_template, special_tokens, template_messages
+    from mlxhost.families.templating import render_chat_template, special_tokens, template_messages
 
     variables = template_variables(CONTROLS[name])
     qwen3_tokenizer.chat_template = GEMMA4
@@ -148,9 +148,9 @@ def test_mlxhost_reasoning_format_knows_harmony_and_models_that_do_not_think():
 def test_thinking_sent_back_is_replayed_where_qwen3s_template_asks(qwen3_tokenizer):
     """Within a tool-calling turn (after the last user message) Qwen3's template
     renders the earlier thinking; every API's way of sending it back gets there."""
-    from mlxhost.api.anthropic import parse_messages_request
-    from mlxhost.api.ollama import _messages as ollama_messages
-    from mlxhost.api.openai_responses import items_to_messages
+    from mlxhost.api.formats.anthropic import parse_messages_request
+    from mlxhost.api.formats.ollama import _messages as ollama_messages
+    from mlxhost.api.formats.openai_responses import items_to_messages
     from mlxhost.api.schemas import parse_chat_request
     from mlxhost_qwen.template import render
 

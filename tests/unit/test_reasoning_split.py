@@ -10,18 +10,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlxhost.api.thinking import anthropic_control, chat_control, ollama_control, responses_control
-from mlxhost.domain import ReasoningControl
-from mlxhost.errors import InvalidRequest
-from mlxhost.reasoning.budget import ThoughtTracker
-from mlxhost.reasoning.controls import (
+from mlxhost.core.domain import ReasoningControl
+from mlxhost.core.errors import InvalidRequest
+from mlxhost.core.types import ContentDelta, ReasoningDelta, SamplingParams, ToolCallEvent
+from mlxhost.engine.reasoning_budget import ThoughtTracker
+from mlxhost.families.reasoning.split import HarmonySplitter, TagSplitter, merge
+from mlxhost.service.reasoning_controls import (
     prompt_opens_thought,
     template_variables,
     thinking_budget,
     thinking_plan,
 )
-from mlxhost.reasoning.split import HarmonySplitter, TagSplitter, merge
 from mlxhost.testing.fake_engine import FAKE_HARMONY, FAKE_THINK, follow_script
-from mlxhost.types import ContentDelta, ReasoningDelta, SamplingParams, ToolCallEvent
 
 # -- a corpus of replies in the formats real models write ---------------------
 QWEN3_THINK_THEN_ANSWER = "<think>\nThe user greets me.\nI greet back.\n</think>\n\nHello! How can I help?"
@@ -277,8 +277,8 @@ def test_the_logits_processor_forces_the_close_and_starts_the_grammar_after_it()
     and at the first step they let the open marker (id 5) through."""
     import mlx.core as mx
 
-    from mlxhost.reasoning.processor import thinking_processor
-    from mlxhost.types import ThinkTags
+    from mlxhost.core.types import ThinkTags
+    from mlxhost.engine.reasoning_processor import thinking_processor
 
     fmt = ThinkTags("<think>", "</think>", (5,), (6,))
     made: list[int] = []

@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlxhost.default_plugins.generic_family import mlxhost_render_prompt, mlxhost_tool_call_parser
-from mlxhost.domain import Message, TextPart
-from mlxhost.errors import InvalidRequest
-from mlxhost.runtime.stop import StopStringMatcher
+from mlxhost.core.domain import Message, TextPart
+from mlxhost.core.errors import InvalidRequest
+from mlxhost.core.types import ContentDelta, LoadedModel, ModelInfo, ModelSpec
+from mlxhost.families.builtin.generic_family import mlxhost_render_prompt, mlxhost_tool_call_parser
+from mlxhost.families.toolcalls import ContentOnlyParser
 from mlxhost.runtime.worker import MLXWorker
-from mlxhost.toolcalls import ContentOnlyParser
-from mlxhost.types import ContentDelta, LoadedModel, ModelInfo, ModelSpec
+from mlxhost.service.stop import StopStringMatcher
 
 
 def run_matcher(pieces, stops):
@@ -181,7 +181,7 @@ def test_fallback_parser_passes_text_through():
 
 
 def test_openblas_preload_decision(tmp_path):
-    from mlxhost import blas
+    from mlxhost.cli import blas
 
     library = tmp_path / "libblas.so.3"
     library.write_text("")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import mlx.core as mx
 import pytest
 
-from mlxhost.runtime.sampling import make_logits_processors, make_sampler
-from mlxhost.types import SamplingParams
+from mlxhost.core.types import SamplingParams
+from mlxhost.engine.sampling import make_logits_processors, make_sampler
 
 LOGITS = mx.array([[1.0, 3.0, 2.0, -1.0]])
 

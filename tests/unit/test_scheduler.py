@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from mlxhost.errors import Busy
+from mlxhost.core.errors import Busy
 from mlxhost.runtime.scheduler import SlotScheduler
 
 

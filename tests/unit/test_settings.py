@@ -1,4 +1,4 @@
-"""The settings table (src/mlxhost/settings.py): docs, environment, flags, precedence."""
+"""The settings table (src/mlxhost/settings/table.py): docs, environment, flags, precedence."""
 
 import re
 import sys
@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import attrs
 import pytest
 
-from mlxhost import blas
-from mlxhost.cli import build_parser, main
-from mlxhost.config import settings_from_args
-from mlxhost.settings import (
+from mlxhost.cli import blas
+from mlxhost.cli.main import build_parser, main
+from mlxhost.settings.config_file import settings_from_args
+from mlxhost.settings.table import (
     SETTINGS,
     SETTINGS_BY_NAME,
     MiB,
@@ -27,7 +27,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 def test_docs_match_the_table():
     # A setting added or changed without regenerating the docs fails here.
     assert DOCS.read_text() == settings_markdown(), (
-        "docs/settings.md is out of date: python -m mlxhost.settings --markdown > docs/settings.md"
+        "docs/settings.md is out of date: python -m mlxhost.settings.table --markdown > docs/settings.md"
     )
 
 
@@ -146,12 +146,12 @@ def test_every_serve_flag_comes_from_the_table(capsys):
 
 def test_serve_builds_settings_from_flags_and_env(monkeypatch):
     try:
-        import mlxhost.starter as starter
+        import mlxhost.models.starter as starter
     except ImportError:
         import mlxhost.demo as starter
     import uvicorn
 
-    import mlxhost.app
+    import mlxhost.api.app
 
     seen = {}
     monkeypatch.setenv("MLX_PTX_CACHE_DIR", "/tmp/unused")
@@ -165,7 +165,7 @@ def test_serve_builds_settings_from_flags_and_env(monkeypatch):
         seen.update(settings=settings, group=group)
         return stopped
 
-    monkeypatch.setattr(mlxhost.app, "create_app", create_app)
+    monkeypatch.setattr(mlxhost.api.app, "create_app", create_app)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(run=kw))
     monkeypatch.setattr("signal.signal", lambda *args: None)
     assert main(["serve", "--port", "4321", "--no-openblas"]) == 0
@@ -211,7 +211,7 @@ def test_blas_reads_the_tables_variables(tmp_path):
     ],
 )
 def test_group_settings_that_cannot_work_are_refused(settings, message):
-    from mlxhost import launch
+    from mlxhost.distributed import launch
 
     with pytest.raises(SettingsError, match=message):
         launch.check(Settings(**settings))
@@ -219,7 +219,7 @@ def test_group_settings_that_cannot_work_are_refused(settings, message):
 
 
 def test_group_settings_come_from_the_config_file_and_the_environment(tmp_path):
-    from mlxhost.config import load_settings
+    from mlxhost.settings.config_file import load_settings
 
     config = tmp_path / "config.toml"
     config.write_text('[server]\nranks = 2\npipeline = true\n')

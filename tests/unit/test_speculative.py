@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlxhost.runtime.speculative import MAX_COOLDOWN, Policy, PromptLookup, accepted_prefix
+from mlxhost.engine.speculative import MAX_COOLDOWN, Policy, PromptLookup, accepted_prefix
 
 
 def test_lookup_proposes_what_followed_the_longest_earlier_match():
@@ -55,10 +55,10 @@ PROMPTS = [
 
 
 def run(model, prompt, *, speculative=True, eos=(), max_tokens=40, temperature=0.0, processors=()):
-    from mlxhost.runtime.batch import TextBatch
-    from mlxhost.runtime.sampling import make_sampler
+    from mlxhost.core.types import SamplingParams
+    from mlxhost.engine.batch import TextBatch
+    from mlxhost.engine.sampling import make_sampler
     from mlxhost.testing.tiny_text import TokenNames
-    from mlxhost.types import SamplingParams
 
     stored = []
     batch = TextBatch(
@@ -114,8 +114,8 @@ def test_an_end_inside_a_drafted_run_ends_where_plain_decoding_does(model):
 
 
 def test_sampled_processed_and_opted_out_requests_do_not_draft(model):
-    from mlxhost.runtime.sampling import make_logits_processors
-    from mlxhost.types import SamplingParams
+    from mlxhost.core.types import SamplingParams
+    from mlxhost.engine.sampling import make_logits_processors
 
     prompt = PROMPTS[1]
     _, sampled, _ = run(model, prompt, temperature=0.8)

@@ -1,4 +1,4 @@
-"""``mlxhost.starter``: what ``serve --model auto`` picks, without downloading anything."""
+"""``mlxhost.models.starter``: what ``serve --model auto`` picks, without downloading anything."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import mlxhost.starter as starter
-from mlxhost.starter import builder, child
+import mlxhost.models.starter as starter
+from mlxhost.models.starter import builder, child
 
 
 def test_old_module_re_exports_the_builder():
@@ -40,7 +40,7 @@ def test_help_builds_nothing(capsys, monkeypatch, tmp_path):
 
 
 def test_seed_model_when_the_hub_is_reachable(monkeypatch):
-    monkeypatch.setattr("mlxhost.runtime.locate.cached_config_path", lambda repo: None)
+    monkeypatch.setattr("mlxhost.models.locate.cached_config_path", lambda repo: None)
     monkeypatch.setattr(starter, "hub_reachable", lambda: True)
     monkeypatch.setattr(builder, "ensure_model", _must_not_build)
     monkeypatch.setattr(child, "ensure_model_in_child", _must_not_build)
@@ -60,7 +60,7 @@ def test_offline_builds_and_installs_the_starter_model(monkeypatch, tmp_path):
         return folder
 
     hub = tmp_path / "hub"
-    monkeypatch.setattr("mlxhost.runtime.locate.cached_config_path", lambda repo: None)
+    monkeypatch.setattr("mlxhost.models.locate.cached_config_path", lambda repo: None)
     monkeypatch.setattr(starter, "hub_reachable", lambda: False)
     monkeypatch.setattr(child, "ensure_model_in_child", ensure_model_in_child)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
@@ -73,7 +73,7 @@ def test_offline_builds_and_installs_the_starter_model(monkeypatch, tmp_path):
 
 
 def test_hub_offline_means_unreachable(monkeypatch):
-    monkeypatch.setattr("mlxhost.runtime.locate.hub_offline", lambda: True)
+    monkeypatch.setattr("mlxhost.models.locate.hub_offline", lambda: True)
     assert starter.hub_reachable() is False
 
 
@@ -103,13 +103,13 @@ def test_auto_builds_the_starter_in_a_child_where_torch_is_allowed(monkeypatch, 
     child process now, its lines in this process's log."""
     from huggingface_hub import constants
 
-    from mlxhost.lean_imports import hide_torch
+    from mlxhost.cli.lean_imports import hide_torch
 
     fake = tmp_path / "fake"
     fake.mkdir()
     # In the child: a sitecustomize puts the fake in place before the builder runs.
     (fake / "sitecustomize.py").write_text(
-        FAKE_BUILD + "from mlxhost.starter import builder\nbuilder._build = _build\n"
+        FAKE_BUILD + "from mlxhost.models.starter import builder\nbuilder._build = _build\n"
     )
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("MLXHOST_TEST_MODELS", str(tmp_path / "models"))
@@ -117,13 +117,13 @@ def test_auto_builds_the_starter_in_a_child_where_torch_is_allowed(monkeypatch, 
     exec(FAKE_BUILD, namespace)
     monkeypatch.setattr(builder, "_build", namespace["_build"])  # and here, were it built here
     hub = tmp_path / "hub"
-    monkeypatch.setattr("mlxhost.runtime.locate.cached_config_path", lambda repo: None)
+    monkeypatch.setattr("mlxhost.models.locate.cached_config_path", lambda repo: None)
     monkeypatch.setattr(starter, "hub_reachable", lambda: False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
     monkeypatch.delitem(sys.modules, "torch", raising=False)
     assert hide_torch()  # as `mlxhost serve` does before anything else
 
-    with caplog.at_level(logging.INFO, logger="mlxhost.starter"):
+    with caplog.at_level(logging.INFO, logger="mlxhost.models.starter"):
         repo_id = starter.choose_startup_model()
 
     spec = builder.TEST_MODELS["qwen"]
@@ -131,7 +131,7 @@ def test_auto_builds_the_starter_in_a_child_where_torch_is_allowed(monkeypatch, 
     assert builder.is_finished(tmp_path / "models" / spec.folder_name)
     snapshot = hub / ("models--" + repo_id.replace("/", "--")) / "snapshots"
     assert [p.name for p in next(snapshot.iterdir()).iterdir()] == ["config.json"]
-    logged = [r.getMessage() for r in caplog.records if r.name == "mlxhost.starter"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "mlxhost.models.starter"]
     assert "[gguf-convert    0.0s] importing torch and transformers" in logged
     assert any(line.startswith("model ready: ") for line in logged)
     assert sys.modules["torch"] is None  # still hidden here

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 
 from mlxhost.api.schemas import parse_chat_request
-from mlxhost.conversation.summarize import (
+from mlxhost.core.domain import text_message
+from mlxhost.core.errors import ContextLengthExceeded
+from mlxhost.service.summarize import (
     SUMMARY_HEADER,
     Summarizer,
     message_as_text,
     split_conversation,
     with_summary,
 )
-from mlxhost.domain import text_message
-from mlxhost.errors import ContextLengthExceeded
 from mlxhost.testing.http import chat
 
 

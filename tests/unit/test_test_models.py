@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mlxhost.starter import builder as models
-from mlxhost.starter.builder import (
+from mlxhost.models.starter import builder as models
+from mlxhost.models.starter.builder import (
     TEST_MODELS,
     ensure_built,
     install_into_hf_cache,
@@ -195,7 +195,7 @@ def test_concurrent_processes_build_once(tmp_path):
 
 
 def test_convert_gguf_checks_paths_before_heavy_work(tmp_path):
-    from mlxhost.gguf_convert import convert_gguf
+    from mlxhost.models.gguf_convert import convert_gguf
 
     with pytest.raises(FileNotFoundError):
         convert_gguf(tmp_path / "missing.gguf", tmp_path / "out", log=lambda _: None)
@@ -207,7 +207,7 @@ def test_convert_gguf_checks_paths_before_heavy_work(tmp_path):
 
 
 def test_chat_template_from_file_or_text(tmp_path):
-    from mlxhost.gguf_convert import _read_template
+    from mlxhost.models.gguf_convert import _read_template
 
     text = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
     path = tmp_path / "t.jinja"
@@ -220,7 +220,7 @@ def test_chat_template_from_file_or_text(tmp_path):
 
 
 def test_template_and_eos_written_into_model_folder(tmp_path):
-    from mlxhost.gguf_convert import _set_eos_token_ids, _write_chat_template
+    from mlxhost.models.gguf_convert import _set_eos_token_ids, _write_chat_template
 
     (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": 1, "model_type": "x"}))
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>"}))

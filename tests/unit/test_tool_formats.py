@@ -12,16 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlxhost.domain import FunctionTool
-from mlxhost.testing.plugin_kit import feed, pieces_at
-from mlxhost.tool_formats import (
+from mlxhost.core.domain import FunctionTool
+from mlxhost.core.types import ContentDelta, ToolCallEvent
+from mlxhost.families.tool_formats import (
     FORMATS,
     detect_tool_format,
     forced_call_grammar,
     make_format_parser,
 )
-from mlxhost.toolcalls import merge_events, strict_parameters
-from mlxhost.types import ContentDelta, ToolCallEvent
+from mlxhost.families.toolcalls import merge_events, strict_parameters
+from mlxhost.testing.plugin_kit import feed, pieces_at
 
 TEMPLATES = Path(__file__).parent / "data" / "chat_templates"
 
@@ -214,7 +214,7 @@ def accepts(tokenizer, grammar: str, text: str) -> bool:
     """Whether ``text``, tokenized as the model would write it, is a complete match."""
     import llguidance
 
-    from mlxhost.runtime.constrain import lark_grammar
+    from mlxhost.engine.constrain import lark_grammar
 
     matcher = llguidance.LLMatcher(tokenizer.ll, lark_grammar(grammar))
     ok = matcher.consume_tokens(tokenizer.encode(text, add_special_tokens=False))
@@ -307,7 +307,7 @@ def test_function_gemma_cannot_spell_an_object_argument():
 
 @pytest.mark.parametrize("fmt", ["json_tools", "default", "phi4_mini", "kimi_k2", "mistral"])
 def test_strict_tools_under_auto_constrain_only_the_calls(fmt, qwen_tokenizer):
-    from mlxhost.tool_formats import strict_calls_grammar
+    from mlxhost.families.tool_formats import strict_calls_grammar
 
     special = set(qwen_tokenizer.get_added_vocab())
     strict = attrs.evolve(WEATHER, strict=True)
@@ -320,7 +320,7 @@ def test_strict_tools_under_auto_constrain_only_the_calls(fmt, qwen_tokenizer):
 
 
 def test_strict_tools_under_auto_are_not_constrained_where_each_argument_is_spelled_out():
-    from mlxhost.tool_formats import strict_calls_grammar
+    from mlxhost.families.tool_formats import strict_calls_grammar
 
     assert strict_calls_grammar(FORMATS["qwen3_coder"], (attrs.evolve(WEATHER, strict=True),), ()) is None
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from mlxhost.domain import FunctionTool, NamedToolChoice
-from mlxhost.runtime.constrain import lark_grammar
-from mlxhost.toolcalls import forced_tools
+from mlxhost.core.domain import FunctionTool, NamedToolChoice
+from mlxhost.engine.constrain import lark_grammar
+from mlxhost.families.toolcalls import forced_tools
 
 TOOLS = (
     FunctionTool(name="get_weather", parameters={
@@ -89,7 +89,7 @@ def _allowed_after(ll_tokenizer, grammar_text: str, tokens: list[int]) -> set[in
 
 
 def test_enforced_call_tools_under_auto_only_with_a_strict_tool():
-    from mlxhost.toolcalls import enforced_call_tools
+    from mlxhost.families.toolcalls import enforced_call_tools
 
     assert enforced_call_tools((LOOSE,), "auto") == ()
     assert enforced_call_tools((STRICT, LOOSE), "auto") == (STRICT, LOOSE)

@@ -1,4 +1,4 @@
-"""The shared tool-call machinery (mlxhost.toolcalls), with a toy call format.
+"""The shared tool-call machinery (mlxhost.families.toolcalls), with a toy call format.
 
 The toy format: ``<call>{"name": ..., "arguments": {...}}</call>``, and (when a
 test asks for it) a whole reply ``!name`` as a bare call of an offered function.
@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlxhost.domain import FunctionTool, NamedToolChoice
-from mlxhost.toolcalls import (
+from mlxhost.core.domain import FunctionTool, NamedToolChoice
+from mlxhost.core.types import ContentDelta, ToolCall, ToolCallEvent
+from mlxhost.families.toolcalls import (
     ContentOnlyParser,
     InvalidToolCall,
     ToolCallStreamParser,
@@ -29,7 +30,6 @@ from mlxhost.toolcalls import (
     schema_errors,
     tool_choice_instruction,
 )
-from mlxhost.types import ContentDelta, ToolCall, ToolCallEvent
 
 FUNCTIONS = {"ping": {}, "add": {"type": "object", "properties": {"a": {"type": "integer"}}}}
 
@@ -272,7 +272,7 @@ def test_content_before_a_block_goes_out_before_the_block_is_complete():
 
 def test_malformed_blocks_are_returned_as_content_with_a_warning(caplog):
     for text in ('<call>{"name": "ping"</call>', '<call>{"name": "rm_rf"}</call>', "<call></call>"):
-        with caplog.at_level(logging.WARNING, logger="mlxhost.toolcalls"):
+        with caplog.at_level(logging.WARNING, logger="mlxhost.families.toolcalls"):
             caplog.clear()
             assert run("Hi " + text + " bye") == [("content", "Hi " + text + " bye")]
         assert "not a valid call" in caplog.text
@@ -397,7 +397,7 @@ def test_every_single_split_point_and_one_character_at_a_time():
 
 
 def test_find_close_outside_json_strings():
-    from mlxhost.toolcalls import find_close_outside_json_strings as find
+    from mlxhost.families.toolcalls import find_close_outside_json_strings as find
 
     close = "</tool_call>"
     assert find('{"a": "</tool_call>"}</tool_call>', close) == len('{"a": "</tool_call>"}')

@@ -1,4 +1,4 @@
-"""The status and playground page (mlxhost.ui) as HTTP sees it: files, headers,
+"""The status and playground page (mlxhost.api.ui) as HTTP sees it: files, headers,
 API-key rules, ``--no-ui``, and the /health figures it shows. The page itself
 runs in a real browser in tests/integration/test_everyday.py."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 
+from mlxhost.api.ui import STATIC
 from mlxhost.testing.http import chat
-from mlxhost.ui import STATIC
 
 
 def test_page_and_its_files_are_served(client):

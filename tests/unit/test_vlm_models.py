@@ -2,7 +2,7 @@
 number of image tokens, and the image reaches the language model.
 
 Builds them (seconds) on first use; needs the text test models' tokenizers
-(``python -m mlxhost.starter.builder``, built once per machine).
+(``python -m mlxhost.models.starter.builder``, built once per machine).
 """
 
 from __future__ import annotations

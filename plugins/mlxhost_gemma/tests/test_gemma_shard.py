@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from mlxhost.plugins import make_plugin_manager
-from mlxhost.runtime.sharding import NotShardable, shard_model
+from mlxhost.distributed.sharding import NotShardable, shard_model
+from mlxhost.families.plugins import make_plugin_manager
 
 
 def tiny_gemma():

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from mlxhost.domain import FunctionTool, NamedToolChoice
-from mlxhost.templating import TemplateError
+from mlxhost.core.domain import FunctionTool, NamedToolChoice
+from mlxhost.families.templating import TemplateError
 from mlxhost.testing.plugin_kit import (
     UNIT,
     assistant,

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlxhost.core.types import ContentDelta
+from mlxhost.families.toolcalls import InvalidToolCall, merge_events, offered_functions
 from mlxhost.testing.plugin_kit import PARSER_TOOLS, WEATHER_TOOL, feed, normalize, reply_cases
-from mlxhost.toolcalls import InvalidToolCall, merge_events, offered_functions
-from mlxhost.types import ContentDelta
 from mlxhost_gemma.tools import (
     BareCallMatcher,
     find_closing_fence,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from mlxhost.domain import NamedToolChoice
-from mlxhost.templating import TemplateError
+from mlxhost.core.domain import NamedToolChoice
+from mlxhost.families.templating import TemplateError
 from mlxhost.testing.plugin_kit import (
     STRING,
     WEATHER_TOOL,

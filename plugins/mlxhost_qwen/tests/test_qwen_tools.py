@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlxhost.core.types import ContentDelta, ToolCallEvent
+from mlxhost.families.toolcalls import merge_events, offered_functions
 from mlxhost.testing.plugin_kit import PARSER_TOOLS, feed, normalize, reply_cases
-from mlxhost.toolcalls import merge_events, offered_functions
-from mlxhost.types import ContentDelta, ToolCallEvent
 from mlxhost_qwen.tools import JsonReplyMatcher, make_parser, parse_json_reply
 
 TOOLS = PARSER_TOOLS

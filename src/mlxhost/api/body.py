@@ -7,8 +7,8 @@ from typing import Any
 from litestar import Request
 from litestar.exceptions import HTTPException
 
+from mlxhost.core.errors import InvalidRequest
 from mlxhost.core.units import duration_seconds
-from mlxhost.errors import InvalidRequest
 
 
 async def read_json(request: Request) -> Any:

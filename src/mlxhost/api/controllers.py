@@ -11,12 +11,12 @@ from litestar.params import FromPath
 
 from mlxhost.api import exchange
 from mlxhost.api.body import read_json
-from mlxhost.api.responses import ChatFrames, choice_requests, completion_body, merge_choices
+from mlxhost.api.openai_chat import ChatFrames, choice_requests, completion_body, merge_choices
 from mlxhost.api.schemas import CHAT_REQUEST_SCHEMA, parse_wire_request, to_domain
 from mlxhost.api.wire_schema import operation
-from mlxhost.reasoning.formats import levels_of_kind, thinking_kind_on_disk
+from mlxhost.core.types import REASONING, ModelInfo
+from mlxhost.families.reasoning.formats import levels_of_kind, thinking_kind_on_disk
 from mlxhost.runtime.runtime import RuntimeStatus
-from mlxhost.types import REASONING, ModelInfo
 
 
 class ChatController(Controller):

@@ -13,7 +13,7 @@ import attrs
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException
 
-from mlxhost.errors import ClientDisconnected, ContextLengthExceeded, MlxhostError
+from mlxhost.core.errors import ClientDisconnected, ContextLengthExceeded, MlxhostError
 
 log = logging.getLogger(__name__)
 

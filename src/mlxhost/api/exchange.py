@@ -36,10 +36,10 @@ import attrs
 from litestar import Request
 from litestar.response import Stream
 
-from mlxhost.domain import ChatRequest
-from mlxhost.errors import ClientDisconnected, MlxhostError
-from mlxhost.service import ChatService, Generation
-from mlxhost.types import GenerationEvent
+from mlxhost.core.domain import ChatRequest
+from mlxhost.core.errors import ClientDisconnected, MlxhostError
+from mlxhost.core.types import GenerationEvent
+from mlxhost.service.chat import ChatService, Generation
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,14 @@ from typing import Any, ClassVar, Literal
 import attrs
 import cattrs
 
-from mlxhost import domain
 from mlxhost.api.thinking import EFFORT_SCHEMA, chat_control
 from mlxhost.api.wire_schema import check_body, constrained, schema_of
+from mlxhost.core import domain
+from mlxhost.core.errors import InvalidRequest
 
 # The sampling bounds (JSON-schema keywords), shared by the APIs that take these knobs.
 from mlxhost.core.limits import MIN_P, PENALTY, REPETITION_PENALTY, TEMPERATURE, TOP_K, TOP_P
-from mlxhost.errors import InvalidRequest
-from mlxhost.types import ToolCall
+from mlxhost.core.types import ToolCall
 
 MAX_JSON_DEPTH = 64
 # Choices per chat request (each is a generation of its own, run one after another).

@@ -10,9 +10,9 @@ import base64
 import hashlib
 from typing import Any
 
-from mlxhost.domain import EFFORTS, ReasoningControl
-from mlxhost.errors import InvalidRequest
-from mlxhost.reasoning.controls import effort_of, template_kwargs_of
+from mlxhost.core.domain import EFFORTS, ReasoningControl
+from mlxhost.core.errors import InvalidRequest
+from mlxhost.service.reasoning_controls import effort_of, template_kwargs_of
 
 # JSON schema of a reasoning_effort value.
 EFFORT_SCHEMA = {"enum": [*EFFORTS, None], "description": "none: do not think"}

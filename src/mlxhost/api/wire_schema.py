@@ -20,7 +20,7 @@ from typing import Any, Literal, Union
 
 import attrs
 
-from mlxhost.errors import InvalidRequest
+from mlxhost.core.errors import InvalidRequest
 
 # The metadata key under which a field carries its JSON-schema constraints.
 SCHEMA_KEY = "json_schema"

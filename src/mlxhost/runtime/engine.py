@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-from mlxhost.types import ModelInfo, RenderedPrompt, SamplingParams, TokenStep
+from mlxhost.core.types import ModelInfo, RenderedPrompt, SamplingParams, TokenStep
 
 if TYPE_CHECKING:
     from mlxhost.runtime.memory import DeviceMemory

@@ -18,11 +18,11 @@ The model (docs/operations.md, "Memory"):
 * **prefix cache**: the bytes its stored KV arrays hold; it is shrunk (least
   recently used first) before a request has to wait;
 * **side models**: embedding and rerank models loaded beside the chat model
-  (``mlxhost.embedding.slots``), their weights and one pass's activations. One
+  (``mlxhost.runtime.embedding.slots``), their weights and one pass's activations. One
   is admitted only when it fits beside the rest (:meth:`MemoryGovernor.admit_side`).
 
 A request that cannot fit even alone (nothing running, prefix cache empty) is
-refused at once (:class:`~mlxhost.errors.MemoryExceeded`, a 400 saying how
+refused at once (:class:`~mlxhost.core.errors.MemoryExceeded`, a 400 saying how
 many tokens would fit); one that fits once others finish waits, in arrival
 order, up to ``--memory-wait`` seconds (then 503 with ``Retry-After``).
 
@@ -44,9 +44,9 @@ from typing import Any
 
 import attrs
 
+from mlxhost.core.errors import Busy, MemoryExceeded
 from mlxhost.core.model_config import language_fact, positive_int
 from mlxhost.core.units import format_bytes
-from mlxhost.errors import Busy, MemoryExceeded
 
 log = logging.getLogger(__name__)
 
@@ -431,14 +431,14 @@ class MemoryGovernor:
         """Count a side model's ``nbytes`` if they fit beside the chat model's weights,
         workspace, the running requests' KV and the other side models. Never fits
         (even with no request running): MemoryExceeded-like 400
-        (:class:`~mlxhost.errors.SideModelTooLarge`); fits once requests finish: 503."""
+        (:class:`~mlxhost.core.errors.SideModelTooLarge`); fits once requests finish: 503."""
         if self.budget is None:
             self.side[model] = nbytes
             return
         others = sum(v for k, v in self.side.items() if k != model)
         fixed = self.budget - self.weights - self.workspace - others
         if nbytes > fixed:
-            from mlxhost.errors import SideModelTooLarge
+            from mlxhost.core.errors import SideModelTooLarge
 
             self.refused += 1
             raise SideModelTooLarge(model, nbytes, max(0, fixed), self.budget, self.weights + others)

@@ -20,9 +20,20 @@ from typing import Any, TypeVar
 
 import attrs
 
+from mlxhost.core.errors import EngineError, GroupLost, MlxhostError, ModelLoadFailed
+from mlxhost.core.types import (
+    EMBEDDING,
+    RERANK,
+    LoadedModel,
+    ModelInfo,
+    ReasoningFormat,
+    RenderedPrompt,
+    SamplingParams,
+    TokenStep,
+    ToolParserFactory,
+)
 from mlxhost.core.units import format_bytes, format_duration
-from mlxhost.embedding.slots import SideSlots
-from mlxhost.errors import EngineError, GroupLost, MlxhostError, ModelLoadFailed
+from mlxhost.runtime.embedding.slots import SideSlots
 from mlxhost.runtime.engine import Engine, PreparedPrompt
 from mlxhost.runtime.memory import (
     KVLayout,
@@ -35,17 +46,6 @@ from mlxhost.runtime.memory import (
 )
 from mlxhost.runtime.scheduler import SlotScheduler
 from mlxhost.runtime.worker import LoopOutbox, MLXWorker
-from mlxhost.types import (
-    EMBEDDING,
-    RERANK,
-    LoadedModel,
-    ModelInfo,
-    ReasoningFormat,
-    RenderedPrompt,
-    SamplingParams,
-    TokenStep,
-    ToolParserFactory,
-)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class RuntimeStatus:
     engine: dict[str, Any]
     memory: dict[str, Any] = attrs.Factory(dict)
     keep_alive: dict[str, Any] = attrs.Factory(dict)
-    # Embedding / rerank models loaded beside the chat model (mlxhost.embedding.slots).
+    # Embedding / rerank models loaded beside the chat model (mlxhost.runtime.embedding.slots).
     side_models: dict[str, Any] = attrs.Factory(dict)
 
 

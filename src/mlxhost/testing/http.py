@@ -45,9 +45,9 @@ def streamed_text(events: Sequence) -> str:
 def live(fake_plugin: Any, fake_models: Sequence[str], **settings: Any) -> AbstractContextManager[str]:
     """``with live(fake_plugin, fake_models, **settings) as url:`` the app with the fake
     engine under a real uvicorn server (real sockets: disconnects, concurrency)."""
-    from mlxhost.app import create_app
-    from mlxhost.plugins import make_plugin_manager
-    from mlxhost.settings import Settings
+    from mlxhost.api.app import create_app
+    from mlxhost.families.plugins import make_plugin_manager
+    from mlxhost.settings.table import Settings
     from mlxhost.testing.live import live_server
 
     app = create_app(

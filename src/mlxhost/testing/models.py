@@ -1,11 +1,11 @@
-"""Moved to :mod:`mlxhost.starter.builder` (the models are also the starter model
+"""Moved to :mod:`mlxhost.models.starter.builder` (the models are also the starter model
 of ``mlxhost serve --model auto``). This shim keeps old imports and
 ``python -m mlxhost.testing.models [qwen gemma]`` working."""
 
 from __future__ import annotations
 
-from mlxhost.starter.builder import *  # noqa: F403
-from mlxhost.starter.builder import (  # noqa: F401
+from mlxhost.models.starter.builder import *  # noqa: F403
+from mlxhost.models.starter.builder import (  # noqa: F401
     BUILD_MARKER,
     DATA_DIR,
     RECIPE_VERSION,

@@ -1,6 +1,6 @@
 """A test kit for family plugins: the checks every family must pass, written once.
 
-A family plugin (a :class:`mlxhost.family.Family` exposed as
+A family plugin (a :class:`mlxhost.families.family.Family` exposed as
 ``FamilyPlugin(family)``) subclasses the kit's classes in its own tests and
 says, in a few class attributes, what is particular to it::
 
@@ -44,7 +44,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlxhost.domain import (
+from mlxhost.core.domain import (
     FunctionTool,
     ImagePart,
     Message,
@@ -53,12 +53,7 @@ from mlxhost.domain import (
     ToolChoice,
     text_message,
 )
-from mlxhost.family import Family, FamilyPlugin
-from mlxhost.plugins import ENTRY_POINT_GROUP, describe_plugins, make_plugin_manager
-from mlxhost.registry import ModelRegistry
-from mlxhost.settings import Settings
-from mlxhost.toolcalls import ContentOnlyParser, merge_events, tool_choice_instruction
-from mlxhost.types import (
+from mlxhost.core.types import (
     ContentDelta,
     ImageInput,
     LoadedModel,
@@ -70,6 +65,11 @@ from mlxhost.types import (
     ToolCall,
     ToolCallEvent,
 )
+from mlxhost.families.family import Family, FamilyPlugin
+from mlxhost.families.plugins import ENTRY_POINT_GROUP, describe_plugins, make_plugin_manager
+from mlxhost.families.toolcalls import ContentOnlyParser, merge_events, tool_choice_instruction
+from mlxhost.models.registry import ModelRegistry
+from mlxhost.settings.table import Settings
 
 OTHER_FAMILY = "not-this-family"
 OTHER_MODEL_TYPE = "not-a-model-type-of-this-family"
@@ -479,7 +479,7 @@ class FamilyPluginTests(FamilyFacts):
 
     def test_tool_call_grammar_compiles_when_declared(self):
         """A family's forced-call grammar (``mlxhost_tool_call_grammar``) is valid llguidance Lark."""
-        from mlxhost.runtime.constrain import lark_grammar
+        from mlxhost.engine.constrain import lark_grammar
 
         calls = self._hook_calls(self.model())
         text = self.plugin.mlxhost_tool_call_grammar(**calls["mlxhost_tool_call_grammar"])
@@ -608,7 +608,7 @@ class FamilyApiTests(FamilyFacts):
     def make_client(self, tmp_path):
         from litestar.testing import TestClient
 
-        from mlxhost.app import create_app
+        from mlxhost.api.app import create_app
         from mlxhost.testing.fake_engine import FakeEnginePlugin
 
         folder = tmp_path / f"tiny-{self.family.name}"

@@ -83,7 +83,7 @@ class ServerProcess:
         self.log_path = log_path
         self.wait_for_model = wait_for_model
         self.startup_timeout = startup_timeout
-        serve = [sys.executable, "-m", "mlxhost.cli", "serve", "--port", str(self.port)]
+        serve = [sys.executable, "-m", "mlxhost.cli.main", "serve", "--port", str(self.port)]
         self.command = list(command) if command is not None else [*serve, *self.args]
         self.ready = ready or mlxhost_ready
         self.name = name or ("mlxhost serve" if command is None else Path(self.command[0]).name)

@@ -3,7 +3,7 @@
 Each :class:`TinyArch` names an mlx-lm ``model_type``, a small config for it,
 the real chat template of its family (``tests/unit/data/chat_templates``,
 provenance in SOURCES.md there) and the tokenizer it borrows from a test model
-(``mlxhost.starter.builder.models_cache_dir()``): the families' own tokenizers are tens of MB
+(``mlxhost.models.starter.builder.models_cache_dir()``): the families' own tokenizers are tens of MB
 to fetch, so a model of the same vocabulary family stands in where there is one
 (Qwen for Qwen, Gemma 3 for Gemma 4), and SmolLM2's small BPE elsewhere. The
 weights are built at test time (a second or two each; nothing large in git):
@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from mlxhost.starter.builder import models_cache_dir
+from mlxhost.models.starter.builder import models_cache_dir
 
 # The built test models ($MLXHOST_TEST_MODELS, else ~/.cache/mlxhost/test-models).
 TEST_MODELS = models_cache_dir()

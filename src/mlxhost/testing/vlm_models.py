@@ -8,7 +8,7 @@ language model) in well under a second on CPU, but say nothing meaningful.
 
 No torch and no hub: weights come from NumPy with a fixed seed (deterministic
 builds), and the tokenizers are the real ones, taken from the converted text
-test models (``mlxhost.starter.builder``):
+test models (``mlxhost.models.starter.builder``):
 
 - ``gemma3``: Gemma's tokenizer plus ``<image_soft_token>`` (id 262144) as in the
   real Gemma 3 VLMs; SigLIP tower 112 px / patch 14 -> 8x8 patches, pooled 2x2
@@ -32,7 +32,13 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxhost.starter.builder import DATA_DIR, Log, ensure_built, ensure_test_model, models_cache_dir
+from mlxhost.models.starter.builder import (
+    DATA_DIR,
+    Log,
+    ensure_built,
+    ensure_test_model,
+    models_cache_dir,
+)
 
 # The Qwen3-VL template is used only here; Gemma's is shared with the builder (DATA_DIR).
 TESTING_DATA_DIR = Path(__file__).parent / "data"

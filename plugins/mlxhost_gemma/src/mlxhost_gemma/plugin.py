@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mlxhost.family import Family, FamilyPlugin, ModelRegistration
-from mlxhost.types import TOOLS, VISION
+from mlxhost.core.types import TOOLS, VISION
+from mlxhost.families.family import Family, FamilyPlugin, ModelRegistration
 from mlxhost_gemma.shard import shard
 from mlxhost_gemma.template import render
 from mlxhost_gemma.tools import call_grammar, make_parser

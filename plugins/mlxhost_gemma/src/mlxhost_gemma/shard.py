@@ -1,7 +1,7 @@
 """Tensor parallel Gemma 3: mlx-lm's ``gemma3_text`` model has no ``shard()``.
 
 The decoder layers split as mlx-lm splits Llama-style ones
-(``mlxhost.runtime.sharding.shard_attention_mlp``): query heads and MLP rows
+(``mlxhost.distributed.sharding.shard_attention_mlp``): query heads and MLP rows
 per rank, an ``all_sum`` after ``o_proj`` and ``down_proj``. Gemma 3 270M has
 one key/value head, which stays whole on every rank. The embedding (tied to the
 output layer) stays whole too, as in mlx-lm's shards. For ``gemma3`` (the
@@ -19,7 +19,7 @@ from typing import Any
 def shard(model: Any, config: Mapping[str, Any], group: Any, pipeline: bool) -> bool | None:
     if pipeline:
         return None  # no pipeline stages for Gemma: the error names tensor parallel
-    from mlxhost.runtime.sharding import shard_attention_mlp
+    from mlxhost.distributed.sharding import shard_attention_mlp
 
     kind = config.get("model_type")
     if kind == "gemma3_text":

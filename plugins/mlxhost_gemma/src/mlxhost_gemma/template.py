@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any
 
-from mlxhost.domain import FunctionTool, Message, TextPart, ToolChoice
-from mlxhost.templating import render_chat_template, special_tokens
-from mlxhost.types import ImageInput, RenderedPrompt
+from mlxhost.core.domain import FunctionTool, Message, TextPart, ToolChoice
+from mlxhost.core.types import ImageInput, RenderedPrompt
+from mlxhost.families.templating import render_chat_template, special_tokens
 from mlxhost_gemma.tools import tool_code_block, tool_output_block, tool_prompt
 
 CHAT_TEMPLATE = files("mlxhost_gemma").joinpath("chat_template.jinja").read_text()

@@ -33,8 +33,9 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mlxhost.domain import FunctionTool, ToolChoice
-from mlxhost.toolcalls import (
+from mlxhost.core.domain import FunctionTool, ToolChoice
+from mlxhost.core.types import StreamParser, ToolCall
+from mlxhost.families.toolcalls import (
     ContentOnlyParser,
     InvalidToolCall,
     ToolCallStreamParser,
@@ -44,7 +45,6 @@ from mlxhost.toolcalls import (
     schema_errors,
     tool_choice_instruction,
 )
-from mlxhost.types import StreamParser, ToolCall
 
 TOOL_CODE = "```tool_code"
 TOOL_OUTPUT = "```tool_output"
@@ -191,7 +191,7 @@ def tool_prompt(tools: Sequence[FunctionTool], tool_choice: ToolChoice) -> str:
 
 def tool_code_block(tool_calls: Sequence[ToolCall]) -> str:
     """Earlier assistant calls rendered back as the model wrote them."""
-    from mlxhost.templating import TemplateError
+    from mlxhost.families.templating import TemplateError
 
     lines = []
     for call in tool_calls:
@@ -585,7 +585,7 @@ def call_grammar(tools: Sequence[FunctionTool], tool_choice: ToolChoice) -> str:
     (some tool is strict): free text, and every ```` ```tool_code ```` block it
     opens calls an offered tool, a strict tool's arguments as above, any other
     tool's any keyword arguments."""
-    from mlxhost.toolcalls import calls_in_free_text
+    from mlxhost.families.toolcalls import calls_in_free_text
 
     auto = tool_choice == "auto"
     calls, lines = [], []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlxhost.types import LoadedModel
+from mlxhost.core.types import LoadedModel
 
 FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
 

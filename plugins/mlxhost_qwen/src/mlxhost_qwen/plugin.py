@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mlxhost.family import Family, FamilyPlugin, ModelRegistration
-from mlxhost.types import TOOLS, VISION
+from mlxhost.core.types import TOOLS, VISION
+from mlxhost.families.family import Family, FamilyPlugin, ModelRegistration
 from mlxhost_qwen.fim import fim
 from mlxhost_qwen.template import render
 from mlxhost_qwen.tools import call_grammar, make_parser

@@ -7,15 +7,15 @@ from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from typing import Any
 
-from mlxhost.domain import FunctionTool, Message, ToolChoice
-from mlxhost.templating import (
+from mlxhost.core.domain import FunctionTool, Message, ToolChoice
+from mlxhost.core.types import ImageInput, RenderedPrompt
+from mlxhost.families.templating import (
     render_chat_template,
     special_tokens,
     template_messages,
     template_tools,
 )
-from mlxhost.toolcalls import tool_choice_instruction
-from mlxhost.types import ImageInput, RenderedPrompt
+from mlxhost.families.toolcalls import tool_choice_instruction
 
 CHAT_TEMPLATE = files("mlxhost_qwen").joinpath("chat_template.jinja").read_text()
 

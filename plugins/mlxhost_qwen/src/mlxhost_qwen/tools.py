@@ -20,8 +20,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from mlxhost.domain import FunctionTool
-from mlxhost.toolcalls import (
+from mlxhost.core.domain import FunctionTool
+from mlxhost.core.types import StreamParser, ToolCall
+from mlxhost.families.toolcalls import (
     ContentOnlyParser,
     InvalidToolCall,
     ToolCallStreamParser,
@@ -31,7 +32,6 @@ from mlxhost.toolcalls import (
     offered_functions,
     schema_errors,
 )
-from mlxhost.types import StreamParser, ToolCall
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
@@ -263,7 +263,7 @@ def call_grammar(tools: Sequence[FunctionTool], tool_choice: Any) -> str:
     (some tool is strict): free text, and every ``<tool_call>`` block it opens,
     or a reply that is a bare call object, names an offered tool, a strict
     tool's arguments matching its schema."""
-    from mlxhost.toolcalls import call_object_schema, calls_in_free_text
+    from mlxhost.families.toolcalls import call_object_schema, calls_in_free_text
 
     auto = tool_choice == "auto"
     schema = json.dumps(call_object_schema(tools, strict_only=auto), ensure_ascii=False)

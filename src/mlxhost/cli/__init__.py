@@ -1,0 +1,1 @@
+"""The command line: serve and one module per everyday command."""

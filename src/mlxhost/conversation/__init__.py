@@ -1,1 +1,0 @@
-"""Conversation-level policies: context budget and summarization of older turns."""

@@ -1,0 +1,1 @@
+"""The MLX engine: loading, steps, batching, kernels, sampling, constrained decoding."""

@@ -1,0 +1,1 @@
+"""The KV prefix cache: trie + LRU, the disk tier, image prompts."""

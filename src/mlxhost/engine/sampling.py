@@ -1,0 +1,128 @@
+"""Per-request sampling: the sampler and logits processors for one generation.
+
+The sampler (temperature, top_p, top_k, min_p) is mlx-lm's ``make_sampler``.
+The logits processors are our own so their meaning matches the APIs':
+
+- ``logit_bias`` (token id -> bias, OpenAI's -100..100) is added to the logits;
+- ``presence_penalty`` / ``frequency_penalty`` (OpenAI, -2..2) count the tokens
+  *generated so far* (not the prompt): ``logit -= presence * (count > 0) +
+  frequency * count``;
+- ``repetition_penalty`` (CTRL / Hugging Face style, > 0, 1 = off) divides a
+  positive logit (multiplies a negative one) of every token already generated.
+
+A processor is called before each sampled token with the tokens the decoding
+loop has seen (which may include part of the prompt) and the logits; the first
+call's length marks where generation starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from mlxhost.core.types import SamplingParams
+
+LogitsProcessor = Callable[[Any, Any], Any]
+
+
+def make_sampler(params: SamplingParams) -> Callable[[Any], Any]:
+    """mlx-lm's sampler; a seeded one draws from its own random key, never the
+    global RNG, so seeded requests stay reproducible inside a batch."""
+    top_p = params.top_p if params.top_p < 1.0 else 0.0
+    if params.seed is None or params.temperature == 0:
+        return _shared_sampler(params.temperature, top_p, params.min_p, params.top_k)
+    import mlx.core as mx
+    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+
+    # The same filter chain as mlx-lm's make_sampler, in the same order.
+    filters: list[Callable[[Any], Any]] = []
+    if 0 < top_p < 1.0:
+        filters.append(lambda x: apply_top_p(x, top_p))
+    if params.min_p:
+        filters.append(lambda x: apply_min_p(x, params.min_p, 1))
+    if params.top_k > 0:
+        filters.append(lambda x: apply_top_k(x, params.top_k))
+    key = [mx.random.key(params.seed)]
+    scale = 1 / params.temperature
+
+    def seeded(logprobs: Any) -> Any:
+        for step in filters:
+            logprobs = step(logprobs)
+        key[0], draw = mx.random.split(key[0])
+        return mx.random.categorical(logprobs * scale, key=draw)
+
+    return seeded
+
+
+@lru_cache(maxsize=64)
+def _shared_sampler(temperature: float, top_p: float, min_p: float, top_k: int) -> Callable[[Any], Any]:
+    """One sampler object per unseeded setting: ``BatchGenerator`` samples a
+    batch whose sequences share one sampler object in one call, and one call
+    per sequence otherwise (8 small graphs a step instead of one at 8 streams)."""
+    from mlx_lm.sample_utils import make_sampler as mlx_make_sampler
+
+    return mlx_make_sampler(temp=temperature, top_p=top_p, min_p=min_p, top_k=top_k)
+
+
+class _Generated:
+    """The tokens generated so far, from the ``tokens`` a processor is given."""
+
+    def __init__(self) -> None:
+        self._start: int | None = None
+
+    def of(self, tokens: Any) -> Any:
+        length = 0 if tokens is None else int(tokens.shape[-1])
+        if self._start is None:
+            self._start = length
+        return None if tokens is None else tokens[..., self._start :]
+
+
+def make_logits_processors(params: SamplingParams) -> list[LogitsProcessor]:
+    import mlx.core as mx
+
+    processors: list[LogitsProcessor] = []
+    if params.logit_bias:
+        ids = mx.array(list(params.logit_bias.keys()))
+        values = mx.array(list(params.logit_bias.values()), dtype=mx.float32)
+
+        def bias(tokens: Any, logits: Any) -> Any:
+            return logits.at[..., ids].add(values.astype(logits.dtype))
+
+        processors.append(bias)
+    presence, frequency = params.presence_penalty, params.frequency_penalty
+    if presence or frequency:
+        generated = _Generated()
+
+        def penalties(tokens: Any, logits: Any) -> Any:
+            seen = generated.of(tokens)
+            if seen is None or seen.size == 0:
+                return logits
+            counts = mx.zeros((logits.shape[-1],), dtype=mx.float32).at[seen.reshape(-1)].add(1.0)
+            penalty = presence * (counts > 0).astype(mx.float32) + frequency * counts
+            return logits - penalty.astype(logits.dtype)
+
+        processors.append(penalties)
+    repetition = params.repetition_penalty
+    if repetition is not None and repetition != 1.0:
+        generated_r = _Generated()
+
+        def repeat(tokens: Any, logits: Any) -> Any:
+            seen = generated_r.of(tokens)
+            if seen is None or seen.size == 0:
+                return logits
+            ids = seen.reshape(-1)
+            selected = logits[..., ids]
+            scaled = mx.where(selected > 0, selected / repetition, selected * repetition)
+            return _put(logits, ids, scaled)
+
+        processors.append(repeat)
+    return processors
+
+
+def _put(logits: Any, ids: Any, values: Any) -> Any:
+    """``logits`` with ``logits[..., ids] = values`` (duplicates in ids are fine:
+    they carry the same value)."""
+    out = logits
+    out[..., ids] = values
+    return out

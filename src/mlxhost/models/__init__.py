@@ -1,0 +1,1 @@
+"""Models: the registry (facts resolved once per version), locating and fetching files, the starter model."""

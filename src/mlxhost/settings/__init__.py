@@ -1,0 +1,1 @@
+"""Settings: the one table (flags, env vars, TOML, docs) and the config file."""
