@@ -23,9 +23,11 @@ def unit(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def lint(session: nox.Session) -> None:
-    """ruff, and mypy over src/ and plugins/*/src (in the project's .venv, where MLX is)."""
+    """ruff, mypy over src/ and plugins/*/src, and the layers contract (lint-imports),
+    in the project's .venv, where MLX is."""
     session.run(".venv/bin/ruff", "check", "src", "plugins", "tests", "bench", external=True)
     session.run(".venv/bin/python", "-m", "mypy", external=True)
+    session.run(".venv/bin/lint-imports", external=True)
 
 
 @nox.session(venv_backend="none")

@@ -12,4 +12,6 @@ export LD_PRELOAD
 # Types and lint first: a type error fails the run before the slow tests.
 .venv/bin/python -m mypy
 .venv/bin/ruff check src plugins tests bench
+# The folders are layers: no upward import, no circle ([tool.importlinter] in pyproject.toml).
+.venv/bin/lint-imports
 exec .venv/bin/python -m pytest "$@"

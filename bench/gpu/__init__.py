@@ -1,0 +1,1 @@
+"""Benchmarks and probes for a GPU machine (bench/gpu/README.md): run as scripts."""
