@@ -4,7 +4,7 @@
 ``libopenblas0-pthread`` exports the same ``cblas_*`` symbols and, preloaded,
 reaches 55-68 GFLOP/s. The dynamic linker reads LD_PRELOAD only at process
 start, so the CLI re-executes itself once with it set. ``MLXHOST_OPENBLAS`` and
-``MLXHOST_OPENBLAS_PATH`` are declared with the other settings in settings.py
+``MLXHOST_OPENBLAS_PATH`` are declared with the other settings in settings/table.py
 (``openblas``, ``openblas_path``) and read here through that table.
 """
 
@@ -69,6 +69,6 @@ def reexec_with_openblas(*, enabled: bool | None = None, path: str | None = None
     if wanted(os.environ, enabled=enabled, path=path) is None:
         return
     env = preload_env(os.environ, enabled=enabled, path=path)
-    # Re-run as a module: running cli.py as a script would put the package folder
-    # on sys.path, where mlxhost/core/types.py shadows the standard library's types.
+    # Re-run as a module: running cli/main.py as a script would put its folder first on
+    # sys.path, where a module of the folder can shadow a standard library module.
     os.execve(sys.executable, [sys.executable, "-m", "mlxhost.cli.main", *sys.argv[1:]], env)

@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="start the OpenAI-compatible server",
         description="Start the OpenAI-compatible server. Every flag has a row in docs/settings.md.",
     )
-    add_settings_arguments(serve)  # every flag comes from the table in settings.py
+    add_settings_arguments(serve)  # every flag comes from the table in settings/table.py
     serve.set_defaults(func=_serve)
 
     # The everyday commands, one module each (mlxhost/commands/).
