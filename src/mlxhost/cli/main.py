@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(serve)  # every flag comes from the table in settings/table.py
     serve.set_defaults(func=_serve)
 
-    # The everyday commands, one module each (mlxhost/commands/).
+    # The everyday commands, one module each (mlxhost/cli/).
     from mlxhost.cli import ls, ps, pull, rm, run, service
     from mlxhost.cli.common import add_config_argument
 

@@ -6,7 +6,7 @@ is declared with ``setting(...)``, which gives its environment variable,
 generated from it: ``Settings.from_env`` (the environment), ``add_settings_arguments``
 (the CLI flags; ``mlxhost.settings.config_file.settings_from_args`` puts them over the rest), ``mlxhost.settings.config_file`` (the ``[server]``
 table of the TOML config file), ``env_value`` (read before Settings exists, by
-blas.py) and ``settings_markdown`` (docs/settings.md, checked by a test).
+cli/blas.py) and ``settings_markdown`` (docs/settings.md, checked by a test).
 
 Precedence: an explicit override (a CLI flag) > the environment > the config
 file > the default.
@@ -412,7 +412,7 @@ class Settings:
         "info", "log level of mlxhost and uvicorn", flag="--log-level",
         choices=("critical", "error", "warning", "info", "debug"),
     )
-    # Read by blas.py before Settings exists (the re-exec must come first), via env_value.
+    # Read by cli/blas.py before Settings exists (the re-exec must come first), via env_value.
     openblas: bool = setting(
         True, "on Linux CPU, preload OpenBLAS for fast fp32 matmuls (the server re-executes "
         "itself once with LD_PRELOAD set)",

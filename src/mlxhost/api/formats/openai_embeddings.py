@@ -11,7 +11,7 @@
   ``return_documents`` -> ``results[{index, relevance_score, document?}]``, best
   first.
 
-All of them convert to one call of ``EmbeddingService`` (``embedding/service.py``).
+All of them convert to one call of ``EmbeddingService`` (``service/embeddings.py``).
 """
 
 from __future__ import annotations
