@@ -129,7 +129,9 @@ def test_every_4xx_is_logged_with_its_reason_in_one_line(client, fake_models, ca
     assert client.post("/v1/chat/completions", json={"model": "nope", "messages": []}).status_code in (400, 404)
     lines = [r.getMessage() for r in caplog.records if r.name == "mlxhost.api.errors"]
     assert len(lines) == 2, lines
-    assert lines[0].startswith("POST /v1/messages -> 400: ") and "500 in the completion" in lines[0]
+    # The API's own wording, as the client got it (Anthropic's sentence, not OpenAI's).
+    assert lines[0].startswith("POST /v1/messages -> 400: input length and `max_tokens` exceed")
+    assert "+ 500 >" in lines[0]
     assert all("\n" not in line for line in lines)
 
 

@@ -67,11 +67,23 @@ class ErrorShapes:
         return openai_error_body
 
 
-def respond(request: Request, error: ApiError) -> Response:
+def error_body(request: Request, error: ApiError) -> dict[str, Any]:
     # create_app puts the adapters' shapes on app.state; an app without them speaks OpenAI's.
     shapes: ErrorShapes = request.app.state.get("error_shapes") or ErrorShapes()
-    body = shapes.for_path(request.url.path)(error)
+    return shapes.for_path(request.url.path)(error)
+
+
+def respond(request: Request, error: ApiError) -> Response:
+    body = error_body(request, error)
     return Response(content=body, status_code=error.status, headers=error.headers)
+
+
+def message_of(body: dict[str, Any]) -> str | None:
+    """The message an error body carries, in any of the shapes (Ollama's is a string)."""
+    error = body.get("error")
+    if isinstance(error, str):
+        return error
+    return error.get("message") if isinstance(error, dict) else None
 
 
 def error_response(
@@ -101,11 +113,14 @@ def log_client_error(request: Request, status: int, message: str) -> None:
 
 
 def handle_domain_error(request: Request, exc: MlxhostError) -> Response:
+    error = domain_error(exc)
+    body = error_body(request, error)
+    message = message_of(body) or exc.message  # the API's own wording, as the client reads it
     if exc.status_code >= 500:
-        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        log.error("%s %s failed: %s", request.method, request.url.path, message)
     elif exc.status_code >= 400:
-        log_client_error(request, exc.status_code, exc.message)
-    return respond(request, domain_error(exc))
+        log_client_error(request, exc.status_code, message)
+    return Response(content=body, status_code=error.status, headers=error.headers)
 
 
 def handle_http_error(request: Request, exc: HTTPException) -> Response:
