@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from mlxhost.api.exchange import Frames
+from mlxhost.api.exchange import Frames, gather_reply
 from mlxhost.core.domain import ChatRequest
 from mlxhost.core.errors import MlxhostError
 from mlxhost.core.types import (
@@ -80,21 +80,12 @@ def _tool_call_json(call: ToolCall, index: int | None = None) -> dict[str, Any]:
 async def completion_body(generation: Generation, index: int = 0) -> dict[str, Any]:
     """Run a generation to the end and build a ``chat.completion`` object."""
     completion = Completion.of(generation)
-    content: list[str] = []
-    thinking: list[str] = []
-    calls: list[ToolCall] = []
-    async for event in generation.events():
-        if isinstance(event, ContentDelta):
-            content.append(event.text)
-        elif isinstance(event, ReasoningDelta):
-            thinking.append(event.text)
-        elif isinstance(event, ToolCallEvent):
-            calls.append(event.call)
-    text = "".join(content)
+    reply = await gather_reply(generation)
+    text, calls = reply.text, reply.calls
     message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
-    if thinking:
+    if reply.thinking:
         # vLLM's and DeepSeek's name, and the one newer clients read (LM Studio, OpenRouter).
-        message["reasoning_content"] = message["reasoning"] = "".join(thinking)
+        message["reasoning_content"] = message["reasoning"] = reply.thinking
     if calls:
         message["tool_calls"] = [_tool_call_json(call) for call in calls]
     choice: dict[str, Any] = {

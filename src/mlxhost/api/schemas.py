@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import attrs
 import cattrs
@@ -23,6 +23,7 @@ MAX_JSON_DEPTH = 64
 # Choices per chat request (each is a generation of its own, run one after another).
 MAX_CHOICES = 8
 MAX_ARRAY_ITEMS = 10_000
+W = TypeVar("W")  # an attrs wire class
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -300,17 +301,28 @@ def check_shape(value: Any, depth: int = 0, path: str = "") -> None:
             check_shape(item, depth + 1, f"{path}[{index}]")
 
 
-def parse_wire_request(body: Any) -> ChatCompletionRequest:
+def checked_object(body: Any, schema: dict[str, Any], *, dotted: bool = False) -> dict[str, Any]:
+    """``body`` once it is a JSON object of bounded shape that matches ``schema``
+    (InvalidRequest naming the field otherwise): every endpoint's first step."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     check_shape(body)
-    check_body(body, CHAT_REQUEST_SCHEMA)
+    check_body(body, schema, dotted=dotted)
+    return body
+
+
+def structure_request(body: Any, schema: dict[str, Any], wire_class: type[W]) -> W:
+    """A checked body (:func:`checked_object`) as its attrs wire class."""
+    checked_object(body, schema)
     try:
-        request = converter.structure(body, ChatCompletionRequest)
+        return converter.structure(body, wire_class)
     except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
         message, param = _describe(exc)
         raise InvalidRequest(f"Invalid request: {message}", param=param) from None
-    return request
+
+
+def parse_wire_request(body: Any) -> ChatCompletionRequest:
+    return structure_request(body, CHAT_REQUEST_SCHEMA, ChatCompletionRequest)
 
 
 def json_format_of(fmt: dict[str, Any] | None) -> domain.JsonFormat | None:

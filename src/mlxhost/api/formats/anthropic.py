@@ -14,9 +14,9 @@ from mlxhost.api import exchange
 from mlxhost.api.body import read_json
 from mlxhost.api.errors import ApiError, PrefixShape, domain_error
 from mlxhost.api.exchange import Frames
-from mlxhost.api.schemas import check_shape
+from mlxhost.api.schemas import checked_object
 from mlxhost.api.thinking import anthropic_control, signature
-from mlxhost.api.wire_schema import ANTHROPIC_ERROR, check_body, operation, tagged
+from mlxhost.api.wire_schema import ANTHROPIC_ERROR, operation, tagged
 from mlxhost.core import domain
 from mlxhost.core.errors import ContextLengthExceeded, InvalidRequest, MlxhostError
 from mlxhost.core.types import (
@@ -360,10 +360,7 @@ def _number(body: dict[str, Any], name: str) -> float | None:
 
 def parse_messages_request(body: Any, *, count_only: bool = False) -> tuple[domain.ChatRequest, bool]:
     """The domain request and whether to stream."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    check_shape(body)
-    check_body(body, COUNT_TOKENS_SCHEMA if count_only else MESSAGES_SCHEMA, dotted=True)
+    body = checked_object(body, COUNT_TOKENS_SCHEMA if count_only else MESSAGES_SCHEMA, dotted=True)
     # Types, ranges and required fields: checked by the schema above.
     model = body["model"]
     max_tokens = body.get("max_tokens")

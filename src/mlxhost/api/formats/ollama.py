@@ -29,10 +29,10 @@ from mlxhost.api.schemas import (
     TEMPERATURE,
     TOP_K,
     TOP_P,
-    check_shape,
+    checked_object,
 )
 from mlxhost.api.thinking import OLLAMA_LEVELS, ollama_control
-from mlxhost.api.wire_schema import OLLAMA_ERROR, check_body, operation
+from mlxhost.api.wire_schema import OLLAMA_ERROR, operation
 from mlxhost.core.domain import ChatRequest, FunctionTool, ImagePart, JsonFormat, Message, TextPart
 from mlxhost.core.errors import InvalidRequest, MlxhostError
 from mlxhost.core.types import (
@@ -193,7 +193,7 @@ async def tags(state: State) -> dict[str, Any]:
 
 @post("/api/show", status_code=200, operation_class=operation(SHOW_SCHEMA, OLLAMA_ERROR))
 async def show(request: Request, state: State) -> dict[str, Any]:
-    body = await _body(request, SHOW_SCHEMA)
+    body = checked_object(await read_json(request), SHOW_SCHEMA)
     name = _name(body.get("model", body.get("name")))
     info = state.registry.resolve(name)
     arch = info.model_type or info.family or "unknown"
@@ -253,15 +253,6 @@ def _side_entries(state: State) -> list[dict[str, Any]]:
 @get("/api/version", operation_class=operation(errors=OLLAMA_ERROR))
 async def version() -> dict[str, str]:
     return {"version": OLLAMA_VERSION}
-
-
-async def _body(request: Request, schema: dict[str, Any]) -> dict[str, Any]:
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    check_shape(body)
-    check_body(body, schema)
-    return body
 
 
 def _typed(value: Any, kinds: tuple[type, ...], field: str, what: str) -> Any:
@@ -467,16 +458,9 @@ def fold_whole(name: str, kind: str, started: float) -> Any:
     """Fold a generation into Ollama's one ``done`` object (``stream: false``)."""
 
     async def fold(generation: Generation, index: int) -> dict[str, Any]:
-        text, calls, thinking = [], [], []
-        async for event in generation.events():
-            if isinstance(event, ContentDelta):
-                text.append(event.text)
-            elif isinstance(event, ReasoningDelta):
-                thinking.append(event.text)
-            elif isinstance(event, ToolCallEvent):
-                calls.append(event.call)
+        reply = await exchange.gather_reply(generation)
         final = _final(generation, name, started, kind)
-        piece = _piece(name, kind, "".join(text), calls, "".join(thinking))
+        piece = _piece(name, kind, reply.text, reply.calls, reply.thinking)
         for key in ("message", "response", "thinking"):
             if key in piece:
                 final[key] = piece[key]
@@ -553,7 +537,7 @@ async def _load_or_unload(body: dict[str, Any], state: State, kind: str) -> dict
 
 
 async def _answer(request: Request, state: State, kind: str) -> Any:
-    body = await _body(request, CHAT_SCHEMA if kind == "chat" else GENERATE_SCHEMA)
+    body = checked_object(await read_json(request), CHAT_SCHEMA if kind == "chat" else GENERATE_SCHEMA)
     if _load_only(body, kind):
         return Response(content=await _load_or_unload(body, state, kind),
                         media_type="application/json")

@@ -14,7 +14,6 @@ import uuid
 from typing import Any
 
 import attrs
-import cattrs
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
 
@@ -27,14 +26,12 @@ from mlxhost.api.schemas import (
     TEMPERATURE,
     TOP_P,
     TTL,
-    _describe,
-    check_shape,
-    converter,
+    structure_request,
     ttl_seconds,
 )
-from mlxhost.api.wire_schema import check_body, constrained, operation, schema_of
+from mlxhost.api.wire_schema import constrained, operation, schema_of
 from mlxhost.core.domain import ChatRequest
-from mlxhost.core.errors import InvalidRequest, MlxhostError
+from mlxhost.core.errors import MlxhostError
 from mlxhost.core.types import ContentDelta, GenerationEvent
 from mlxhost.service.chat import ChatService, Generation
 
@@ -81,15 +78,7 @@ class CompletionRequest:
 
 def parse_completion_request(body: Any) -> tuple[CompletionRequest, list[str]]:
     """The wire request and its prompts (InvalidRequest naming the field otherwise)."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    check_shape(body)
-    check_body(body, COMPLETION_REQUEST_SCHEMA)
-    try:
-        request = converter.structure(body, CompletionRequest)
-    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
-        message, param = _describe(exc)
-        raise InvalidRequest(f"Invalid request: {message}", param=param) from None
+    request = structure_request(body, COMPLETION_REQUEST_SCHEMA, CompletionRequest)
     prompt = request.prompt
     return request, [prompt] if isinstance(prompt, str) else list(prompt)
 

@@ -24,9 +24,8 @@ from litestar import Request, post
 from litestar.datastructures import State
 
 from mlxhost.api.body import keep_alive_seconds, read_json
-from mlxhost.api.schemas import check_shape
-from mlxhost.api.wire_schema import OLLAMA_ERROR, check_body, operation
-from mlxhost.core.errors import InvalidRequest
+from mlxhost.api.schemas import checked_object
+from mlxhost.api.wire_schema import OLLAMA_ERROR, operation
 
 _MODEL = {"type": "string", "minLength": 1, "description": "Model id or alias (GET /v1/models)."}
 _TOKENS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
@@ -81,15 +80,6 @@ RERANK_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
 }, "required": ["model", "query", "documents"], "additionalProperties": _UNSUPPORTED}
 
 
-async def _body(request: Request, schema: dict[str, Any]) -> dict[str, Any]:
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    check_shape(body)
-    check_body(body, schema)
-    return body
-
-
 
 def _inputs(value: Any) -> list[Any]:
     """``input`` as a list of strings or a list of token-id lists."""
@@ -103,7 +93,7 @@ def _inputs(value: Any) -> list[Any]:
 # -- OpenAI ---------------------------------------------------------------------
 @post("/v1/embeddings", status_code=200, operation_class=operation(OPENAI_EMBEDDINGS_SCHEMA))
 async def openai_embeddings(request: Request, state: State) -> dict[str, Any]:
-    body = await _body(request, OPENAI_EMBEDDINGS_SCHEMA)
+    body = checked_object(await read_json(request), OPENAI_EMBEDDINGS_SCHEMA)
     result = await state.embeddings.embed(
         body["model"], _inputs(body["input"]), dimensions=body.get("dimensions"))
     as_base64 = body.get("encoding_format") == "base64"
@@ -123,7 +113,7 @@ async def openai_embeddings(request: Request, state: State) -> dict[str, Any]:
 # -- Ollama -----------------------------------------------------------------------
 @post("/api/embed", status_code=200, operation_class=operation(OLLAMA_EMBED_SCHEMA, OLLAMA_ERROR))
 async def ollama_embed(request: Request, state: State) -> dict[str, Any]:
-    body = await _body(request, OLLAMA_EMBED_SCHEMA)
+    body = checked_object(await read_json(request), OLLAMA_EMBED_SCHEMA)
     started = time.perf_counter()
     keep_alive = keep_alive_seconds(body)
     if body["input"] == []:  # Ollama's load form: load (or with keep_alive 0, unload)
@@ -159,7 +149,7 @@ async def _load_only(state: State, body: dict[str, Any], keep_alive: float | Non
 async def ollama_embeddings(request: Request, state: State) -> dict[str, Any]:
     """The legacy endpoint: one ``prompt``, one vector, truncated to the window as
     Ollama does."""
-    body = await _body(request, OLLAMA_EMBEDDINGS_SCHEMA)
+    body = checked_object(await read_json(request), OLLAMA_EMBEDDINGS_SCHEMA)
     result = await state.embeddings.embed(
         body["model"], [body["prompt"]], truncate=True, keep_alive=keep_alive_seconds(body),
         field="prompt")
@@ -168,7 +158,7 @@ async def ollama_embeddings(request: Request, state: State) -> dict[str, Any]:
 
 # -- rerank (Jina / Cohere / llama-server) -------------------------------------------
 async def _rerank(request: Request, state: State) -> dict[str, Any]:
-    body = await _body(request, RERANK_SCHEMA)
+    body = checked_object(await read_json(request), RERANK_SCHEMA)
     documents = body["documents"]
     texts = [d if isinstance(d, str) else d["text"] for d in documents]
     ranking = await state.embeddings.rerank(

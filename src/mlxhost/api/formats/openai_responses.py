@@ -23,9 +23,9 @@ from litestar.params import FromPath
 from mlxhost.api import exchange
 from mlxhost.api.body import read_json
 from mlxhost.api.exchange import Frames
-from mlxhost.api.schemas import TEMPERATURE, TOP_P, TTL, check_shape, ttl_seconds
+from mlxhost.api.schemas import TEMPERATURE, TOP_P, TTL, checked_object, ttl_seconds
 from mlxhost.api.thinking import EFFORT_SCHEMA, responses_control
-from mlxhost.api.wire_schema import check_body, nullable, operation, tagged
+from mlxhost.api.wire_schema import nullable, operation, tagged
 from mlxhost.core import domain
 from mlxhost.core.errors import InvalidRequest, MlxhostError
 from mlxhost.core.types import (
@@ -450,10 +450,7 @@ class Parsed:
 
 
 def parse_request(body: Any, store: ResponseStore) -> Parsed:
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    check_shape(body)
-    check_body(body, REQUEST_SCHEMA)
+    body = checked_object(body, REQUEST_SCHEMA)
     model = _text(body["model"], "model")
     raw_input = body["input"]
     if isinstance(raw_input, str):
