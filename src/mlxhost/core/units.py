@@ -95,6 +95,15 @@ def duration_seconds(value: Any) -> float:
     return math.inf if value < 0 or value >= FOREVER_S else float(value)
 
 
+def first_keep_alive(*values: float | None) -> float:
+    """The first keep-alive given, in order of precedence (a request's, the model's,
+    the server's); none given: forever (``math.inf``)."""
+    for value in values:
+        if value is not None:
+            return value
+    return math.inf
+
+
 def format_duration(seconds: float) -> str:
     if math.isinf(seconds):
         return "never"

@@ -32,7 +32,7 @@ from mlxhost.core.types import (
     TokenStep,
     ToolParserFactory,
 )
-from mlxhost.core.units import format_bytes, format_duration
+from mlxhost.core.units import first_keep_alive, format_bytes, format_duration
 from mlxhost.runtime.embedding.slots import SideSlots
 from mlxhost.runtime.engine import Engine, PreparedPrompt
 from mlxhost.runtime.memory import (
@@ -307,7 +307,7 @@ class Runtime:
         await self.unless_lost(self.scheduler.acquire(info.id))
         try:
             model = await self.unless_lost(self._ensure_loaded(info))
-            self._keep_alive_now = _first(keep_alive, info.keep_alive, self.keep_alive)
+            self._keep_alive_now = first_keep_alive(keep_alive, info.keep_alive, self.keep_alive)
             yield ModelSession(self, model)
         finally:
             self.scheduler.release()
@@ -577,14 +577,6 @@ class Runtime:
         if not going:
             self._ticking = False
         return going
-
-
-def _first(*values: float | None) -> float:
-    """The first value given (the request's, the model's, the server's keep-alive)."""
-    for value in values:
-        if value is not None:
-            return value
-    return math.inf
 
 
 def _iso(timestamp: float) -> str:

@@ -70,9 +70,11 @@ class FakeHub:
             def do_GET(self) -> None:
                 self._serve(head=False)
 
-            def _json(self, status: int, body: Any, head: bool) -> None:
+            def _json(self, status: int, body: Any, head: bool, error_code: str | None = None) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
+                if error_code is not None:  # what huggingface_hub tells errors apart by
+                    self.send_header("X-Error-Code", error_code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -92,24 +94,10 @@ class FakeHub:
                 self._json(404, {"error": "not found"}, head)
 
             def _missing_repo(self, head: bool) -> None:
-                self.send_response(401)
-                body = json.dumps({"error": "Repository not found"}).encode()
-                self.send_header("X-Error-Code", "RepoNotFound")
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
+                self._json(401, {"error": "Repository not found"}, head, "RepoNotFound")
 
             def _missing_revision(self, head: bool) -> None:
-                self.send_response(404)
-                body = json.dumps({"error": "Invalid rev id"}).encode()
-                self.send_header("X-Error-Code", "RevisionNotFound")
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
+                self._json(404, {"error": "Invalid rev id"}, head, "RevisionNotFound")
 
             def _api(self, repo: str, kind: str | None, revision: str | None, head: bool) -> None:
                 files = hub.repos.get(repo)

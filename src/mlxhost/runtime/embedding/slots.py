@@ -23,7 +23,7 @@ import attrs
 from mlxhost.core.encoder_facts import EncoderFacts, encoder_facts
 from mlxhost.core.errors import Busy, InvalidRequest, MlxhostError, ModelLoadFailed
 from mlxhost.core.types import ModelInfo
-from mlxhost.core.units import format_duration
+from mlxhost.core.units import first_keep_alive, format_duration
 from mlxhost.runtime.embedding.batcher import EncodeBatcher
 from mlxhost.runtime.memory import MemoryGovernor, weights_on_disk
 
@@ -109,7 +109,7 @@ class SideSlots:
         finally:
             side.holders -= 1
             side.last_used = time.time()
-            chosen = _first(keep_alive, info.keep_alive, self.keep_alive)
+            chosen = first_keep_alive(keep_alive, info.keep_alive, self.keep_alive)
             side.keep_alive = chosen
             if side.holders == 0 and self.loaded.get(info.id) is side:
                 self._arm(side)
@@ -147,7 +147,7 @@ class SideSlots:
         # The measured weights replace the files' size in the ledger.
         self._governor.side[info.id] = nbytes + pass_bytes(info.config, self.batcher.max_tokens)
         side = SideModel(info=info, facts=facts, model=model, tokenizer=tokenizer, nbytes=nbytes,
-                         loaded_at=time.time(), keep_alive=_first(info.keep_alive, self.keep_alive))
+                         loaded_at=time.time(), keep_alive=first_keep_alive(info.keep_alive, self.keep_alive))
         self.loaded[info.id] = side
         self.loads += 1
         self.load_seconds += seconds
@@ -237,13 +237,6 @@ class SideSlots:
             "batch": {**self.batcher.snapshot(), "max_tokens": self.batcher.max_tokens,
                       "max_rows": self.batcher.max_rows},
         }
-
-
-def _first(*values: float | None) -> float:
-    for value in values:
-        if value is not None:
-            return value
-    return math.inf
 
 
 def load_tokenizer(folder: Any) -> Any:
