@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from mlxhost.core.errors import InvalidRequest
+from mlxhost.engine.new_tokens import NewTokens
 
 # Any JSON object (response_format json_object).
 ANY_OBJECT: Mapping[str, Any] = {"type": "object"}
@@ -103,8 +104,7 @@ def grammar_processor(
     bitmask = llnp.allocate_token_bitmask(1, vocab)
     bits = np.arange(32, dtype=np.uint32)
     mx_bits = mx.arange(32, dtype=mx.uint32)
-    start: list[int] = []  # the length of the first call's tokens: generation starts there
-    consumed = [0]
+    new_tokens = NewTokens()
 
     def allowed_flags(size: int) -> Any:
         """One bool per logit: the grammar's mask, False past the tokenizer's vocabulary."""
@@ -132,19 +132,13 @@ def grammar_processor(
             mx.async_eval(logits)
         else:
             mx.eval(logits)
-        length = 0 if tokens is None else int(tokens.shape[-1])
-        if not start:
-            start.append(length)
-        generated = length - start[0]
-        if generated > consumed[0]:
-            # numpy reads the evaluated buffer: no MLX op queued behind the pass.
-            new = np.asarray(tokens).reshape(-1)[length - (generated - consumed[0]) :].tolist()
-            consumed[0] = generated
+        new = new_tokens.take(tokens)
+        if new:
             if matcher.is_stopped():
                 # The grammar is complete and EOS was sampled; the decoding loop
                 # computes one step ahead, whose token is never used.
                 return logits
-            matcher.consume_tokens([int(t) for t in new])
+            matcher.consume_tokens(new)
         if matcher.is_error():
             raise RuntimeError(f"grammar matcher: {matcher.get_error()}")
         llnp.fill_next_token_bitmask(matcher, bitmask)

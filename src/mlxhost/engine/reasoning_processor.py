@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mlxhost.core.types import ThinkingPlan
+from mlxhost.engine.new_tokens import NewTokens
 from mlxhost.engine.reasoning_budget import ThoughtTracker
 
 LogitsProcessor = Callable[[Any, Any], Any]
@@ -19,24 +20,15 @@ def thinking_processor(
     start, made fresh there so they count the answer's tokens only; at the first
     step of a reply that may think, they apply with the open marker let through."""
     import mlx.core as mx
-    import numpy as np
 
     tracker = ThoughtTracker(plan)
-    start: list[int] = []
-    seen = [0]
+    new_tokens = NewTokens()
     answer: list[LogitsProcessor] | None = None
 
     def process(tokens: Any, logits: Any) -> Any:
         nonlocal answer
-        length = 0 if tokens is None else int(tokens.shape[-1])
-        if not start:
-            start.append(length)
-        generated = length - start[0]
-        if generated > seen[0]:
-            new = np.asarray(tokens).reshape(-1)[length - (generated - seen[0]) :].tolist()
-            seen[0] = generated
-            for token in new:
-                tracker.advance(int(token))
+        for token in new_tokens.take(tokens):
+            tracker.advance(token)
         forced = tracker.forced()
         if forced is not None:
             ids = mx.arange(logits.shape[-1])
