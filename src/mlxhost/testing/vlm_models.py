@@ -35,6 +35,7 @@ from pathlib import Path
 from mlxhost.models.starter.builder import (
     DATA_DIR,
     Log,
+    build_named,
     ensure_built,
     ensure_test_model,
     models_cache_dir,
@@ -585,14 +586,8 @@ def _save_random_weights(module, config: dict, path: Path, init) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    names = (argv if argv is not None else sys.argv[1:]) or list(TINY_VLMS)
-    unknown = [n for n in names if n not in TINY_VLMS]
-    if unknown:
-        print(f"unknown tiny VLM(s) {unknown}; choose from {list(TINY_VLMS)}", file=sys.stderr)
-        return 2
-    for name in names:
-        print(f"{name}: {ensure_tiny_vlm(name)}")
-    return 0
+    names = argv if argv is not None else sys.argv[1:]
+    return build_named(names, TINY_VLMS, ensure_tiny_vlm, "tiny VLM(s)")
 
 
 if __name__ == "__main__":

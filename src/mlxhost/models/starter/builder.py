@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -320,8 +320,22 @@ def _fake_commit(model_dir: Path, files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def build_named(names: list[str], known: Mapping[str, object], ensure: Callable[[str], Path],
+                what: str) -> int:
+    """Build each of ``names`` (all of ``known`` when none) and print where it is:
+    the command line of this builder and of the tiny VLMs' (2: a name not known)."""
+    names = names or list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        print(f"unknown {what} {unknown}; choose from {list(known)}", file=sys.stderr)
+        return 2
+    for name in names:
+        print(f"{name}: {ensure(name)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    names = (argv if argv is not None else sys.argv[1:]) or list(TEST_MODELS)
+    names = argv if argv is not None else sys.argv[1:]
     if any(n in ("-h", "--help") for n in names):
         print(
             f"usage: python -m mlxhost.models.starter.builder [{' '.join(TEST_MODELS)}]\n\n"
@@ -329,13 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{models_cache_dir()} (set MLXHOST_TEST_MODELS to move it), if not built yet."
         )
         return 0
-    unknown = [n for n in names if n not in TEST_MODELS]
-    if unknown:
-        print(f"unknown model(s) {unknown}; choose from {list(TEST_MODELS)}", file=sys.stderr)
-        return 2
-    for name in names:
-        print(f"{name}: {ensure_model(name)}")
-    return 0
+    return build_named(names, TEST_MODELS, ensure_model, "model(s)")
 
 
 if __name__ == "__main__":
