@@ -16,7 +16,7 @@ Metric names and meanings: docs/operations.md, "Metrics".
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -136,6 +136,107 @@ class GenerationObserver:
         self._completion.inc(completion_tokens)
 
 
+# Metrics read from the dicts of the runtime's status, one table per dict:
+# (kind, name, key, help). A dict that is absent (no prefix cache, no disk tier)
+# gives none of its metrics; a key that is absent gives its metric with no sample.
+Row = tuple[str, str, str, str]
+_SPECULATIVE: tuple[Row, ...] = (
+    ("counter", "mlxhost_speculative_drafted_tokens", "drafted",
+     "Tokens drafted by prompt lookup (speculative decoding)"),
+    ("counter", "mlxhost_speculative_accepted_tokens", "accepted",
+     "Drafted tokens the model accepted (accepted / drafted: the acceptance rate)"),
+)
+_KV_CACHE: tuple[Row, ...] = (
+    ("gauge", "mlxhost_kv_bytes_per_token", "bytes_per_token",
+     "KV-cache bytes per token of the loaded model, as stored (--kv-bits)"),
+)
+_PREFIX_CACHE: tuple[Row, ...] = (
+    ("counter", "mlxhost_prefix_cache_hits", "hits",
+     "Prefix-cache lookups that reused KV"),
+    ("counter", "mlxhost_prefix_cache_misses", "misses",
+     "Prefix-cache lookups that found nothing"),
+    ("counter", "mlxhost_prefix_cache_reused_tokens", "tokens_reused",
+     "Prompt tokens served from the prefix cache"),
+    ("counter", "mlxhost_prefix_cache_evictions", "evictions",
+     "Prefix-cache entries evicted (budget or memory)"),
+    ("gauge", "mlxhost_prefix_cache_bytes", "bytes",
+     "Bytes of KV the prefix cache holds"),
+)
+_PREFIX_DISK: tuple[Row, ...] = (
+    ("counter", "mlxhost_prefix_cache_disk_hits", "hits",
+     "Prefix-cache lookups served from the disk tier"),
+    ("counter", "mlxhost_prefix_cache_disk_reused_tokens", "tokens_reused",
+     "Prompt tokens served from the disk tier"),
+    ("counter", "mlxhost_prefix_cache_disk_written_bytes", "bytes_written",
+     "Bytes of prefix-cache entries written to disk"),
+    ("counter", "mlxhost_prefix_cache_disk_read_bytes", "bytes_read",
+     "Bytes of prefix-cache entries read from disk"),
+    ("counter", "mlxhost_prefix_cache_disk_rejected", "rejected",
+     "Disk entries refused (corrupt, another model version)"),
+    ("counter", "mlxhost_prefix_cache_disk_evictions", "evictions",
+     "Disk entries deleted for the disk budget"),
+    ("gauge", "mlxhost_prefix_cache_disk_bytes", "bytes",
+     "Bytes of prefix-cache entries on disk"),
+)
+_MLX_MEMORY: tuple[Row, ...] = (
+    ("gauge", "mlxhost_memory_active_bytes", "active",
+     "MLX arrays alive (mx.get_active_memory)"),
+    ("gauge", "mlxhost_memory_cache_bytes", "cache",
+     "Freed buffers MLX keeps (mx.get_cache_memory)"),
+    ("gauge", "mlxhost_memory_peak_bytes", "peak",
+     "Most MLX memory active at once (mx.get_peak_memory)"),
+)
+_MEMORY: tuple[Row, ...] = (
+    ("gauge", "mlxhost_memory_budget_bytes", "budget",
+     "The memory budget (--max-memory)"),
+    ("gauge", "mlxhost_memory_weights_bytes", "weights",
+     "Bytes of the loaded model's weights"),
+    ("gauge", "mlxhost_memory_kv_reserved_bytes", "kv_reserved",
+     "KV memory reserved by running requests (prompt + max_tokens)"),
+    ("gauge", "mlxhost_memory_side_models_bytes", "side_models",
+     "Bytes counted for embedding / rerank models beside the chat model"),
+)
+_PROCESS: tuple[Row, ...] = (
+    ("gauge", "mlxhost_process_resident_bytes", "rss",
+     "Resident memory of the server process"),
+)
+_MEMORY_REFUSALS: tuple[Row, ...] = (
+    ("counter", "mlxhost_memory_refused", "refused",
+     "Requests refused: they never fit in memory (400)"),
+    ("counter", "mlxhost_memory_waited", "waited",
+     "Requests that waited for memory"),
+)
+_EMBED_BATCH: tuple[Row, ...] = (
+    ("counter", "mlxhost_embed_passes", "passes",
+     "Encoder forward passes run (embedding and rerank)"),
+    ("counter", "mlxhost_embed_inputs", "inputs",
+     "Inputs embedded or scored"),
+    ("counter", "mlxhost_embed_tokens", "tokens",
+     "Tokens of the inputs embedded or scored"),
+    ("counter", "mlxhost_embed_padded_tokens", "padded_tokens",
+     "Tokens the encoder passes ran, padding included"),
+    ("gauge", "mlxhost_embed_largest_pass", "largest_pass",
+     "Most inputs run in one encoder pass"),
+)
+
+
+def _metric(kind: str, name: str, doc: str, value: float | None) -> Any:
+    """One unlabelled gauge or counter; no sample when ``value`` is None."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    family = (GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(name, doc)
+    if value is not None:
+        family.add_metric([], value)
+    return family
+
+
+def _read(section: Any, rows: tuple[Row, ...]) -> Iterator[Any]:
+    """The metrics of ``rows`` from one dict of the status (none if it is absent)."""
+    if isinstance(section, dict):
+        for kind, name, key, doc in rows:
+            yield _metric(kind, name, doc, section.get(key))
+
+
 class _RuntimeCollector:
     """Gauges and counters read from the runtime at scrape time."""
 
@@ -146,110 +247,44 @@ class _RuntimeCollector:
         return []  # names are only known at collect time; no duplicate checks needed
 
     def collect(self) -> Any:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import GaugeMetricFamily
 
         runtime = self._runtime
         status = runtime.status()
-
-        def gauge(name: str, doc: str, value: float | None) -> Any:
-            family = GaugeMetricFamily(name, doc)
-            if value is not None:
-                family.add_metric([], value)
-            return family
-
-        def counter(name: str, doc: str, value: float | None) -> Any:
-            family = CounterMetricFamily(name, doc)
-            if value is not None:
-                family.add_metric([], value)
-            return family
-
-        yield gauge("mlxhost_queue_depth", "Requests waiting for the model", status.waiting)
-        yield gauge("mlxhost_running_requests",
-                    "Requests holding the model (their sequences decode together)",
-                    status.running)
+        yield _metric("gauge", "mlxhost_queue_depth", "Requests waiting for the model", status.waiting)
+        yield _metric("gauge", "mlxhost_running_requests",
+                      "Requests holding the model (their sequences decode together)",
+                      status.running)
         memory = status.memory
-        yield gauge("mlxhost_memory_waiting_requests",
-                    "Requests holding the model but waiting for KV memory",
-                    memory.get("requests_waiting"))
-        yield counter("mlxhost_model_swaps", "Swaps from one model to another", status.swaps)
-        yield counter("mlxhost_model_loads", "Model loads (start-up, swaps, reloads after idle)",
-                      runtime.loads)
-        yield counter("mlxhost_model_idle_unloads", "Models unloaded after their keep-alive",
-                      runtime.idle_unloads)
+        yield _metric("gauge", "mlxhost_memory_waiting_requests",
+                      "Requests holding the model but waiting for KV memory",
+                      memory.get("requests_waiting"))
+        yield _metric("counter", "mlxhost_model_swaps", "Swaps from one model to another",
+                      status.swaps)
+        yield _metric("counter", "mlxhost_model_loads",
+                      "Model loads (start-up, swaps, reloads after idle)", runtime.loads)
+        yield _metric("counter", "mlxhost_model_idle_unloads",
+                      "Models unloaded after their keep-alive", runtime.idle_unloads)
         loaded = GaugeMetricFamily("mlxhost_model_loaded", "1 for the loaded model", labels=["model"])
         if status.model:
             loaded.add_metric([status.model], 1)
         yield loaded
         batch = status.engine.get("batch")
         if isinstance(batch, dict) and "drafted" in batch:
-            yield counter("mlxhost_speculative_drafted_tokens",
-                          "Tokens drafted by prompt lookup (speculative decoding)", batch.get("drafted"))
-            yield counter("mlxhost_speculative_accepted_tokens",
-                          "Drafted tokens the model accepted (accepted / drafted: the acceptance rate)",
-                          batch.get("accepted"))
-        kv = status.engine.get("kv_cache")
-        if isinstance(kv, dict):
-            yield gauge("mlxhost_kv_bytes_per_token",
-                        "KV-cache bytes per token of the loaded model, as stored (--kv-bits)",
-                        kv.get("bytes_per_token"))
+            yield from _read(batch, _SPECULATIVE)
+        yield from _read(status.engine.get("kv_cache"), _KV_CACHE)
         cache = status.engine.get("prefix_cache")
+        yield from _read(cache, _PREFIX_CACHE)
         if isinstance(cache, dict):
-            yield counter("mlxhost_prefix_cache_hits", "Prefix-cache lookups that reused KV",
-                          cache.get("hits"))
-            yield counter("mlxhost_prefix_cache_misses", "Prefix-cache lookups that found nothing",
-                          cache.get("misses"))
-            yield counter("mlxhost_prefix_cache_reused_tokens",
-                          "Prompt tokens served from the prefix cache", cache.get("tokens_reused"))
-            yield counter("mlxhost_prefix_cache_evictions",
-                          "Prefix-cache entries evicted (budget or memory)", cache.get("evictions"))
-            yield gauge("mlxhost_prefix_cache_bytes", "Bytes of KV the prefix cache holds",
-                        cache.get("bytes"))
-            disk = cache.get("disk")
-            if isinstance(disk, dict):
-                yield counter("mlxhost_prefix_cache_disk_hits",
-                              "Prefix-cache lookups served from the disk tier", disk.get("hits"))
-                yield counter("mlxhost_prefix_cache_disk_reused_tokens",
-                              "Prompt tokens served from the disk tier", disk.get("tokens_reused"))
-                yield counter("mlxhost_prefix_cache_disk_written_bytes",
-                              "Bytes of prefix-cache entries written to disk",
-                              disk.get("bytes_written"))
-                yield counter("mlxhost_prefix_cache_disk_read_bytes",
-                              "Bytes of prefix-cache entries read from disk", disk.get("bytes_read"))
-                yield counter("mlxhost_prefix_cache_disk_rejected",
-                              "Disk entries refused (corrupt, another model version)",
-                              disk.get("rejected"))
-                yield counter("mlxhost_prefix_cache_disk_evictions",
-                              "Disk entries deleted for the disk budget", disk.get("evictions"))
-                yield gauge("mlxhost_prefix_cache_disk_bytes",
-                            "Bytes of prefix-cache entries on disk", disk.get("bytes"))
-        mlx = memory.get("mlx") or {}
-        yield gauge("mlxhost_memory_active_bytes", "MLX arrays alive (mx.get_active_memory)",
-                    mlx.get("active"))
-        yield gauge("mlxhost_memory_cache_bytes", "Freed buffers MLX keeps (mx.get_cache_memory)",
-                    mlx.get("cache"))
-        yield gauge("mlxhost_memory_peak_bytes", "Most MLX memory active at once (mx.get_peak_memory)",
-                    mlx.get("peak"))
-        yield gauge("mlxhost_memory_budget_bytes", "The memory budget (--max-memory)",
-                    memory.get("budget"))
-        yield gauge("mlxhost_memory_weights_bytes", "Bytes of the loaded model's weights",
-                    memory.get("weights"))
-        yield gauge("mlxhost_memory_kv_reserved_bytes",
-                    "KV memory reserved by running requests (prompt + max_tokens)",
-                    memory.get("kv_reserved"))
-        yield gauge("mlxhost_memory_side_models_bytes",
-                    "Bytes counted for embedding / rerank models beside the chat model",
-                    memory.get("side_models"))
-        process = memory.get("process") or {}
-        yield gauge("mlxhost_process_resident_bytes", "Resident memory of the server process",
-                    process.get("rss"))
-        yield counter("mlxhost_memory_refused", "Requests refused: they never fit in memory (400)",
-                      memory.get("refused"))
-        yield counter("mlxhost_memory_waited", "Requests that waited for memory",
-                      memory.get("waited"))
-        yield from _side_metrics(status.side_models, gauge, counter)
+            yield from _read(cache.get("disk"), _PREFIX_DISK)
+        yield from _read(memory.get("mlx") or {}, _MLX_MEMORY)
+        yield from _read(memory, _MEMORY)
+        yield from _read(memory.get("process") or {}, _PROCESS)
+        yield from _read(memory, _MEMORY_REFUSALS)
+        yield from _side_metrics(status.side_models)
 
 
-def _side_metrics(side: dict[str, Any], gauge: Any, counter: Any) -> Any:
+def _side_metrics(side: dict[str, Any]) -> Any:
     """Embedding / rerank models beside the chat model (``embedding.slots``)."""
     from prometheus_client.core import GaugeMetricFamily
 
@@ -263,14 +298,6 @@ def _side_metrics(side: dict[str, Any], gauge: Any, counter: Any) -> Any:
         nbytes.add_metric([entry["model"]], entry["bytes"])
     yield loaded
     yield nbytes
-    yield counter("mlxhost_side_model_loads", "Embedding / rerank model loads", side.get("loads"))
-    batch = side.get("batch") or {}
-    yield counter("mlxhost_embed_passes", "Encoder forward passes run (embedding and rerank)",
-                  batch.get("passes"))
-    yield counter("mlxhost_embed_inputs", "Inputs embedded or scored", batch.get("inputs"))
-    yield counter("mlxhost_embed_tokens", "Tokens of the inputs embedded or scored",
-                  batch.get("tokens"))
-    yield counter("mlxhost_embed_padded_tokens",
-                  "Tokens the encoder passes ran, padding included", batch.get("padded_tokens"))
-    yield gauge("mlxhost_embed_largest_pass", "Most inputs run in one encoder pass",
-                batch.get("largest_pass"))
+    yield _metric("counter", "mlxhost_side_model_loads", "Embedding / rerank model loads",
+                  side.get("loads"))
+    yield from _read(side.get("batch") or {}, _EMBED_BATCH)
