@@ -38,13 +38,7 @@ from litestar.response import Stream
 
 from mlxhost.core.domain import ChatRequest
 from mlxhost.core.errors import ClientDisconnected, MlxhostError
-from mlxhost.core.types import (
-    ContentDelta,
-    GenerationEvent,
-    ReasoningDelta,
-    ToolCall,
-    ToolCallEvent,
-)
+from mlxhost.core.types import GenerationEvent
 from mlxhost.service.chat import ChatService, Generation
 
 log = logging.getLogger(__name__)
@@ -98,31 +92,6 @@ class Folded:
     @property
     def headers(self) -> dict[str, str]:
         return self.generations[0].headers
-
-
-@attrs.frozen
-class Reply:
-    """A whole answer, gathered from a generation's events for the JSON bodies
-    that give text, thinking and tool calls apart."""
-
-    text: str
-    thinking: str
-    calls: list[ToolCall]
-
-
-async def gather_reply(generation: Generation) -> Reply:
-    """Run ``generation`` to the end and join its deltas."""
-    text: list[str] = []
-    thinking: list[str] = []
-    calls: list[ToolCall] = []
-    async for event in generation.events():
-        if isinstance(event, ContentDelta):
-            text.append(event.text)
-        elif isinstance(event, ReasoningDelta):
-            thinking.append(event.text)
-        elif isinstance(event, ToolCallEvent):
-            calls.append(event.call)
-    return Reply("".join(text), "".join(thinking), calls)
 
 
 async def fold(

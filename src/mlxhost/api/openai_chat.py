@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from mlxhost.api.exchange import Frames, gather_reply
+from mlxhost.api.exchange import Frames
 from mlxhost.core.domain import ChatRequest
 from mlxhost.core.errors import MlxhostError
 from mlxhost.core.types import (
@@ -80,7 +80,7 @@ def _tool_call_json(call: ToolCall, index: int | None = None) -> dict[str, Any]:
 async def completion_body(generation: Generation, index: int = 0) -> dict[str, Any]:
     """Run a generation to the end and build a ``chat.completion`` object."""
     completion = Completion.of(generation)
-    reply = await gather_reply(generation)
+    reply = await generation.reply()
     text, calls = reply.text, reply.calls
     message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
     if reply.thinking:

@@ -41,6 +41,7 @@ from mlxhost.core.types import (
     SamplingParams,
     StreamParser,
     TokenLogprob,
+    ToolCall,
     ToolCallEvent,
 )
 from mlxhost.engine.constrain import json_grammar, lark_grammar
@@ -63,6 +64,15 @@ from mlxhost.service.summarize import Summarizer, split_conversation, with_summa
 from mlxhost.settings.table import Settings
 
 log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Reply:
+    """A whole answer, for the JSON bodies that give text, thinking and tool calls apart."""
+
+    text: str
+    thinking: str
+    calls: list[ToolCall]
 
 
 class Generation:
@@ -141,6 +151,20 @@ class Generation:
                 yield event
         finally:
             await self.close()
+
+    async def reply(self) -> Reply:
+        """Run to the end and join the deltas."""
+        text: list[str] = []
+        thinking: list[str] = []
+        calls: list[ToolCall] = []
+        async for event in self.events():
+            if isinstance(event, ContentDelta):
+                text.append(event.text)
+            elif isinstance(event, ReasoningDelta):
+                thinking.append(event.text)
+            elif isinstance(event, ToolCallEvent):
+                calls.append(event.call)
+        return Reply("".join(text), "".join(thinking), calls)
 
     def _answer(self, pieces: list[GenerationEvent]) -> list[GenerationEvent]:
         """Thinking passes as it is; the answer's text goes through stop strings

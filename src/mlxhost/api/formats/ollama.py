@@ -458,7 +458,7 @@ def fold_whole(name: str, kind: str, started: float) -> Any:
     """Fold a generation into Ollama's one ``done`` object (``stream: false``)."""
 
     async def fold(generation: Generation, index: int) -> dict[str, Any]:
-        reply = await exchange.gather_reply(generation)
+        reply = await generation.reply()
         final = _final(generation, name, started, kind)
         piece = _piece(name, kind, reply.text, reply.calls, reply.thinking)
         for key in ("message", "response", "thinking"):
