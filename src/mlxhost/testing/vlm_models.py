@@ -54,6 +54,16 @@ TINY_VLMS: dict[str, str] = {
     "qwen3_vl": "mlxhost-test/tiny-qwen3-vl",
 }
 
+# The text model of every tiny VLM: two layers of 64 wide, grouped-query attention.
+TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 32,
+}
+
 # --- gemma3 -------------------------------------------------------------------
 
 GEMMA_IMAGE_TOKEN = "<image_soft_token>"
@@ -76,12 +86,7 @@ GEMMA_CONFIG: dict = {
     "torch_dtype": "float32",
     "text_config": {
         "model_type": "gemma3_text",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "head_dim": 32,
+        **TINY_TEXT,
         "vocab_size": 262208,
         "sliding_window": 512,
         # Every 2nd layer global, so both kinds run. mlx-vlm's Gemma3Model reads
@@ -225,12 +230,7 @@ QWEN_CONFIG: dict = {
     "torch_dtype": "float32",
     "text_config": {
         "model_type": "qwen3_vl_text",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "head_dim": 32,
+        **TINY_TEXT,
         "vocab_size": 151936,
         "max_position_embeddings": 262144,
         "rms_norm_eps": 1e-06,
@@ -264,25 +264,26 @@ QWEN_CONFIG: dict = {
     },
 }
 
-QWEN_PREPROCESSOR = {
-    "image_processor_type": "Qwen2VLImageProcessorFast",
-    "processor_class": "Qwen3VLProcessor",
+# How images and video frames alike are cut into patches and normalized.
+QWEN_PATCHING = {
     "patch_size": QWEN_PATCH_SIZE,
     "temporal_patch_size": 2,
     "merge_size": QWEN_MERGE_SIZE,
     "image_mean": [0.5, 0.5, 0.5],
     "image_std": [0.5, 0.5, 0.5],
+}
+
+QWEN_PREPROCESSOR = {
+    "image_processor_type": "Qwen2VLImageProcessorFast",
+    "processor_class": "Qwen3VLProcessor",
+    **QWEN_PATCHING,
     "size": {"shortest_edge": QWEN_MIN_PIXELS, "longest_edge": QWEN_MAX_PIXELS},
 }
 
 QWEN_VIDEO_PREPROCESSOR = {
     "video_processor_type": "Qwen3VLVideoProcessor",
     "processor_class": "Qwen3VLProcessor",
-    "patch_size": QWEN_PATCH_SIZE,
-    "temporal_patch_size": 2,
-    "merge_size": QWEN_MERGE_SIZE,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.5, 0.5, 0.5],
+    **QWEN_PATCHING,
     "size": {"shortest_edge": QWEN_MIN_PIXELS, "longest_edge": 4 * QWEN_MAX_PIXELS},
     "fps": 2,
     "min_frames": 2,
