@@ -35,11 +35,7 @@ class ChatController(Controller):
             include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
             return await exchange.stream(service, chats, ChatFrames(include_usage))
         folded = await exchange.fold(request, service, chats, completion_body)
-        return Response(
-            content=merge_choices(folded.results),
-            headers=folded.headers,
-            media_type="application/json",
-        )
+        return folded.response(merge_choices(folded.results))
 
 
 def model_entry(state: State, info: ModelInfo, alias: str | None = None) -> dict[str, Any]:

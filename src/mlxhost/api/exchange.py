@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import attrs
-from litestar import Request
+from litestar import Request, Response
 from litestar.response import Stream
 
 from mlxhost.core.domain import ChatRequest
@@ -92,6 +92,10 @@ class Folded:
     @property
     def headers(self) -> dict[str, str]:
         return self.generations[0].headers
+
+    def response(self, content: Any) -> Response:
+        """The JSON answer: ``content`` (the adapter's body) with the first generation's headers."""
+        return Response(content=content, headers=self.headers, media_type="application/json")
 
 
 async def fold(

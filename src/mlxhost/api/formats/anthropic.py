@@ -7,7 +7,7 @@ import json
 import uuid
 from typing import Any
 
-from litestar import Controller, Request, Response, post
+from litestar import Controller, Request, post
 from litestar.datastructures import State
 
 from mlxhost.api import exchange
@@ -588,8 +588,7 @@ class MessagesController(Controller):
         if stream:
             return await exchange.stream(state.service, [chat], MessageFrames())
         folded = await exchange.fold(request, state.service, [chat], message_body)
-        return Response(content=folded.results[0], headers=folded.headers,
-                        media_type="application/json")
+        return folded.response(folded.results[0])
 
     @post("/count_tokens", status_code=200,
           operation_class=operation(COUNT_TOKENS_SCHEMA, ANTHROPIC_ERROR))

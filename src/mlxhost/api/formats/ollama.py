@@ -550,7 +550,7 @@ async def _answer(request: Request, state: State, kind: str) -> Any:
         return await exchange.stream(state.service, [chat], OllamaFrames(name, kind))
     folded = await exchange.fold(request, state.service, [chat],
                                  fold_whole(name, kind, time.perf_counter()))
-    return Response(content=folded.results[0], headers=folded.headers, media_type="application/json")
+    return folded.response(folded.results[0])
 
 
 @post("/api/chat", status_code=200, media_type=NDJSON,

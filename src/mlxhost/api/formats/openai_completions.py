@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 import attrs
-from litestar import Controller, Request, Response, post
+from litestar import Controller, Request, post
 from litestar.datastructures import State
 
 from mlxhost.api import exchange
@@ -194,8 +194,7 @@ class CompletionsController(Controller):
         if wire.stream:
             return await exchange.stream(service, chats, CompletionFrames(prompts, wire.echo))
         folded = await exchange.fold(request, service, chats, fold_text(prompts, wire.echo))
-        return Response(content=completion_body(folded), headers=folded.headers,
-                        media_type="application/json")
+        return folded.response(completion_body(folded))
 
 
 def routes() -> list[Any]:

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from typing import Any
 
 import attrs
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
 
@@ -845,7 +845,7 @@ class ResponsesController(Controller):
         folded = await exchange.fold(request, state.service, [parsed.chat], fold_response(parsed))
         response = folded.results[0]
         remember(store, parsed, response)
-        return Response(content=response, headers=folded.headers, media_type="application/json")
+        return folded.response(response)
 
     @get("/{response_id:str}", operation_class=operation())
     async def retrieve(self, state: State, response_id: FromPath[str]) -> dict[str, Any]:
