@@ -13,7 +13,12 @@ import attrs
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException
 
-from mlxhost.core.errors import ClientDisconnected, ContextLengthExceeded, MlxhostError
+from mlxhost.core.errors import (
+    ClientDisconnected,
+    ContextLengthExceeded,
+    MlxhostError,
+    error_type_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +139,9 @@ def handle_http_error(request: Request, exc: HTTPException) -> Response:
     if isinstance(exc, NotAuthorizedException):
         log_client_error(request, 401, exc.detail)
         return respond(request, ApiError(401, exc.detail, "invalid_request_error", code="invalid_api_key"))
-    error_type = "invalid_request_error" if status < 500 else "server_error"
     if 400 <= status < 500:
         log_client_error(request, status, str(exc.detail))
-    return respond(request, ApiError(status, exc.detail, error_type, headers=exc.headers))
+    return respond(request, ApiError(status, exc.detail, error_type_of(status), headers=exc.headers))
 
 
 def handle_disconnect(request: Request, exc: ClientDisconnected) -> Response:

@@ -5,11 +5,15 @@ from __future__ import annotations
 from mlxhost.core.units import format_bytes
 
 
+def error_type_of(status: int) -> str:
+    """OpenAI's error ``type`` for an HTTP status: the request's fault or the server's."""
+    return "invalid_request_error" if status < 500 else "server_error"
+
+
 class MlxhostError(Exception):
     """Base error: carries the HTTP status and OpenAI error fields."""
 
     status_code = 500
-    error_type = "server_error"
     code: str | None = None
     headers: dict[str, str] | None = None
 
@@ -19,6 +23,10 @@ class MlxhostError(Exception):
         self.param = param
         if code is not None:
             self.code = code
+
+    @property
+    def error_type(self) -> str:
+        return error_type_of(self.status_code)
 
     def to_body(self) -> dict:
         return {
@@ -33,12 +41,10 @@ class MlxhostError(Exception):
 
 class InvalidRequest(MlxhostError):
     status_code = 400
-    error_type = "invalid_request_error"
 
 
 class ModelNotFound(MlxhostError):
     status_code = 404
-    error_type = "invalid_request_error"
     code = "model_not_found"
 
     def __init__(self, model: str):
@@ -53,7 +59,6 @@ class UnsupportedArchitecture(MlxhostError):
     """A model whose ``model_type`` neither mlx-lm nor mlx-vlm can load."""
 
     status_code = 400
-    error_type = "invalid_request_error"
     code = "unsupported_architecture"
 
     def __init__(self, model: str, model_type: object):
@@ -68,7 +73,6 @@ class ModelNotDownloaded(MlxhostError):
     """A known model whose weights are not on this machine and cannot be fetched now."""
 
     status_code = 404
-    error_type = "invalid_request_error"
     code = "model_not_downloaded"
 
     def __init__(self, model: str, reason: str, available: list[str]):
@@ -84,7 +88,6 @@ class ModelDownloadFailed(MlxhostError):
     """The hub was reachable but the download did not complete."""
 
     status_code = 503
-    error_type = "server_error"
     code = "model_download_failed"
 
     def __init__(self, model: str, detail: str):
@@ -100,7 +103,6 @@ class ModelLoadFailed(MlxhostError):
     """The model was found but could not be loaded (missing files, bad weights, no memory)."""
 
     status_code = 500
-    error_type = "server_error"
     code = "model_load_failed"
 
 
@@ -117,7 +119,6 @@ class ContextLengthExceeded(MlxhostError):
     """
 
     status_code = 400
-    error_type = "invalid_request_error"
     code = "context_length_exceeded"
 
     def __init__(
@@ -169,7 +170,6 @@ class MemoryExceeded(MlxhostError):
     this machine cannot hold them)."""
 
     status_code = 400
-    error_type = "invalid_request_error"
     code = "memory_exceeded"
 
     def __init__(
@@ -208,7 +208,6 @@ class SideModelTooLarge(MlxhostError):
     memory budget, even with no request running."""
 
     status_code = 400
-    error_type = "invalid_request_error"
     code = "memory_exceeded"
 
     def __init__(self, model: str, needed: int, room: int, budget: int, loaded: int):
@@ -225,13 +224,11 @@ class EngineError(MlxhostError):
     """Generation failed inside the MLX worker."""
 
     status_code = 500
-    error_type = "server_error"
     code = "engine_error"
 
 
 class Busy(MlxhostError):
     status_code = 503
-    error_type = "server_error"
     code = "server_busy"
 
     def __init__(self, message: str, *, retry_after: int = 1):
@@ -247,7 +244,6 @@ class GroupLost(MlxhostError):
     """A rank of the distributed group died or hung: rank 0 cannot generate any more."""
 
     status_code = 503
-    error_type = "server_error"
     code = "distributed_group_lost"
 
     def __init__(self, reason: str):

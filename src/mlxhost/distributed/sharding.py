@@ -18,7 +18,6 @@ from mlxhost.core.errors import MlxhostError
 
 class NotShardable(MlxhostError):
     status_code = 400
-    error_type = "invalid_request_error"
     code = "model_not_shardable"
 
 

@@ -140,7 +140,6 @@ REQUEST_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
 
 class ResponseNotFound(MlxhostError):
     status_code = 404
-    error_type = "invalid_request_error"
     code = "not_found"
 
 
