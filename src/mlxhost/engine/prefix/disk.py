@@ -242,20 +242,36 @@ class DiskEntry:
     size: int
 
 
+@attrs.define
+class DiskCounts:
+    """What the disk tier has done since it started (changed under its lock)."""
+
+    hits: int = 0  # lookups served from disk
+    tokens_reused: int = 0  # prompt tokens served from disk
+    writes: int = 0
+    bytes_written: int = 0
+    bytes_read: int = 0
+    evictions: int = 0  # files deleted for the budget
+    rejected: int = 0  # files refused: corrupt, another model version, unreadable
+    skipped: int = 0  # entries not written (larger than the budget, or unsupported caches)
+
+
 @attrs.frozen
 class DiskStats:
+    """The tier's state now: its counts (``DiskCounts``' fields) and what it holds."""
+
     dir: str
-    hits: int  # lookups served from disk
-    tokens_reused: int  # prompt tokens served from disk
+    hits: int
+    tokens_reused: int
     entries: int  # files of the loaded model
     bytes: int  # every model's files
     max_bytes: int
     writes: int
     bytes_written: int
     bytes_read: int
-    evictions: int  # files deleted for the budget
-    rejected: int  # files refused: corrupt, another model version, unreadable
-    skipped: int  # entries not written (larger than the budget, or unsupported caches)
+    evictions: int
+    rejected: int
+    skipped: int
     pending: int  # writes queued
 
 
@@ -282,8 +298,7 @@ class DiskTier:
         self._entries: dict[Path, DiskEntry] = {}  # the active model's
         self._model_id: str | None = None
         self._identity: dict[str, str] | None = None
-        self._hits = self._tokens = self._writes = self._written = self._read = 0
-        self._evictions = self._rejected = self._skipped = 0
+        self._counts = DiskCounts()
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="prefix-disk", daemon=True)
         self._writer.start()
@@ -373,9 +388,9 @@ class DiskTier:
         with contextlib.suppress(OSError):
             os.utime(entry.path, (now, now))
         with self._lock:
-            self._hits += 1
-            self._tokens += keep
-            self._read += header.size
+            self._counts.hits += 1
+            self._counts.tokens_reused += keep
+            self._counts.bytes_read += header.size
             if entry.path in self._files:
                 self._files[entry.path] = (self._files[entry.path][0], now)
         log.info("Prefix cache: %d prompt tokens loaded from disk (%s)", keep, entry.path.name)
@@ -401,13 +416,13 @@ class DiskTier:
             encoded = self.codec.encode(cache)
         except Exception as error:  # a cache class the codec does not know
             with self._lock:
-                self._skipped += 1
+                self._counts.skipped += 1
             log.warning("Prefix cache: not written to disk: %s", error)
             return False
         size = sum(len(memoryview(t.data).cast("B")) for t in encoded.tensors.values())
         if size > self.max_bytes:
             with self._lock:
-                self._skipped += 1
+                self._counts.skipped += 1
             log.info("Prefix cache: an entry of %d bytes is larger than the disk budget; not written", size)
             return False
         folder = self.model_dir(model_id)
@@ -427,8 +442,8 @@ class DiskTier:
             written = write_safetensors(path, encoded.tensors, metadata)
             now = time.time()
             with self._lock:
-                self._writes += 1
-                self._written += written
+                self._counts.writes += 1
+                self._counts.bytes_written += written
                 self._files[path] = (written, now)
                 if self._model_id == model_id:
                     self._entries[path] = DiskEntry(path, tokens, extra_key, trimmable, written)
@@ -486,7 +501,7 @@ class DiskTier:
             if path == keep:
                 continue
             self._delete(path)
-            self._evictions += 1
+            self._counts.evictions += 1
             total -= size
 
     def _delete(self, path: Path) -> None:
@@ -497,25 +512,18 @@ class DiskTier:
     def _reject(self, path: Path, why: str) -> None:
         log.warning("Prefix cache on disk: rejected %s: %s (deleted)", path, why)
         with self._lock:
-            self._rejected += 1
+            self._counts.rejected += 1
             self._delete(path)
 
     def stats(self) -> DiskStats:
         with self._lock:
             return DiskStats(
                 dir=str(self.directory),
-                hits=self._hits,
-                tokens_reused=self._tokens,
                 entries=len(self._entries),
                 bytes=sum(size for size, _ in self._files.values()),
                 max_bytes=self.max_bytes,
-                writes=self._writes,
-                bytes_written=self._written,
-                bytes_read=self._read,
-                evictions=self._evictions,
-                rejected=self._rejected,
-                skipped=self._skipped,
                 pending=self._queue.unfinished_tasks,
+                **attrs.asdict(self._counts),
             )
 
 
