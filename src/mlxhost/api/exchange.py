@@ -38,7 +38,7 @@ from litestar.response import Stream
 
 from mlxhost.core.domain import ChatRequest
 from mlxhost.core.errors import ClientDisconnected, MlxhostError
-from mlxhost.core.types import GenerationEvent
+from mlxhost.core.types import ContentDelta, GenerationEvent, ReasoningDelta, ToolCallEvent
 from mlxhost.service.chat import ChatService, Generation
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,41 @@ class Frames:
         raise NotImplementedError
 
     def keepalive(self) -> bytes:
+        raise NotImplementedError
+
+
+class BlockFrames(Frames):
+    """Frames of an API whose answer is a list of blocks, each opened, filled and
+    closed: a thought, text, a tool call (Anthropic's content blocks, the Responses
+    API's output items). A thought closes when text or a tool call comes; text
+    closes when a thought (``_thinking`` closes it) or a tool call comes."""
+
+    def event(self, event: GenerationEvent) -> list[bytes]:
+        if isinstance(event, ReasoningDelta):
+            return self._thinking(event.text) if event.text else []
+        if isinstance(event, ContentDelta):
+            frames = self._close_thought()
+            return [*frames, *self._text(event.text)] if event.text else frames
+        if isinstance(event, ToolCallEvent):
+            return [*self._close_thought(), *self._close_text(), *self._tool_call(event)]
+        return []
+
+    def _thinking(self, text: str) -> list[bytes]:
+        """Open a thought (closing the text) if none is, and add ``text`` to it."""
+        raise NotImplementedError
+
+    def _text(self, text: str) -> list[bytes]:
+        """Open text if none is, and add ``text`` to it."""
+        raise NotImplementedError
+
+    def _tool_call(self, event: ToolCallEvent) -> list[bytes]:
+        """The whole block of one tool call."""
+        raise NotImplementedError
+
+    def _close_thought(self) -> list[bytes]:
+        raise NotImplementedError
+
+    def _close_text(self) -> list[bytes]:
         raise NotImplementedError
 
 

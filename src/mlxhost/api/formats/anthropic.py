@@ -13,7 +13,7 @@ from litestar.datastructures import State
 from mlxhost.api import exchange
 from mlxhost.api.body import read_json
 from mlxhost.api.errors import ApiError, PrefixShape, domain_error
-from mlxhost.api.exchange import Frames
+from mlxhost.api.exchange import BlockFrames
 from mlxhost.api.schemas import checked_object
 from mlxhost.api.thinking import anthropic_control, signature
 from mlxhost.api.wire_schema import ANTHROPIC_ERROR, operation, tagged
@@ -21,7 +21,6 @@ from mlxhost.core import domain
 from mlxhost.core.errors import ContextLengthExceeded, InvalidRequest, MlxhostError
 from mlxhost.core.types import (
     ContentDelta,
-    GenerationEvent,
     ReasoningDelta,
     ToolCall,
     ToolCallEvent,
@@ -469,7 +468,7 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 PING = _event("ping", {})
 
 
-class MessageFrames(Frames):
+class MessageFrames(BlockFrames):
     """Anthropic's stream: ``message_start``, ``ping``, per content block
     ``content_block_start`` / ``content_block_delta`` / ``content_block_stop``,
     then ``message_delta`` and ``message_stop``; an error after the headers is an
@@ -515,31 +514,27 @@ class MessageFrames(Frames):
             "index": self._index, "delta": {"type": "thinking_delta", "thinking": text}}))
         return frames
 
-    def event(self, event: GenerationEvent) -> list[bytes]:
-        if isinstance(event, ReasoningDelta):
-            return self._thinking(event.text) if event.text else []
-        frames: list[bytes] = self._close_thought() if isinstance(
-            event, ContentDelta | ToolCallEvent) else []
-        if isinstance(event, ContentDelta):
-            if not event.text:
-                return frames
-            if not self._text_open:
-                frames.append(_event("content_block_start", {
-                    "index": self._index, "content_block": {"type": "text", "text": ""}}))
-                self._text_open = True
-            frames.append(_event("content_block_delta", {
-                "index": self._index, "delta": {"type": "text_delta", "text": event.text}}))
-        elif isinstance(event, ToolCallEvent):
-            frames.extend(self._close_text())
-            call, index = event.call, self._index
-            frames.append(_event("content_block_start", {"index": index, "content_block": {
-                "type": "tool_use", "id": tool_use_id(call), "name": call.name, "input": {}}}))
-            frames.append(_event("content_block_delta", {"index": index, "delta": {
-                "type": "input_json_delta",
-                "partial_json": json.dumps(_input(call), ensure_ascii=False)}}))
-            frames.append(_event("content_block_stop", {"index": index}))
-            self._index += 1
+    def _text(self, text: str) -> list[bytes]:
+        frames = []
+        if not self._text_open:
+            frames.append(_event("content_block_start", {
+                "index": self._index, "content_block": {"type": "text", "text": ""}}))
+            self._text_open = True
+        frames.append(_event("content_block_delta", {
+            "index": self._index, "delta": {"type": "text_delta", "text": text}}))
         return frames
+
+    def _tool_call(self, event: ToolCallEvent) -> list[bytes]:
+        call, index = event.call, self._index
+        self._index += 1
+        return [
+            _event("content_block_start", {"index": index, "content_block": {
+                "type": "tool_use", "id": tool_use_id(call), "name": call.name, "input": {}}}),
+            _event("content_block_delta", {"index": index, "delta": {
+                "type": "input_json_delta",
+                "partial_json": json.dumps(_input(call), ensure_ascii=False)}}),
+            _event("content_block_stop", {"index": index}),
+        ]
 
     def _close_text(self) -> list[bytes]:
         if not self._text_open:
@@ -568,14 +563,7 @@ class MessageFrames(Frames):
         if self._thought is not None:  # inside a thought: an empty thinking delta
             return _event("content_block_delta", {
                 "index": self._index, "delta": {"type": "thinking_delta", "thinking": ""}})
-        frames = []
-        if not self._text_open:
-            frames.append(_event("content_block_start", {
-                "index": self._index, "content_block": {"type": "text", "text": ""}}))
-            self._text_open = True
-        frames.append(_event("content_block_delta", {
-            "index": self._index, "delta": {"type": "text_delta", "text": ""}}))
-        return b"".join(frames)
+        return b"".join(self._text(""))
 
 
 class MessagesController(Controller):

@@ -22,7 +22,7 @@ from litestar.params import FromPath
 
 from mlxhost.api import exchange
 from mlxhost.api.body import read_json
-from mlxhost.api.exchange import Frames
+from mlxhost.api.exchange import BlockFrames
 from mlxhost.api.schemas import TEMPERATURE, TOP_P, TTL, checked_object, ttl_seconds
 from mlxhost.api.thinking import EFFORT_SCHEMA, responses_control
 from mlxhost.api.wire_schema import nullable, operation, tagged
@@ -30,7 +30,6 @@ from mlxhost.core import domain
 from mlxhost.core.errors import InvalidRequest, MlxhostError
 from mlxhost.core.types import (
     ContentDelta,
-    GenerationEvent,
     ReasoningDelta,
     ToolCall,
     ToolCallEvent,
@@ -672,7 +671,7 @@ def _sse(event: dict[str, Any]) -> bytes:
     return f"event: {event['type']}\ndata: {data}\n\n".encode()
 
 
-class ResponseFrames(Frames):
+class ResponseFrames(BlockFrames):
     """The Responses stream: ``response.created`` and ``response.in_progress``, the
     output items' events, then ``response.completed`` (or ``.incomplete``); an
     error after the headers is ``error`` then ``response.failed``. The keep-alive
@@ -720,7 +719,7 @@ class ResponseFrames(Frames):
                         content_index=0, part={"type": "output_text", "text": "", "annotations": []}),
         ]
 
-    def _close_message(self) -> list[bytes]:
+    def _close_text(self) -> list[bytes]:
         if self._open_text is None:
             return []
         text = "".join(self._open_text)
@@ -753,8 +752,8 @@ class ResponseFrames(Frames):
             self._event("response.output_item.done", output_index=index, item=item),
         ]
 
-    def _thought(self, text: str) -> list[bytes]:
-        frames = self._close_message()
+    def _thinking(self, text: str) -> list[bytes]:
+        frames = self._close_text()
         index = len(self._output)
         if self._open_thought is None:
             self._open_thought = []
@@ -771,39 +770,31 @@ class ResponseFrames(Frames):
                                   output_index=index, content_index=0, delta=text))
         return frames
 
-    def event(self, event: GenerationEvent) -> list[bytes]:
-        if isinstance(event, ReasoningDelta):
-            return self._thought(event.text) if event.text else []
-        frames: list[bytes] = self._close_thought() if isinstance(
-            event, ContentDelta | ToolCallEvent) else []
-        if isinstance(event, ContentDelta):
-            if not event.text:
-                return frames
-            if self._open_text is None:
-                frames.extend(self._open_message())
-            assert self._open_text is not None
-            self._open_text.append(event.text)
-            frames.append(self._event("response.output_text.delta", item_id=self._msg_id,
-                                      output_index=len(self._output), content_index=0,
-                                      delta=event.text, logprobs=[]))
-        elif isinstance(event, ToolCallEvent):
-            frames.extend(self._close_message())
-            call, tools = event.call, self._parsed.tools
-            fc_id = _id("fc")
-            index = len(self._output)
-            added = call_item(call, fc_id, tools, arguments="")
-            added["status"] = "in_progress"
-            item = call_item(call, fc_id, tools)
-            self._output.append(item)
-            frames += [
-                self._event("response.output_item.added", output_index=index, item=added),
-                self._event("response.function_call_arguments.delta", item_id=fc_id,
-                            output_index=index, delta=call.arguments),
-                self._event("response.function_call_arguments.done", item_id=fc_id,
-                            output_index=index, name=item["name"], arguments=call.arguments),
-                self._event("response.output_item.done", output_index=index, item=item),
-            ]
+    def _text(self, text: str) -> list[bytes]:
+        frames = self._open_message() if self._open_text is None else []
+        assert self._open_text is not None
+        self._open_text.append(text)
+        frames.append(self._event("response.output_text.delta", item_id=self._msg_id,
+                                  output_index=len(self._output), content_index=0,
+                                  delta=text, logprobs=[]))
         return frames
+
+    def _tool_call(self, event: ToolCallEvent) -> list[bytes]:
+        call, tools = event.call, self._parsed.tools
+        fc_id = _id("fc")
+        index = len(self._output)
+        added = call_item(call, fc_id, tools, arguments="")
+        added["status"] = "in_progress"
+        item = call_item(call, fc_id, tools)
+        self._output.append(item)
+        return [
+            self._event("response.output_item.added", output_index=index, item=added),
+            self._event("response.function_call_arguments.delta", item_id=fc_id,
+                        output_index=index, delta=call.arguments),
+            self._event("response.function_call_arguments.done", item_id=fc_id,
+                        output_index=index, name=item["name"], arguments=call.arguments),
+            self._event("response.output_item.done", output_index=index, item=item),
+        ]
 
     def ended(self, generation: Generation, index: int) -> list[bytes]:
         frames = self._close_thought()
@@ -811,7 +802,7 @@ class ResponseFrames(Frames):
             item["type"] != "reasoning" for item in self._output
         ):
             frames.extend(self._open_message())
-        frames.extend(self._close_message())
+        frames.extend(self._close_text())
         response = self._builder.finish(generation)
         remember(self._store, self._parsed, response)
         kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
