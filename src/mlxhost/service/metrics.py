@@ -136,8 +136,8 @@ class GenerationObserver:
         self._completion.inc(completion_tokens)
 
 
-# Metrics read from the dicts of the runtime's status, one table per dict:
-# (kind, name, key, help). A dict that is absent (no prefix cache, no disk tier)
+# Metrics read from the dicts of the runtime's status, one table per dict with
+# several (kind, name, key, help). A dict that is absent (no prefix cache, no disk tier)
 # gives none of its metrics; a key that is absent gives its metric with no sample.
 Row = tuple[str, str, str, str]
 _SPECULATIVE: tuple[Row, ...] = (
@@ -145,10 +145,6 @@ _SPECULATIVE: tuple[Row, ...] = (
      "Tokens drafted by prompt lookup (speculative decoding)"),
     ("counter", "mlxhost_speculative_accepted_tokens", "accepted",
      "Drafted tokens the model accepted (accepted / drafted: the acceptance rate)"),
-)
-_KV_CACHE: tuple[Row, ...] = (
-    ("gauge", "mlxhost_kv_bytes_per_token", "bytes_per_token",
-     "KV-cache bytes per token of the loaded model, as stored (--kv-bits)"),
 )
 _PREFIX_CACHE: tuple[Row, ...] = (
     ("counter", "mlxhost_prefix_cache_hits", "hits",
@@ -195,12 +191,6 @@ _MEMORY: tuple[Row, ...] = (
      "KV memory reserved by running requests (prompt + max_tokens)"),
     ("gauge", "mlxhost_memory_side_models_bytes", "side_models",
      "Bytes counted for embedding / rerank models beside the chat model"),
-)
-_PROCESS: tuple[Row, ...] = (
-    ("gauge", "mlxhost_process_resident_bytes", "rss",
-     "Resident memory of the server process"),
-)
-_MEMORY_REFUSALS: tuple[Row, ...] = (
     ("counter", "mlxhost_memory_refused", "refused",
      "Requests refused: they never fit in memory (400)"),
     ("counter", "mlxhost_memory_waited", "waited",
@@ -272,15 +262,19 @@ class _RuntimeCollector:
         batch = status.engine.get("batch")
         if isinstance(batch, dict) and "drafted" in batch:
             yield from _read(batch, _SPECULATIVE)
-        yield from _read(status.engine.get("kv_cache"), _KV_CACHE)
+        kv = status.engine.get("kv_cache")
+        if isinstance(kv, dict):
+            yield _metric("gauge", "mlxhost_kv_bytes_per_token",
+                          "KV-cache bytes per token of the loaded model, as stored (--kv-bits)",
+                          kv.get("bytes_per_token"))
         cache = status.engine.get("prefix_cache")
         yield from _read(cache, _PREFIX_CACHE)
         if isinstance(cache, dict):
             yield from _read(cache.get("disk"), _PREFIX_DISK)
         yield from _read(memory.get("mlx") or {}, _MLX_MEMORY)
         yield from _read(memory, _MEMORY)
-        yield from _read(memory.get("process") or {}, _PROCESS)
-        yield from _read(memory, _MEMORY_REFUSALS)
+        yield _metric("gauge", "mlxhost_process_resident_bytes",
+                      "Resident memory of the server process", (memory.get("process") or {}).get("rss"))
         yield from _side_metrics(status.side_models)
 
 
