@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
 from litestar.params import FromPath
 
@@ -22,10 +22,7 @@ from mlxhost.runtime.runtime import RuntimeStatus
 class ChatController(Controller):
     path = "/v1/chat/completions"
 
-    # Litestar gives the handler's media type precedence over a Stream's own, but
-    # not over a plain Response's: so the handler says SSE, the JSON reply says JSON.
-    @post(status_code=200, media_type="text/event-stream",
-          operation_class=operation(CHAT_REQUEST_SCHEMA))
+    @exchange.route(CHAT_REQUEST_SCHEMA)
     async def create(self, request: Request, state: State) -> Any:
         body = await read_json(request)
         wire = parse_wire_request(body)

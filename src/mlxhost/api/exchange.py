@@ -33,9 +33,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import attrs
-from litestar import Request, Response
+from litestar import Request, Response, post
 from litestar.response import Stream
 
+from mlxhost.api.wire_schema import OPENAI_ERROR, operation
 from mlxhost.core.domain import ChatRequest
 from mlxhost.core.errors import ClientDisconnected, MlxhostError
 from mlxhost.core.types import ContentDelta, GenerationEvent, ReasoningDelta, ToolCallEvent
@@ -46,6 +47,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SSE = "text/event-stream"
+
+
+def route(body: dict[str, Any], errors: dict[str, Any] = OPENAI_ERROR, *,
+          path: str | None = None, media_type: str = SSE) -> Any:
+    """The POST route of an endpoint that answers through the exchange, documenting
+    its ``body`` schema and ``errors`` shape: status 200 (Litestar's POST default is
+    201), and the stream's media type on the handler, because Litestar gives the
+    handler's media type precedence over a Stream's own but not over a plain
+    Response's (so the JSON answer still says JSON)."""
+    return post(path, status_code=200, media_type=media_type,
+                operation_class=operation(body, errors))
 
 
 class Frames:

@@ -569,8 +569,7 @@ class MessageFrames(BlockFrames):
 class MessagesController(Controller):
     path = PREFIX
 
-    @post(status_code=200, media_type="text/event-stream",
-          operation_class=operation(MESSAGES_SCHEMA, ANTHROPIC_ERROR))
+    @exchange.route(MESSAGES_SCHEMA, ANTHROPIC_ERROR)
     async def create(self, request: Request, state: State) -> Any:
         chat, stream = parse_messages_request(await read_json(request))
         if stream:

@@ -553,14 +553,12 @@ async def _answer(request: Request, state: State, kind: str) -> Any:
     return folded.response(folded.results[0])
 
 
-@post("/api/chat", status_code=200, media_type=NDJSON,
-      operation_class=operation(CHAT_SCHEMA, OLLAMA_ERROR))
+@exchange.route(CHAT_SCHEMA, OLLAMA_ERROR, path="/api/chat", media_type=NDJSON)
 async def chat(request: Request, state: State) -> Any:
     return await _answer(request, state, "chat")
 
 
-@post("/api/generate", status_code=200, media_type=NDJSON,
-      operation_class=operation(GENERATE_SCHEMA, OLLAMA_ERROR))
+@exchange.route(GENERATE_SCHEMA, OLLAMA_ERROR, path="/api/generate", media_type=NDJSON)
 async def generate(request: Request, state: State) -> Any:
     return await _answer(request, state, "generate")
 

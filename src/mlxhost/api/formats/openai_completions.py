@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 import attrs
-from litestar import Controller, Request, post
+from litestar import Controller, Request
 from litestar.datastructures import State
 
 from mlxhost.api import exchange
@@ -29,7 +29,7 @@ from mlxhost.api.schemas import (
     structure_request,
     ttl_seconds,
 )
-from mlxhost.api.wire_schema import constrained, operation, schema_of
+from mlxhost.api.wire_schema import constrained, schema_of
 from mlxhost.core.domain import ChatRequest
 from mlxhost.core.errors import MlxhostError
 from mlxhost.core.types import ContentDelta, GenerationEvent
@@ -184,8 +184,7 @@ class CompletionFrames(Frames):
 class CompletionsController(Controller):
     path = "/v1/completions"
 
-    @post(status_code=200, media_type="text/event-stream",
-          operation_class=operation(COMPLETION_REQUEST_SCHEMA))
+    @exchange.route(COMPLETION_REQUEST_SCHEMA)
     async def create(self, request: Request, state: State) -> Any:
         body = await read_json(request)
         wire, prompts = parse_completion_request(body)

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from typing import Any
 
 import attrs
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, delete, get
 from litestar.datastructures import State
 from litestar.params import FromPath
 
@@ -825,7 +825,7 @@ class ResponseFrames(BlockFrames):
 class ResponsesController(Controller):
     path = "/v1/responses"
 
-    @post(status_code=200, media_type="text/event-stream", operation_class=operation(REQUEST_SCHEMA))
+    @exchange.route(REQUEST_SCHEMA)
     async def create(self, request: Request, state: State) -> Any:
         body = await read_json(request)
         store = store_of(state)
