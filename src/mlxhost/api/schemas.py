@@ -186,11 +186,12 @@ class ChatCompletionRequest:
     def completion_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
-    @property
-    def stop_strings(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
+    """OpenAI's ``stop`` (a string or a list of them; chat and completions) as the domain's."""
+    if stop is None:
+        return ()
+    return (stop,) if isinstance(stop, str) else tuple(stop)
 
 
 def _strict(kind: type, accepted: tuple[type, ...], name: str):
@@ -440,7 +441,7 @@ def to_domain(request: ChatCompletionRequest) -> domain.ChatRequest:
         logit_bias=logit_bias_of(request.logit_bias),
         logprobs=(request.top_logprobs or 0) if request.logprobs else None,
         json_format=json_format_of(request.response_format),
-        stop=tuple(request.stop_strings),
+        stop=stop_strings(request.stop),
         summarize=request.truncation != "disabled",
         keep_alive=ttl_seconds(request.ttl),
         reasoning=chat_control(request.reasoning_effort, request.chat_template_kwargs),

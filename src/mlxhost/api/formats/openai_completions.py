@@ -26,6 +26,7 @@ from mlxhost.api.schemas import (
     TEMPERATURE,
     TOP_P,
     TTL,
+    stop_strings,
     structure_request,
     ttl_seconds,
 )
@@ -69,12 +70,6 @@ class CompletionRequest:
         type=["object", "null"], maxProperties=0, description=_UNSUPPORTED)
     ttl: int | None = constrained(**TTL)
 
-    @property
-    def stop_strings(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-
 
 def parse_completion_request(body: Any) -> tuple[CompletionRequest, list[str]]:
     """The wire request and its prompts (InvalidRequest naming the field otherwise)."""
@@ -98,7 +93,7 @@ def to_domain(request: CompletionRequest, prompt: str) -> ChatRequest:
         temperature=request.temperature,
         top_p=request.top_p,
         seed=request.seed,
-        stop=request.stop_strings,
+        stop=stop_strings(request.stop),
         summarize=False,
         keep_alive=ttl_seconds(request.ttl),
     )
