@@ -2,18 +2,20 @@
 
 Decode and prefill speed depend on the shapes and the dtype/quantization of the
 weights, not on their values. These folders have the text-layer sizes of the
-two seed models (Gemma 3 4B it, Qwen3-VL 4B Instruct), quantized to 4 bits
+two seed models (Gemma 3 4B it, Qwen3-VL 4B Instruct) and of Llama 3.2 3B
+Instruct (no family plugin claims it: served by the generic family), quantized to 4 bits
 with group size 64 and bf16 scales like the mlx-community ``-4bit`` builds, so a
 benchmark needs neither the hub nor the real weights. The vision towers are
 left out: they only run when a request has an image.
 
 Each folder loads with ``mlx_lm.load`` / ``mlx_vlm.load`` and in ``mlxhost serve``:
 the tokenizer files (and chat template) are copied from the small test models
-of the same family. The Gemma tokenizer is padded with placeholder tokens up to
-the model's vocabulary (262208 > 262144), since a random model can emit any id
+of the same family (SmolLM2's for the Llama shape). Tokenizers are padded with placeholder tokens up to
+the model's vocabulary (Gemma: 262208 > 262144; SmolLM2: 128256 > 49152), since a random model can emit any id
 and mlx-lm's streaming detokenizers index their token table by id.
 
-    python -m bench.shaped_models [gemma3-4b qwen3-4b] [--tiny] [--out DIR]
+    python -m bench.shaped_models [gemma3-4b qwen3-4b llama-3b] [--tiny] [--out DIR]
+    python -m bench.shaped_models llama-3b --export-tokenizers DIR   # DIR/smollm2/
 """
 
 from __future__ import annotations
@@ -71,10 +73,43 @@ SHAPES: dict[str, dict[str, Any]] = {
         "bos_token_id": 151643,
         "eos_token_id": 151645,
     },
+    # Llama 3.2 3B Instruct's config.json (no reference facts folder for it).
+    # bos/eos are those of the borrowed SmolLM2 tokenizer (<|im_start|>, <|im_end|>),
+    # not Llama's 128000/128009, so the chat template and the stop token agree.
+    "llama-3b": {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "factor": 32.0,
+            "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    },
 }
 # Which small test model lends its tokenizer to each shape.
-TOKENIZER_FROM = {"gemma3-4b": "gemma", "qwen3-4b": "qwen"}
+TOKENIZER_FROM = {"gemma3-4b": "gemma", "qwen3-4b": "qwen", "llama-3b": "smollm2"}
+# The reference facts folder of each shape (shared/reference/); llama-3b has none.
 REFERENCE_FOLDER = {"gemma3-4b": "gemma-3-4b-it", "qwen3-4b": "qwen3-vl-4b-instruct"}
+# The real checkpoint each shape copies, for the folder's README.
+SHAPE_OF = {**REFERENCE_FOLDER, "llama-3b": "Llama-3.2-3B-Instruct"}
 QUANTIZATION = {"group_size": 64, "bits": 4}
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -127,6 +162,8 @@ def check_against_reference(reference_root: Path) -> list[str]:
 def _model_class(model_type: str):
     if model_type == "gemma3_text":
         from mlx_lm.models import gemma3_text as module
+    elif model_type == "llama":
+        from mlx_lm.models import llama as module
     else:
         from mlx_lm.models import qwen3 as module
     return module
@@ -169,7 +206,7 @@ def build_shaped_model(
     save_config(config, out / "config.json")
     _copy_tokenizer(tokenizer_dir, out, vocab_size=config["vocab_size"])
     (out / "README.md").write_text(
-        f"Random weights with the text-layer shapes of {REFERENCE_FOLDER[kind]}"
+        f"Random weights with the text-layer shapes of {SHAPE_OF[kind]}"
         f"{' (tiny)' if tiny else ''}, 4-bit group 64; made by bench/shaped_models.py."
         " Output is gibberish: for speed measurements only.\n"
     )
@@ -224,6 +261,28 @@ def pad_tokenizer(path: Path, vocab_size: int) -> int:
     return len(missing)
 
 
+def export_tokenizers(out: Path, kinds: list[str], *, log: Callable[[str], object] = print) -> list[Path]:
+    """Copy the tokenizer files the shapes ``kinds`` borrow into ``out/<test model>/``
+    (``tokenizer.json`` xz-compressed): the ``--tokenizers`` folder of the GPU
+    scripts, for a machine without the test models."""
+    from mlxhost.testing.models import ensure_test_model
+
+    written = []
+    for family in dict.fromkeys(TOKENIZER_FROM[kind] for kind in kinds):
+        src = ensure_test_model(family, log=log)
+        dst = out / family
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in TOKENIZER_FILES:
+            if not (src / name).is_file():
+                continue
+            if name == "tokenizer.json":
+                (dst / f"{name}.xz").write_bytes(lzma.compress((src / name).read_bytes(), preset=9))
+            else:
+                shutil.copy(src / name, dst / name)
+        written.append(dst)
+    return written
+
+
 def folder_name(kind: str, tiny: bool) -> str:
     return f"{kind}-4bit-random{'-tiny' if tiny else ''}-v{RECIPE_VERSION}"
 
@@ -268,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="compare SHAPES with DIR/*/config.facts.json and exit",
     )
+    parser.add_argument(
+        "--export-tokenizers",
+        type=Path,
+        metavar="DIR",
+        help="write the tokenizer files the shapes borrow into DIR/<test model>/ (the GPU"
+        " scripts' --tokenizers folder) and exit; builds nothing else",
+    )
     args = parser.parse_args(argv)
     if args.check_reference:
         problems = check_against_reference(args.check_reference)
@@ -276,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [k for k in args.kinds if k not in SHAPES]
     if unknown:
         parser.error(f"unknown shape(s) {unknown}; choose from {list(SHAPES)}")
+    if args.export_tokenizers:
+        for folder in export_tokenizers(args.export_tokenizers, args.kinds or list(SHAPES)):
+            print(f"tokenizer files in {folder}")
+        return 0
     for kind in args.kinds or list(SHAPES):
         print(f"{kind}: {ensure_shaped_model(kind, tiny=args.tiny, cache_dir=args.out)}")
     return 0

@@ -46,7 +46,7 @@ from bench.report import md_table  # noqa: E402
 from bench.shaped_models import TOKENIZER_FROM, build_shaped_model, folder_name  # noqa: E402
 
 PARTS = ("raw", "mlxhost-as-is", "mlxhost-bf16", "mlxhost-auto", "mlx-lm-server")
-LABELS = {"gemma3-4b": "Gemma 3 4B shape", "qwen3-4b": "Qwen3-4B shape"}
+LABELS = {"gemma3-4b": "Gemma 3 4B shape", "qwen3-4b": "Qwen3-4B shape", "llama-3b": "Llama 3.2 3B shape"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

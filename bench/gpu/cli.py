@@ -7,12 +7,13 @@ from pathlib import Path
 
 
 def probe_parser(doc: str | None) -> argparse.ArgumentParser:
-    """A parser with --tiny (small layers: a dry run), --tokenizers (gemma/ and
-    qwen/ tokenizer files; default: the test models), --work (models, logs,
+    """A parser with --tiny (small layers: a dry run), --tokenizers (gemma/, qwen/
+    and smollm2/ tokenizer files; default: the test models), --work (models, logs,
     kernel caches), --out (the results JSON) and --models (shapes, comma-separated)."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
     p.add_argument("--tiny", action="store_true", help="small layers: a dry run")
-    p.add_argument("--tokenizers", type=Path, help="folder with gemma/ and qwen/ tokenizer files")
+    p.add_argument("--tokenizers", type=Path, help="folder with gemma/, qwen/ and smollm2/ tokenizer files "
+                   "(python -m bench.shaped_models --export-tokenizers DIR)")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench-gpu"),
                    help="models, logs, kernel caches (default: %(default)s)")
     p.add_argument("--out", type=Path, help="the results JSON")

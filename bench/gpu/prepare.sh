@@ -72,27 +72,9 @@ echo "downloading: ${pins[*]}"
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$W" \
   . plugins/mlxhost_gemma plugins/mlxhost_qwen 2> >(grep -v "^WARNING: Location 'file:" >&2)
 
-# Tokenizer files of the small test models (the shaped models borrow them), xz-compressed.
-PYTHONPATH=. "$PY" - <<'PYEOF'
-import lzma
-import shutil
-from pathlib import Path
-
-from bench.shaped_models import TOKENIZER_FILES
-from mlxhost.testing.models import ensure_test_model
-
-for family in ("gemma", "qwen"):
-    src = ensure_test_model(family)
-    dst = Path(".wa/tok") / family
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        if not (src / name).is_file():
-            continue
-        if name == "tokenizer.json":
-            (dst / f"{name}.xz").write_bytes(lzma.compress((src / name).read_bytes(), preset=9))
-        else:
-            shutil.copy(src / name, dst / name)
-PYEOF
+# Tokenizer files of the small test models (the shaped models borrow them), xz-compressed:
+# .wa/tok/gemma, qwen and smollm2 (the Llama shape's).
+PYTHONPATH=. "$PY" -m bench.shaped_models --export-tokenizers .wa/tok
 
 cuda=$(ls "$W"/mlx_cuda_13-*.whl)
 head -c "$SPLIT" "$cuda" > .wa/cuda.part1

@@ -53,7 +53,8 @@ from bench.runner import ModelCase, SwapResult, SystemResult, run_model, run_swa
 from bench.shaped_models import SHAPES, TOKENIZER_FROM, build_shaped_model, folder_name  # noqa: E402
 from bench.systems import SystemUnavailable, make_system  # noqa: E402
 
-LABELS = {"gemma3-4b": "Gemma 3 4B shape, 4-bit", "qwen3-4b": "Qwen3(-VL) 4B text shape, 4-bit"}
+LABELS = {"gemma3-4b": "Gemma 3 4B shape, 4-bit", "qwen3-4b": "Qwen3(-VL) 4B text shape, 4-bit",
+          "llama-3b": "Llama 3.2 3B shape, 4-bit"}
 ALL_PHASES = ("bandwidth", "build", "models", "warmup", "swap")
 
 

@@ -14,6 +14,12 @@ With ``--raw-weights bf16`` the raw side runs the engine's own dequantized
 bf16 copy, to compare with ``--serve-args "--weights bf16"``.
 
     python3 bench/gpu/side_by_side.py --models qwen3-4b --streams 1,8,16 --rounds 3 --profile
+    python3 bench/gpu/side_by_side.py --models qwen3-4b,llama-3b --streams 1,8 --rounds 3
+
+The last line is issue 40's check of the generic path: ``llama-3b`` (a Llama
+3.2 3B shape) is claimed by no family plugin, so the generic family serves
+it; each model's entry records the family ``/v1/models`` reports. A CPU dry
+run: ``--tiny --models llama-3b --streams 1,2 --rounds 1 --tokens 16``.
 """
 
 from __future__ import annotations
@@ -102,6 +108,17 @@ def served_once(server: Any, path: str, n: int, tokens: int, offset: int,
             spy.send_signal(2)
             spy.wait(30)
 
+
+def served_family(url: str, model: str) -> str | None:
+    """The family ``/v1/models`` reports for the model ("generic": no plugin claimed it)."""
+    import httpx
+
+    for entry in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]:
+        if entry["id"] == model:
+            return entry.get("family")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = probe_parser(__doc__)
     p.add_argument("--streams", default="1,8,16")
@@ -111,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw-weights", choices=("as-is", "bf16"), default="as-is",
                    help="bf16: raw runs a dequantized bf16 copy (compare with --serve-args '--weights bf16')")
     p.add_argument("--profile", action="store_true")
-    p.add_argument("--budget-s", type=float, default=540.0)
+    p.add_argument("--budget-s", type=float, default=540.0,
+                   help="no round starts after this many seconds; with several --models, model i "
+                   "(from 0) of k starts none after (i + 1) / k of it")
     p.add_argument("--server-setup", default="",
                    help="Python run at the server's start (a sitecustomize), e.g. 'import gc; gc.disable()'")
     args = p.parse_args(argv)
@@ -132,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"tokens": args.tokens, "serve_args": args.serve_args,
                                "raw_weights": args.raw_weights, "mlx": mx.__version__,
                                "device": mx.device_info().get("device_name", ""), "models": {}}
-    for kind in args.models.split(","):
+    kinds = args.models.split(",")
+    for index, kind in enumerate(kinds):
+        # Each model's rounds stop at its share of --budget-s, so a slow first model
+        # (kernel compilation) leaves the next one its rounds.
+        deadline = args.budget_s * (index + 1) / len(kinds)
         path = build(args, kind)
         model, tokenizer = load(str(path))
         if args.raw_weights == "bf16":
@@ -162,11 +185,13 @@ def main(argv: list[str] | None = None) -> int:
                            startup_timeout=400, env=env, name="mlxhost") as server:
             assert server.process is not None
             say(f"{kind}: server up after {time.monotonic() - began:.0f}s")
+            table["family"] = served_family(server.url, str(path))
+            say(f"{kind}: served by the {table['family']!r} family")
             for n in streams:
                 concurrent_rate(server.url, str(path), n, args.tokens, 50 * n)  # compile
             for r in range(args.rounds):
-                if time.monotonic() - began > args.budget_s:
-                    say(f"stopping after {r} rounds: over --budget-s")
+                if time.monotonic() - began > deadline:
+                    say(f"{kind}: stopping after {r} rounds: over its share of --budget-s ({deadline:.0f}s)")
                     break
                 for n in streams:
                     offset = 1000 * (r + 1) + 100 * n
@@ -200,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{kind}: medians {table['median']}, mlxhost / raw {table['ratio']}")
         del model
         mx.clear_cache()
-    print(json.dumps({k: v.get("ratio") for k, v in results["models"].items()}, indent=2))
+    print(json.dumps({k: {"family": v.get("family"), "ratio": v.get("ratio")}
+                      for k, v in results["models"].items()}, indent=2))
     return 0
 
 
