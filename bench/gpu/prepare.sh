@@ -11,6 +11,11 @@
 #   3.             bash bench/gpu/install_and_run.sh --phases build,models --models qwen3-4b --budget-s 420
 #   4.             bash bench/gpu/install_and_run.sh --phases build,warmup --models gemma3-4b,qwen3-4b --warmup-lengths 8,64 --budget-s 420
 #   5.             bash bench/gpu/install_and_run.sh --phases build,swap --models gemma3-4b,qwen3-4b --budget-s 420
+#    Issue 40's side-by-side (generic path vs raw), after 1 and with .wb carried if not installed yet:
+#      SCRIPT=bench/gpu/side_by_side.py bash bench/gpu/install_and_run.sh --models qwen3-4b,llama-3b --streams 1,8 --rounds 5 --budget-s 480
+#    (a .wa made before the llama-3b shape lacks tok/smollm2: write it with
+#    python -m bench.shaped_models llama-3b --export-tokenizers .wc/tok, carry .wc in
+#    call 1 too and add && cp -r .wc/tok/. /tmp/w/tok/ to it.)
 # (10-minute limit per command; 4-5.5 min each.) Every command returns the report
 # so far in $OUT/gpu_results.{md,json}; if the machine was lost between commands,
 # start again at 1 with the phases still missing. Store the last gpu_results.json
@@ -18,7 +23,7 @@
 #
 # This prepares the two carried sets:
 #
-#   .wa/  mlx-cuda-13 part 1, every other wheel, the tokenizer files   (< 60 MiB)
+#   .wa/  mlx-cuda-13 part 1, every other wheel, the tokenizer files   (< 60 MiB; 56 MiB)
 #   .wb/  mlx-cuda-13 part 2                                           (< 60 MiB)
 #
 # The GPU machine has Python 3.12, the NVIDIA libraries, numpy, transformers,
