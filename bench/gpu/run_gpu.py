@@ -50,7 +50,13 @@ from bench import machine, prompts  # noqa: E402
 from bench.log import say  # noqa: E402
 from bench.report import fmt_s, headline_table, md_table, ratio, swap_table  # noqa: E402
 from bench.runner import ModelCase, SwapResult, SystemResult, run_model, run_swap  # noqa: E402
-from bench.shaped_models import SHAPES, TOKENIZER_FROM, build_shaped_model, folder_name  # noqa: E402
+from bench.shaped_models import (  # noqa: E402
+    REFERENCE_FOLDER,
+    SHAPES,
+    TOKENIZER_FROM,
+    build_shaped_model,
+    folder_name,
+)
 from bench.systems import SystemUnavailable, make_system  # noqa: E402
 
 LABELS = {"gemma3-4b": "Gemma 3 4B shape, 4-bit", "qwen3-4b": "Qwen3(-VL) 4B text shape, 4-bit",
@@ -70,7 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--state", type=Path, help="results so far (default WORK/state.json)")
     p.add_argument("--out", type=Path, help="report folder (default WORK)")
     p.add_argument("--phases", default=",".join(ALL_PHASES))
-    p.add_argument("--models", default=",".join(SHAPES))
+    # The two seed models' shapes (the ones with reference facts); others by name.
+    p.add_argument("--models", default=",".join(REFERENCE_FOLDER),
+                   help=f"comma-separated, any of {list(SHAPES)} (default: %(default)s)")
     p.add_argument(
         "--systems",
         default="raw-mlx-lm,mlxhost,mlxhost-no-warmup",
