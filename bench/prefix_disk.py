@@ -120,7 +120,7 @@ def shaped_image_turn(runs: int) -> tuple[list[str], list[str]]:
     images = (ImageInput(picture, hashlib.sha256(pixels.tobytes()).hexdigest()),)
     engine = MLXEngine(max_batch=1)
     tokenizer = engine.load(folder_info(ensure_shaped_gemma3_vlm(default_cache_dir())))
-    model = engine._model
+    model = engine.loaded.model
     encode = model.get_input_embeddings
     vision_seconds: list[float] = []
 

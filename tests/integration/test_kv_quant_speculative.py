@@ -58,7 +58,7 @@ def run(engine: Any, text: str, max_tokens: int, *, speculative: bool = False) -
     from mlxhost.core.types import RenderedPrompt, SamplingParams
     from mlxhost.runtime.engine import PreparedPrompt
 
-    rendered = engine._tokenizer.apply_chat_template(
+    rendered = engine.loaded.tokenizer.apply_chat_template(
         [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
     )
     tokens = engine.prepare(RenderedPrompt(text=rendered)).tokens

@@ -40,7 +40,7 @@ def test_kv_estimate_matches_the_cache_mlx_allocates(name, prompt, request):
 
     folder = ensure_test_model(name)
     if name == "gemma":
-        model = request.getfixturevalue("gemma_engine")._model
+        model = request.getfixturevalue("gemma_engine").loaded.model
     else:
         model, _ = load_model(folder)
         mx.eval(model.parameters())
@@ -97,7 +97,7 @@ def test_prefix_cache_counts_the_bytes_mlx_holds(gemma_engine):
     while engine.step():
         pass
     assert not errors
-    engine._batch = None  # the idle batch's last logits are workspace, not cache
+    engine.batches.drop()  # the idle batch's last logits are workspace, not cache
     gc.collect()
     mx.clear_cache()
     held = mx.get_active_memory() - before

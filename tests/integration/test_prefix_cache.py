@@ -198,7 +198,7 @@ def test_unload_drops_the_models_entries(smol):  # the last SmolLM2 test: leaves
     other = MLXEngine(prefix_cache_bytes=0)
     assert other.prefix_cache is None
     engine.prefix_cache.insert("other-model", (1, 2), _FakeOneLayer(2))
-    model_id = engine._model_id
+    model_id = engine.loaded.id
     engine.unload()
     assert engine.prefix_cache.keys(model_id) == []
     assert engine.prefix_cache.keys("other-model") == [(1, 2)]

@@ -111,7 +111,7 @@ def test_disk_tier_survives_swaps_restarts_and_refuses_bad_files(tmp_path, caplo
     cold.unload()
 
     third = engine()
-    files = sorted(third._disk.model_dir(qwen.id).glob("*.safetensors"))
+    files = sorted(third.prefix.disk.model_dir(qwen.id).glob("*.safetensors"))
     assert files
     for path in files:  # flipped bits: headers still parse, data does not match
         data = bytearray(path.read_bytes())
@@ -121,10 +121,10 @@ def test_disk_tier_survives_swaps_restarts_and_refuses_bad_files(tmp_path, caplo
     assert chat(third, tokenizer, follow)[1][0] == reply  # answered, from a cold prefill
     assert "checksum" in caplog.text and third.stats()["prefix_cache"]["disk"]["rejected"] >= 1
     third.unload()  # writes good entries again
-    third._disk.flush()
+    third.prefix.disk.flush()
     third.load(gemma)
-    third._disk.activate(qwen.id, {**third._identity(qwen), "weights": "another"})
+    third.prefix.disk.activate(qwen.id, {**third.prefix.identity(third.loaded, qwen), "weights": "another"})
     assert "written for another version" in caplog.text
-    assert not list(third._disk.model_dir(qwen.id).glob("*.safetensors"))
+    assert not list(third.prefix.disk.model_dir(qwen.id).glob("*.safetensors"))
     third.unload()
     third.close()

@@ -3,7 +3,7 @@ reported as CUDA: the real engine and the Gemma 270M test model, no server."""
 
 from __future__ import annotations
 
-from mlxhost.engine import batch, kernels, mlx_engine
+from mlxhost.engine import batch, kernels, warmup
 from mlxhost.engine.mlx_engine import MLXEngine
 from mlxhost.engine.prefix import cache as prefix_cache
 from mlxhost.models.registry import folder_info
@@ -16,7 +16,7 @@ def test_gpu_load_warms_the_cache_hit_paths_and_measures_the_batch_size(monkeypa
     multi-turn request), the server's prefix cache stays empty, and
     --max-batch auto measures decode steps to choose the batch size."""
     monkeypatch.setattr(kernels, "backend", lambda: "cuda")
-    monkeypatch.setattr(mlx_engine, "GPU_WARMUP_LENGTHS", (8, 40))  # shorter than on a GPU: CPU time
+    monkeypatch.setattr(warmup, "GPU_WARMUP_LENGTHS", (8, 40))  # shorter than on a GPU: CPU time
     monkeypatch.setattr(batch, "AUTO_BATCH", 3)  # the provisional limit the warm-up batches with
     monkeypatch.setattr(batch, "AUTO_BATCH_CAP", 4)
     hits: list[tuple[int, int]] = []  # (id of the cache, tokens reused)

@@ -13,6 +13,7 @@ import pytest
 from mlxhost.engine import batch, kernels
 from mlxhost.engine.batch_probe import BatchProbeCache
 from mlxhost.engine.kernels import KernelChoice
+from mlxhost.engine.loading import KVFormat, LoadedModel
 from mlxhost.engine.mlx_engine import MLXEngine
 from mlxhost.models.registry import folder_info
 
@@ -74,8 +75,11 @@ def model_folder(path):
 def engine_with(probe_dir, weights="as-is") -> MLXEngine:
     """An engine as ``load`` leaves it just before the batch size is chosen."""
     engine = MLXEngine(max_batch=0, batch_probe_dir=probe_dir, prefix_cache_bytes=0)
-    engine._kernels = KernelChoice(weights=weights, flat_qmm=True, reason="test")
-    engine._model = object()
+    engine.loaded = LoadedModel(
+        id="m", model=object(), is_vlm=False, processor=None, tokenizer=None, detokenizer_source=None,
+        eos=set(), vocab_size=0, kernels=KernelChoice(weights=weights, flat_qmm=True, reason="test"),
+        kv=KVFormat(None, {}, "full precision"), sharded=None, weight_bytes=0, thread=0,
+    )
     return engine
 
 

@@ -258,9 +258,9 @@ def test_each_rank_keeps_its_prefix_cache_slices_in_its_own_folder(tmp_path):
     follower = make_mlx_engine(settings, follower_sharder)
     alone = make_mlx_engine(settings)
     try:
-        assert leader._disk.directory == tmp_path / "rank-0"
-        assert follower._disk.directory == tmp_path / "rank-1"
-        assert alone._disk.directory == tmp_path
+        assert leader.prefix.disk.directory == tmp_path / "rank-0"
+        assert follower.prefix.disk.directory == tmp_path / "rank-1"
+        assert alone.prefix.disk.directory == tmp_path
     finally:
         for engine in (leader, follower, alone):
             engine.close()
@@ -308,7 +308,7 @@ def test_ranks_agree_on_the_prefix_they_all_have(monkeypatch, mine, trimmable, p
         mx.distributed, "all_min", lambda x, group=None, stream=None: mx.minimum(x, next(rounds))
     )
     cache = TrimmableCache(mine, trimmable) if mine else None
-    cache, reused = engine._agree_on_prefix(cache, mine)
+    cache, reused = engine.prefix.agree(cache, mine)
     assert reused == expected and next(rounds, "done") == "done"  # always two rounds
     assert (cache.tokens if cache is not None else 0) == expected
 

@@ -12,7 +12,8 @@ The logits processors are our own so their meaning matches the APIs':
 
 A processor is called before each sampled token with the tokens the decoding
 loop has seen (which may include part of the prompt) and the logits; the first
-call's length marks where generation starts.
+call's length marks where generation starts. ``request_processors`` adds the
+grammar (``engine.constrain``) and the thinking budget (``engine.reasoning_processor``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from mlxhost.core.types import SamplingParams
+from mlxhost.core.types import SamplingParams, TokenLogprob
+from mlxhost.engine.constrain import grammar_processor
+from mlxhost.engine.reasoning_processor import thinking_processor
 
 LogitsProcessor = Callable[[Any, Any], Any]
 
@@ -118,6 +121,45 @@ def make_logits_processors(params: SamplingParams) -> list[LogitsProcessor]:
 
         processors.append(repeat)
     return processors
+
+
+def request_processors(params: SamplingParams, grammar_tokenizer: Callable[[], Any]) -> list[LogitsProcessor]:
+    """Every logits processor a request asks for; ``grammar_tokenizer()`` gives the
+    model's llguidance tokenizer (built only when a grammar needs it)."""
+    processors = make_logits_processors(params)
+    grammar = params.grammar
+
+    def answer() -> list[LogitsProcessor]:
+        if grammar is None:
+            return []
+        return [grammar_processor(grammar_tokenizer(), grammar)]
+
+    if params.thinking is not None:
+        # The budget closes the thought; the grammar starts with the answer.
+        processors.append(thinking_processor(params.thinking, answer))
+    else:
+        processors.extend(answer())
+    return processors
+
+
+def token_logprob(tokenizer: Any, token: int, logprobs: Any, top: int) -> TokenLogprob:
+    """The sampled token's log probability and the ``top`` most likely tokens
+    (from the step's normalized log probabilities)."""
+    import mlx.core as mx
+
+    def text(token: int) -> str:
+        return str(tokenizer.decode([token]))
+
+    values = logprobs.reshape(-1)
+    alternatives: tuple[tuple[str, float], ...] = ()
+    if top > 0:
+        ids = mx.argpartition(-values, kth=top - 1)[:top]
+        chosen = values[ids]
+        mx.eval(ids, chosen)
+        pairs: list[tuple[int, float]] = list(zip(ids.tolist(), chosen.tolist()))  # type: ignore[arg-type]
+        ranked = sorted(pairs, key=lambda item: -item[1])
+        alternatives = tuple((text(i), float(v)) for i, v in ranked)
+    return TokenLogprob(text(token), float(values[token].item()), alternatives)
 
 
 def _put(logits: Any, ids: Any, values: Any) -> Any:

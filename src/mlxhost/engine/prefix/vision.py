@@ -19,9 +19,9 @@ the suffix:
   ``(t, h, w)`` grid (``t*h*w`` rows). Anything else is not sliced (the caller
   then reuses only text before the first image).
 
-Position bookkeeping (Qwen-VL's multimodal rotary positions) is the engine's:
-it derives positions from the whole prompt and every image's grid
-(``mlx_engine._prime_vlm_positions``). Nothing here imports MLX at module level.
+Position bookkeeping (Qwen-VL's multimodal rotary positions): positions are
+derived from the whole prompt and every image's grid (:func:`prime_positions`).
+Nothing here imports MLX at module level.
 """
 
 from __future__ import annotations
@@ -89,3 +89,36 @@ def suffix_vision_inputs(extras: Mapping[str, Any], first: int, count: int) -> d
     if int(pixel_values.shape[0]) == count:  # one row per image (Gemma 3)
         return {"pixel_values": pixel_values[first:], "kwargs": kwargs}
     return None
+
+
+def prime_positions(
+    model: Any,
+    tokens: tuple[int, ...],
+    kwargs: dict[str, Any],
+    vision_kwargs: Mapping[str, Any] | None = None,
+) -> bool:
+    """Let a Qwen-VL style model (mRoPE) continue from a cached prefix; False: cannot.
+
+    Its language model derives positions from the whole prompt, which the
+    uncached suffix alone does not give: mlx-vlm's own prompt-cache reuse
+    computes them from the full prompt first, and so do we. An image prompt's
+    ``vision_kwargs`` carry every image's grid (``image_grid_thw``): an image
+    spans fewer positions than tokens, so the text after it continues from
+    there (the rope delta), whether the image is cached or not. The positions
+    go into ``kwargs``.
+    """
+    language_model = getattr(model, "language_model", None)
+    if not callable(getattr(language_model, "get_rope_index", None)):
+        return True  # plain RoPE: positions come from the cache offset
+    try:
+        import mlx.core as mx
+        from mlx_vlm.generate.dispatch import _prime_cached_prefix_rope_state
+    except ImportError:
+        return False
+    primed = dict(vision_kwargs or {})
+    if not _prime_cached_prefix_rope_state(model, mx.array(tokens)[None], None, primed):
+        return False
+    for name in ("position_ids", "rope_deltas"):
+        if primed.get(name) is not None:
+            kwargs[name] = primed[name]
+    return True
