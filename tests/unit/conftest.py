@@ -36,3 +36,16 @@ def make_client(fake_plugin, fake_models):
 def client(make_client):
     with make_client() as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def harmony_encoding():
+    """openai-harmony's gpt-oss encoding, its o200k_base vocabulary built once from
+    PyPI (``mlxhost.testing.harmony_vocab``; the library would download it)."""
+    import os
+
+    harmony = pytest.importorskip("openai_harmony")
+    from mlxhost.testing.harmony_vocab import ensure_o200k
+
+    os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(ensure_o200k())
+    return harmony.load_harmony_encoding(harmony.HarmonyEncodingName.HARMONY_GPT_OSS)

