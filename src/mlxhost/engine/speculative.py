@@ -143,6 +143,41 @@ def verify_greedy(model: Any, cache: list[Any], pending: int, draft: list[int]) 
     return chosen, logprobs
 
 
+def accept_sampled(rows: Any, draft: list[int], sampler: Any) -> tuple[int, Any]:
+    """Rejection sampling against a draft that proposes each token with probability 1.
+
+    ``rows[i]`` holds the model's log probabilities after draft token i - 1 (the
+    pending token for i = 0); the target distribution there is
+    ``p_i = softmax(sampler.transform(rows[i]))``, exactly what the plain sampler
+    draws from. Draft token i is accepted with probability ``p_i(draft[i])``; at
+    the first rejection the token is drawn from ``p_i`` without ``draft[i]``
+    (renormalised), and when every draft token is accepted a bonus token is drawn
+    from ``p_k``. Each emitted token is then distributed as plain sampling would
+    make it. Random keys come from ``sampler.key()`` (two a pass), so a seeded
+    request is reproducible.
+
+    Returns the number accepted and the next token (a lazy ``(1,)`` array)."""
+    import mlx.core as mx
+    from mlx_lm.generate import generation_stream
+
+    with mx.stream(generation_stream):
+        logits = sampler.transform(rows.astype(mx.float32))
+        probs = mx.softmax(logits[: len(draft)], axis=-1)
+        proposed = mx.take_along_axis(probs, mx.array(draft)[:, None], axis=-1)[:, 0]
+        accepted = mx.random.uniform(shape=(len(draft),), key=sampler.key()) < proposed
+    kept = 0
+    for ok in accepted.tolist():  # type: ignore[union-attr]
+        if not ok:
+            break
+        kept += 1
+    with mx.stream(generation_stream):
+        row = logits[kept]
+        if kept < len(draft):  # the residual: p_i with the rejected token taken out
+            row = mx.where(mx.arange(row.shape[-1]) == draft[kept], -mx.inf, row)
+        token = mx.random.categorical(row[None], key=sampler.key())
+    return kept, token
+
+
 def can_rewind(cache: list[Any]) -> bool:
     """Whether every layer can be cut back (a sliding window past its size cannot)."""
     return all(hasattr(c, "is_trimmable") and c.is_trimmable() for c in cache)
