@@ -146,10 +146,17 @@ class FakeEngine:
                 self._end()
             else:
                 self._sequences[uid][2] = count
-            emit(TokenStep(ord(char), char, finish=finish), None)
+            emit(self._token(char, finish, index), None)
             self._plugin.first_token.set()
         time.sleep(self._plugin.token_delay)
         return bool(self._sequences)
+
+    def _token(self, char: str, finish: str | None, index: int) -> TokenStep:
+        if not self._plugin.drafting:
+            return TokenStep(ord(char), char, finish=finish)
+        # Every even token opens a 3-token draft; the odd one after it was drafted.
+        return TokenStep(ord(char), char, finish=finish, drafted=3 if index % 2 == 0 else 0,
+                         speculated=index % 2 == 1)
 
     def _end(self) -> None:
         with self._plugin.active_lock:
@@ -234,10 +241,10 @@ class FakeEngine:
                 count = index + 1
                 if count >= params.max_tokens and count < len(reply):
                     finished = True
-                    yield TokenStep(ord(char), char, finish="length")
+                    yield self._token(char, "length", index)
                     return
                 finished = count == len(reply)
-                yield TokenStep(ord(char), char, finish="stop" if finished else None)
+                yield self._token(char, "stop" if finished else None, index)
                 if index == 0:
                     self._plugin.first_token.set()
                 if should_stop():
@@ -267,6 +274,9 @@ class FakeEnginePlugin:
         self.opens_thought = opens_thought
         # The template variables of every render, in order.
         self.template_variables: list[dict[str, Any]] = []
+        # Steps report speculative drafts (FakeEngine._token): 3 drafted per two
+        # tokens, one of them accepted.
+        self.drafting = False
         self.batch = batch  # batchable prompts: generations run as one batch (see FakeEngine.step)
         self.token_delay = token_delay
         self.load_delay = 0.0
