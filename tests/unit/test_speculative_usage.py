@@ -79,3 +79,11 @@ def test_without_drafts_the_fields_are_zero(client, model, plugin):
     plugin.drafting = False
     body = client.post("/v1/chat/completions", json={"model": model, "messages": MSG}).json()
     assert body["usage"]["completion_tokens_details"] == details(0, 0)
+
+
+def test_metrics_count_drafted_and_accepted_tokens(client, model):
+    for _ in range(2):
+        client.post("/v1/chat/completions", json={"model": model, "messages": MSG})
+    text = client.get("/metrics").text
+    assert f"mlxhost_speculative_drafted_tokens_total {2 * DRAFTED}.0" in text
+    assert f"mlxhost_speculative_accepted_tokens_total {2 * ACCEPTED}.0" in text

@@ -104,6 +104,7 @@ class FakeEngine:
         self.loaded: str | None = None
         self._sequences: dict[int, list[Any]] = {}  # uid -> [emit, params, next index]
         self._uids = 0
+        self._drafts = {"drafted": 0, "accepted": 0}  # what _token reported (stats())
 
     # -- batching (``FakeEnginePlugin(batch=True)``): every step hands each
     # sequence its next character; a closed gate holds the whole batch.
@@ -155,6 +156,8 @@ class FakeEngine:
         if not self._plugin.drafting:
             return TokenStep(ord(char), char, finish=finish)
         # Every even token opens a 3-token draft; the odd one after it was drafted.
+        self._drafts["drafted"] += 3 if index % 2 == 0 else 0
+        self._drafts["accepted"] += index % 2
         return TokenStep(ord(char), char, finish=finish, drafted=3 if index % 2 == 0 else 0,
                          speculated=index % 2 == 1)
 
@@ -188,7 +191,7 @@ class FakeEngine:
         pass
 
     def stats(self) -> dict[str, Any]:
-        return {}
+        return {"batch": dict(self._drafts)} if self._plugin.drafting else {}
 
     # -- memory: the figures the plugin is told to report --------------------------
     def device_memory(self) -> DeviceMemory | None:
