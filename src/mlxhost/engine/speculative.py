@@ -7,19 +7,32 @@ tokens that followed them there are a good guess for what comes next:
 1. :class:`PromptLookup` keeps an index of every n-gram (``MIN_NGRAM`` to
    ``MAX_NGRAM`` tokens) of the sequence so far and proposes the ``k`` tokens
    that followed the latest earlier occurrence of the longest suffix n-gram.
-2. The model reads the pending token and the draft in one forward pass
-   (``verify_greedy``): draft token i is accepted while it equals the greedy
-   choice after token i - 1; the first mismatch is replaced by the model's own
-   choice. So greedy output is exactly plain greedy decoding, and a pass yields
-   1 + accepted tokens. The cache is trimmed back past the rejected tokens.
+2. The model reads the pending token and the draft in one forward pass, which
+   gives its distribution after each of them, and keeps a prefix of the draft:
+   - greedy (``verify_greedy`` + ``accepted_prefix``): draft token i is
+     accepted while it equals the greedy choice after token i - 1; the first
+     mismatch is replaced by the model's own choice. So greedy output is
+     exactly plain greedy decoding.
+   - sampled (``accept_sampled``): rejection sampling with a draft that proposes
+     each token with probability 1. Draft token i is accepted with probability
+     p_i(d_i), p_i being the distribution the request's sampler draws from
+     there (``engine.sampling.Sampler.transform``: the same code as the plain
+     sampler); the first rejected one is replaced by a draw from p_i without
+     d_i; a bonus token is drawn when all are accepted. Each emitted token has
+     plain sampling's distribution; the keys come from the request's sampler,
+     so a seeded request is reproducible.
+   A pass yields 1 + accepted tokens; the cache is trimmed back past the
+   rejected ones.
 3. :class:`Policy` stops drafting where it loses: after a draft that gained
    nothing it waits a few steps (doubling, up to ``MAX_COOLDOWN``), so free
    chat with no repetition pays for a draft rarely.
 
-Only greedy requests without logits processors (grammar, penalties, bias)
-speculate: a sampled or processed step needs the target distribution at every
-drafted position (rejection sampling), which is not built. Those decode plainly,
-as do sequences in a batch (``runtime.batch``: only the lone sequence drafts).
+Requests with logits processors (grammar, penalties, logit bias, a thinking
+budget) decode plainly: those change the distribution per position and the
+grammar would have to check drafted tokens. So do sequences in a batch
+(``engine.batch``: only the lone sequence drafts). Each emitted ``TokenStep``
+says what the pass drafted (``drafted`` on its first token, ``speculated`` on
+accepted draft tokens); the service turns them into ``usage``.
 """
 
 from __future__ import annotations
