@@ -180,10 +180,14 @@ def _distance(counts, exact):
     return 0.5 * sum(abs(counts.get(k, 0) / total - exact.get(k, 0.0)) for k in keys)
 
 
-def test_rejection_sampling_keeps_the_distribution_of_plain_sampling():
+@pytest.mark.parametrize("settings", [
+    {"temperature": 0.8, "top_k": 3},
+    {"temperature": 1.3, "top_p": 0.9, "min_p": 0.08},
+])
+def test_rejection_sampling_keeps_the_distribution_of_plain_sampling(settings):
     """The first three tokens after a 2-token draft, over many seeded trials: their
     empirical joint distribution is within a small total-variation distance of
-    the exact one of plain sampling (top_k and temperature applied); plain
+    the exact one of plain sampling (the sampler's filters applied); plain
     sampling's own empirical distribution, as a yardstick, is too."""
     import itertools
 
@@ -195,7 +199,7 @@ def test_rejection_sampling_keeps_the_distribution_of_plain_sampling():
 
     table = _table()
     start = VOCAB
-    sampler = Sampler(SamplingParams(max_tokens=3, temperature=0.8, top_k=3, seed=11))
+    sampler = Sampler(SamplingParams(max_tokens=3, seed=11, **settings))
     first = _target(sampler, table, start)
     # Draft the second most likely first token, then the likeliest after it: each
     # draft token is accepted sometimes and rejected sometimes.

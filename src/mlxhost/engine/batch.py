@@ -527,7 +527,7 @@ class TextBatch:
         draft = lookup.propose_after(token, min(speculative.DRAFT_TOKENS, room))
         if not draft:
             return False
-        choices, rows = speculative.verify_greedy(self._model, solo.cache, token, draft)
+        choices, rows = speculative.verify(self._model, solo.cache, token, draft)
         if sequence.params.temperature == 0:
             kept = speculative.accepted_prefix(draft, choices)
             following = mx.array([choices[kept]])

@@ -9,7 +9,7 @@ tokens that followed them there are a good guess for what comes next:
    that followed the latest earlier occurrence of the longest suffix n-gram.
 2. The model reads the pending token and the draft in one forward pass, which
    gives its distribution after each of them, and keeps a prefix of the draft:
-   - greedy (``verify_greedy`` + ``accepted_prefix``): draft token i is
+   - greedy (``verify`` + ``accepted_prefix``): draft token i is
      accepted while it equals the greedy choice after token i - 1; the first
      mismatch is replaced by the model's own choice. So greedy output is
      exactly plain greedy decoding.
@@ -140,10 +140,11 @@ def accepted_prefix(draft: Sequence[int], targets: Sequence[int]) -> int:
     return count
 
 
-def verify_greedy(model: Any, cache: list[Any], pending: int, draft: list[int]) -> tuple[list[int], Any]:
+def verify(model: Any, cache: list[Any], pending: int, draft: list[int]) -> tuple[list[int], Any]:
     """Feed ``pending`` + ``draft`` in one pass; returns the greedy choice after each
     fed token (len(draft) + 1 of them) and their normalized log probabilities
-    (one row each). The cache then holds all of them: the caller trims it."""
+    (one row each; a sampled request reads those). The cache then holds all of
+    them: the caller trims it."""
     import mlx.core as mx
     from mlx_lm.generate import generation_stream
 
@@ -174,8 +175,8 @@ def accept_sampled(rows: Any, draft: list[int], sampler: Any) -> tuple[int, Any]
     from mlx_lm.generate import generation_stream
 
     with mx.stream(generation_stream):
-        logits = sampler.transform(rows.astype(mx.float32))
-        probs = mx.softmax(logits[: len(draft)], axis=-1)
+        logits = sampler.transform(rows)  # in the rows' dtype, as the plain sampler sees them
+        probs = mx.softmax(logits[: len(draft)].astype(mx.float32), axis=-1)
         proposed = mx.take_along_axis(probs, mx.array(draft)[:, None], axis=-1)[:, 0]
         accepted = mx.random.uniform(shape=(len(draft),), key=sampler.key()) < proposed
     kept = 0
