@@ -113,3 +113,33 @@ def test_prompt_lookup_is_plain_greedy_decoding_with_fewer_passes(qwen_info):
         assert after["accepted"] - before["accepted"] > 0  # the edit repeats the file
     finally:
         engine.unload()
+
+
+# -- over HTTP: the shared SmolLM2 server (speculative decoding on by default) --
+def _edit(client, **kwargs):
+    from mlxhost.models.starter.builder import TEST_MODELS
+
+    return client.chat.completions.create(
+        model=TEST_MODELS["smollm2"].repo_id, messages=[{"role": "user", "content": EDIT}],
+        max_tokens=64, **kwargs,
+    )
+
+
+def test_seeded_sampling_with_prompt_lookup_is_reproducible_and_reports_acceptance(smol_client):
+    once = _edit(smol_client, temperature=0.5, seed=7)
+    again = _edit(smol_client, temperature=0.5, seed=7)
+    assert once.choices[0].message.content == again.choices[0].message.content
+    details = once.usage.completion_tokens_details
+    print(f"sampled: {details.accepted_prediction_tokens} accepted, "
+          f"{details.rejected_prediction_tokens} rejected")
+    assert details.accepted_prediction_tokens > 0
+    assert again.usage.completion_tokens_details.accepted_prediction_tokens == details.accepted_prediction_tokens
+
+
+def test_greedy_over_http_is_the_same_with_and_without_prompt_lookup(smol_client):
+    fast = _edit(smol_client, temperature=0)
+    plain = _edit(smol_client, temperature=0, extra_body={"speculative": False})
+    assert fast.choices[0].message.content == plain.choices[0].message.content
+    assert fast.usage.completion_tokens_details.accepted_prediction_tokens > 0
+    assert plain.usage.completion_tokens_details.accepted_prediction_tokens == 0
+    assert plain.usage.completion_tokens_details.rejected_prediction_tokens == 0

@@ -20,7 +20,7 @@ from mlxhost.core.types import (
     ToolCall,
     ToolCallEvent,
 )
-from mlxhost.service.chat import Generation
+from mlxhost.service.chat import Generation, completion_tokens_details
 
 
 @attrs.frozen
@@ -109,8 +109,10 @@ def merge_choices(bodies: list[dict[str, Any]]) -> dict[str, Any]:
     first = bodies[0]
     usage = dict(first["usage"])
     usage["completion_tokens"] = sum(b["usage"]["completion_tokens"] for b in bodies)
-    usage["completion_tokens_details"] = {"reasoning_tokens": sum(
-        b["usage"]["completion_tokens_details"]["reasoning_tokens"] for b in bodies)}
+    usage["completion_tokens_details"] = {
+        key: sum(b["usage"]["completion_tokens_details"][key] for b in bodies)
+        for key in first["usage"]["completion_tokens_details"]
+    }
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     return {**first, "choices": [c for b in bodies for c in b["choices"]], "usage": usage}
 
@@ -153,8 +155,7 @@ class ChatFrames(Frames):
         self._created = int(time.time())
         self._completion: Completion | None = None
         self._call_index = 0
-        self._completion_tokens = 0
-        self._reasoning_tokens = 0
+        self._generations: list[Generation] = []  # the choices that ended
 
     def started(self, generation: Generation, index: int) -> list[bytes]:
         self._completion = Completion(self._id, self._created, generation, index)
@@ -183,8 +184,7 @@ class ChatFrames(Frames):
 
     def ended(self, generation: Generation, index: int) -> list[bytes]:
         assert self._completion is not None
-        self._completion_tokens += generation.completion_tokens
-        self._reasoning_tokens += generation.reasoning_tokens
+        self._generations.append(generation)
         return [sse_line(_chunk(self._completion, {}, generation.finish_reason))]
 
     def finished(self) -> list[bytes]:
@@ -192,13 +192,14 @@ class ChatFrames(Frames):
         completion = self._completion
         if self._include_usage and completion is not None:
             prompt = completion.generation.prompt_tokens
+            generated = sum(g.completion_tokens for g in self._generations)
             usage_chunk = _chunk(completion, {})
             usage_chunk["choices"] = []
             usage_chunk["usage"] = {
                 "prompt_tokens": prompt,
-                "completion_tokens": self._completion_tokens,
-                "total_tokens": prompt + self._completion_tokens,
-                "completion_tokens_details": {"reasoning_tokens": self._reasoning_tokens},
+                "completion_tokens": generated,
+                "total_tokens": prompt + generated,
+                "completion_tokens_details": completion_tokens_details(self._generations),
             }
             frames.append(sse_line(usage_chunk))
         return [*frames, sse_line("[DONE]")]

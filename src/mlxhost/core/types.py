@@ -383,3 +383,8 @@ class TokenStep:
     cached_tokens: int | None = None
     # When the request asked for log probabilities.
     logprob: TokenLogprob | None = None
+    # Speculative decoding (engine.speculative): on the first token of a
+    # verification pass, how many tokens it drafted; ``speculated``: this token
+    # is a drafted one the model accepted.
+    drafted: int = 0
+    speculated: bool = False

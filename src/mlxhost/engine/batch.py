@@ -235,8 +235,9 @@ class TextBatch:
         ``runtime.kv_quant.KVQuant``): the lone sequence's KV is quantized; the
         batch's stays full precision (mlx-lm 0.32 has no quantized batch cache).
         ``speculative``: the lone sequence drafts tokens by prompt lookup
-        (``runtime.speculative``) when its request is greedy, has no logits
-        processors and did not opt out; batched sequences decode plainly."""
+        (``engine.speculative``) when its request has no logits processors and
+        did not opt out (greedy: verified by argmax; sampled: by rejection
+        sampling); batched sequences decode plainly."""
         from mlx_lm.generate import BatchGenerator
 
         from mlxhost.engine.kernels import skip_unpadded_decode_masks
@@ -446,8 +447,12 @@ class TextBatch:
             args.sampler, args.processors,
         )
         params = sequence.params
-        if (self._speculative and params.speculative and params.temperature == 0
-                and not args.processors):
+        from mlxhost.engine.sampling import Sampler
+
+        # Greedy, or sampled by a Sampler (rejection sampling reads its target
+        # distribution); logits processors change it per position: plain decoding.
+        drafts = params.temperature == 0 or isinstance(args.sampler, Sampler)
+        if self._speculative and params.speculative and drafts and not args.processors:
             from mlxhost.engine.speculative import Policy, PromptLookup
 
             self._solo.lookup = PromptLookup(args.tokens)
@@ -506,7 +511,8 @@ class TextBatch:
     def _speculate(self, solo: _Solo) -> bool:
         """A prompt-lookup step: the pending token and a drafted run in one forward
         pass, emitting the pending token and every accepted draft token (greedy:
-        exactly what plain decoding emits). False: no draft this step (decode plainly)."""
+        exactly what plain decoding emits; sampled: rejection sampling, the same
+        distribution). False: no draft this step (decode plainly)."""
         import mlx.core as mx
 
         from mlxhost.engine import speculative
@@ -521,8 +527,12 @@ class TextBatch:
         draft = lookup.propose_after(token, min(speculative.DRAFT_TOKENS, room))
         if not draft:
             return False
-        choices, rows = speculative.verify_greedy(self._model, solo.cache, token, draft)
-        kept = speculative.accepted_prefix(draft, choices)
+        choices, rows = speculative.verify(self._model, solo.cache, token, draft)
+        if sequence.params.temperature == 0:
+            kept = speculative.accepted_prefix(draft, choices)
+            following = mx.array([choices[kept]])
+        else:
+            kept, following = speculative.accept_sampled(rows, draft, solo.sampler)
         speculative.rewind(solo.cache, len(draft) - kept)
         policy.record(len(draft), kept)
         self.drafted += len(draft)
@@ -530,10 +540,12 @@ class TextBatch:
         emitted = [(token, logprobs), *((draft[i], rows[i]) for i in range(kept))]
         solo.fed += [t for t, _ in emitted]
         lookup.extend([t for t, _ in emitted])
-        solo.pending = (mx.array([choices[kept]]), rows[kept])
+        solo.pending = (following, rows[kept])
         for index, (out, scores) in enumerate(emitted):
             last = sequence.count + 1 >= sequence.params.max_tokens
             step = self._token_step(sequence, _SoloResponse(out, scores, "length" if last else None))
+            # The pass's first token carries the draft's size; the others were drafted.
+            step = attrs.evolve(step, drafted=len(draft)) if index == 0 else attrs.evolve(step, speculated=True)
             if step.finish is not None:
                 # The cache holds the run up to here only (what the prefix cache stores).
                 speculative.rewind(solo.cache, len(emitted) - index - 1)

@@ -1,6 +1,8 @@
 """Per-request sampling: the sampler and logits processors for one generation.
 
-The sampler (temperature, top_p, top_k, min_p) is mlx-lm's ``make_sampler``.
+The sampler (temperature, top_p, top_k, min_p) is mlx-lm's filter chain in a
+:class:`Sampler` that also exposes the distribution it draws from (for prompt
+lookup's rejection sampling).
 The logits processors are our own so their meaning matches the APIs':
 
 - ``logit_bias`` (token id -> bias, OpenAI's -100..100) is added to the logits;
@@ -29,43 +31,72 @@ from mlxhost.engine.reasoning_processor import thinking_processor
 LogitsProcessor = Callable[[Any, Any], Any]
 
 
-def make_sampler(params: SamplingParams) -> Callable[[Any], Any]:
-    """mlx-lm's sampler; a seeded one draws from its own random key, never the
-    global RNG, so seeded requests stay reproducible inside a batch."""
-    top_p = params.top_p if params.top_p < 1.0 else 0.0
-    if params.seed is None or params.temperature == 0:
-        return _shared_sampler(params.temperature, top_p, params.min_p, params.top_k)
-    import mlx.core as mx
-    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+class Sampler:
+    """Draws the next token from log probabilities (a callable, as mlx-lm's samplers).
 
-    # The same filter chain as mlx-lm's make_sampler, in the same order.
-    filters: list[Callable[[Any], Any]] = []
-    if 0 < top_p < 1.0:
-        filters.append(lambda x: apply_top_p(x, top_p))
-    if params.min_p:
-        filters.append(lambda x: apply_min_p(x, params.min_p, 1))
-    if params.top_k > 0:
-        filters.append(lambda x: apply_top_k(x, params.top_k))
-    key = [mx.random.key(params.seed)]
-    scale = 1 / params.temperature
+    ``transform`` is the whole of what the request's sampling does to the
+    distribution (mlx-lm's filter chain: top_p, min_p, top_k, in its order,
+    then 1 / temperature): the token is drawn from ``softmax(transform(x))``.
+    Prompt lookup's rejection sampling (engine.speculative) reads the target
+    distribution from the same ``transform``, so the two cannot drift apart.
+    ``key()`` is the next random key: a seeded sampler splits its own key (never
+    the global RNG, so seeded requests stay reproducible inside a batch); an
+    unseeded one answers None (MLX's global random state)."""
 
-    def seeded(logprobs: Any) -> Any:
-        for step in filters:
+    def __init__(self, params: SamplingParams) -> None:
+        import mlx.core as mx
+        from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+
+        top_p = params.top_p if params.top_p < 1.0 else 0.0
+        filters: list[Callable[[Any], Any]] = []
+        if 0 < top_p < 1.0:
+            filters.append(lambda x: apply_top_p(x, top_p))
+        if params.min_p:
+            filters.append(lambda x: apply_min_p(x, params.min_p, 1))
+        if params.top_k > 0:
+            filters.append(lambda x: apply_top_k(x, params.top_k))
+        self._filters = filters
+        self._scale = 1 / params.temperature
+        self._key = None if params.seed is None else mx.random.key(params.seed)
+
+    def transform(self, logprobs: Any) -> Any:
+        """The logits of the distribution tokens are drawn from (rows: ``(..., vocab)``)."""
+        for step in self._filters:
             logprobs = step(logprobs)
-        key[0], draw = mx.random.split(key[0])
-        return mx.random.categorical(logprobs * scale, key=draw)
+        return logprobs * self._scale
 
-    return seeded
+    def key(self) -> Any:
+        if self._key is None:
+            return None
+        import mlx.core as mx
+
+        self._key, draw = mx.random.split(self._key)
+        return draw
+
+    def __call__(self, logprobs: Any) -> Any:
+        import mlx.core as mx
+
+        return mx.random.categorical(self.transform(logprobs), key=self.key())
+
+
+def make_sampler(params: SamplingParams) -> Callable[[Any], Any]:
+    """mlx-lm's greedy sampler at temperature 0, else a :class:`Sampler`."""
+    if params.temperature == 0:
+        from mlx_lm.sample_utils import make_sampler as mlx_make_sampler
+
+        return mlx_make_sampler(temp=0.0)
+    if params.seed is not None:
+        return Sampler(params)
+    top_p = params.top_p if params.top_p < 1.0 else 0.0
+    return _shared_sampler(params.temperature, top_p, params.min_p, params.top_k)
 
 
 @lru_cache(maxsize=64)
-def _shared_sampler(temperature: float, top_p: float, min_p: float, top_k: int) -> Callable[[Any], Any]:
+def _shared_sampler(temperature: float, top_p: float, min_p: float, top_k: int) -> Sampler:
     """One sampler object per unseeded setting: ``BatchGenerator`` samples a
     batch whose sequences share one sampler object in one call, and one call
     per sequence otherwise (8 small graphs a step instead of one at 8 streams)."""
-    from mlx_lm.sample_utils import make_sampler as mlx_make_sampler
-
-    return mlx_make_sampler(temp=temperature, top_p=top_p, min_p=min_p, top_k=top_k)
+    return Sampler(SamplingParams(max_tokens=1, temperature=temperature, top_p=top_p or 1.0, min_p=min_p, top_k=top_k))
 
 
 class _Generated:

@@ -7,19 +7,32 @@ tokens that followed them there are a good guess for what comes next:
 1. :class:`PromptLookup` keeps an index of every n-gram (``MIN_NGRAM`` to
    ``MAX_NGRAM`` tokens) of the sequence so far and proposes the ``k`` tokens
    that followed the latest earlier occurrence of the longest suffix n-gram.
-2. The model reads the pending token and the draft in one forward pass
-   (``verify_greedy``): draft token i is accepted while it equals the greedy
-   choice after token i - 1; the first mismatch is replaced by the model's own
-   choice. So greedy output is exactly plain greedy decoding, and a pass yields
-   1 + accepted tokens. The cache is trimmed back past the rejected tokens.
+2. The model reads the pending token and the draft in one forward pass, which
+   gives its distribution after each of them, and keeps a prefix of the draft:
+   - greedy (``verify`` + ``accepted_prefix``): draft token i is
+     accepted while it equals the greedy choice after token i - 1; the first
+     mismatch is replaced by the model's own choice. So greedy output is
+     exactly plain greedy decoding.
+   - sampled (``accept_sampled``): rejection sampling with a draft that proposes
+     each token with probability 1. Draft token i is accepted with probability
+     p_i(d_i), p_i being the distribution the request's sampler draws from
+     there (``engine.sampling.Sampler.transform``: the same code as the plain
+     sampler); the first rejected one is replaced by a draw from p_i without
+     d_i; a bonus token is drawn when all are accepted. Each emitted token has
+     plain sampling's distribution; the keys come from the request's sampler,
+     so a seeded request is reproducible.
+   A pass yields 1 + accepted tokens; the cache is trimmed back past the
+   rejected ones.
 3. :class:`Policy` stops drafting where it loses: after a draft that gained
    nothing it waits a few steps (doubling, up to ``MAX_COOLDOWN``), so free
    chat with no repetition pays for a draft rarely.
 
-Only greedy requests without logits processors (grammar, penalties, bias)
-speculate: a sampled or processed step needs the target distribution at every
-drafted position (rejection sampling), which is not built. Those decode plainly,
-as do sequences in a batch (``runtime.batch``: only the lone sequence drafts).
+Requests with logits processors (grammar, penalties, logit bias, a thinking
+budget) decode plainly: those change the distribution per position and the
+grammar would have to check drafted tokens. So do sequences in a batch
+(``engine.batch``: only the lone sequence drafts). Each emitted ``TokenStep``
+says what the pass drafted (``drafted`` on its first token, ``speculated`` on
+accepted draft tokens); the service turns them into ``usage``.
 """
 
 from __future__ import annotations
@@ -127,10 +140,11 @@ def accepted_prefix(draft: Sequence[int], targets: Sequence[int]) -> int:
     return count
 
 
-def verify_greedy(model: Any, cache: list[Any], pending: int, draft: list[int]) -> tuple[list[int], Any]:
+def verify(model: Any, cache: list[Any], pending: int, draft: list[int]) -> tuple[list[int], Any]:
     """Feed ``pending`` + ``draft`` in one pass; returns the greedy choice after each
     fed token (len(draft) + 1 of them) and their normalized log probabilities
-    (one row each). The cache then holds all of them: the caller trims it."""
+    (one row each; a sampled request reads those). The cache then holds all of
+    them: the caller trims it."""
     import mlx.core as mx
     from mlx_lm.generate import generation_stream
 
@@ -141,6 +155,41 @@ def verify_greedy(model: Any, cache: list[Any], pending: int, draft: list[int]) 
     mx.eval(choices, logprobs)
     chosen: list[int] = choices.tolist()  # type: ignore[assignment]
     return chosen, logprobs
+
+
+def accept_sampled(rows: Any, draft: list[int], sampler: Any) -> tuple[int, Any]:
+    """Rejection sampling against a draft that proposes each token with probability 1.
+
+    ``rows[i]`` holds the model's log probabilities after draft token i - 1 (the
+    pending token for i = 0); the target distribution there is
+    ``p_i = softmax(sampler.transform(rows[i]))``, exactly what the plain sampler
+    draws from. Draft token i is accepted with probability ``p_i(draft[i])``; at
+    the first rejection the token is drawn from ``p_i`` without ``draft[i]``
+    (renormalised), and when every draft token is accepted a bonus token is drawn
+    from ``p_k``. Each emitted token is then distributed as plain sampling would
+    make it. Random keys come from ``sampler.key()`` (two a pass), so a seeded
+    request is reproducible.
+
+    Returns the number accepted and the next token (a lazy ``(1,)`` array)."""
+    import mlx.core as mx
+    from mlx_lm.generate import generation_stream
+
+    with mx.stream(generation_stream):
+        logits = sampler.transform(rows)  # in the rows' dtype, as the plain sampler sees them
+        probs = mx.softmax(logits[: len(draft)].astype(mx.float32), axis=-1)
+        proposed = mx.take_along_axis(probs, mx.array(draft)[:, None], axis=-1)[:, 0]
+        accepted = mx.random.uniform(shape=(len(draft),), key=sampler.key()) < proposed
+    kept = 0
+    for ok in accepted.tolist():  # type: ignore[union-attr]
+        if not ok:
+            break
+        kept += 1
+    with mx.stream(generation_stream):
+        row = logits[kept]
+        if kept < len(draft):  # the residual: p_i with the rejected token taken out
+            row = mx.where(mx.arange(row.shape[-1]) == draft[kept], -mx.inf, row)
+        token = mx.random.categorical(row[None], key=sampler.key())
+    return kept, token
 
 
 def can_rewind(cache: list[Any]) -> bool:

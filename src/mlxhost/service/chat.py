@@ -107,6 +107,10 @@ class Generation:
         self._splitter = splitter
         # Prompt tokens the engine served from its prefix cache (0 when it cannot say).
         self.cached_tokens = 0
+        # Speculative decoding: tokens drafted, and drafted tokens the model accepted
+        # that reached the reply.
+        self.drafted_tokens = 0
+        self.accepted_tokens = 0
         self.finish_reason: str | None = None
         # The stop string that ended generation, if one did.
         self.stop_sequence: str | None = None
@@ -129,7 +133,7 @@ class Generation:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+            "completion_tokens_details": completion_tokens_details([self]),
         }
 
     @property
@@ -204,6 +208,8 @@ class Generation:
                 self.completion_tokens += 1
                 if step.cached_tokens is not None:
                     self.cached_tokens = step.cached_tokens
+                self.drafted_tokens += step.drafted
+                self.accepted_tokens += step.speculated
                 if step.logprob is not None:
                     self._logprobs.append(step.logprob)
                 for event in self._split(step.text):
@@ -232,9 +238,11 @@ class Generation:
         self.finish_reason = "tool_calls" if saw_tool_call and finish != "length" else finish
         elapsed = time.perf_counter() - started
         decode = elapsed - (first_token or 0.0)
+        drafts = (f", prompt lookup {self.accepted_tokens} of {self.drafted_tokens} drafted accepted"
+                  if self.drafted_tokens else "")
         log.info(
             "%s: %d prompt + %d completion tokens (%d thinking) in %.2fs (TTFT %.2fs, "
-            "%.1f tok/s after it), finish=%s",
+            "%.1f tok/s after it), finish=%s%s",
             self.model_id,
             self.prompt_tokens,
             self.completion_tokens,
@@ -243,7 +251,21 @@ class Generation:
             first_token or 0.0,
             (self.completion_tokens - 1) / decode if decode > 0 and self.completion_tokens > 1 else 0.0,
             self.finish_reason,
+            drafts,
         )
+
+
+def completion_tokens_details(generations: Sequence[Generation]) -> dict[str, int]:
+    """OpenAI's ``usage.completion_tokens_details`` for one reply (``n`` choices
+    add up): tokens spent thinking, and speculative decoding's drafted tokens
+    in OpenAI's fields for predicted outputs (accepted: drafted tokens that
+    reached the reply; rejected: the other drafted ones)."""
+    accepted = sum(g.accepted_tokens for g in generations)
+    return {
+        "reasoning_tokens": sum(g.reasoning_tokens for g in generations),
+        "accepted_prediction_tokens": accepted,
+        "rejected_prediction_tokens": sum(g.drafted_tokens for g in generations) - accepted,
+    }
 
 
 class ChatService:

@@ -257,9 +257,10 @@ class Settings:
         env="MLXHOST_KV_BITS", flag="--kv-bits", parse=parse_kv_bits, metavar="BITS",
     )
     speculative: bool = setting(
-        True, "prompt-lookup speculative decoding for a greedy request decoding alone: "
-        "tokens drafted from the prompt and reply so far, verified in one pass (the "
-        "output is unchanged; a request opts out with \"speculative\": false)",
+        True, "prompt-lookup speculative decoding for a request decoding alone without "
+        "logits processors: tokens drafted from the prompt and reply so far, verified in "
+        "one pass (greedy output unchanged, sampled output keeps its distribution by "
+        "rejection sampling; a request opts out with \"speculative\": false)",
         env="MLXHOST_SPECULATIVE", flag="--no-speculative", parse=parse_bool,
     )
     kv_group_size: int = setting(

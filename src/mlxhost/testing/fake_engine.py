@@ -104,6 +104,7 @@ class FakeEngine:
         self.loaded: str | None = None
         self._sequences: dict[int, list[Any]] = {}  # uid -> [emit, params, next index]
         self._uids = 0
+        self._drafts = {"drafted": 0, "accepted": 0}  # what _token reported (stats())
 
     # -- batching (``FakeEnginePlugin(batch=True)``): every step hands each
     # sequence its next character; a closed gate holds the whole batch.
@@ -146,10 +147,19 @@ class FakeEngine:
                 self._end()
             else:
                 self._sequences[uid][2] = count
-            emit(TokenStep(ord(char), char, finish=finish), None)
+            emit(self._token(char, finish, index), None)
             self._plugin.first_token.set()
         time.sleep(self._plugin.token_delay)
         return bool(self._sequences)
+
+    def _token(self, char: str, finish: str | None, index: int) -> TokenStep:
+        if not self._plugin.drafting:
+            return TokenStep(ord(char), char, finish=finish)
+        # Every even token opens a 3-token draft; the odd one after it was drafted.
+        self._drafts["drafted"] += 3 if index % 2 == 0 else 0
+        self._drafts["accepted"] += index % 2
+        return TokenStep(ord(char), char, finish=finish, drafted=3 if index % 2 == 0 else 0,
+                         speculated=index % 2 == 1)
 
     def _end(self) -> None:
         with self._plugin.active_lock:
@@ -181,7 +191,7 @@ class FakeEngine:
         pass
 
     def stats(self) -> dict[str, Any]:
-        return {}
+        return {"batch": dict(self._drafts)} if self._plugin.drafting else {}
 
     # -- memory: the figures the plugin is told to report --------------------------
     def device_memory(self) -> DeviceMemory | None:
@@ -234,10 +244,10 @@ class FakeEngine:
                 count = index + 1
                 if count >= params.max_tokens and count < len(reply):
                     finished = True
-                    yield TokenStep(ord(char), char, finish="length")
+                    yield self._token(char, "length", index)
                     return
                 finished = count == len(reply)
-                yield TokenStep(ord(char), char, finish="stop" if finished else None)
+                yield self._token(char, "stop" if finished else None, index)
                 if index == 0:
                     self._plugin.first_token.set()
                 if should_stop():
@@ -267,6 +277,9 @@ class FakeEnginePlugin:
         self.opens_thought = opens_thought
         # The template variables of every render, in order.
         self.template_variables: list[dict[str, Any]] = []
+        # Steps report speculative drafts (FakeEngine._token): 3 drafted per two
+        # tokens, one of them accepted.
+        self.drafting = False
         self.batch = batch  # batchable prompts: generations run as one batch (see FakeEngine.step)
         self.token_delay = token_delay
         self.load_delay = 0.0

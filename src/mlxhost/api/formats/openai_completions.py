@@ -34,7 +34,7 @@ from mlxhost.api.wire_schema import constrained, schema_of
 from mlxhost.core.domain import ChatRequest
 from mlxhost.core.errors import MlxhostError
 from mlxhost.core.types import ContentDelta, GenerationEvent
-from mlxhost.service.chat import ChatService, Generation
+from mlxhost.service.chat import ChatService, Generation, completion_tokens_details
 
 # OpenAI's legacy default completion length.
 DEFAULT_MAX_TOKENS = 16
@@ -103,10 +103,11 @@ def _new_id() -> str:
     return f"cmpl-{uuid.uuid4().hex[:24]}"
 
 
-def _usage(generations: list[Generation]) -> dict[str, int]:
+def _usage(generations: list[Generation]) -> dict[str, Any]:
     prompt = sum(g.prompt_tokens for g in generations)
     completion = sum(g.completion_tokens for g in generations)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "completion_tokens_details": completion_tokens_details(generations)}
 
 
 def fold_text(prompts: list[str], echo: bool) -> Any:
