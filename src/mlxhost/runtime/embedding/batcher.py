@@ -14,9 +14,11 @@
    one input per pass). Embedding then holds at most ``EMBED_SHARE`` of the
    thread's wall time and decode keeps ~``1 - EMBED_SHARE`` of its speed under
    any embedding load; with no chat, passes are full size (``max_tokens``).
-   Before a paced pass the model's ``sync()`` waits for the decode step's next
-   token, which MLX computes in the background: a pass that ran beside it split
-   the cores with it (decode measured 0.42x) and was timed wrong.
+   A request arriving while a chat decodes waits one turn, measured, before
+   its first pass (sized blind, each request's first pass was all of it: decode
+   measured 0.42x). Before a paced pass the model's ``sync()`` waits for the
+   decode step's next token, which MLX computes in the background, so the pass
+   neither splits the cores with it nor is timed with it.
 4. An input that has waited ``AGE_TURNS`` passes goes next (with the inputs
    nearest its length), so a stream of short inputs cannot starve a long one.
 
