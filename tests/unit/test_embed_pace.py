@@ -49,15 +49,17 @@ class CostlyEncoder:
         return [np.array([len(x)], dtype=np.float32) for x in ids]
 
 
-def embed(inputs: list[list[int]], *, chat: bool, max_tokens: int = 2048) -> CostlyEncoder:
-    """Embed ``inputs`` in one request, with or without a chat decoding meanwhile."""
+def embed(inputs: list[list[int]], *, chat: bool, max_tokens: int = 2048,
+          chat_steps: int | None = None) -> CostlyEncoder:
+    """Embed ``inputs`` in one request, with or without a chat decoding meanwhile
+    (until the job is done, or for ``chat_steps`` steps)."""
     clock = Clock()
     state = {"steps": 0, "running": chat}
     model = CostlyEncoder(clock, state)
     stop = threading.Event()
 
     def decode_step() -> bool:  # a running chat's ticker
-        if stop.is_set():
+        if stop.is_set() or state["steps"] == chat_steps:
             state["running"] = False
             return False
         clock.now += STEP_S
@@ -116,17 +118,13 @@ def test_alone_the_job_runs_in_full_batches():
 
 
 def test_a_chat_that_ends_gives_the_job_full_batches_again():
-    clock = Clock()
-    state = {"steps": 0}
-    model = CostlyEncoder(clock, state)
-    batcher = EncodeBatcher(worker=None, max_tokens=4096, clock=clock)  # type: ignore[arg-type]
-    batcher._other_s = STEP_S  # a decode step in every turn
-    paced = batcher.pacer(1)
-    assert paced.chunk() == 1  # speed unknown: one input, measured
-    for _ in range(20):
-        size = paced.chunk()
-        paced.record(size, FIXED_S + PER_TOKEN_S * size, size)
-    assert FIXED_S + PER_TOKEN_S * paced.chunk() <= BUDGET_S
-    batcher._other_s = 0.0  # no chat: full passes
-    assert batcher.pacer(1).chunk() == 4096
-    assert model.passes == []
+    inputs = [[1] * 16 for _ in range(600)]
+    model = embed(inputs, chat=True, chat_steps=12)
+    beside = [p for p in model.passes if p["after_step"] < 12]
+    after = [p for p in model.passes if p["after_step"] == 12]
+    assert beside and len(after) >= 4
+    assert all(p["cost"] <= BUDGET_S for p in beside)
+    # The first pass after the chat's last step may still be paced (that turn
+    # had the step in it); from then on, full passes of 128 rows.
+    assert [p["rows"] for p in after[1:-1]] == [128] * (len(after) - 2)
+    assert sum(p["rows"] for p in model.passes) == len(inputs)

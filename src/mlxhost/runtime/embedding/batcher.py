@@ -128,6 +128,7 @@ class EncodeBatcher:
         self._clock = clock
         self._tick_ended: float | None = None  # when our last pass ended (clock)
         self._other_s = 0.0  # the rest of the last turn: decode step, jobs
+        self._busy = False  # a chat decodes in the turns: passes are paced
         # Pass sizes in padded tokens, per model (by id), from its measured speed.
         self._pacers: dict[int, TimePacer] = {}
         self.stats = BatchStats()
@@ -192,6 +193,8 @@ class EncodeBatcher:
             self._tick_ended = now
             return True
         self._other_s = now - self._tick_ended if self._tick_ended is not None and chat else 0.0
+        # Told, trust it (a GPU's decode step can take under BUSY_TURN_S); else judge by time.
+        self._busy = self._other_s >= BUSY_TURN_S if self._decoding is None else chat
         pacer = self.pacer(key)
         chunk = self.take(pool, pacer.chunk())
         live = [item for item in chunk if not (item.job.cancelled or item.job.failed)]
@@ -210,12 +213,12 @@ class EncodeBatcher:
         pacer = self._pacers.get(model_key)
         if pacer is None:
             pacer = self._pacers[model_key] = TimePacer(0.0, self.max_tokens, clock=self._clock)
-        busy = self._other_s >= BUSY_TURN_S
-        if busy and not pacer.paced:
+        if self._busy and not pacer.paced:
             # Full passes' rate (their fixed cost spread thin) would oversize the
             # first paced ones: measure again from one input up.
             pacer.restart()
-        pacer.budget = EMBED_SHARE / (1 - EMBED_SHARE) * self._other_s if busy else 0.0
+        share = EMBED_SHARE / (1 - EMBED_SHARE) * max(self._other_s, 1e-6)
+        pacer.budget = share if self._busy else 0.0
         return pacer
 
     def take(self, pool: list[_Item], budget: int | None = None) -> list[_Item]:
