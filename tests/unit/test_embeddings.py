@@ -143,6 +143,9 @@ class RecordingModel:
         self.events.append(("owners", {x[0] for x in ids}))
         return [np.array([len(x)], dtype=np.float32) for x in ids]
 
+    def sync(self):
+        self.events.append(("sync", None))
+
 
 def test_passes_are_bounded_sorted_and_interleaved_with_decode_steps():
     events: list = []
@@ -180,7 +183,7 @@ def test_passes_are_bounded_sorted_and_interleaved_with_decode_steps():
     # Requests that arrived together shared a pass.
     assert {1, 2} in owners
     # Between two passes the decode ticker ran: never two passes in a row.
-    kinds = [kind for kind, _ in events if kind != "owners"]
+    kinds = [kind for kind, _ in events if kind not in ("owners", "sync")]
     first, last = kinds.index("pass"), len(kinds) - 1 - kinds[::-1].index("pass")
     window = kinds[first:last + 1]
     assert all(not (a == b == "pass") for a, b in itertools.pairwise(window))
@@ -200,21 +203,6 @@ def test_a_long_input_is_not_starved_by_short_ones():
     assert [i.length for i in batcher.take(list(pool))] == [8]  # aged: it goes next
 
 
-def test_while_a_chat_decodes_a_pass_takes_a_share_of_its_step():
-    from mlxhost.runtime.embedding.batcher import CHAT_SHARE
-
-    batcher = EncodeBatcher(worker=None, max_tokens=8192)  # type: ignore[arg-type]
-    batcher._other_s = 0.0  # nothing else in the turns: full passes
-    assert batcher.token_budget(1) == 8192
-    batcher._other_s = 0.5  # a 0.5 s decode step runs in every turn
-    assert batcher.token_budget(1) == 1  # speed unknown: one input, measured
-    batcher._token_s[1] = 0.001
-    assert batcher.token_budget(1) == int(CHAT_SHARE * 0.5 / 0.001)
-    batcher._token_s[1] = 1e-9
-    assert batcher.token_budget(1) == 8192  # never above max_tokens
-
-
-# -- where they show: the registry, mlxhost ps ---------------------------------------------
 def test_the_registry_serves_an_embedding_folder_by_its_files(tmp_path):
     from mlxhost.families.plugins import make_plugin_manager
     from mlxhost.models.registry import ModelRegistry

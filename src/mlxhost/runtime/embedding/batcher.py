@@ -7,11 +7,18 @@
    ``max_rows`` inputs and ``max_tokens`` padded tokens. A running chat batch
    decodes one step between two passes, so a large embedding request delays it by
    one bounded pass at a time, never by the whole request.
-3. While other work runs in the worker's turns (a chat decoding), a pass is
-   also bounded in time: at most ``CHAT_SHARE`` of the rest of the turn, from the
-   measured seconds per padded token (at least one input per pass). So decode
-   keeps ~1/(1 + CHAT_SHARE) of its speed under any embedding load, and an idle
-   server runs full-size passes.
+3. While a chat decodes in the worker's turns, passes are paced by time
+   (``runtime.pacing.TimePacer``, as a long prompt's prefill is): a pass may
+   take ``EMBED_SHARE / (1 - EMBED_SHARE)`` of the last decode step's time,
+   from the seconds per padded token measured over the recent passes (at least
+   one input per pass). Embedding then holds at most ``EMBED_SHARE`` of the
+   thread's wall time and decode keeps ~``1 - EMBED_SHARE`` of its speed under
+   any embedding load; with no chat, passes are full size (``max_tokens``).
+   A request arriving while a chat decodes waits one turn, measured, before
+   its first pass (sized blind, each request's first pass was all of it: decode
+   measured 0.42x). Before a paced pass the model's ``sync()`` waits for the
+   decode step's next token, which MLX computes in the background, so the pass
+   neither splits the cores with it nor is timed with it.
 4. An input that has waited ``AGE_TURNS`` passes goes next (with the inputs
    nearest its length), so a stream of short inputs cannot starve a long one.
 
@@ -31,12 +38,14 @@ from typing import Any, Protocol
 
 import attrs
 
+from mlxhost.runtime.pacing import TimePacer
+
 log = logging.getLogger(__name__)
 
 AGE_TURNS = 4
-# A pass may take this fraction of the time the rest of a worker turn takes
-# (a decode step): 0.2 keeps decode at ~0.83x of its speed under embedding load.
-CHAT_SHARE = 0.2
+# While a chat decodes, embedding passes take at most this share of the MLX
+# thread's wall time (decode keeps ~0.85x of its speed; the target is 0.8x).
+EMBED_SHARE = 0.15
 # Less than this much other work in a turn is no running chat (jobs, lingering).
 BUSY_TURN_S = 0.005
 
@@ -44,6 +53,11 @@ BUSY_TURN_S = 0.005
 class Runner(Protocol):
     def run(self, ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]] | None = None) -> Any:
         """One padded forward pass: a row of output per input."""
+        ...
+
+    def sync(self) -> None:
+        """Wait for device work already queued (a decode step's next token), so a
+        pass runs, and is timed, alone."""
         ...
 
 
@@ -97,10 +111,11 @@ class EncodeBatcher:
         max_tokens: int = 8192,
         max_rows: int = 128,
         decoding: Callable[[], bool] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         """``decoding()``: whether a chat batch is decoding in the worker's turns
-        (then passes are held to ``CHAT_SHARE`` of the rest of a turn); None: judge
-        by the time the rest of a turn takes."""
+        (then passes are paced to ``EMBED_SHARE`` of the time); None: judge by the
+        time the rest of a turn takes. ``clock``: for the pacing (tests fake it)."""
         self._worker = worker
         self._decoding = decoding
         self.max_tokens = max(1, max_tokens)
@@ -110,10 +125,12 @@ class EncodeBatcher:
         self._arrived: dict[int, int] = {}  # seq -> turn it arrived (for aging)
         self._seq = itertools.count()
         self._ticking = False  # worker thread only
-        self._tick_ended: float | None = None  # when our last pass ended (perf_counter)
+        self._clock = clock
+        self._tick_ended: float | None = None  # when our last pass ended (clock)
         self._other_s = 0.0  # the rest of the last turn: decode step, jobs
-        # Measured seconds per padded token (EMA), per model (by id).
-        self._token_s: dict[int, float] = {}
+        self._busy = False  # a chat decodes in the turns: passes are paced
+        # Pass sizes in padded tokens, per model (by id), from its measured speed.
+        self._pacers: dict[int, TimePacer] = {}
         self.stats = BatchStats()
         self._lock = threading.Lock()  # stats are read from the event loop
 
@@ -157,10 +174,6 @@ class EncodeBatcher:
     def _tick(self) -> bool:
         """One pass; False once every pool is empty (the ticker is then removed)."""
         self._turn += 1
-        now = time.perf_counter()
-        self._other_s = now - self._tick_ended if self._tick_ended is not None else 0.0
-        if self._decoding is not None and not self._decoding():
-            self._other_s = 0.0  # jobs and the event loop's GIL, not a chat to protect
         for key in [k for k, pool in self._pools.items() if not pool]:
             del self._pools[key]
         if not self._pools:
@@ -170,29 +183,43 @@ class EncodeBatcher:
         # The pool holding the oldest input goes first.
         key = min(self._pools, key=lambda k: min(item.seq for item in self._pools[k]))
         pool = self._pools[key]
-        chunk = self.take(pool, self.token_budget(key))
+        model = pool[0].job.model
+        chat = self._decoding is None or self._decoding()
+        if chat:
+            model.sync()  # the decode step's token in flight is its time, not ours
+        now = self._clock()
+        if chat and self._tick_ended is None:
+            # The rest of a turn is not known yet: measure one before a pass.
+            self._tick_ended = now
+            return True
+        self._other_s = now - self._tick_ended if self._tick_ended is not None and chat else 0.0
+        # Told, trust it (a GPU's decode step can take under BUSY_TURN_S); else judge by time.
+        self._busy = self._other_s >= BUSY_TURN_S if self._decoding is None else chat
+        pacer = self.pacer(key)
+        chunk = self.take(pool, pacer.chunk())
         live = [item for item in chunk if not (item.job.cancelled or item.job.failed)]
         if live:
-            started = time.perf_counter()
+            started = self._clock()
             self._pass(live)
-            ended = time.perf_counter()
             padded = max(i.length for i in live) * len(live)
-            rate = (ended - started) / padded
-            old = self._token_s.get(key)
-            self._token_s[key] = rate if old is None else 0.7 * old + 0.3 * rate
-        self._tick_ended = time.perf_counter()
+            pacer.record(padded, self._clock() - started, padded)
+        self._tick_ended = self._clock()
         return True
 
-    def token_budget(self, model_key: int) -> int:
-        """Padded tokens for the next pass of a model: ``max_tokens``, or while
-        other work shares the turns, what fits in ``CHAT_SHARE`` of it (one input,
-        to measure, before this model's speed is known)."""
-        if self._other_s < BUSY_TURN_S:
-            return self.max_tokens
-        token_s = self._token_s.get(model_key)
-        if token_s is None:
-            return 1
-        return max(1, min(self.max_tokens, int(CHAT_SHARE * self._other_s / token_s)))
+    def pacer(self, model_key: int) -> TimePacer:
+        """The model's pacer with this turn's budget: ``EMBED_SHARE`` of the
+        turns' time while other work (a decode step) runs in them, else none
+        (full passes of ``max_tokens``)."""
+        pacer = self._pacers.get(model_key)
+        if pacer is None:
+            pacer = self._pacers[model_key] = TimePacer(0.0, self.max_tokens, clock=self._clock)
+        if self._busy and not pacer.paced:
+            # Full passes' rate (their fixed cost spread thin) would oversize the
+            # first paced ones: measure again from one input up.
+            pacer.restart()
+        share = EMBED_SHARE / (1 - EMBED_SHARE) * max(self._other_s, 1e-6)
+        pacer.budget = share if self._busy else 0.0
+        return pacer
 
     def take(self, pool: list[_Item], budget: int | None = None) -> list[_Item]:
         """Remove and return the next pass's items from a length-sorted pool,

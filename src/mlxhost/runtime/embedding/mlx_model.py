@@ -70,6 +70,15 @@ class EncoderModel:
         self.nbytes = sum(v.nbytes for _, v in params)
         self.nbytes += sum(v.nbytes for v in head.values())
 
+    def sync(self) -> None:
+        """Wait for MLX work in flight: a decode step leaves its next token
+        computing on mlx-lm's generation stream (``async_eval``)."""
+        import mlx.core as mx
+        from mlx_lm.generate import generation_stream
+
+        mx.synchronize(generation_stream)
+        mx.synchronize()
+
     def run(self, ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]] | None = None) -> Any:
         """Vectors (embedding: ``n x dim``, pooled and normalized as the model says)
         or raw scores (rerank: ``n x labels``), as a float32 numpy array. Inputs are
