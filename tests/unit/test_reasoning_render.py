@@ -114,6 +114,42 @@ def test_harmony_renders_the_same_effort_line_as_the_template(qwen3_tokenizer, h
         assert f"Reasoning: {effort}" in ours
 
 
+def _undated(text: str) -> str:
+    import re
+
+    return re.sub(r"Current date: [0-9-]+", "Current date: D", text)
+
+
+@pytest.mark.parametrize("effort", ["low", "medium", "high"])
+def test_gpt_oss_prompt_is_the_one_openai_harmony_renders(qwen3_tokenizer, harmony_encoding, effort):
+    """The whole prompt for a system + user turn at each effort, as mlxhost renders it
+    (gpt-oss's own template with the request's control) and as openai-harmony does
+    (system message with the effort, the system text as developer instructions).
+    The one difference is the template's: it ends developer instructions with a
+    blank line that harmony does not write."""
+    import datetime
+
+    import openai_harmony as harmony
+
+    qwen3_tokenizer.chat_template = GPT_OSS
+    ours = qwen3_tokenizer.apply_chat_template(
+        PLAIN, tokenize=False, add_generation_prompt=True,
+        **template_variables(chat_control(effort, None)))
+    system = (harmony.SystemContent.new()
+              .with_reasoning_effort(harmony.ReasoningEffort(effort.title()))
+              .with_conversation_start_date(datetime.date.today().isoformat()))
+    convo = harmony.Conversation.from_messages([
+        harmony.Message.from_role_and_content(harmony.Role.SYSTEM, system),
+        harmony.Message.from_role_and_content(
+            harmony.Role.DEVELOPER, harmony.DeveloperContent.new().with_instructions(PLAIN[0]["content"])),
+        harmony.Message.from_role_and_content(harmony.Role.USER, PLAIN[1]["content"]),
+    ])
+    theirs = harmony_encoding.decode(
+        harmony_encoding.render_conversation_for_completion(convo, harmony.Role.ASSISTANT))
+    ours = ours.replace(f"{PLAIN[0]['content']}\n\n<|end|>", f"{PLAIN[0]['content']}<|end|>")
+    assert _undated(ours) == _undated(theirs)
+
+
 def test_mlxhost_reasoning_format_reads_the_vocabulary(qwen3_tokenizer):
     pm = make_plugin_manager()
     model = loaded_model(None, tokenizer=qwen3_tokenizer).info
